@@ -1,0 +1,130 @@
+"""The bundled sample corpus and its generated "raw web" layer.
+
+`data/sample/{en,zh,code}.parquet` hold real, redistributable text (see SOURCES.md).
+`build_raw_web(out_dir)` turns it into what a crawl looks like: the clean documents mixed
+with boilerplate lines, spam pages, exact and near duplicates and a few malformed records,
+written as JSONL shards (plain and gzip). Fixed seed: the same bytes every time.
+
+    python -m stack_common.sample_corpus OUT_DIR
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .atomic import atomic_open, atomic_write_json
+from .config import REPO_ROOT
+
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+LANGS = ("en", "zh", "code")
+
+BOILERPLATE_EN = ["Home | About | Contact | Privacy Policy", "Click here to subscribe to our newsletter!",
+                  "Copyright 2024 All rights reserved.", "Share on Facebook Share on Twitter",
+                  "This website uses cookies to improve your experience.", "Log in | Sign up", "Read more..."]
+BOILERPLATE_ZH = ["首页 | 关于我们 | 联系我们 | 隐私政策", "点击这里免费注册，立即领取优惠券！", "版权所有 © 2024 保留所有权利",
+                  "扫描二维码关注我们的微信公众号", "本站部分内容来自网络，如有侵权请联系删除", "上一篇 下一篇 返回顶部"]
+SPAM_EN = ["buy cheap pills online best price", "win money now casino bonus free spins", "hot singles in your area"]
+SPAM_ZH = ["免费领取 优惠 低价 促销 加微信", "代开发票 联系电话 一手货源 包邮", "彩票 中奖 赚钱 日赚 投资 理财"]
+
+
+def load_clean(lang: str) -> list[dict]:
+    return pq.read_table(SAMPLE_DIR / f"{lang}.parquet").to_pylist()
+
+
+def _mutate(text: str, rng: random.Random, rate: float) -> str:
+    """Near duplicate: change about `rate` of the characters (delete, repeat or swap neighbours)."""
+    chars = list(text)
+    for _ in range(int(len(chars) * rate)):
+        i = rng.randrange(len(chars))
+        op = rng.random()
+        if op < 0.4:
+            chars[i] = ""
+        elif op < 0.7:
+            chars[i] = chars[i] * 2
+        elif i + 1 < len(chars):
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+    return "".join(chars)
+
+
+def _with_boilerplate(text: str, lang: str, rng: random.Random) -> str:
+    pool = BOILERPLATE_ZH if lang == "zh" else BOILERPLATE_EN
+    head = "\n".join(rng.sample(pool, 2))
+    tail = "\n".join(rng.sample(pool, 2))
+    return f"{head}\n{text}\n{tail}"
+
+
+def _spam(lang: str, rng: random.Random) -> str:
+    pool = SPAM_ZH if lang == "zh" else SPAM_EN
+    return "\n".join(rng.choice(pool) for _ in range(rng.randint(5, 15)))
+
+
+def raw_records(seed: int = 1234) -> list[dict]:
+    rng = random.Random(seed)
+    records = []
+    for lang in LANGS:
+        for doc in load_clean(lang):
+            kind = "clean"
+            text = doc["text"]
+            if lang != "code" and rng.random() < 0.3:
+                text, kind = _with_boilerplate(text, lang, rng), "boilerplate"
+            records.append({"id": doc["id"], "text": text, "source": doc["source"], "meta": {"kind": kind}})
+    originals = [r for r in records if r["meta"]["kind"] == "clean" and len(r["text"]) > 400]
+    for i, orig in enumerate(rng.sample(originals, min(60, len(originals)))):
+        records.append({**orig, "id": f"{orig['id']}/exact-{i}", "meta": {"kind": "exact_dup", "of": orig["id"]}})
+    for i, orig in enumerate(rng.sample(originals, min(60, len(originals)))):
+        rate = rng.uniform(0.01, 0.05)
+        records.append({"id": f"{orig['id']}/near-{i}", "text": _mutate(orig["text"], rng, rate),
+                        "source": orig["source"], "meta": {"kind": "near_dup", "of": orig["id"], "rate": rate}})
+    for i in range(40):
+        lang = "zh" if i % 2 else "en"
+        records.append({"id": f"spam/{lang}/{i}", "text": _spam(lang, rng), "source": "web-spam",
+                        "meta": {"kind": "spam"}})
+    rng.shuffle(records)
+    return records
+
+
+def _malformed_lines() -> list[bytes]:
+    return [
+        b'{"id": "bad/json", "text": "unterminated\n',
+        b'{"id": "bad/no-text", "source": "web"}\n',
+        b'{"id": "bad/text-type", "text": 42}\n',
+        b'{"id": "bad/nul", "text": "nul\\u0000byte"}\n',
+        b'{"id": "bad/utf8", "text": "\xff\xfe broken"}\n',
+        b'[1, 2, 3]\n',
+    ]
+
+
+def build_raw_web(out_dir: str | Path, seed: int = 1234, n_shards: int = 4) -> list[Path]:
+    """Write the raw layer as JSONL shards (odd ones gzip) plus `raw_manifest.json`; return paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = raw_records(seed)
+    paths = []
+    for s in range(n_shards):
+        lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records[s::n_shards]]
+        if s == 0:
+            lines[3:3] = _malformed_lines()
+        data = b"".join(lines)
+        path = out / (f"raw-{s:02d}.jsonl.gz" if s % 2 else f"raw-{s:02d}.jsonl")
+        with atomic_open(path, "wb") as fh:
+            fh.write(gzip.compress(data, mtime=0) if s % 2 else data)
+        paths.append(path)
+    kinds: dict[str, int] = {}
+    for r in records:
+        kinds[r["meta"]["kind"]] = kinds.get(r["meta"]["kind"], 0) + 1
+    atomic_write_json(out / "raw_manifest.json", {"seed": seed, "records": len(records),
+                                                  "malformed": len(_malformed_lines()), "kinds": kinds,
+                                                  "files": [p.name for p in paths]})
+    return paths
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m stack_common.sample_corpus OUT_DIR")
+    for p in build_raw_web(sys.argv[1]):
+        print(p)

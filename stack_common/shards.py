@@ -1,0 +1,234 @@
+"""Arrow IPC shards (zstd) with a manifest: the one format every stage reads and writes.
+
+A shard directory holds `<prefix>-NNNNN.arrow` files and a `manifest.json` listing each file
+with its rows, bytes and sha256, plus the schema. The manifest is written last, atomically,
+so a directory without one is incomplete; every shard is renamed into place only when
+closed, so a killed writer leaves only `.…tmp` names that nothing reads.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import pyarrow as pa
+
+from .atomic import atomic_write_json, is_tmp_name, read_json, remove_stale_tmp, sha256_file, tmp_name_for
+from .errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT = "bc-arrow-shards/1"
+DEFAULT_TARGET_BYTES = 256 * 1024 * 1024
+
+
+def schema_to_json(schema: pa.Schema) -> dict:
+    return {
+        "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
+        "ipc": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+    }
+
+
+def schema_from_json(obj: dict) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(obj["ipc"])))
+
+
+@dataclass
+class ShardFile:
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def describe(cls, path: Path) -> "ShardFile":
+        with pa.memory_map(str(path)) as src:
+            reader = pa.ipc.open_file(src)
+            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return cls(path.name, rows, path.stat().st_size, sha256_file(path))
+
+
+class ShardWriter:
+    """Write record batches into shards of about `target_bytes` each, then a manifest.
+
+    Use as a context manager; leaving the block with an exception writes no manifest and
+    removes the shard in progress.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, schema: pa.Schema, *, prefix: str = "shard",
+                 target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
+                 write_manifest: bool = True, first_index: int = 0):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.prefix = prefix
+        self.target_bytes = target_bytes
+        self.options = pa.ipc.IpcWriteOptions(compression=compression)
+        self.write_manifest = write_manifest
+        self.files: list[ShardFile] = []
+        self._index = first_index
+        self._sink = None
+        self._writer = None
+        self._tmp: Path | None = None
+        self._rows = 0
+
+    def _open(self) -> None:
+        final = self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
+        self._tmp = tmp_name_for(final)
+        self._sink = pa.OSFile(str(self._tmp), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self.schema, options=self.options)
+        self._rows = 0
+
+    def _close_current(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._sink.close()
+        with open(self._tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        final = self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
+        os.replace(self._tmp, final)
+        self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
+        self._writer = self._sink = self._tmp = None
+        self._index += 1
+
+    def write(self, data: pa.RecordBatch | pa.Table | Sequence[dict]) -> None:
+        if isinstance(data, (list, tuple)):
+            data = pa.Table.from_pylist(list(data), schema=self.schema)
+        batches = data.to_batches() if isinstance(data, pa.Table) else [data]
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            if not batch.schema.equals(self.schema):
+                batch = pa.Table.from_batches([batch]).cast(self.schema).combine_chunks().to_batches()[0]
+            # Slices of about a quarter of the target (uncompressed) keep shard sizes near it.
+            row_bytes = max(1, batch.nbytes // batch.num_rows)
+            step = max(1, min(65536, self.target_bytes // (4 * row_bytes)))
+            for start in range(0, batch.num_rows, step):
+                if self._writer is None:
+                    self._open()
+                piece = batch.slice(start, step)
+                self._writer.write_batch(piece)
+                self._rows += piece.num_rows
+                if self._sink.tell() >= self.target_bytes:
+                    self._close_current()
+
+    def close(self, extra: dict | None = None) -> list[ShardFile]:
+        self._close_current()
+        if self.write_manifest:
+            write_manifest(self.out_dir, self.files, self.schema, extra)
+        return self.files
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+                self._sink.close()
+            finally:
+                Path(self._tmp).unlink(missing_ok=True)
+            self._writer = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schema: pa.Schema,
+                   extra: dict | None = None) -> dict:
+    files = list(files)
+    manifest = {
+        "format": FORMAT,
+        "files": [f.__dict__ for f in files],
+        "rows": sum(f.rows for f in files),
+        "bytes": sum(f.bytes for f in files),
+        "schema": schema_to_json(schema),
+        "extra": extra or {},
+    }
+    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def write_table(out_dir: str | os.PathLike, table: pa.Table, **kwargs) -> list[ShardFile]:
+    """Write one table as a complete shard directory."""
+    extra = kwargs.pop("extra", None)
+    writer = ShardWriter(out_dir, table.schema, **kwargs)
+    try:
+        writer.write(table)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(extra)
+
+
+def read_manifest(shard_dir: str | os.PathLike) -> dict:
+    path = Path(shard_dir) / MANIFEST
+    if not Path(shard_dir).is_dir():
+        raise UserError("shard directory does not exist", file=shard_dir)
+    if not path.is_file():
+        raise UserError("no manifest.json: the shard directory is incomplete (its writer did not finish)",
+                        file=shard_dir)
+    try:
+        manifest = read_json(path)
+    except json.JSONDecodeError as err:
+        raise UserError(f"manifest is not valid JSON ({err})", file=path) from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"unknown manifest format {manifest.get('format')!r}", file=path, expected=FORMAT)
+    return manifest
+
+
+def manifest_schema(shard_dir: str | os.PathLike) -> pa.Schema:
+    return schema_from_json(read_manifest(shard_dir)["schema"])
+
+
+def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list[Path]:
+    """Paths of the complete shards listed in the manifest; with verify, check size and sha256."""
+    manifest = read_manifest(shard_dir)
+    paths = []
+    for entry in manifest["files"]:
+        path = Path(shard_dir) / entry["name"]
+        if not path.is_file():
+            raise UserError("shard listed in manifest is missing", file=path)
+        if path.stat().st_size != entry["bytes"]:
+            raise UserError(f"shard has {path.stat().st_size} bytes, manifest says {entry['bytes']}", file=path)
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise UserError("shard sha256 does not match the manifest", file=path)
+        paths.append(path)
+    return paths
+
+
+def iter_file_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(path)) as src:
+        reader = pa.ipc.open_file(src)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            yield batch.select(columns) if columns else batch
+
+
+def iter_batches(shard_dir: str | os.PathLike, columns: Sequence[str] | None = None,
+                 verify: bool = False) -> Iterator[pa.RecordBatch]:
+    """Record batches of every complete shard, in manifest order."""
+    for path in shard_paths(shard_dir, verify=verify):
+        yield from iter_file_batches(path, columns)
+
+
+def read_table(shard_dir: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
+    schema = manifest_schema(shard_dir)
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
+    return pa.Table.from_batches(list(iter_batches(shard_dir, columns)), schema=schema)
+
+
+def clean_incomplete(shard_dir: str | os.PathLike) -> int:
+    """Remove temporary files left by a killed writer (for resuming into the same directory)."""
+    return remove_stale_tmp(shard_dir)
+
+
+def list_complete_files(shard_dir: str | os.PathLike, pattern: str = "*.arrow") -> list[Path]:
+    return sorted(p for p in Path(shard_dir).glob(pattern) if not is_tmp_name(p.name))
