@@ -1,0 +1,315 @@
+"""Crash-safe checkpoints with megatron-core dist_checkpointing (torch_dist format).
+
+Layout of a run directory:
+    RUN_DIR/checkpoints/iter_0000100/   dist_checkpointing directory + meta.json
+    RUN_DIR/checkpoints/latest          text file with the name of the newest complete checkpoint
+
+A checkpoint is written into `.iter_0000100.tmp/`, completed with meta.json, then renamed into
+place; `latest` is rewritten (atomically) last. A crash at any point leaves the previous
+checkpoint in force, and the next start removes the leftover temporary directory.
+
+Model weights are stored under the ShardedTensor keys of megatron-core's
+`GPTModel.sharded_state_dict()` with no prefix (e.g. `embedding.word_embeddings.weight`,
+`decoder.layers.mlp.linear_fc1.weight` with the layer index as a sharded axis,
+`output_layer.weight`); the keys are global, so any TP/PP layout loads any other.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from stack_common.atomic import atomic_write_json, atomic_write_text, is_tmp_name, read_json
+from stack_common.logging import get_logger
+
+log = get_logger("pretrain.checkpointing")
+
+LATEST = "latest"
+META = "meta.json"
+DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+@dataclass
+class TrainState:
+    """Progress that a resume must restore besides weights and optimizer."""
+    iteration: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+    skipped_iters: int = 0
+    nonfinite_total: int = 0
+    milestones_done: list[int] = field(default_factory=list)
+
+
+def dir_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def checkpoints_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+# ----------------------------------------------------------------------------- finding
+
+def is_complete(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / META).is_file() and (ckpt_dir / "metadata.json").is_file()
+
+
+def find_latest(root: Path) -> Optional[Path]:
+    """The checkpoint `latest` names, else the newest complete iter_* directory."""
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if is_complete(candidate):
+            return candidate
+        log.warning(f"{pointer} names {candidate.name}, which is incomplete; searching the directory")
+    complete = [d for d in sorted(root.glob("iter_*")) if is_complete(d)]
+    return complete[-1] if complete else None
+
+
+def read_meta(ckpt_dir: str | os.PathLike) -> dict:
+    return read_json(Path(ckpt_dir) / META)
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+def _model_state(model_chunks, metadata=None) -> dict:
+    def one(chunk):
+        return chunk.sharded_state_dict(metadata=metadata) if metadata else chunk.sharded_state_dict()
+    if len(model_chunks) == 1:
+        return {"model": one(model_chunks[0])}
+    return {f"model{i}": one(chunk) for i, chunk in enumerate(model_chunks)}
+
+
+def _rng_state() -> dict:
+    state = {"random": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        from megatron.core import tensor_parallel
+        state["cuda"] = torch.cuda.get_rng_state()
+        state["rng_tracker"] = tensor_parallel.get_cuda_rng_tracker().get_states()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        from megatron.core import tensor_parallel
+        torch.cuda.set_rng_state(state["cuda"])
+        tensor_parallel.get_cuda_rng_tracker().set_states(state["rng_tracker"])
+
+
+def _rng_sharded_object(state):
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
+
+
+def _optimizer_metadata(optimizer) -> dict:
+    from megatron.core.optimizer import ChainedOptimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    return dict(DIST_OPT_METADATA) if any(isinstance(o, DistributedOptimizer) for o in inner) else {}
+
+
+def full_state(model_chunks, optimizer, scheduler, state: TrainState, *, is_loading: bool,
+               with_optimizer: bool = True, with_rng: bool = True) -> dict:
+    sd = _model_state(model_chunks)
+    if optimizer is not None and with_optimizer:
+        model_sd = _model_state(model_chunks)
+        merged = {}
+        for chunk_sd in model_sd.values():
+            merged.update(chunk_sd)
+        sd["optimizer"] = optimizer.sharded_state_dict(
+            merged, is_loading=is_loading, metadata=_optimizer_metadata(optimizer))
+        sd["opt_param_scheduler"] = scheduler.state_dict()
+    sd["train_state"] = asdict(state)
+    if with_rng:
+        sd["rng_state"] = _rng_sharded_object(_rng_state())
+    return sd
+
+
+# ----------------------------------------------------------------------------- saving
+
+class CheckpointManager:
+    """Saves, publishes, prunes and loads the checkpoints of one run directory."""
+
+    def __init__(self, run_dir, keep_last: int, meta_fn, async_save: bool = False):
+        self.root = checkpoints_root(run_dir)
+        self.keep_last = keep_last
+        self.meta_fn = meta_fn               # (TrainState, keep) -> dict for meta.json
+        self.async_queue = None
+        if async_save and torch.cuda.is_available():
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+            self.async_queue = AsyncCallsQueue(persistent=False)
+        if _rank() == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            removed = self._remove_leftovers()
+            if removed:
+                log.warning(f"removed {removed} incomplete checkpoint(s) left by an interrupted save")
+        _barrier()
+
+    def _remove_leftovers(self) -> int:
+        removed = 0
+        for entry in self.root.iterdir():
+            if is_tmp_name(entry.name):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+                removed += 1
+        return removed
+
+    def save(self, model_chunks, optimizer, scheduler, state: TrainState, keep: bool = False) -> Path:
+        """Save on all ranks; publish (rename + `latest`) once every rank has written its part."""
+        from megatron.core import dist_checkpointing
+
+        self.finalize(blocking=True)
+        final = self.root / dir_name(state.iteration)
+        tmp = self.root / f".{final.name}.tmp"
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        sd = full_state(model_chunks, optimizer, scheduler, state, is_loading=False)
+        meta = self.meta_fn(state, keep)
+        request = dist_checkpointing.save(
+            sd, str(tmp), sharded_strategy=("torch_dist", 1),
+            async_sharded_save=self.async_queue is not None,
+            content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
+        publish = lambda: self._publish(tmp, final, meta)  # noqa: E731
+        if self.async_queue is not None:
+            request.add_finalize_fn(publish)
+            self.async_queue.schedule_async_request(request)
+        else:
+            _barrier()
+            publish()
+            _barrier()
+        return final
+
+    def finalize(self, blocking: bool = False) -> None:
+        """Publish async saves that have finished (all ranks must call this)."""
+        if self.async_queue is not None:
+            self.async_queue.maybe_finalize_async_calls(blocking=blocking)
+
+    def _publish(self, tmp: Path, final: Path, meta: dict) -> None:
+        if _rank() != 0:
+            return
+        atomic_write_json(tmp / META, meta)
+        _fsync_tree(tmp)
+        if final.exists():   # the same iteration saved again (e.g. after a resume): replace it
+            old = self.root / f".{final.name}.old.tmp"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        atomic_write_text(self.root / LATEST, final.name + "\n")
+        log.info(f"saved checkpoint {final}" + (" (milestone, kept)" if meta.get("keep") else ""))
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete rolling checkpoints beyond keep_last; milestones (keep=True) stay for good."""
+        rolling = [d for d in sorted(self.root.glob("iter_*"))
+                   if is_complete(d) and not read_meta(d).get("keep", False)]
+        latest = (self.root / LATEST).read_text().strip()
+        for old in rolling[: max(len(rolling) - self.keep_last, 0)]:
+            if old.name != latest:
+                shutil.rmtree(old, ignore_errors=True)
+                log.info(f"pruned rolling checkpoint {old.name}")
+
+    # ------------------------------------------------------------------------- loading
+
+    def load(self, ckpt_dir: Path, model_chunks, optimizer, scheduler, *, layout: dict,
+             load_optimizer: bool = True) -> TrainState:
+        """Restore everything from `ckpt_dir` into freshly built objects; returns the progress.
+
+        RNG states are restored only when the layout (tp, pp, dp) is unchanged."""
+        from megatron.core import dist_checkpointing
+
+        meta = read_meta(ckpt_dir)
+        same_layout = all(meta.get(k) == layout[k] for k in ("tp", "pp", "vpp", "dp"))
+        sd = full_state(model_chunks, optimizer, scheduler, TrainState(), is_loading=True,
+                        with_optimizer=load_optimizer, with_rng=same_layout)
+        loaded = dist_checkpointing.load(sd, str(ckpt_dir), sharded_strategy=None)
+        _load_model(model_chunks, loaded)
+        if load_optimizer and optimizer is not None:
+            with torch.no_grad():
+                optimizer.load_state_dict(loaded["optimizer"])
+            restore_adam_steps(optimizer)
+            scheduler.load_state_dict(loaded["opt_param_scheduler"])
+        if same_layout:
+            _set_rng_state(loaded["rng_state"])
+        state = TrainState(**loaded["train_state"]) if load_optimizer else TrainState()
+        log.info(f"loaded {ckpt_dir} (iteration {meta['iteration']}, saved with tp={meta['tp']} "
+                 f"pp={meta['pp']} dp={meta['dp']}; now tp={layout['tp']} pp={layout['pp']} "
+                 f"dp={layout['dp']})")
+        return state
+
+
+def _load_model(model_chunks, loaded: dict) -> None:
+    if len(model_chunks) == 1:
+        model_chunks[0].load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, chunk in enumerate(model_chunks):
+            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+
+
+def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:
+    """Load only the model weights of a checkpoint into freshly built model chunks, for any TP/PP
+    (call inside an initialized `pretrain.parallel.init_distributed`). Returns meta.json."""
+    from megatron.core import dist_checkpointing
+
+    loaded = dist_checkpointing.load(_model_state(model_chunks), str(ckpt_dir))
+    _load_model(model_chunks, loaded)
+    return read_meta(ckpt_dir)
+
+
+def restore_adam_steps(optimizer) -> None:
+    """AdamW keeps a `step` per parameter; the sharded format keeps it in the param group.
+
+    Copy it back so the bias correction continues where it stopped."""
+    for torch_opt in _torch_optimizers(optimizer):
+        for group in torch_opt.param_groups:
+            if "step" not in group:
+                continue
+            for p in group["params"]:
+                st = torch_opt.state.get(p)
+                if st and "step" in st:
+                    st["step"] = torch.as_tensor(float(group["step"]), dtype=torch.float32)
+
+
+def _torch_optimizers(optimizer):
+    from megatron.core.optimizer import ChainedOptimizer
+
+    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    return [o.optimizer for o in inner if getattr(o, "optimizer", None) is not None]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in [*directory.rglob("*"), directory]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass

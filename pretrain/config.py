@@ -1,0 +1,299 @@
+"""Structured configs of a pretraining run and the whole-config validation done before any
+process group starts. The groups `model` and `parallel` belong to the model layer
+(`pretrain.model.ModelConfig`, `configs/parallel/`); the rest is defined here."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from stack_common.config import Checks, as_plain, to_dataclass
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 2.0e-4               # peak learning rate (7B: 2e-4, 13B: 1.5e-4)
+    min_lr: float = 2.0e-5           # end of the cosine decay
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1.0e-8
+    weight_decay: float = 0.1        # norms and biases get none
+    clip_grad: float = 0.5
+    warmup_iters: int = 2000
+    decay_iters: Optional[int] = None  # None: decay until training.train_iters
+    decay_style: str = "cosine"      # cosine | linear | constant
+    distributed: bool = False        # megatron-core DistributedOptimizer (ZeRO-1 over DP)
+
+
+@dataclass
+class TrainingConfig:
+    train_iters: int = 1000
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    seq_length: Optional[int] = None   # None: the model's sequence length
+    seed: int = 1234
+    precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    eval_interval: int = 100
+    eval_iters: int = 10
+    max_consecutive_nonfinite: int = 5  # NaN/Inf losses in a row before the run stops
+    loss_spike_factor: float = 3.0      # loss > factor x running mean is logged as a spike
+    loss_spike_window: int = 50
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    requeue_exit_code: int = 3
+    dry_run: bool = False               # print parameter counts and memory estimate, then exit
+    # Fault injection for tests and drills: iterations whose loss is made NaN.
+    inject_nan_iters: list[int] = field(default_factory=list)
+    # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
+    exit_after_iter: int = 0
+
+
+@dataclass
+class TokenizerRef:
+    model: Optional[str] = None        # SentencePiece .model (its sha256 goes into checkpoints)
+    vocab_size: Optional[int] = None   # None: read from encode_summary.json next to the data
+    eod_id: int = 2
+
+
+@dataclass
+class DataConfig:
+    name: str = "train"
+    paths: list[str] = field(default_factory=list)  # prefixes of .bin/.idx (".bin" optional)
+    weights: Optional[list[float]] = None          # None: proportional to dataset size
+    split: str = "98,2,0"                           # train, valid, test share of documents
+    cache_dir: Optional[str] = None                 # None: RUN_DIR/data_cache
+    summary: Optional[str] = None                   # encode_summary.json; None: next to paths[0]
+    tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
+    eod_mask_loss: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/pretrain"        # RUN_DIR: checkpoints/, tensorboard/, config.yaml
+    save_interval: int = 1000         # rolling checkpoints every N iterations; 0: none
+    keep_last: int = 2                # rolling checkpoints kept (milestones are never pruned)
+    milestone_tokens: list[int] = field(default_factory=list)  # kept for good once reached
+    milestone_every_tokens: int = 0   # also keep one each time this many tokens pass; 0: off
+    resume: bool = True               # auto-resume from RUN_DIR/checkpoints/latest
+    load: Optional[str] = None        # explicit checkpoint dir to start from (overrides latest)
+    load_optimizer: bool = True       # False: weights only (new optimizer and schedule)
+    async_save: bool = True           # on GPU only; CPU saves are synchronous
+    save_on_exit: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10
+    tensorboard: bool = True
+    tensorboard_dir: Optional[str] = None   # None: RUN_DIR/tensorboard
+    peak_tflops: Optional[float] = None     # per device, for MFU; None: guessed from device name
+
+
+@dataclass
+class RunConfig:
+    """Everything except model and parallel (owned by the model layer)."""
+    optimizer: OptimizerConfig
+    training: TrainingConfig
+    data: DataConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    model: Any            # pretrain.model.ModelConfig
+    parallel: Any         # ParallelConfig (see parallel_from_cfg)
+    resolved: dict        # the resolved config as plain data (stored in checkpoints)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoint.dir)
+
+    @property
+    def seq_length(self) -> int:
+        return self.training.seq_length or model_seq_length(self.model)
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    vpp: Optional[int] = None
+    sequence_parallel: bool = False
+    recompute: bool = False
+
+
+def parallel_from_cfg(cfg: DictConfig | dict) -> ParallelConfig:
+    """Read the parallel group, accepting its common spellings (tp / tensor_model_parallel_size)."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+    aliases = {"tp": ["tp", "tensor_model_parallel_size", "tensor_parallel"],
+               "pp": ["pp", "pipeline_model_parallel_size", "pipeline_parallel"],
+               "vpp": ["vpp", "virtual_pipeline_model_parallel_size", "virtual_pipeline_parallel"],
+               "sequence_parallel": ["sequence_parallel"],
+               "recompute": ["recompute", "recompute_activations"]}
+    values = {}
+    for name, keys in aliases.items():
+        for key in keys:
+            if key in plain and plain[key] is not None:
+                values[name] = plain[key]
+                break
+    return ParallelConfig(**values)
+
+
+def model_seq_length(model) -> int:
+    for name in ("seq_length", "max_position_embeddings", "max_seq_length"):
+        if getattr(model, name, None):
+            return int(getattr(model, name))
+    raise AttributeError("model config has no sequence length")
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_summary(data: DataConfig) -> Optional[Path]:
+    if data.summary:
+        return Path(data.summary)
+    if data.paths:
+        return Path(strip_ext(data.paths[0])).parent / "encode_summary.json"
+    return None
+
+
+def strip_ext(path: str) -> str:
+    for ext in (".bin", ".idx"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
+    """The vocabulary the data was encoded with: from config, else encode_summary.json."""
+    if data.tokenizer.vocab_size:
+        return data.tokenizer.vocab_size
+    summary = resolve_summary(data)
+    if summary is not None and summary.is_file():
+        info = json.loads(summary.read_text())
+        for key in ("vocab_size", "tokenizer_vocab_size"):
+            if key in info:
+                return int(info[key])
+        if isinstance(info.get("tokenizer"), dict) and "vocab_size" in info["tokenizer"]:
+            return int(info["tokenizer"]["vocab_size"])
+    return None
+
+
+def load_run_config(cfg: DictConfig, world_size: int | None = None) -> RunConfig:
+    """Type-check every group and check the whole config; raises ConfigError listing all problems."""
+    from pretrain.model import ModelConfig
+
+    run = RunConfig(
+        optimizer=to_dataclass(cfg.optimizer, OptimizerConfig, where="optimizer"),
+        training=to_dataclass(cfg.training, TrainingConfig, where="training"),
+        data=to_dataclass(cfg.data, DataConfig, where="data"),
+        checkpoint=to_dataclass(cfg.checkpoint, CheckpointConfig, where="checkpoint"),
+        logging=to_dataclass(cfg.logging, LoggingConfig, where="logging"),
+        model=to_dataclass(cfg.model, ModelConfig, where="model"),
+        parallel=parallel_from_cfg(cfg.parallel),
+        resolved=as_plain(cfg),
+    )
+    validate(run, world_size if world_size is not None else world_size_from_env())
+    return run
+
+
+def validate(run: RunConfig, world_size: int) -> None:
+    """All violations at once, one line each."""
+    c = Checks()
+    m, p, t, o = run.model, run.parallel, run.training, run.optimizer
+    heads = getattr(m, "num_attention_heads", None)
+    layers = getattr(m, "num_layers", None)
+    c.require(p.tp >= 1 and p.pp >= 1, f"parallel: tp={p.tp} and pp={p.pp} must be >= 1")
+    if heads and p.tp >= 1:
+        c.require(heads % p.tp == 0,
+                  f"parallel.tp={p.tp} does not divide model.num_attention_heads={heads}")
+    groups = getattr(m, "num_query_groups", None)
+    if groups and p.tp >= 1:
+        c.require(groups % p.tp == 0,
+                  f"parallel.tp={p.tp} does not divide model.num_query_groups={groups}")
+    if layers and p.pp >= 1:
+        stages = p.pp * (p.vpp or 1)
+        c.require(layers % stages == 0,
+                  f"parallel.pp={p.pp} x vpp={p.vpp or 1} does not divide model.num_layers={layers}")
+    if p.vpp:
+        c.require(p.pp > 1, f"parallel.vpp={p.vpp} needs parallel.pp > 1")
+    model_parallel = max(p.tp, 1) * max(p.pp, 1)
+    c.require(world_size % model_parallel == 0,
+              f"world size {world_size} is not divisible by tp x pp = {model_parallel}")
+    dp = max(world_size // model_parallel, 1)
+    c.require(t.micro_batch_size >= 1, f"training.micro_batch_size={t.micro_batch_size} must be >= 1")
+    if t.micro_batch_size >= 1:
+        c.require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+                  f"training.global_batch_size={t.global_batch_size} is not divisible by "
+                  f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+    if p.vpp and t.micro_batch_size >= 1 and dp >= 1:
+        micro = t.global_batch_size // max(t.micro_batch_size * dp, 1)
+        c.require(micro % p.pp == 0,
+                  f"interleaved pipeline needs microbatches per step ({micro}) divisible by pp={p.pp}")
+    c.require(t.train_iters >= 1, f"training.train_iters={t.train_iters} must be >= 1")
+    c.require(t.precision in ("auto", "bf16", "fp32"),
+              f"training.precision={t.precision!r} must be auto, bf16 or fp32")
+    c.require(t.eval_interval >= 0 and t.eval_iters >= 0, "training.eval_interval and eval_iters must be >= 0")
+    try:
+        seq = run.seq_length
+        model_seq = model_seq_length(m)
+        c.require(seq <= model_seq, f"training.seq_length={seq} exceeds the model's sequence length {model_seq}")
+    except AttributeError:
+        c.require(t.seq_length is not None, "training.seq_length is required (the model config has none)")
+    c.require(o.name == "adamw", f"optimizer.name={o.name!r}: only adamw is supported")
+    c.require(0 <= o.min_lr <= o.lr, f"optimizer: need 0 <= min_lr ({o.min_lr}) <= lr ({o.lr})")
+    c.require(o.decay_style in ("cosine", "linear", "constant"),
+              f"optimizer.decay_style={o.decay_style!r} must be cosine, linear or constant")
+    decay = o.decay_iters or t.train_iters
+    c.require(0 <= o.warmup_iters < decay,
+              f"optimizer.warmup_iters={o.warmup_iters} must be below the decay length {decay}")
+    c.require(o.clip_grad >= 0, f"optimizer.clip_grad={o.clip_grad} must be >= 0")
+    _validate_data(c, run)
+    ck = run.checkpoint
+    c.require(ck.save_interval >= 0, f"checkpoint.save_interval={ck.save_interval} must be >= 0")
+    c.require(ck.keep_last >= 1, f"checkpoint.keep_last={ck.keep_last} must be >= 1")
+    if ck.load:
+        c.path_exists(ck.load, "checkpoint.load")
+    c.raise_if_any()
+
+
+def _validate_data(c: Checks, run: RunConfig) -> None:
+    d = run.data
+    if not c.require(len(d.paths) > 0, "data.paths is empty: give the encoded datasets (prefix of .bin/.idx)"):
+        return
+    for i, path in enumerate(d.paths):
+        prefix = strip_ext(path)
+        for ext in (".bin", ".idx"):
+            c.require(Path(prefix + ext).is_file(), f"data.paths[{i}]: file does not exist: {prefix + ext}")
+    if d.weights is not None:
+        if c.require(len(d.weights) == len(d.paths),
+                     f"data.weights has {len(d.weights)} entries for {len(d.paths)} data.paths"):
+            c.require(all(w >= 0 for w in d.weights) and sum(d.weights) > 0,
+                      f"data.weights={d.weights} must be >= 0 with a positive sum")
+    shares = [s for s in d.split.replace(" ", "").split(",") if s]
+    ok = len(shares) in (1, 2, 3) and all(_is_number(s) for s in shares)
+    if c.require(ok, f"data.split={d.split!r} must be like '98,2,0'"):
+        c.require(float(shares[0]) > 0, f"data.split={d.split!r} gives no training documents")
+        if run.training.eval_interval > 0 and run.training.eval_iters > 0:
+            c.require(len(shares) > 1 and float(shares[1]) > 0,
+                      f"data.split={d.split!r} gives no validation documents but training.eval_interval > 0")
+    if d.tokenizer.model:
+        c.path_exists(d.tokenizer.model, "data.tokenizer.model")
+    vocab = tokenizer_vocab_size(d)
+    model_vocab = getattr(run.model, "vocab_size", None)
+    if c.require(vocab is not None,
+                 "tokenizer vocabulary size unknown: set data.tokenizer.vocab_size or give "
+                 f"data.summary (looked for {resolve_summary(d)})") and model_vocab:
+        c.require(vocab <= model_vocab,
+                  f"tokenizer vocabulary {vocab} does not fit model.vocab_size={model_vocab}")
+        c.require(0 <= d.tokenizer.eod_id < vocab,
+                  f"data.tokenizer.eod_id={d.tokenizer.eod_id} outside the vocabulary of {vocab}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False

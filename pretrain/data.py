@@ -1,0 +1,138 @@
+"""Training data: megatron-core GPTDataset blended by BlendedMegatronDatasetBuilder, read in a
+deterministic order that continues exactly from `consumed_samples` after a resume.
+
+Sample order: the blended train dataset is one fixed sequence of samples (shuffled with the run
+seed when the indices are built). Iteration i consumes samples [i*G, (i+1)*G) for a global batch
+G; inside it, microbatch k of data-parallel rank r takes mbs contiguous samples at
+i*G + k*mbs*dp + r*mbs. Everything a resume needs is therefore the one integer consumed_samples.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from pretrain.config import RunConfig, resolve_summary, strip_ext, tokenizer_vocab_size
+from stack_common.atomic import sha256_file
+from stack_common.logging import get_logger
+
+log = get_logger("pretrain.data")
+
+
+class EncodedDataTokenizer:
+    """What megatron's GPT datasets need to know of the tokenizer: vocabulary size and EOD id.
+
+    The data is already encoded; this stands in for a MegatronTokenizer without loading one."""
+
+    def __init__(self, vocab_size: int, eod_id: int):
+        self.vocab_size = int(vocab_size)
+        self.eod = int(eod_id)
+
+    @property
+    def unique_identifiers(self) -> OrderedDict:
+        return OrderedDict(vocab_size=self.vocab_size, eod=self.eod)
+
+
+def dataset_config(run: RunConfig):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+
+    d = run.data
+    prefixes = [str(Path(strip_ext(p)).resolve()) for p in d.paths]
+    weights = [float(w) for w in d.weights] if d.weights is not None else None
+    cache = d.cache_dir or str(run.run_dir / "data_cache")
+    return GPTDatasetConfig(
+        random_seed=run.training.seed,
+        sequence_length=run.seq_length,
+        blend=(prefixes, weights),
+        split=d.split,
+        path_to_cache=cache,
+        tokenizer=EncodedDataTokenizer(tokenizer_vocab_size(d), d.tokenizer.eod_id),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=d.eod_mask_loss,
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.05,
+    )
+
+
+def sample_counts(run: RunConfig) -> list[int]:
+    """Samples to build per split: all training steps, and one fixed validation set."""
+    t = run.training
+    valid = t.eval_iters * t.global_batch_size if t.eval_interval > 0 else 0
+    return [t.train_iters * t.global_batch_size, valid, 0]
+
+
+def build_datasets(run: RunConfig):
+    """(train, valid) blended datasets; every rank calls this (rank 0 builds the index cache first)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    counts = sample_counts(run)
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, counts, lambda: True, dataset_config(run))
+    train, valid, _ = builder.build()
+    log.info(f"train samples {len(train):,} (need {counts[0]:,}), valid samples "
+             f"{len(valid) if valid is not None else 0:,}")
+    return train, valid
+
+
+def collate(samples: list[dict]) -> dict:
+    return {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in samples[0]}
+
+
+def microbatches(dataset, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                 end_sample: Optional[int] = None) -> Iterator[dict]:
+    """This rank's microbatches from `start_sample` on, in the order described above."""
+    step = micro_batch_size * dp_size
+    end = len(dataset) if end_sample is None else min(end_sample, len(dataset))
+    for pos in range(start_sample, end - step + 1, step):
+        begin = pos + dp_rank * micro_batch_size
+        yield collate([dataset[i] for i in range(begin, begin + micro_batch_size)])
+
+
+def valid_microbatches(dataset, run: RunConfig, dp_rank: int, dp_size: int) -> Iterator[dict]:
+    """The fixed validation set (same samples every evaluation, so losses compare)."""
+    t = run.training
+    return microbatches(dataset, 0, t.micro_batch_size, dp_rank, dp_size,
+                        end_sample=t.eval_iters * t.global_batch_size)
+
+
+def tokenizer_reference(run: RunConfig) -> dict:
+    """Tokenizer path + sha256 for checkpoints: from data.tokenizer.model or encode_summary.json."""
+    d = run.data
+    ref = {"model": d.tokenizer.model, "sha256": None, "vocab_size": tokenizer_vocab_size(d),
+           "eod_id": d.tokenizer.eod_id, "encode_summary": None}
+    summary = resolve_summary(d)
+    if summary is not None and summary.is_file():
+        ref["encode_summary"] = str(summary.resolve())
+        info = json.loads(summary.read_text())
+        tok = info.get("tokenizer") if isinstance(info.get("tokenizer"), dict) else {}
+        ref["model"] = ref["model"] or tok.get("model") or info.get("tokenizer_model") \
+            or (info.get("tokenizer") if isinstance(info.get("tokenizer"), str) else None)
+        ref["sha256"] = tok.get("sha256") or info.get("tokenizer_sha256")
+    if ref["model"] and Path(ref["model"]).is_file():
+        ref["model"] = str(Path(ref["model"]).resolve())
+        ref["sha256"] = sha256_file(ref["model"])
+    return ref
+
+
+def write_token_dataset(prefix: str | Path, documents, vocab_size: int) -> Path:
+    """Write token-id documents as a megatron indexed dataset `prefix.{bin,idx}` (atomically).
+
+    For synthetic data, drills and tests; real corpora come from `tokenizer_training encode`."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from stack_common.atomic import atomic_path
+
+    prefix = Path(prefix)
+    dtype = np.uint16 if vocab_size <= 65536 else np.int32
+    with atomic_path(prefix.with_name(prefix.name + ".bin")) as bin_tmp, \
+            atomic_path(prefix.with_name(prefix.name + ".idx")) as idx_tmp:
+        builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
+        for doc in documents:
+            builder.add_document(torch.as_tensor(np.asarray(doc, dtype=np.int64)), [len(doc)])
+        builder.finalize(str(idx_tmp))
+    return prefix
