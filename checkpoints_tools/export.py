@@ -1,0 +1,169 @@
+"""export-hf: a megatron-core dist checkpoint (any TP/PP layout) -> a Hugging Face directory.
+
+Streaming: tensors are read one (layer slice) at a time from the torch_dist files, converted
+and handed to the sharded safetensors writer, so peak memory stays near one shard plus one
+tensor, never the model."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from stack_common.atomic import atomic_dir, atomic_write_json
+from stack_common.errors import UserError
+from stack_common.logging import get_logger
+from stack_common.progress import progress
+
+from . import layout as L
+from .dist_reader import META, DistCheckpointReader, read_json_file
+from .hf_io import FORMATS, copy_tokenizer, write_config
+from .safetensors_out import ShardedSafetensorsWriter
+
+log = get_logger("checkpoints_tools.export")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXPORT_META = "export_meta.json"
+
+
+class MegatronCheckpoint:
+    """The model tensors of one dist checkpoint under our part names, read lazily."""
+
+    def __init__(self, ckpt_dir: str | Path):
+        self.dir = Path(ckpt_dir)
+        self.reader = DistCheckpointReader(self.dir)
+        self.meta = read_json_file(self.dir / META)
+        self.arch = L.arch_from_meta(self.meta, where=self.dir / META)
+        self._check_shapes()
+
+    def _layer_key(self, part: str, layer: int) -> tuple[str, int | None]:
+        for name in L.LAYER_PARTS[part]:
+            if f"decoder.layers.{name}" in self.reader:
+                return f"decoder.layers.{name}", layer
+            if f"decoder.layers.{layer}.{name}" in self.reader:
+                return f"decoder.layers.{layer}.{name}", None
+        raise UserError(f"no tensor for {part} of layer {layer}", file=self.dir,
+                        field=" | ".join(f"decoder.layers[.{layer}].{n}" for n in L.LAYER_PARTS[part]))
+
+    def layer_part(self, part: str, layer: int) -> torch.Tensor:
+        if part == "fc1" and self._split_fc1(layer):
+            key = self._split_fc1(layer)
+            idx = layer if key.startswith("decoder.layers.mlp") else None
+            return torch.cat([self.reader.read(key + "_w", idx), self.reader.read(key + "_v", idx)])
+        key, idx = self._layer_key(part, layer)
+        return self.reader.read(key, idx)
+
+    def _split_fc1(self, layer: int) -> str | None:
+        for key in ("decoder.layers.mlp.linear_fc1.weight", f"decoder.layers.{layer}.mlp.linear_fc1.weight"):
+            if key + "_w" in self.reader:
+                return key
+        return None
+
+    def layer(self, layer: int) -> dict[str, torch.Tensor]:
+        return {part: self.layer_part(part, layer) for part in L.LAYER_PARTS}
+
+    def read(self, key: str) -> torch.Tensor:
+        return self.reader.read(key)
+
+    def _check_shapes(self) -> None:
+        """The recorded config must describe the tensors: a mismatch is named, not mis-exported."""
+        a, r = self.arch, self.reader
+        where = self.dir / META
+        expect = {
+            L.EMBEDDING: (a.padded_vocab_size, a.hidden_size),
+            L.OUTPUT: (a.padded_vocab_size, a.hidden_size),
+            L.FINAL_NORM: (a.hidden_size,),
+        }
+        for key, shape in expect.items():
+            if key not in r:
+                raise UserError("tensor missing from the checkpoint", file=self.dir, field=key)
+            if r.shapes[key] != shape:
+                raise UserError(f"checkpoint tensor has shape {r.shapes[key]} but the config "
+                                f"implies {shape}", file=where, field=key,
+                                expected="meta.json model/vocab to match the weights")
+        qkv_rows = (a.num_heads + 2 * a.num_query_groups) * a.head_dim
+        key, idx = self._layer_key("qkv", 0)
+        shape = r.shapes[key][1:] if idx is not None else r.shapes[key]
+        if shape != (qkv_rows, a.hidden_size):
+            raise UserError(f"linear_qkv has shape {shape} but heads={a.num_heads}, "
+                            f"groups={a.num_query_groups}, hidden={a.hidden_size} imply "
+                            f"{(qkv_rows, a.hidden_size)}", file=where, field="model")
+        if idx is not None and r.shapes[key][0] != a.num_layers:
+            raise UserError(f"checkpoint has {r.shapes[key][0]} layers, config says {a.num_layers}",
+                            file=where, field="model.num_layers")
+        if idx is None:
+            self._layer_key("qkv", a.num_layers - 1)  # raises if the last layer is missing
+
+
+def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dtype: str = "auto",
+              tokenizer: str | Path | None = None, overwrite: bool = False,
+              max_shard_bytes: int = 1 << 30, extra_meta: dict | None = None) -> Path:
+    """Convert one checkpoint; returns the output directory (published atomically)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}", field="--format", expected=" or ".join(FORMATS))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserError("target directory exists", file=out_dir, expected="a new path or --overwrite")
+    ckpt = MegatronCheckpoint(ckpt_dir)
+    arch = ckpt.arch
+    if fmt == "llama" and arch.position != "rope":
+        raise UserError("the llama format has no ALiBi", file=ckpt.dir / META,
+                        field="model.position_embedding_type", expected="--format baichuan for ALiBi models")
+    if fmt == "baichuan" and arch.num_query_groups != arch.num_heads:
+        raise UserError("the baichuan format has multi-head attention only", file=ckpt.dir / META,
+                        field="model.num_query_groups", expected="--format llama for GQA models")
+    target = DTYPES.get(dtype) or ckpt.reader.dtypes[L.EMBEDDING]
+    tokenizer = tokenizer or tokenizer_from_meta(ckpt.meta)
+    start = time.time()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
+        for name, tensor in progress(_hf_tensors(ckpt, fmt), total=3 + arch.num_layers * (9 if fmt == "llama" else 7),
+                                     desc=f"export {ckpt.dir.name}", unit="tensor"):
+            writer.add(name, tensor.to(target))
+        files = writer.close()
+        write_config(tmp, fmt, arch, target, special_tokens(ckpt.meta))
+        tokenizer_files = copy_tokenizer(Path(tokenizer) if tokenizer else None, tmp)
+        atomic_write_json(tmp / EXPORT_META, {
+            "source": str(Path(ckpt_dir).resolve()), "format": fmt, "dtype": str(target),
+            "iteration": ckpt.meta.get("iteration"), "consumed_tokens": ckpt.meta.get("consumed_tokens"),
+            "consumed_samples": ckpt.meta.get("consumed_samples"),
+            "saved_layout": {k: ckpt.meta.get(k) for k in ("tp", "pp", "vpp", "dp")},
+            "arch": arch.as_dict(), "files": files, "tokenizer_files": tokenizer_files,
+            "normhead": "folded into lm_head (rows normalized)" if fmt == "llama"
+                        else "applied in modeling_baichuan.NormHead", **(extra_meta or {})})
+    mb = writer.total_bytes / 2**20
+    took = time.time() - start
+    log.info(f"exported {ckpt.dir} -> {out_dir} ({fmt}, {len(files)} file(s), {mb:.1f} MB, "
+             f"{took:.1f}s, {mb / max(took, 1e-9):.1f} MB/s)")
+    return out_dir
+
+
+def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str):
+    """Yield (hf name, tensor) in file order: embeddings, layers, final norm, head."""
+    arch = ckpt.arch
+    yield "model.embed_tokens.weight", L.strip_vocab(ckpt.read(L.EMBEDDING), arch.vocab_size)
+    for i in range(arch.num_layers):
+        parts = ckpt.layer(i)
+        for name, tensor in L.hf_layer_tensors(fmt, i, parts, arch):
+            yield name, tensor
+        del parts
+    yield "model.norm.weight", ckpt.read(L.FINAL_NORM)
+    head = L.strip_vocab(ckpt.read(L.OUTPUT), arch.vocab_size)
+    yield "lm_head.weight", L.normalize_rows(head) if fmt == "llama" else head
+
+
+def special_tokens(meta: dict) -> dict:
+    """Baichuan's ids (pad 0, bos 1, eos 2) unless the run recorded others."""
+    tok = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+    return {"pad_token_id": int(tok.get("pad_id", 0)), "bos_token_id": int(tok.get("bos_id", 1)),
+            "eos_token_id": int(tok.get("eod_id", tok.get("eos_id", 2)))}
+
+
+def tokenizer_from_meta(meta: dict) -> str | None:
+    """The tokenizer the run recorded (a path, or a dict with `path`/`model`), if it still exists."""
+    tok = meta.get("tokenizer")
+    path = tok.get("path") or tok.get("model") if isinstance(tok, dict) else tok
+    if path and not Path(path).exists():
+        log.warning(f"tokenizer {path} recorded in meta.json no longer exists; exporting without it")
+        return None
+    return path

@@ -1,0 +1,182 @@
+"""The Hugging Face side: configs for both formats, lazy tensor access to HF directories
+(safetensors or the `pytorch_model*.bin` shards of the released Baichuan 2 models), and the
+tokenizer files that go with an export."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from stack_common.errors import UserError
+
+from .layout import Arch
+
+TEMPLATES = Path(__file__).parent / "hf_templates"
+BAICHUAN_FILES = ("configuration_baichuan.py", "modeling_baichuan.py")
+FORMATS = ("llama", "baichuan")
+
+
+# ----------------------------------------------------------------------------- writing configs
+
+def write_config(out_dir: Path, fmt: str, arch: Arch, dtype: torch.dtype, special: dict) -> None:
+    dtype_name = str(dtype).removeprefix("torch.")
+    common = dict(vocab_size=arch.vocab_size, hidden_size=arch.hidden_size,
+                  intermediate_size=arch.ffn_hidden_size, num_hidden_layers=arch.num_layers,
+                  num_attention_heads=arch.num_heads, max_position_embeddings=arch.seq_length,
+                  rms_norm_eps=arch.norm_eps, hidden_act="silu", tie_word_embeddings=False,
+                  **special)
+    if fmt == "llama":
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(num_key_value_heads=arch.num_query_groups, rope_theta=arch.rope_base,
+                             attention_bias=False, mlp_bias=False, **common)
+        config.architectures = ["LlamaForCausalLM"]
+    else:
+        from .hf_templates.configuration_baichuan import BaichuanConfig
+
+        config = BaichuanConfig(position_embedding=arch.position, rope_theta=arch.rope_base,
+                                model_max_length=arch.seq_length, **common)
+        config.architectures = ["BaichuanForCausalLM"]
+        config.auto_map = {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                           "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}
+        for name in BAICHUAN_FILES:
+            shutil.copyfile(TEMPLATES / name, out_dir / name)
+    config.dtype = dtype_name
+    config.save_pretrained(out_dir)
+    generation = {"bos_token_id": special["bos_token_id"], "eos_token_id": special["eos_token_id"],
+                  "pad_token_id": special["pad_token_id"], "do_sample": False,
+                  "max_new_tokens": 64, "repetition_penalty": 1.0}
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- reading HF dirs
+
+class HFCheckpoint:
+    """Lazy, tensor-by-tensor access to a Hugging Face model directory."""
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+        config_path = self.dir / "config.json"
+        if not config_path.is_file():
+            raise UserError("not a Hugging Face model directory: config.json is missing", file=self.dir)
+        try:
+            self.config = json.loads(config_path.read_text())
+        except ValueError as err:
+            raise UserError(f"not valid JSON: {err}", file=config_path) from err
+        self.format = detect_format(self.config, config_path)
+        self.arch = arch_from_hf_config(self.config, config_path)
+        self._open: dict[str, object] = {}
+        self.weight_map = self._weight_map()
+
+    def _weight_map(self) -> dict[str, str]:
+        for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                                   ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+            index = self.dir / index_name
+            if index.is_file():
+                return json.loads(index.read_text())["weight_map"]
+            if (self.dir / single).is_file():
+                return {name: single for name in self._names_in(single)}
+        raise UserError("no weights found", file=self.dir,
+                        expected="model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
+
+    def _names_in(self, file: str) -> list[str]:
+        return list(self._handle(file).keys())
+
+    def _handle(self, file: str):
+        if file not in self._open:
+            path = self.dir / file
+            if not path.is_file():
+                raise UserError("weight file listed in the index is missing", file=path)
+            try:
+                if file.endswith(".safetensors"):
+                    from safetensors import safe_open
+
+                    self._open[file] = safe_open(str(path), framework="pt")
+                else:  # memory-mapped: only the tensors asked for are paged in
+                    self._open[file] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as err:
+                raise UserError(f"cannot read weights: {err}", file=path) from err
+        return self._open[file]
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self.weight_map.get(name)
+        if file is None:
+            raise UserError("tensor missing from the checkpoint", file=self.dir, field=name)
+        handle = self._handle(file)
+        tensor = handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
+        return tensor
+
+    def names(self) -> list[str]:
+        return sorted(self.weight_map)
+
+
+def detect_format(config: dict, where) -> str:
+    model_type = config.get("model_type")
+    if model_type in FORMATS:
+        return model_type
+    raise UserError(f"unsupported model_type {model_type!r}", file=where, field="model_type",
+                    expected="llama or baichuan")
+
+
+def arch_from_hf_config(config: dict, where) -> Arch:
+    try:
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        layers = int(config["num_hidden_layers"])
+        ffn = int(config["intermediate_size"])
+        vocab = int(config["vocab_size"])
+    except KeyError as err:
+        raise UserError("missing", file=where, field=err.args[0]) from err
+    if config.get("model_type") == "llama":
+        position = "rope"
+        rope = config.get("rope_parameters") or {}
+        base = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+        if rope.get("rope_type", "default") != "default" or config.get("rope_scaling"):
+            raise UserError("RoPE scaling is not supported", file=where, field="rope_scaling")
+    else:
+        # Released Baichuan 2 configs have no position field: 13B (40 layers, hidden 5120) is ALiBi.
+        position = config.get("position_embedding") or ("alibi" if (layers, hidden) == (40, 5120)
+                                                         else "rope")
+        base = config.get("rope_theta", 10000.0)
+    seq = config.get("max_position_embeddings") or config.get("model_max_length") or 4096
+    return Arch(num_layers=layers, hidden_size=hidden, num_heads=heads,
+                num_query_groups=int(config.get("num_key_value_heads") or heads),
+                ffn_hidden_size=ffn, vocab_size=vocab, padded_vocab_size=vocab,
+                seq_length=int(seq), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                position=position, rope_base=float(base))
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "tokenization_baichuan.py")
+
+
+def copy_tokenizer(src: Path | None, out_dir: Path) -> list[str]:
+    """Put the tokenizer next to the weights. `src` is a HF tokenizer directory, or a
+    SentencePiece .model that the tokenizer package converts (its `export_hf_tokenizer`)."""
+    if src is None:
+        return []
+    src = Path(src)
+    if src.is_dir():
+        copied = []
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, out_dir / name)
+                copied.append(name)
+        if not copied:
+            raise UserError("no tokenizer files found", file=src, expected=", ".join(TOKENIZER_FILES))
+        return copied
+    if not src.is_file():
+        raise UserError("tokenizer not found", file=src)
+    from tokenizer_training.export_hf import export_hf_tokenizer
+
+    staging = out_dir / "tokenizer.staging"   # inside the export's temp dir: removed with it on failure
+    export_hf_tokenizer(src, staging)
+    copied = sorted(p.name for p in staging.iterdir())
+    for name in copied:
+        (staging / name).rename(out_dir / name)
+    staging.rmdir()
+    return copied

@@ -1,0 +1,241 @@
+"""Intermediate-checkpoint series: export every kept checkpoint of a run to a directory named by
+tokens consumed (train_00220B, or K/M units for small runs), then evaluate each export on held-out
+perplexity and lm-eval tasks, and write a table (CSV, JSON, Markdown), PNG plots and
+TensorBoard scalars of every metric against tokens."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from stack_common.atomic import atomic_path, atomic_write_json, atomic_write_text, read_json
+from stack_common.errors import UserError
+from stack_common.logging import get_logger
+
+from .export import EXPORT_META, export_hf
+from .inspect_run import inspect_run
+
+log = get_logger("checkpoints_tools.series")
+
+UNITS = (("B", 10**9), ("M", 10**6), ("K", 10**3), ("", 1))
+
+
+# ----------------------------------------------------------------------------- export-series
+
+def series_names(tokens: list[int]) -> list[str]:
+    """One unit for the whole series: the largest that keeps every name distinct and non-zero."""
+    for unit, scale in UNITS:
+        names = [f"train_{round(t / scale):05d}{unit}" for t in tokens]
+        if len(set(names)) == len(names) and all(t == 0 or round(t / scale) > 0 for t in tokens):
+            return names
+    raise AssertionError("distinct token counts always give distinct plain names")
+
+
+def export_series(run_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dtype: str = "auto",
+                  tokenizer: str | None = None, include_rolling: bool = False,
+                  overwrite: bool = False) -> list[Path]:
+    """Export kept (milestone) checkpoints; with include_rolling, every complete one. Exports
+    that already exist are skipped, so the command can follow a running job."""
+    report = inspect_run(run_dir)
+    rows = [r for r in report["checkpoints"] if r["status"] == "ok"]
+    for r in report["checkpoints"]:
+        if r["status"] != "ok":
+            log.warning(f"skipping {r['name']}: {r['problem']}")
+    chosen = [r for r in rows if include_rolling or r.get("keep")]
+    if not chosen:
+        raise UserError("no kept checkpoint to export", file=report["checkpoints_dir"],
+                        expected="milestone checkpoints (keep=true in meta.json) or --include-rolling")
+    chosen.sort(key=lambda r: r["consumed_tokens"] or 0)
+    tokens = [int(r["consumed_tokens"] or 0) for r in chosen]
+    if len(set(tokens)) != len(tokens):
+        raise UserError("two checkpoints report the same consumed_tokens", file=report["checkpoints_dir"],
+                        field="consumed_tokens")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for row, name in zip(chosen, series_names(tokens)):
+        target = out_dir / name
+        if target.exists() and not overwrite:
+            log.info(f"{target} exists, skipping")
+        else:
+            export_hf(row["path"], target, fmt=fmt, dtype=dtype, tokenizer=tokenizer,
+                      overwrite=overwrite, extra_meta={"series_name": name})
+        done.append(target)
+    return done
+
+
+# ----------------------------------------------------------------------------- eval-series
+
+def list_exports(exports_dir: Path) -> list[tuple[int, Path]]:
+    if not exports_dir.is_dir():
+        raise UserError("exports directory does not exist", file=exports_dir)
+    found = []
+    for d in sorted(exports_dir.glob("train_*")):
+        if (d / EXPORT_META).is_file():
+            found.append((int(read_json(d / EXPORT_META).get("consumed_tokens") or 0), d))
+    if not found:
+        raise UserError("no exports found", file=exports_dir, expected="train_* directories from export-series")
+    return sorted(found)
+
+
+def load_model(export_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, dtype=torch.float32)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(export_dir) if (export_dir / "tokenizer_config.json").is_file() else None
+    return model, tok
+
+
+def heldout_tokens(tokenizer, text_files: list[str], data_prefixes: list[str], max_tokens: int) -> list[int]:
+    """Token ids of the held-out set: encoded megatron datasets (.bin/.idx) or raw text files."""
+    ids: list[int] = []
+    for prefix in data_prefixes:
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        prefix = prefix.removesuffix(".bin").removesuffix(".idx")
+        for ext in (".bin", ".idx"):
+            if not Path(prefix + ext).is_file():
+                raise UserError("encoded dataset file missing", file=prefix + ext)
+        ds = IndexedDataset(prefix)
+        for i in range(len(ds)):
+            ids.extend(int(t) for t in ds[i])
+            if len(ids) >= max_tokens:
+                return ids[:max_tokens]
+    for path in text_files:
+        if not Path(path).is_file():
+            raise UserError("held-out text file does not exist", file=path)
+        if tokenizer is None:
+            raise UserError("perplexity on text needs the tokenizer in the export", file=path)
+        ids.extend(tokenizer(Path(path).read_text(encoding="utf-8"))["input_ids"])
+        if len(ids) >= max_tokens:
+            return ids[:max_tokens]
+    return ids
+
+
+def perplexity(model, ids: list[int], seq_length: int) -> float:
+    """exp(mean next-token loss) over non-overlapping windows of seq_length tokens."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, max(len(ids) - 1, 0), seq_length):
+            window = torch.tensor(ids[start:start + seq_length + 1])[None]
+            if window.shape[1] < 2:
+                break
+            logits = model(window[:, :-1]).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
+            total += loss.item()
+            count += window.shape[1] - 1
+    if count == 0:
+        raise UserError("held-out set has fewer than 2 tokens")
+    return math.exp(total / count)
+
+
+def lm_eval_metrics(export_dir: Path, tasks: list[str], include_path: str | None, limit,
+                    batch_size: int = 8) -> dict[str, float]:
+    """Run the lm-eval harness on one export; returns {task/metric: value}."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    results = lm_eval.simple_evaluate(
+        model="hf", tasks=tasks, task_manager=manager, limit=limit, batch_size=batch_size,
+        model_args=f"pretrained={export_dir},trust_remote_code=True,dtype=float32", device="cpu",
+        log_samples=False)
+    metrics = {}
+    for task, values in results["results"].items():
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and "stderr" not in key and key != "alias":
+                metrics[f"{task}/{key.split(',')[0]}"] = float(value)
+    return metrics
+
+
+def eval_series(exports_dir: str | Path, out_dir: str | Path | None = None, text_files=(),
+                data_prefixes=(), tasks=(), include_path: str | None = None, limit=None,
+                max_tokens: int = 65536, seq_length: int | None = None) -> list[dict]:
+    exports_dir = Path(exports_dir)
+    out_dir = Path(out_dir) if out_dir else exports_dir / "eval"
+    exports = list_exports(exports_dir)
+    if not (text_files or data_prefixes or tasks):
+        raise UserError("nothing to evaluate", expected="--text, --data and/or --tasks")
+    rows = []
+    for tokens, export in exports:
+        row = {"name": export.name, "tokens": tokens}
+        if text_files or data_prefixes:
+            model, tok = load_model(export)
+            ids = heldout_tokens(tok, list(text_files), list(data_prefixes), max_tokens)
+            window = seq_length or min(model.config.max_position_embeddings, 1024)
+            row["heldout/perplexity"] = perplexity(model, ids, window)
+            row["heldout/tokens"] = len(ids)
+            del model
+        if tasks:
+            row.update(lm_eval_metrics(export, list(tasks), include_path, limit))
+        log.info(f"{export.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                  if isinstance(v, float)))
+        rows.append(row)
+    write_tables(rows, out_dir)
+    return rows
+
+
+# ----------------------------------------------------------------------------- reports
+
+def metric_names(rows: list[dict]) -> list[str]:
+    names = []
+    for row in rows:
+        names += [k for k, v in row.items() if isinstance(v, float) and k not in names]
+    return names
+
+
+def write_tables(rows: list[dict], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["name", "tokens"] + metric_names(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "series.csv", buf.getvalue())
+    atomic_write_json(out_dir / "series.json", rows)
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        md.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    atomic_write_text(out_dir / "series.md", "\n".join(md) + "\n")
+    plot(rows, out_dir)
+    tensorboard(rows, out_dir / "tensorboard")
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def plot(rows: list[dict], out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for metric in metric_names(rows):
+        points = [(r["tokens"], r[metric]) for r in rows if metric in r]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_xlabel("tokens consumed")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(out_dir / f"plot_{metric.replace('/', '_')}.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+
+
+def tensorboard(rows: list[dict], tb_dir: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tb_dir))
+    for row in rows:
+        for metric in metric_names([row]):
+            writer.add_scalar(f"series/{metric}", row[metric], global_step=row["tokens"])
+    writer.close()
+
