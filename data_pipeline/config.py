@@ -1,0 +1,86 @@
+"""Typed configuration of `python -m data_pipeline` (validated from the Hydra YAML)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "quality")
+GLOBAL_STAGE_NAMES = ("exact_dedup", "minhash_dedup", "line_dedup")
+NEEDS_LANG = ("clean_lines", "filter", "quality")
+
+
+@dataclass
+class ReaderConfig:
+    id_field: str = "id"
+    text_field: str = "text"
+    source_field: str = "source"
+    lang_field: Optional[str] = None           # trusted only when `annotate` does not run
+    metadata_fields: list[str] = field(default_factory=list)  # copied into annotations
+    default_source: str = ""                   # empty: the input file's stem
+    max_text_bytes: int = 16 * 1024 * 1024     # bigger records are quarantined, not processed
+    batch_docs: int = 2000                     # documents per Arrow batch written
+
+
+@dataclass
+class NormalizeConfig:
+    nfc: bool = True
+    strip_control: bool = True         # C0/C1 controls except \n and \t, zero-width chars
+    line_endings: bool = True          # \r\n and \r -> \n
+    collapse_spaces: bool = True       # runs of spaces/tabs -> one space, trailing spaces dropped
+    max_blank_lines: int = 2           # longer runs of empty lines are shortened
+    keep_original: bool = False        # store the input text in annotations.original_text when changed
+
+
+@dataclass
+class LangConfig:
+    fasttext_model: Optional[str] = None   # e.g. lid.176.bin; script statistics otherwise
+    fasttext_min_score: float = 0.5
+    zh_min_han_share: float = 0.3          # Han chars / (Han chars + Latin letters / 4)
+    en_min_latin_ratio: float = 0.7        # Latin letters / letters
+    code_min_line_ratio: float = 0.35      # lines that look like code
+    code_min_symbol_ratio: float = 0.04    # {}[]();=<> among non-space characters
+
+
+@dataclass
+class QualityConfig:
+    model: Optional[str] = None            # fastText model from `task=quality_train`
+    mode: str = "threshold"                # threshold | top_fraction | score_only
+    threshold: float = 0.5
+    top_fraction: dict[str, float] = field(default_factory=lambda: {"zh": 0.9, "en": 0.9})
+    langs: list[str] = field(default_factory=lambda: ["zh", "en"])  # others get no score (-1) and pass
+    max_chars: int = 4000                  # characters of a document the classifier sees
+
+
+@dataclass
+class QualityTrainConfig:
+    positive: list[str] = field(default_factory=list)   # files, globs or shard dirs
+    negative: list[str] = field(default_factory=list)
+    output: str = "quality_model.bin"
+    heldout_fraction: float = 0.2
+    epoch: int = 10
+    lr: float = 0.5
+    dim: int = 32
+    word_ngrams: int = 2
+    bucket: int = 200_000                  # hash buckets: the model size is about bucket * dim * 4 bytes
+    min_count: int = 1
+    seed: int = 0
+    max_chars: int = 4000
+
+
+@dataclass
+class PipelineConfig:
+    task: str = "run"                      # run | quality_train
+    input: list[str] = field(default_factory=list)
+    output: str = ""
+    stages: list[str] = field(default_factory=lambda: list(PER_DOC_STAGES))
+    workers: int = 1
+    executor: str = "local"                # local | ray
+    ray_address: Optional[str] = None
+    overwrite: bool = False
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    lang: LangConfig = field(default_factory=LangConfig)
+    rules: dict[str, Any] = field(default_factory=dict)    # per language: configs/data/rules/<lang>.yaml
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    quality_train: QualityTrainConfig = field(default_factory=QualityTrainConfig)
+    dedup: dict[str, Any] = field(default_factory=dict)    # owned by data_pipeline/dedup

@@ -1,0 +1,102 @@
+"""Chinese rules: they count characters, not space-separated words.
+
+Same contract as the English rules: `rule(ChineseText, thresholds) -> None | "<rule>.<key>"`.
+"""
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+from ..lang import HAN_RE
+from .common import duplicate_fractions, nonempty_lines
+from .english import _over, _under, ngram_repetition
+
+SPACE_RE = re.compile(r"\s+")
+DIGIT_RE = re.compile(r"[0-9０-９]")
+PUNCT_RE = re.compile(r"[，。！？；：、“”‘’（）《》〈〉【】「」『』…—～·,.!?;:()\"'\[\]<>\-~]")
+CHAR_RUN_RE = re.compile(r"(.)\1+")
+ZH_TERMINAL = ("。", "！", "？", "…", "”", "」", "』", "；", "：", "!", "?", ".", "）", ")")
+
+
+class ChineseText:
+    def __init__(self, text: str):
+        self.text = text
+
+    @cached_property
+    def chars(self) -> str:
+        """The document without whitespace: the unit Chinese rules count."""
+        return SPACE_RE.sub("", self.text)
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return nonempty_lines(self.text)
+
+
+def length(doc: ChineseText, p: dict) -> str | None:
+    if _under(len(doc.chars), p.get("min_chars")):
+        return "length.min_chars"
+    if _over(len(doc.chars), p.get("max_chars")):
+        return "length.max_chars"
+    return None
+
+
+def characters(doc: ChineseText, p: dict) -> str | None:
+    n = len(doc.chars) or 1
+    if _under(len(HAN_RE.findall(doc.chars)) / n, p.get("min_han_ratio")):
+        return "characters.min_han_ratio"
+    if _over(len(DIGIT_RE.findall(doc.chars)) / n, p.get("max_digit_ratio")):
+        return "characters.max_digit_ratio"
+    punct = len(PUNCT_RE.findall(doc.chars)) / n
+    if _under(punct, p.get("min_punct_ratio")):
+        return "characters.min_punct_ratio"
+    if _over(punct, p.get("max_punct_ratio")):
+        return "characters.max_punct_ratio"
+    return None
+
+
+def repetition(doc: ChineseText, p: dict) -> str | None:
+    if p.get("max_char_run") is not None:
+        longest = max((len(m.group(0)) for m in CHAR_RUN_RE.finditer(doc.chars)), default=1)
+        if longest > p["max_char_run"]:
+            return "repetition.max_char_run"
+    line_dup, line_char_dup = duplicate_fractions(doc.lines)
+    if _over(line_dup, p.get("max_dup_line_ratio")):
+        return "repetition.max_dup_line_ratio"
+    if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
+        return "repetition.max_dup_line_char_ratio"
+    chars = doc.chars
+    return ngram_repetition(chars, [1] * len(chars), len(chars), p, "repetition")
+
+
+def boilerplate(doc: ChineseText, p: dict) -> str | None:
+    keywords = p.get("keywords") or []
+    if not keywords or p.get("max_keyword_char_ratio") is None:
+        return None
+    pattern = _keyword_re(tuple(keywords))
+    hit_chars = sum(len(m) for m in pattern.findall(doc.chars))
+    if hit_chars / (len(doc.chars) or 1) > p["max_keyword_char_ratio"]:
+        return "boilerplate.max_keyword_char_ratio"
+    return None
+
+
+_KEYWORD_CACHE: dict[tuple, re.Pattern] = {}
+
+
+def _keyword_re(keywords: tuple) -> re.Pattern:
+    if keywords not in _KEYWORD_CACHE:
+        _KEYWORD_CACHE[keywords] = re.compile("|".join(map(re.escape, sorted(keywords, key=len, reverse=True))))
+    return _KEYWORD_CACHE[keywords]
+
+
+def lines(doc: ChineseText, p: dict) -> str | None:
+    lines_ = doc.lines or [""]
+    if _under(sum(line.endswith(ZH_TERMINAL) for line in lines_) / len(lines_), p.get("min_line_punct_ratio")):
+        return "lines.min_line_punct_ratio"
+    short = p.get("short_line_chars", 5)
+    if _over(sum(len(line) <= short for line in lines_) / len(lines_), p.get("max_short_line_ratio")):
+        return "lines.max_short_line_ratio"
+    return None
+
+
+RULES = {"length": length, "characters": characters, "repetition": repetition, "boilerplate": boilerplate,
+         "lines": lines}

@@ -1,0 +1,152 @@
+"""English rules: Gopher quality, Gopher repetition, C4 document rules, FineWeb line rules.
+
+Each rule takes an `EnglishText` view and the rule's thresholds (a dict from
+`configs/data/rules/en.yaml`) and returns None to keep the document or the name of the
+violated threshold (`<rule>.<key>`) as the reason. A threshold set to null is not checked.
+"""
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+from .common import duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, top_ngram_char_fraction
+
+WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
+ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
+BULLETS = ("•", "-", "*", "●", "·", "‣", "◦", "▪", "➢", "–")
+ELLIPSES = ("...", "…")
+TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ")", ":", ";", "…")
+
+
+class EnglishText:
+    """What the English rules measure, computed once per document and only when asked."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    @cached_property
+    def words(self) -> list[str]:
+        return WORD_RE.findall(self.text)
+
+    @cached_property
+    def word_chars(self) -> list[int]:
+        return [len(w) for w in self.words]
+
+    @cached_property
+    def total_word_chars(self) -> int:
+        return sum(self.word_chars)
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return nonempty_lines(self.text)
+
+    @cached_property
+    def tokens(self) -> int:
+        return len(self.text.split())
+
+
+def _over(value, limit) -> bool:
+    return limit is not None and value > limit
+
+
+def _under(value, limit) -> bool:
+    return limit is not None and value < limit
+
+
+def gopher_quality(doc: EnglishText, p: dict) -> str | None:
+    n_words = len(doc.words)
+    if _under(n_words, p.get("min_words")):
+        return "gopher_quality.min_words"
+    if _over(n_words, p.get("max_words")):
+        return "gopher_quality.max_words"
+    mean_len = doc.total_word_chars / (n_words or 1)
+    if _under(mean_len, p.get("min_mean_word_length")):
+        return "gopher_quality.min_mean_word_length"
+    if _over(mean_len, p.get("max_mean_word_length")):
+        return "gopher_quality.max_mean_word_length"
+    text = doc.text
+    symbols = text.count("#") + text.count("...") + text.count("…")
+    if _over(symbols / (n_words or 1), p.get("max_symbol_word_ratio")):
+        return "gopher_quality.max_symbol_word_ratio"
+    lines = doc.lines or [""]
+    if _over(sum(line.startswith(BULLETS) for line in lines) / len(lines), p.get("max_bullet_lines_ratio")):
+        return "gopher_quality.max_bullet_lines_ratio"
+    if _over(sum(line.endswith(ELLIPSES) for line in lines) / len(lines), p.get("max_ellipsis_lines_ratio")):
+        return "gopher_quality.max_ellipsis_lines_ratio"
+    if _under(len(ALPHA_TOKEN_RE.findall(text)) / (doc.tokens or 1), p.get("min_alpha_words_ratio")):
+        return "gopher_quality.min_alpha_words_ratio"
+    if p.get("min_stop_words") is not None and not _has_stop_words(doc.words, set(p["stop_words"]), p["min_stop_words"]):
+        return "gopher_quality.min_stop_words"
+    return None
+
+
+def _has_stop_words(words: list[str], stop_words: set[str], needed: int) -> bool:
+    found = 0
+    for word in words:
+        if word.lower() in stop_words:
+            found += 1
+            if found >= needed:
+                return True
+    return found >= needed
+
+
+def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
+    line_dup, line_char_dup = duplicate_fractions(doc.lines)
+    if _over(line_dup, p.get("max_dup_line_ratio")):
+        return "gopher_repetition.max_dup_line_ratio"
+    if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
+        return "gopher_repetition.max_dup_line_char_ratio"
+    para_dup, para_char_dup = duplicate_fractions(paragraphs(doc.text))
+    if _over(para_dup, p.get("max_dup_para_ratio")):
+        return "gopher_repetition.max_dup_para_ratio"
+    if _over(para_char_dup, p.get("max_dup_para_char_ratio")):
+        return "gopher_repetition.max_dup_para_char_ratio"
+    return ngram_repetition(doc.words, doc.word_chars, doc.total_word_chars, p, "gopher_repetition")
+
+
+def ngram_repetition(units, unit_chars, total_chars: int, p: dict, rule: str) -> str | None:
+    """Top n-gram and duplicated n-gram character fractions (shared by the English and Chinese rules)."""
+    for n, limit in p.get("max_top_ngram_char_ratio") or []:
+        if _over(top_ngram_char_fraction(units, n, unit_chars, total_chars), limit):
+            return f"{rule}.max_top_ngram_char_ratio"
+    limits = sorted(p.get("max_dup_ngram_char_ratio") or [])
+    for k, (n, limit) in enumerate(limits):
+        fraction = duplicated_ngram_char_fraction(units, n, unit_chars, total_chars)
+        if _over(fraction, limit):
+            return f"{rule}.max_dup_ngram_char_ratio"
+        # Longer duplicated n-grams cover no more text than shorter ones: stop once below every limit left.
+        if fraction <= min(lim for _, lim in limits[k:]):
+            break
+    return None
+
+
+def c4(doc: EnglishText, p: dict) -> str | None:
+    lowered = doc.text.lower()
+    if p.get("lorem_ipsum") and "lorem ipsum" in lowered:
+        return "c4.lorem_ipsum"
+    if p.get("curly_braces") and "{" in doc.text:
+        return "c4.curly_braces"
+    if p.get("min_sentences") is not None:
+        sentences = len(re.findall(r"[.!?]+(?:\s|$)", doc.text))
+        if sentences < p["min_sentences"]:
+            return "c4.min_sentences"
+    return None
+
+
+def fineweb(doc: EnglishText, p: dict) -> str | None:
+    lines = doc.lines or [""]
+    if _under(sum(line.endswith(TERMINAL_PUNCT) for line in lines) / len(lines), p.get("min_line_punct_ratio")):
+        return "fineweb.min_line_punct_ratio"
+    short = p.get("short_line_chars", 30)
+    if _over(sum(len(line) <= short for line in lines) / len(lines), p.get("max_short_line_ratio")):
+        return "fineweb.max_short_line_ratio"
+    if p.get("max_dup_line_char_ratio") is not None:
+        _, dup_chars = duplicate_fractions(lines)
+        if dup_chars > p["max_dup_line_char_ratio"]:
+            return "fineweb.max_dup_line_char_ratio"
+    if _over(doc.text.count("\n") / (len(doc.words) or 1), p.get("max_newline_word_ratio")):
+        return "fineweb.max_newline_word_ratio"
+    return None
+
+
+RULES = {"gopher_quality": gopher_quality, "gopher_repetition": gopher_repetition, "c4": c4, "fineweb": fineweb}

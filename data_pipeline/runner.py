@@ -1,0 +1,301 @@
+"""Run a pipeline: plan the stages, run per-document segments unit by unit (local processes or
+Ray), hand global stages to `data_pipeline.dedup`, assemble stage directories, write the
+run-level stats and funnel chart.
+
+Output layout (OUT = cfg.output):
+    OUT/run_config.json                   the settings that decide the output (checked on rerun)
+    OUT/stages/NN_<stage>/kept/           DOC_SCHEMA shards (last stage of a fused segment only)
+    OUT/stages/NN_<stage>/excluded/       EXCLUDED_SCHEMA shards (stage, reason)
+    OUT/stages/NN_<stage>/stats.json      written last: its presence marks the stage complete
+    OUT/quarantine/                       QUARANTINE_SCHEMA shards (file, location, reason, raw)
+    OUT/final/                            the last stage's kept shards (hard links) + manifest
+    OUT/stats.json, OUT/funnel.png        per-stage funnel with reconciled counts
+    OUT/work/                             per-unit results while a segment runs (removed after)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack_common.atomic import atomic_dir, atomic_write_json, read_json, remove_stale_tmp
+from stack_common.config import Checks, as_plain
+from stack_common.errors import UserError
+from stack_common.logging import get_logger
+from stack_common.shards import ShardFile, read_manifest, write_manifest
+
+from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
+from .executors import run_units
+from .funnel import plot_funnel
+from .readers import expand_inputs
+from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
+from .unit import process_unit
+
+log = get_logger("data_pipeline.run")
+DECISIVE_KEYS = ("input", "stages", "reader", "normalize", "lang", "rules", "quality", "dedup")
+
+
+@dataclass
+class Segment:
+    kind: str                 # "docs" (fused per-document stages) or "global"
+    stages: list[str]
+    first_index: int
+
+    def stage_dirs(self, out: Path) -> list[Path]:
+        return [out / "stages" / f"{self.first_index + i:02d}_{name}" for i, name in enumerate(self.stages)]
+
+
+def resolve_stages(cfg: PipelineConfig) -> list[str]:
+    """The user's stage list, with `annotate` added where a stage needs the language."""
+    stages = list(cfg.stages)
+    if "annotate" not in stages and not cfg.reader.lang_field:
+        first_needing = next((i for i, s in enumerate(stages) if s in NEEDS_LANG), None)
+        if first_needing is not None:
+            at = 1 if stages and stages[0] == "normalize" and first_needing > 0 else first_needing
+            stages.insert(at, "annotate")
+            log.info("stage 'annotate' added before %s: later stages need the language", stages[at + 1])
+    return stages
+
+
+def validate(cfg: PipelineConfig, stages: list[str]) -> None:
+    checks = Checks()
+    known = PER_DOC_STAGES + GLOBAL_STAGE_NAMES
+    for stage in stages:
+        checks.require(stage in known, f"stages: unknown stage '{stage}' (known: {', '.join(known)})")
+    checks.require(len(set(stages)) == len(stages), f"stages: a stage is listed twice: {stages}")
+    checks.require(bool(cfg.input), "input: give input files, e.g. input='raw/*.jsonl.gz'")
+    checks.require(bool(cfg.output), "output: give an output directory, e.g. output=out/")
+    checks.require(cfg.workers >= 1, f"workers: must be >= 1, got {cfg.workers}")
+    checks.require(cfg.executor in ("local", "ray"), f"executor: 'local' or 'ray', got '{cfg.executor}'")
+    if "quality" in stages:
+        if checks.require(bool(cfg.quality.model), "quality.model: the quality stage needs a model "
+                          "(train one with task=quality_train)"):
+            checks.path_exists(cfg.quality.model, "quality.model")
+        checks.require(cfg.quality.mode in ("threshold", "top_fraction", "score_only"),
+                       f"quality.mode: threshold | top_fraction | score_only, got '{cfg.quality.mode}'")
+    if cfg.lang.fasttext_model:
+        checks.path_exists(cfg.lang.fasttext_model, "lang.fasttext_model")
+    checks.raise_if_any()
+
+
+def plan(stages: list[str], cfg: PipelineConfig) -> list[Segment]:
+    """Consecutive per-document stages fuse into one segment; a top_fraction quality stage ends
+    its segment (its cut-off needs every score); each global stage is a segment of its own."""
+    segments: list[Segment] = []
+    for index, stage in enumerate(stages):
+        fusable = stage in PER_DOC_STAGES
+        last = segments[-1] if segments else None
+        ends_segment = last is not None and last.stages[-1] == "quality" and cfg.quality.mode == "top_fraction"
+        if fusable and last is not None and last.kind == "docs" and not ends_segment:
+            last.stages.append(stage)
+        else:
+            segments.append(Segment("docs" if fusable else "global", [stage], index))
+    return segments
+
+
+def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path]) -> None:
+    decisive = {key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS}
+    decisive["input_files"] = [str(p) for p in inputs]
+    path = out / "run_config.json"
+    if path.is_file() and read_json(path) != json.loads(json.dumps(decisive)):
+        if not cfg.overwrite:
+            raise UserError("the output directory holds a run with different settings (see its run_config.json)",
+                            file=out, expected="a new output directory, or overwrite=true to replace it")
+        log.warning("overwrite=true: removing the previous run in %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        atomic_write_json(path, decisive)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    start = time.time()
+    stages = resolve_stages(cfg)
+    validate(cfg, stages)
+    out = Path(cfg.output)
+    inputs = expand_inputs(list(cfg.input))
+    check_run_config(out, cfg, inputs)
+    units = [str(p) for p in inputs]
+    segments = plan(stages, cfg)
+    for seg_no, segment in enumerate(segments):
+        if all((d / "stats.json").is_file() for d in segment.stage_dirs(out)):
+            log.info("stages %s already complete: skipped", ", ".join(segment.stages))
+        elif segment.kind == "docs":
+            run_doc_segment(segment, units, cfg, out, first=seg_no == 0)
+        else:
+            run_global_stage(segment, units_dir_of(segments[seg_no - 1], out) if seg_no else None, cfg, out)
+        units = [str(p) for p in kept_files(units_dir_of(segment, out))]
+    stats = write_run_stats(out, segments, units_dir_of(segments[-1], out), time.time() - start)
+    log.info("done: %d documents read, %d kept, %d quarantined -> %s", stats["docs_read"], stats["docs_kept"],
+             stats["quarantined"], out / "final")
+    return stats
+
+
+def units_dir_of(segment: Segment, out: Path) -> Path:
+    return segment.stage_dirs(out)[-1] / "kept"
+
+
+def kept_files(kept_dir: Path) -> list[Path]:
+    return [kept_dir / entry["name"] for entry in read_manifest(kept_dir)["files"]]
+
+
+# --- per-document segments ----------------------------------------------------------------------
+
+def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out: Path, first: bool) -> None:
+    dirs = segment.stage_dirs(out)
+    work = out / "work" / dirs[-1].name
+    work.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_tmp(work)
+    if removed:
+        log.info("removed %d unfinished unit(s) of an interrupted run; they are redone", removed)
+    todo = [(i, path) for i, path in enumerate(units) if not (unit_dir(work, i) / "stats.json").is_file()]
+    log.info("stages %s: %d unit(s), %d to do, %d worker(s), %s executor", ", ".join(segment.stages), len(units),
+             len(todo), cfg.workers, cfg.executor)
+    tasks = [(path, str(unit_dir(work, i)), segment.stages, cfg) for i, path in todo]
+    run_units(process_unit, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="+".join(segment.stages))
+    unit_dirs = [unit_dir(work, i) for i in range(len(units))]
+    if cfg.quality.mode == "top_fraction" and segment.stages[-1] == "quality":
+        from .top_fraction import apply_top_fraction
+        apply_top_fraction(unit_dirs, cfg.quality.top_fraction)
+    assemble_segment(segment, dirs, unit_dirs, out, first)
+    shutil.rmtree(work)
+    if not any(work.parent.iterdir()):
+        work.parent.rmdir()
+
+
+def unit_dir(work: Path, index: int) -> Path:
+    return work / f"unit-{index:05d}"
+
+
+def link_shards(src_dirs: list[Path], dst: Path, schema, extra: dict) -> None:
+    """Publish the shards of several unit directories as one shard directory (hard links, no copy)."""
+    files = []
+    dst.mkdir(parents=True, exist_ok=True)
+    for index, src in enumerate(src_dirs):
+        for entry in read_manifest(src)["files"]:
+            name = f"u{index:05d}-{entry['name']}"
+            _link_or_copy(src / entry["name"], dst / name)
+            files.append(ShardFile(name, entry["rows"], entry["bytes"], entry["sha256"]))
+    write_manifest(dst, files, schema, extra)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def assemble_segment(segment: Segment, dirs: list[Path], unit_dirs: list[Path], out: Path, first: bool) -> None:
+    unit_stats = [read_json(d / "stats.json") for d in unit_dirs]
+    for k, (stage, stage_dir) in enumerate(zip(segment.stages, dirs)):
+        if (stage_dir / "stats.json").is_file():
+            continue
+        if stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        stats = merge_stage_stats([s["stages"][k] for s in unit_stats])
+        with atomic_dir(stage_dir) as tmp:
+            link_shards([d / "excluded" / stage for d in unit_dirs], tmp / "excluded", EXCLUDED_SCHEMA, {"stage": stage})
+            if k == len(segment.stages) - 1:
+                extra = {"stage": stage, "stages": segment.stages}
+                if stats.get("model_sha256"):
+                    extra["quality_model_sha256"] = stats["model_sha256"]
+                link_shards([d / "kept" for d in unit_dirs], tmp / "kept", DOC_SCHEMA, extra)
+            stats["fused_with"] = segment.stages
+            atomic_write_json(tmp / "stats.json", stats)
+    if first and not (out / "quarantine" / "manifest.json").is_file():
+        if (out / "quarantine").exists():
+            shutil.rmtree(out / "quarantine")
+        reasons = Counter()
+        for s in unit_stats:
+            reasons.update(s["quarantine"])
+        with atomic_dir(out / "quarantine") as tmp:
+            link_shards([d / "quarantine" for d in unit_dirs], tmp, QUARANTINE_SCHEMA, {"reasons": dict(reasons)})
+
+
+def merge_stage_stats(parts: list[dict]) -> dict:
+    merged = {"stage": parts[0]["stage"] if parts else ""}
+    for part in parts:
+        for key, value in part.items():
+            if key == "stage":
+                continue
+            if isinstance(value, dict):
+                bucket = merged.setdefault(key, Counter())
+                bucket.update(value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged[key] = value
+    return {k: (dict(sorted(v.items())) if isinstance(v, Counter) else (round(v, 4) if isinstance(v, float) else v))
+            for k, v in merged.items()}
+
+
+# --- global stages (data_pipeline.dedup) -------------------------------------------------------
+
+def global_stages() -> dict:
+    try:
+        from .dedup import GLOBAL_STAGES
+    except ImportError as err:
+        raise UserError(f"global dedup stages are not available ({err})", field="stages",
+                        expected="data_pipeline.dedup.GLOBAL_STAGES, or a stage list without *_dedup") from None
+    return GLOBAL_STAGES
+
+
+def run_global_stage(segment: Segment, input_dir: Path | None, cfg: PipelineConfig, out: Path) -> None:
+    stage = segment.stages[0]
+    if input_dir is None:
+        raise UserError(f"'{stage}' reads shards: put at least one per-document stage (e.g. normalize) before it",
+                        field="stages")
+    registry = global_stages()
+    if stage not in registry:
+        raise UserError(f"data_pipeline.dedup has no stage '{stage}' (it has {', '.join(registry)})", field="stages")
+    key = stage.removesuffix("_dedup")
+    log.info("stage %s (global) on %s", stage, input_dir)
+    registry[stage](input_dir, segment.stage_dirs(out)[0], dict(cfg.dedup.get(key) or {}), cfg.workers,
+                    cfg.executor, cfg.ray_address)
+
+
+# --- run-level stats ---------------------------------------------------------------------------
+
+def write_run_stats(out: Path, segments: list[Segment], final_kept: Path, seconds: float) -> dict:
+    stage_stats = []
+    for segment in segments:
+        for name, directory in zip(segment.stages, segment.stage_dirs(out)):
+            stats = read_json(directory / "stats.json")
+            stage_stats.append({"stage": name, "dir": str(directory.relative_to(out)), **{k: v for k, v in stats.items()
+                                                                                           if k != "stage"}})
+    quarantine = read_manifest(out / "quarantine")
+    quarantined = quarantine["rows"]
+    docs_read = stage_stats[0]["docs_in"]
+    kept = stage_stats[-1]["docs_out"]
+    excluded_total = sum(sum(s["excluded"].values()) for s in stage_stats)
+    chain_ok = all(a["docs_out"] == b["docs_in"] for a, b in zip(stage_stats, stage_stats[1:]))
+    stages_ok = all(s["docs_in"] == s["docs_out"] + sum(s["excluded"].values()) for s in stage_stats)
+    publish_final(final_kept, out / "final")
+    stats = {
+        "records_read": docs_read + quarantined, "docs_read": docs_read, "quarantined": quarantined,
+        "quarantine_reasons": quarantine["extra"].get("reasons", {}), "docs_kept": kept,
+        "docs_excluded": excluded_total, "bytes_read": stage_stats[0]["bytes_in"], "bytes_kept": stage_stats[-1]["bytes_out"],
+        "reconciled": chain_ok and stages_ok and docs_read == kept + excluded_total,
+        "final_dir": "final", "final_source": str(final_kept.relative_to(out)),
+        "seconds": round(seconds, 2), "stages": stage_stats,
+    }
+    if not stats["reconciled"]:
+        log.error("counts do not reconcile: see %s", out / "stats.json")
+    atomic_write_json(out / "stats.json", stats)
+    plot_funnel(stats, out / "funnel.png")
+    return stats
+
+
+def publish_final(kept: Path, final: Path) -> None:
+    manifest = read_manifest(kept)
+    if final.exists():
+        shutil.rmtree(final)
+    with atomic_dir(final) as tmp:
+        for entry in manifest["files"]:
+            _link_or_copy(kept / entry["name"], tmp / entry["name"])
+        shutil.copy2(kept / "manifest.json", tmp / "manifest.json")

@@ -1,0 +1,166 @@
+"""The per-document stages. Each is a callable `step(doc) -> None | reason`: it may change the
+document (text, lang, score, annotations) and returns a reason when the document is removed.
+A unit of input runs through the stages of a segment in one pass; every stage keeps its own
+counters so the funnel is reported stage by stage."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from .clean_lines import LineCleaner
+from .config import PipelineConfig
+from .filters import build_rule_sets
+from .lang import annotate_language
+from .normalize import normalize_text
+from .quality import hq_probability, load_model, model_sha256, model_text
+from .readers import Document
+
+
+def utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class Step:
+    name = ""
+
+    def __init__(self) -> None:
+        self.docs_in = self.docs_out = self.bytes_in = self.bytes_out = 0
+        self.excluded: Counter = Counter()
+        self.seconds = 0.0
+
+    def apply(self, doc: Document) -> str | None:
+        raise NotImplementedError
+
+    def __call__(self, doc: Document, size: int) -> tuple[str | None, int]:
+        """Run the step with bookkeeping; returns (reason, size of the text afterwards)."""
+        start = time.perf_counter()
+        self.docs_in += 1
+        self.bytes_in += size
+        before = doc.text
+        reason = self.apply(doc)
+        if doc.text is not before:
+            size = utf8_len(doc.text)
+        if reason is None:
+            self.docs_out += 1
+            self.bytes_out += size
+        else:
+            self.excluded[reason] += 1
+        self.seconds += time.perf_counter() - start
+        return reason, size
+
+    def extras(self) -> dict:
+        return {}
+
+    def stats(self) -> dict:
+        return {"stage": self.name, "docs_in": self.docs_in, "docs_out": self.docs_out, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "excluded": dict(sorted(self.excluded.items())),
+                "seconds": round(self.seconds, 4), **self.extras()}
+
+
+class Normalize(Step):
+    name = "normalize"
+
+    def __init__(self, cfg: PipelineConfig):
+        super().__init__()
+        self.cfg = cfg.normalize
+        self.changed = 0
+
+    def apply(self, doc: Document) -> str | None:
+        text = normalize_text(doc.text, self.cfg)
+        if text != doc.text:
+            self.changed += 1
+            if self.cfg.keep_original:
+                doc.annotations["original_text"] = doc.text
+            doc.text = text
+        return None if text.strip() else "normalize.empty"
+
+    def extras(self) -> dict:
+        return {"docs_changed": self.changed}
+
+
+class Annotate(Step):
+    name = "annotate"
+
+    def __init__(self, cfg: PipelineConfig):
+        super().__init__()
+        self.cfg = cfg.lang
+        self.langs: Counter = Counter()
+
+    def apply(self, doc: Document) -> str | None:
+        doc.lang, facts = annotate_language(doc.text, self.cfg)
+        doc.annotations.update(facts)
+        self.langs[doc.lang] += 1
+        return None
+
+    def extras(self) -> dict:
+        return {"langs": dict(sorted(self.langs.items()))}
+
+
+class CleanLines(Step):
+    name = "clean_lines"
+
+    def __init__(self, cfg: PipelineConfig):
+        super().__init__()
+        self.cleaners = {lang: LineCleaner((rules or {}).get("clean_lines")) for lang, rules in cfg.rules.items()}
+        self.docs_changed = 0
+
+    def apply(self, doc: Document) -> str | None:
+        cleaner = self.cleaners.get(doc.lang)
+        if cleaner is None:
+            return None
+        text = cleaner(doc.text)
+        if len(text) != len(doc.text):
+            self.docs_changed += 1
+            doc.text = text
+        return None if text.strip() else "clean_lines.empty"
+
+    def extras(self) -> dict:
+        removed = Counter()
+        for cleaner in self.cleaners.values():
+            removed.update(cleaner.removed)
+        return {"docs_changed": self.docs_changed, "lines_removed": dict(sorted(removed.items()))}
+
+
+class Filter(Step):
+    name = "filter"
+
+    def __init__(self, cfg: PipelineConfig):
+        super().__init__()
+        self.rule_sets = build_rule_sets(cfg.rules)
+
+    def apply(self, doc: Document) -> str | None:
+        rule_set = self.rule_sets.get(doc.lang) or self.rule_sets["other"]
+        reason = rule_set(doc.text)
+        return f"{doc.lang}:{reason}" if reason else None
+
+
+class Quality(Step):
+    """Score with the fastText model; keep by threshold (or score only: top_fraction and
+    score_only modes decide after every unit is scored, see runner.apply_top_fraction)."""
+    name = "quality"
+
+    def __init__(self, cfg: PipelineConfig):
+        super().__init__()
+        self.cfg = cfg.quality
+        self.model = load_model(self.cfg.model) if self.cfg.model else None
+        self.scored = 0
+
+    def apply(self, doc: Document) -> str | None:
+        if self.model is None or doc.lang not in self.cfg.langs:
+            return None
+        doc.quality_score = hq_probability(self.model, model_text(doc.text, self.cfg.max_chars))
+        self.scored += 1
+        if self.cfg.mode == "threshold" and doc.quality_score < self.cfg.threshold:
+            return f"{doc.lang}:quality.threshold"
+        return None
+
+    def extras(self) -> dict:
+        return {"docs_scored": self.scored, "mode": self.cfg.mode,
+                "model_sha256": model_sha256(self.cfg.model) if self.cfg.model else None}
+
+
+STEP_TYPES = {cls.name: cls for cls in (Normalize, Annotate, CleanLines, Filter, Quality)}
+
+
+def build_steps(names: list[str], cfg: PipelineConfig) -> list[Step]:
+    return [STEP_TYPES[name](cfg) for name in names]
