@@ -83,7 +83,7 @@ def plan_units(files: Sequence[Path], chunk_bytes: int) -> list[Unit]:
 
 def plan_fingerprint(dirs: Sequence[Path], model_sha: str, enc: EncodeConfig) -> dict:
     """What the output depends on; a resumed run must match it exactly."""
-    shards = [{"dir": str(d.resolve()), "files": [(f["name"], f["sha256"]) for f in read_manifest(d)["files"]]}
+    shards = [{"dir": str(d.resolve()), "files": [[f["name"], f["sha256"]] for f in read_manifest(d)["files"]]}
               for d in dirs]
     return {"tokenizer_sha256": model_sha, "group_by": enc.group_by, "chunk_mb": enc.chunk_mb,
             "append_eod": enc.append_eod, "shards": shards}
