@@ -86,7 +86,7 @@ def load_model(export_dir: Path):
 
     model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, dtype=torch.float32)
     model.eval()
-    tok = AutoTokenizer.from_pretrained(export_dir) if (export_dir / "tokenizer_config.json").is_file() else None
+    tok = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True) if (export_dir / "tokenizer_config.json").is_file() else None
     return model, tok
 
 
@@ -135,21 +135,23 @@ def perplexity(model, ids: list[int], seq_length: int) -> float:
     return math.exp(total / count)
 
 
-def lm_eval_metrics(export_dir: Path, tasks: list[str], include_path: str | None, limit,
-                    batch_size: int = 8) -> dict[str, float]:
+def lm_eval_metrics(export_dir: Path, tasks: list[str], include_path: str | None, limit) -> dict[str, float]:
     """Run the lm-eval harness on one export; returns {task/metric: value}."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from .lm_eval_adapter import ExportedCausalLM
+
+    model, tok = load_model(export_dir)
+    if tok is None:
+        raise UserError("lm-eval needs the tokenizer in the export", file=export_dir)
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
-    results = lm_eval.simple_evaluate(
-        model="hf", tasks=tasks, task_manager=manager, limit=limit, batch_size=batch_size,
-        model_args=f"pretrained={export_dir},trust_remote_code=True,dtype=float32", device="cpu",
-        log_samples=False)
+    results = lm_eval.simple_evaluate(model=ExportedCausalLM(model, tok), tasks=tasks,
+                                      task_manager=manager, limit=limit, log_samples=False)
     metrics = {}
     for task, values in results["results"].items():
         for key, value in values.items():
-            if isinstance(value, (int, float)) and "stderr" not in key and key != "alias":
+            if "," in key and "stderr" not in key and isinstance(value, (int, float)):
                 metrics[f"{task}/{key.split(',')[0]}"] = float(value)
     return metrics
 
