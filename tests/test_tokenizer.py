@@ -236,6 +236,9 @@ def test_encode_reads_back_as_sentencepiece_ids(encoded, shard_dirs, sp, trained
         for i in range(len(ds)):
             assert ds[i].tolist() == want[i]
     assert not (out / "parts").exists()
+    from megatron.core.tokenizers import MegatronTokenizer  # the trainer's view of the same model
+    mt = MegatronTokenizer.from_pretrained(str(trained[0] / "tokenizer.model"))
+    assert (mt.vocab_size, mt.eod) == (8000, 2) and mt.tokenize(MIXED[0]) == sp.encode(MIXED[0])
 
 
 def test_encode_resumes_and_is_independent_of_workers(encoded, trained, shard_dirs, tmp_path):

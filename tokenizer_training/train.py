@@ -101,7 +101,8 @@ def run_sentencepiece(options: dict, workdir: Path, log_path: Path, expected_mer
         options_path.unlink(missing_ok=True)
     if proc.returncode != 0:
         tail = [ln.strip() for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()][-1:]
-        raise UserError(f"SentencePiece training failed (exit {proc.returncode}): {' '.join(tail)}", file=log_path)
+        hint = " (killed: trainer memory is about 9x the sample; lower sample.max_bytes)" if proc.returncode < 0 else ""
+        raise UserError(f"SentencePiece training failed (exit {proc.returncode}){hint}: {' '.join(tail)}", file=log_path)
     return SpmRun(seconds=time.perf_counter() - start, peak_rss_bytes=usage.ru_maxrss * 1024,
                   merges_logged=len(freqs), lowest_merge_frequency=min(freqs) if freqs else None)
 
