@@ -1,0 +1,260 @@
+"""What the three dedup stages share: input shards, survivor order, per-shard output, stats.
+
+Layout of a stage's output directory:
+    work/      intermediate artifacts (each written atomically; present = sub-step done)
+    kept/      DOC_SCHEMA shard dir, one group of files per input shard, in input order
+    excluded/  EXCLUDED_SCHEMA shard dir (stage, reason; duplicate_of/cluster_id in annotations)
+    stats.json written last: its presence means the stage is complete
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
+from stack_common.atomic import atomic_write_json, read_json
+from stack_common.config import to_dataclass
+from stack_common.errors import UserError
+from stack_common.shards import ShardFile, ShardWriter, clean_incomplete, iter_file_batches, manifest_schema, \
+    read_manifest, shard_paths, write_manifest
+
+from .parallel import run_tasks
+
+REQUIRED_COLUMNS = ("id", "text", "quality_score", "annotations")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file: `first_doc` is the global index of its first document (input order)."""
+    index: int
+    path: Path
+    name: str
+    first_doc: int
+    rows: int
+
+
+def input_shards(input_dir: Path) -> list[Shard]:
+    manifest = read_manifest(input_dir)
+    schema = manifest_schema(input_dir)
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise UserError(f"input shards lack column(s) {', '.join(missing)}", file=input_dir,
+                        expected="data_pipeline.schema.DOC_SCHEMA")
+    shards, first = [], 0
+    for i, (path, entry) in enumerate(zip(shard_paths(input_dir), manifest["files"])):
+        shards.append(Shard(i, path, path.stem, first, entry["rows"]))
+        first += entry["rows"]
+    return shards
+
+
+def clean_work(output_dir: Path) -> None:
+    """Remove temp files a killed run left in the stage's work directories."""
+    work = output_dir / "work"
+    if work.is_dir():
+        for sub in [work, *[d for d in work.iterdir() if d.is_dir()]]:
+            clean_incomplete(sub)
+
+
+def iter_shard(shard: Shard, columns=None) -> Iterator[pa.RecordBatch]:
+    yield from iter_file_batches(shard.path, columns)
+
+
+def load_config(cfg: dict | None, cls, where: str):
+    return to_dataclass(cfg or {}, cls, where=where)
+
+
+# ---- survivor order ---------------------------------------------------------------------------
+
+def doc_meta(batch: pa.RecordBatch) -> dict[str, pa.Array]:
+    """The columns that decide which copy survives: quality (null = lowest), length, id."""
+    quality = batch.column("quality_score").cast(pa.float32())
+    quality = pc.if_else(pc.is_nan(quality), pa.scalar(None, pa.float32()), quality)
+    return {"id": batch.column("id"), "quality_score": quality,
+            "n_chars": pc.fill_null(pc.utf8_length(batch.column("text")), 0).cast(pa.int64())}
+
+
+def survivor_rank(meta: pa.Table) -> np.ndarray:
+    """rank[doc]: 0 for the document that should survive first (highest quality, longest, smallest id)."""
+    keys = [("quality_score", "descending", "at_end"), ("n_chars", "descending", "at_end"),
+            ("id", "ascending", "at_end")]
+    order = pc.sort_indices(meta, sort_keys=keys).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    return rank
+
+
+def cluster_decisions(meta: pa.Table, rank: np.ndarray, root_rank: np.ndarray) -> pa.Table:
+    """Per document in a cluster of 2+: cluster_id, cluster_size, duplicate_of (null for the survivor).
+
+    `root_rank[r]` is the smallest rank in the cluster of the document of rank r, i.e. its survivor.
+    Cluster ids number clusters in survivor order, so they do not depend on input order.
+    """
+    roots, inverse, sizes = np.unique(root_rank, return_inverse=True, return_counts=True)
+    in_cluster_rank = sizes[inverse] >= 2
+    cluster_of_root = np.cumsum(sizes >= 2) - 1
+    docs = np.flatnonzero(in_cluster_rank[rank])            # in input order
+    r = rank[docs]
+    by_rank = np.argsort(rank)                               # doc of each rank
+    survivor_doc = by_rank[root_rank[r]]
+    ids = meta.column("id")
+    dup_of = ids.take(pa.array(survivor_doc))
+    dup_of = pc.if_else(pa.array(survivor_doc == docs), pa.scalar(None, pa.string()), dup_of)
+    return pa.table({"doc": pa.array(docs, pa.int64()),
+                     "cluster_id": pa.array(cluster_of_root[inverse[r]], pa.int64()),
+                     "cluster_size": pa.array(sizes[inverse[r]], pa.int64()),
+                     "duplicate_of": dup_of})
+
+
+def read_arrow(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).read_all()
+
+
+def write_arrow(path: Path, table: pa.Table, compression: str | None = "zstd") -> None:
+    """One Arrow IPC file, written under a temp name and renamed (work artifacts)."""
+    from stack_common.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+            w.write_table(table)
+
+
+def add_annotations(raw: str | None, extra: dict) -> str:
+    try:
+        notes = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        notes = {"unparsed_annotations": raw}
+    if not isinstance(notes, dict):
+        notes = {"annotations": notes}
+    notes.update(extra)
+    return json.dumps(notes, ensure_ascii=False)
+
+
+# ---- per-shard output ----------------------------------------------------------------------------
+
+class ShardOutput:
+    """The kept and excluded files of one input shard, and a marker that says they are complete."""
+
+    def __init__(self, output_dir: Path, shard: Shard, stage: str):
+        self.shard, self.stage = shard, stage
+        self.marker = output_dir / "work" / "apply" / f"{shard.name}.json"
+        self.kept = ShardWriter(output_dir / "kept", DOC_SCHEMA, prefix=shard.name, write_manifest=False)
+        self.excluded = ShardWriter(output_dir / "excluded", EXCLUDED_SCHEMA, prefix=shard.name,
+                                    write_manifest=False)
+        self.stats = {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "excluded": {}}
+
+    def count_input(self, batch: pa.RecordBatch) -> None:
+        self.stats["docs_in"] += batch.num_rows
+        self.stats["bytes_in"] += _text_bytes(batch)
+
+    def keep(self, batch: pa.RecordBatch | pa.Table) -> None:
+        self.kept.write(batch)
+        self.stats["docs_out"] += batch.num_rows
+        self.stats["bytes_out"] += _text_bytes(batch)
+
+    def exclude(self, batch: pa.RecordBatch | pa.Table, reason: str) -> None:
+        if batch.num_rows == 0:
+            return
+        n = batch.num_rows
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        table = table.select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
+        table = table.append_column("stage", pa.array([self.stage] * n, pa.string()))
+        table = table.append_column("reason", pa.array([reason] * n, pa.string()))
+        self.excluded.write(table)
+        self.stats["excluded"][reason] = self.stats["excluded"].get(reason, 0) + n
+
+    def finish(self) -> dict:
+        kept = [f.__dict__ for f in self.kept.close()]
+        excluded = [f.__dict__ for f in self.excluded.close()]
+        record = {**self.stats, "kept_files": kept, "excluded_files": excluded}
+        atomic_write_json(self.marker, record)
+        return record
+
+    def abort(self) -> None:
+        self.kept.abort()
+        self.excluded.abort()
+
+
+def _text_bytes(batch) -> int:
+    return int(pc.sum(pc.binary_length(batch.column("text").cast(pa.string()))).as_py() or 0)
+
+
+def run_apply(stage: str, output_dir: Path, shards: list[Shard], fn, extra_args: tuple, *, workers: int,
+              executor: str, ray_address: str | None) -> list[dict]:
+    """Run `fn(shard, output_dir, *extra_args) -> marker dict` for every shard not yet done."""
+    for sub in ("kept", "excluded"):
+        (output_dir / sub).mkdir(parents=True, exist_ok=True)
+        clean_incomplete(output_dir / sub)
+    todo = [s for s in shards if not (output_dir / "work" / "apply" / f"{s.name}.json").is_file()]
+    run_tasks(fn, [(s, output_dir, *extra_args) for s in todo], workers=workers, executor=executor,
+              ray_address=ray_address, desc=f"{stage}: write")
+    return [read_json(output_dir / "work" / "apply" / f"{s.name}.json") for s in shards]
+
+
+def finish_stage(stage: str, output_dir: Path, records: list[dict], started: float, extra: dict) -> dict:
+    """Manifests of kept/ and excluded/ (input order), then stats.json last."""
+    kept = [ShardFile(**f) for r in records for f in r["kept_files"]]
+    excluded = [ShardFile(**f) for r in records for f in r["excluded_files"]]
+    write_manifest(output_dir / "kept", kept, DOC_SCHEMA, {"stage": stage})
+    write_manifest(output_dir / "excluded", excluded, EXCLUDED_SCHEMA, {"stage": stage})
+    reasons: dict[str, int] = {}
+    for r in records:
+        for k, v in r["excluded"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    stats = {"stage": stage,
+             **{k: sum(r[k] for r in records) for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")},
+             "excluded": dict(sorted(reasons.items())),
+             "seconds": round(time.time() - started, 3), **extra}
+    atomic_write_json(output_dir / "stats.json", stats)
+    return stats
+
+
+def timed(stats: dict, key: str, t0: float) -> float:
+    now = time.time()
+    stats.setdefault("step_seconds", {})[key] = round(now - t0, 3)
+    return now
+
+
+def apply_cluster_decisions(shard: Shard, output_dir: Path, decisions_path: str, stage: str, reason: str) -> dict:
+    """Write one shard's kept and excluded documents from the stage's cluster decisions."""
+    decisions = read_arrow(Path(decisions_path))
+    docs = decisions.column("doc").to_numpy()
+    lo, hi = np.searchsorted(docs, [shard.first_doc, shard.first_doc + shard.rows])
+    mine = decisions.slice(lo, hi - lo).to_pydict()
+    by_doc = {d - shard.first_doc: (c, s, dup) for d, c, s, dup in
+              zip(mine["doc"], mine["cluster_id"], mine["cluster_size"], mine["duplicate_of"])}
+    out = ShardOutput(output_dir, shard, stage)
+    try:
+        row = 0
+        for batch in iter_shard(shard):
+            batch = batch.select(DOC_SCHEMA.names)
+            out.count_input(batch)
+            notes = batch.column("annotations").to_pylist()
+            drop = np.zeros(batch.num_rows, dtype=bool)
+            for i in range(batch.num_rows):
+                hit = by_doc.get(row + i)
+                if hit is None:
+                    continue
+                cluster, size, dup = hit
+                key = f"{stage}_cluster"
+                if dup is None:
+                    notes[i] = add_annotations(notes[i], {key: {"cluster_id": cluster, "cluster_size": size}})
+                else:
+                    drop[i] = True
+                    notes[i] = add_annotations(notes[i], {"duplicate_of": dup, "cluster_id": cluster,
+                                                          "cluster_size": size, "dedup_stage": stage})
+            row += batch.num_rows
+            batch = batch.set_column(5, "annotations", pa.array(notes, pa.string()))
+            out.keep(batch.filter(pa.array(~drop)))
+            out.exclude(batch.filter(pa.array(drop)), reason)
+        return out.finish()
+    except BaseException:
+        out.abort()
+        raise

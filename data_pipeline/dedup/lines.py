@@ -1,0 +1,168 @@
+"""Paragraph- and sentence-level dedup: a unit (a line, or a sentence with Chinese and Latin end
+punctuation) found in at least `min_count` documents is removed from every document but the first
+in survivor order (highest quality, longest, smallest id). A document left shorter than
+`min_doc_chars` is excluded.
+
+Steps (each resumable): unit keys per shard, in parallel -> count documents per key across all
+shards -> rewrite each shard -> manifests and stats.json.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from data_pipeline.schema import DOC_SCHEMA
+from stack_common.config import Checks
+
+from .common import Shard, clean_work, ShardOutput, add_annotations, doc_meta, finish_stage, input_shards, iter_shard, \
+    load_config, read_arrow, run_apply, survivor_rank, timed, write_arrow
+from .parallel import run_tasks
+from .text import normalize, split_units, unit_key
+
+STAGE = "line_dedup"
+REASON = "too_short_after_line_dedup"
+UNITS = ("paragraph", "sentence")
+
+
+@dataclass
+class LineConfig:
+    unit: str = "paragraph"             # paragraph (one line) | sentence
+    min_count: int = 3                  # documents a unit must appear in to count as repeated
+    min_unit_chars: int = 20            # shorter units (normalized) are never removed
+    min_doc_chars: int = 50             # documents shorter than this after removal are excluded
+    skip_langs: list[str] = field(default_factory=lambda: ["code"])
+
+
+def check_config(conf: LineConfig) -> None:
+    checks = Checks()
+    checks.require(conf.unit in UNITS, f"dedup.line.unit: {conf.unit!r} is not one of {', '.join(UNITS)}")
+    checks.require(conf.min_count >= 2, "dedup.line.min_count: must be at least 2")
+    checks.require(conf.min_unit_chars >= 1, "dedup.line.min_unit_chars: must be at least 1")
+    checks.raise_if_any()
+
+
+def doc_unit_keys(text: str, conf: LineConfig) -> list[int | None]:
+    """Key of each unit of `text`, None for units too short to be removed."""
+    keys = []
+    for unit in split_units(text, conf.unit):
+        key, length = unit_key(unit)
+        keys.append(key if length >= conf.min_unit_chars else None)
+    return keys
+
+
+def _unit_shard(shard: Shard, work: Path, conf: LineConfig) -> None:
+    metas, keys, docs = [], [], []
+    row = shard.first_doc
+    for batch in iter_shard(shard, ["id", "text", "lang", "quality_score"]):
+        for text, lang in zip(batch.column("text").to_pylist(), batch.column("lang").to_pylist()):
+            if lang not in conf.skip_langs:
+                distinct = {k for k in doc_unit_keys(text or "", conf) if k is not None}
+                keys.extend(sorted(distinct))
+                docs.extend([row] * len(distinct))
+            row += 1
+        metas.append(pa.table(doc_meta(batch)))
+    write_arrow(work / "units" / f"{shard.name}.arrow",
+                pa.table({"key": pa.array(keys, pa.uint64()), "doc": pa.array(docs, pa.int64())}))
+    meta = pa.concat_tables(metas) if metas else pa.table({"id": pa.array([], pa.string()),
+                                                           "quality_score": pa.array([], pa.float32()),
+                                                           "n_chars": pa.array([], pa.int64())})
+    write_arrow(work / "docs" / f"{shard.name}.arrow", meta)     # last: marks the shard done
+
+
+def repeated_units(keys: np.ndarray, ranks: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys found in >= min_count documents, and the best-ranked document holding each."""
+    order = np.lexsort((ranks, keys))
+    keys, ranks = keys[order], ranks[order]
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else np.zeros(0, int)
+    counts = np.diff(np.append(starts, len(keys)))
+    hit = starts[counts >= min_count]
+    return keys[hit], ranks[hit]
+
+
+def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig) -> dict:
+    work = output_dir / "work"
+    repeated = read_arrow(work / "repeated.arrow")
+    rep_keys = repeated.column("key").to_numpy()
+    rep_keeper = repeated.column("keeper_doc").to_numpy()
+    out = ShardOutput(output_dir, shard, STAGE)
+    out.stats.update(removed_units=0, removed_chars=0, docs_modified=0)
+    try:
+        doc = shard.first_doc
+        for batch in iter_shard(shard):
+            batch = batch.select(DOC_SCHEMA.names)
+            out.count_input(batch)
+            cols = batch.to_pydict()
+            excluded = np.zeros(batch.num_rows, dtype=bool)
+            for i, (text, lang) in enumerate(zip(cols["text"], cols["lang"])):
+                if lang not in conf.skip_langs and text:
+                    new_text, removed = _strip_repeated(text, doc + i, conf, rep_keys, rep_keeper)
+                    if removed:
+                        out.stats["removed_units"] += removed
+                        out.stats["removed_chars"] += len(text) - len(new_text)
+                        out.stats["docs_modified"] += 1
+                        note = {"line_dedup": {"removed_units": removed, "removed_chars": len(text) - len(new_text)}}
+                        cols["annotations"][i] = add_annotations(cols["annotations"][i], note)
+                        if len(normalize(new_text)) < conf.min_doc_chars:
+                            excluded[i] = True     # excluded with its original text, for inspection
+                        else:
+                            cols["text"][i] = new_text
+            doc += batch.num_rows
+            table = pa.Table.from_pydict(cols, schema=DOC_SCHEMA)
+            out.keep(table.filter(pa.array(~excluded)))
+            out.exclude(table.filter(pa.array(excluded)), REASON)
+        return out.finish()
+    except BaseException:
+        out.abort()
+        raise
+
+
+def _strip_repeated(text: str, doc: int, conf: LineConfig, rep_keys: np.ndarray,
+                    rep_keeper: np.ndarray) -> tuple[str, int]:
+    units = split_units(text, conf.unit)
+    kept, removed = [], 0
+    for unit, key in zip(units, doc_unit_keys(text, conf)):
+        if key is not None and len(rep_keys):
+            pos = int(np.searchsorted(rep_keys, np.uint64(key)))
+            if pos < len(rep_keys) and int(rep_keys[pos]) == key and int(rep_keeper[pos]) != doc:
+                removed += 1
+                continue
+        kept.append(unit)
+    return "".join(kept), removed
+
+
+def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
+        ray_address: str | None = None) -> dict:
+    started = t0 = time.time()
+    conf = load_config(cfg, LineConfig, "dedup.line")
+    check_config(conf)
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    work = output_dir / "work"
+    shards = input_shards(input_dir)
+    clean_work(output_dir)
+    par = dict(workers=workers, executor=executor, ray_address=ray_address)
+    steps: dict = {}
+
+    todo = [s for s in shards if not (work / "docs" / f"{s.name}.arrow").is_file()]
+    run_tasks(_unit_shard, [(s, work, conf) for s in todo], desc=f"{STAGE}: units", **par)
+    t0 = timed(steps, "units", t0)
+
+    if not (work / "repeated.arrow").is_file():
+        meta = pa.concat_tables([read_arrow(work / "docs" / f"{s.name}.arrow") for s in shards])
+        rank = survivor_rank(meta)
+        units = pa.concat_tables([read_arrow(work / "units" / f"{s.name}.arrow") for s in shards])
+        keys, keeper_rank = repeated_units(units.column("key").to_numpy(), rank[units.column("doc").to_numpy()],
+                                           conf.min_count)
+        keeper_doc = np.argsort(rank)[keeper_rank]
+        write_arrow(work / "repeated.arrow", pa.table({"key": pa.array(keys, pa.uint64()),
+                                                       "keeper_doc": pa.array(keeper_doc, pa.int64())}))
+    t0 = timed(steps, "count", t0)
+
+    records = run_apply(STAGE, output_dir, shards, _apply_shard, (conf,), **par)
+    timed(steps, "write", t0)
+    extra = {k: sum(r[k] for r in records) for k in ("removed_units", "removed_chars", "docs_modified")}
+    extra["repeated_units"] = read_arrow(work / "repeated.arrow").num_rows
+    return finish_stage(STAGE, output_dir, records, started, {"unit": conf.unit, **extra, **steps})

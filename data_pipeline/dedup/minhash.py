@@ -1,0 +1,266 @@
+"""Near-duplicate dedup: datasketch MinHash signatures, LSH band keys on disk, exact Jaccard check,
+union-find clusters, one deterministic survivor per cluster.
+
+Steps, each resumable (an artifact under work/ that exists is not recomputed):
+  1. signatures  per input shard, in parallel: shingle hashes (sorted, for the Jaccard check),
+                 MinHash signatures beside ids, and one 64-bit key per LSH band.
+  2. order       survivor rank of every document (quality, length, id): input order plays no part.
+  3. bands       per band, in parallel: sort (key, rank); every document in a bucket is linked to
+                 the bucket's best-ranked document. Memory: one band of keys at a time.
+  4. verify      per chunk of candidate pairs, in parallel: exact Jaccard of the shingle sets;
+                 pairs below the threshold are dropped.
+  5. clusters    union-find over verified pairs; the root (smallest rank) survives.
+  6. write       kept/excluded per input shard, then manifests and stats.json.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from datasketch import MinHash, MinHashLSH
+
+from stack_common.config import Checks
+
+from .common import Shard, clean_work, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards, \
+    iter_shard, load_config, read_arrow, run_apply, survivor_rank, timed, write_arrow
+from .parallel import run_tasks
+from .text import shingle_hashes
+from .unionfind import component_roots
+
+STAGE = "minhash_dedup"
+REASON = "near_duplicate"
+_KEY_MUL = np.uint64(0x100000001B3)
+
+
+@dataclass
+class MinHashConfig:
+    num_perm: int = 128
+    ngram: int = 5                      # tokens per shingle (CJK characters or words)
+    threshold: float = 0.8              # Jaccard similarity at which two documents are duplicates
+    seed: int = 1
+    # LSH bands x rows: chosen by datasketch from the threshold with these (false positive,
+    # false negative) weights; recall is weighted up because the exact check removes false positives.
+    lsh_weights: list[float] = field(default_factory=lambda: [0.05, 0.95])
+    bands: int = 0                      # > 0 (with rows) overrides the choice
+    rows: int = 0
+    pairs_per_task: int = 200_000       # candidate pairs verified per task
+
+
+def check_config(conf: MinHashConfig) -> None:
+    checks = Checks()
+    checks.require(conf.num_perm >= 2, "dedup.minhash.num_perm: must be at least 2")
+    checks.require(conf.ngram >= 1, "dedup.minhash.ngram: must be at least 1")
+    checks.require(0.0 < conf.threshold <= 1.0, "dedup.minhash.threshold: must be in (0, 1]")
+    checks.require(len(conf.lsh_weights) == 2 and abs(sum(conf.lsh_weights) - 1.0) < 1e-6,
+                   "dedup.minhash.lsh_weights: two weights that sum to 1")
+    checks.require((conf.bands > 0) == (conf.rows > 0), "dedup.minhash.bands/rows: set both or neither")
+    checks.require(conf.bands * conf.rows <= conf.num_perm, "dedup.minhash.bands * rows: must be <= num_perm")
+    checks.require(conf.pairs_per_task >= 1, "dedup.minhash.pairs_per_task: must be positive")
+    checks.raise_if_any()
+
+
+def lsh_params(conf: MinHashConfig) -> tuple[int, int]:
+    if conf.bands > 0:
+        return conf.bands, conf.rows
+    lsh = MinHashLSH(threshold=conf.threshold, num_perm=conf.num_perm, weights=tuple(conf.lsh_weights))
+    return lsh.b, lsh.r
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per (document, band) from the band's `rows` signature values."""
+    keys = np.zeros((len(signatures), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bands):
+            key = np.full(len(signatures), np.uint64(j + 1), dtype=np.uint64)
+            for value in signatures[:, j * rows:(j + 1) * rows].T.astype(np.uint64):
+                key = (key ^ value) * _KEY_MUL
+            keys[:, j] = key ^ (key >> np.uint64(29))
+    return keys
+
+
+# ---- 1. signatures ---------------------------------------------------------------------------------
+
+def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+    """datasketch MinHash of each shingle set (the shingles are already 32-bit hashes)."""
+    hashed = (s.tolist() for s in shingles)
+    sketches = MinHash.generator(hashed, num_perm=num_perm, seed=seed, hashfunc=int)
+    return np.stack([m.hashvalues for m in sketches]) if shingles else np.zeros((0, num_perm), np.uint32)
+
+
+def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, rows: int) -> None:
+    metas, sig_parts, shingle_parts, doc_parts, key_parts = [], [], [], [], []
+    row = 0
+    for batch in iter_shard(shard, ["id", "text", "quality_score"]):
+        sets = [np.unique(shingle_hashes(t or "", conf.ngram)) for t in batch.column("text").to_pylist()]
+        sig = signatures(sets, conf.num_perm, conf.seed)
+        has = np.array([len(s) > 0 for s in sets], dtype=bool)
+        metas.append(pa.table({**doc_meta(batch), "n_shingles": pa.array([len(s) for s in sets], pa.int64())}))
+        sig_parts.append(sig)
+        shingle_parts.extend(sets)
+        doc_parts.append(shard.first_doc + row + np.flatnonzero(has))
+        key_parts.append(band_keys(sig[has], bands, rows))
+        row += batch.num_rows
+    sig = np.concatenate(sig_parts) if sig_parts else np.zeros((0, conf.num_perm), np.uint32)
+    offsets = np.zeros(len(shingle_parts) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in shingle_parts], out=offsets[1:])
+    values = np.concatenate(shingle_parts) if shingle_parts else np.zeros(0, np.uint32)
+    shingle_table = pa.table({"shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))})
+    keys = np.concatenate(key_parts) if key_parts else np.zeros((0, bands), np.uint64)
+    key_table = pa.table({"doc": np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int64),
+                          **{f"band_{j}": keys[:, j] for j in range(bands)}})
+    # Uncompressed, so later steps memory-map single columns and rows without decoding the file.
+    write_arrow(work / "shingles" / f"{shard.name}.arrow", shingle_table, compression=None)
+    write_arrow(work / "bands" / f"{shard.name}.arrow", key_table, compression=None)
+    meta = pa.concat_tables(metas) if metas else None
+    sig_table = (meta if meta is not None else _empty_meta()).append_column(
+        "signature", pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), conf.num_perm))
+    write_arrow(work / "signatures" / f"{shard.name}.arrow", sig_table)   # last: marks the shard done
+
+
+def _empty_meta() -> pa.Table:
+    return pa.table({"id": pa.array([], pa.string()), "quality_score": pa.array([], pa.float32()),
+                     "n_chars": pa.array([], pa.int64()), "n_shingles": pa.array([], pa.int64())})
+
+
+# ---- 3. bands ----------------------------------------------------------------------------------------
+
+def _mapped(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def _band_edges(band: int, work: Path, names: list[str]) -> int:
+    rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
+    tables = [_mapped(work / "bands" / f"{n}.arrow") for n in names]
+    docs = np.concatenate([t.column("doc").to_numpy() for t in tables])
+    keys = np.concatenate([t.column(f"band_{band}").to_numpy() for t in tables])
+    del tables
+    ranks = rank[docs]
+    order = np.lexsort((ranks, keys))
+    keys, ranks = keys[order], ranks[order]
+    new_bucket = np.ones(len(keys), dtype=bool)
+    new_bucket[1:] = keys[1:] != keys[:-1]
+    head = np.maximum.accumulate(np.where(new_bucket, np.arange(len(keys)), 0))
+    member = ~new_bucket
+    edges = pa.table({"a": ranks[head[member]], "b": ranks[member]})
+    write_arrow(work / "edges" / f"band-{band:03d}.arrow", edges)
+    return len(edges)
+
+
+# ---- 4. verify ---------------------------------------------------------------------------------------
+
+def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted arrays of distinct values."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    if len(a) > len(b):
+        a, b = b, a
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    inter = int(np.count_nonzero(b[pos] == a))
+    return inter / (len(a) + len(b) - inter)
+
+
+class ShingleStore:
+    """Shingle sets by global document index, memory-mapped from the per-shard files."""
+
+    def __init__(self, work: Path, names: list[str], first_docs: list[int]):
+        self.work, self.names, self.first = work, names, np.asarray(first_docs, dtype=np.int64)
+        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, doc: int) -> np.ndarray:
+        s = int(np.searchsorted(self.first, doc, side="right") - 1)
+        if s not in self._open:
+            column = _mapped(self.work / "shingles" / f"{self.names[s]}.arrow").column("shingles").combine_chunks()
+            self._open[s] = (column.offsets.to_numpy(), column.values.to_numpy())
+        offsets, values = self._open[s]
+        i = doc - self.first[s]
+        return values[offsets[i]:offsets[i + 1]]
+
+
+def _verify_chunk(index: int, work: Path, names: list[str], first_docs: list[int], threshold: float) -> int:
+    pairs = read_arrow(work / "candidates" / f"chunk-{index:05d}.arrow")
+    by_rank = np.argsort(read_arrow(work / "order.arrow").column("rank").to_numpy())
+    store = ShingleStore(work, names, first_docs)
+    a, b = pairs.column("a").to_numpy(), pairs.column("b").to_numpy()
+    sims = np.array([jaccard_sorted(store.get(int(by_rank[x])), store.get(int(by_rank[y])))
+                     for x, y in zip(a, b)], dtype=np.float32)
+    keep = sims >= threshold
+    write_arrow(work / "verified" / f"chunk-{index:05d}.arrow",
+                pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]}))
+    return int(keep.sum())
+
+
+def _candidate_chunks(work: Path, bands: int, n_docs: int, per_task: int) -> tuple[int, int]:
+    """Unique candidate pairs of all bands, cut into chunk files; returns (pairs, chunks)."""
+    done = work / "candidates" / "done.arrow"
+    if done.is_file():
+        t = read_arrow(done)
+        return t.column("pairs")[0].as_py(), t.column("chunks")[0].as_py()
+    edges = [read_arrow(work / "edges" / f"band-{j:03d}.arrow") for j in range(bands)]
+    a = np.concatenate([e.column("a").to_numpy() for e in edges]) if edges else np.zeros(0, np.int64)
+    b = np.concatenate([e.column("b").to_numpy() for e in edges]) if edges else np.zeros(0, np.int64)
+    del edges
+    pairs = np.unique(a.astype(np.int64) * n_docs + b)
+    chunks = max(1, -(-len(pairs) // per_task))
+    for i in range(chunks):
+        part = pairs[i * per_task:(i + 1) * per_task]
+        write_arrow(work / "candidates" / f"chunk-{i:05d}.arrow", pa.table({"a": part // n_docs, "b": part % n_docs}))
+    write_arrow(done, pa.table({"pairs": [len(pairs)], "chunks": [chunks]}))
+    return len(pairs), chunks
+
+
+# ---- the stage ---------------------------------------------------------------------------------------
+
+def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
+        ray_address: str | None = None) -> dict:
+    started = t0 = time.time()
+    conf = load_config(cfg, MinHashConfig, "dedup.minhash")
+    check_config(conf)
+    bands, rows = lsh_params(conf)
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    work = output_dir / "work"
+    shards = input_shards(input_dir)
+    clean_work(output_dir)
+    names, firsts = [s.name for s in shards], [s.first_doc for s in shards]
+    n_docs = sum(s.rows for s in shards)
+    par = dict(workers=workers, executor=executor, ray_address=ray_address)
+    steps: dict = {}
+
+    todo = [s for s in shards if not (work / "signatures" / f"{s.name}.arrow").is_file()]
+    run_tasks(_signature_shard, [(s, work, conf, bands, rows) for s in todo], desc=f"{STAGE}: signatures", **par)
+    t0 = timed(steps, "signatures", t0)
+
+    meta = pa.concat_tables([read_arrow(work / "signatures" / f"{n}.arrow").drop_columns(["signature"])
+                             for n in names])
+    if not (work / "order.arrow").is_file():
+        write_arrow(work / "order.arrow", pa.table({"rank": survivor_rank(meta)}))
+    rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
+
+    todo = [j for j in range(bands) if not (work / "edges" / f"band-{j:03d}.arrow").is_file()]
+    run_tasks(_band_edges, [(j, work, names) for j in todo], desc=f"{STAGE}: bands", **par)
+    t0 = timed(steps, "bands", t0)
+
+    candidates, chunks = _candidate_chunks(work, bands, n_docs, conf.pairs_per_task)
+    todo = [i for i in range(chunks) if not (work / "verified" / f"chunk-{i:05d}.arrow").is_file()]
+    run_tasks(_verify_chunk, [(i, work, names, firsts, conf.threshold) for i in todo],
+              desc=f"{STAGE}: verify", **par)
+    t0 = timed(steps, "verify", t0)
+
+    decisions = work / "decisions.arrow"
+    verified = pa.concat_tables([read_arrow(work / "verified" / f"chunk-{i:05d}.arrow") for i in range(chunks)])
+    if not decisions.is_file():
+        roots = component_roots(n_docs, verified.column("a").to_numpy(), verified.column("b").to_numpy())
+        write_arrow(decisions, cluster_decisions(meta, rank, roots))
+    t0 = timed(steps, "clusters", t0)
+
+    records = run_apply(STAGE, output_dir, shards, apply_cluster_decisions, (str(decisions), STAGE, REASON), **par)
+    timed(steps, "write", t0)
+    table = read_arrow(decisions)
+    clusters = len(np.unique(table.column("cluster_id").to_numpy())) if len(table) else 0
+    n_shingles = meta.column("n_shingles").to_numpy()
+    return finish_stage(STAGE, output_dir, records, started, {
+        "threshold": conf.threshold, "num_perm": conf.num_perm, "ngram": conf.ngram, "bands": bands, "rows": rows,
+        "candidate_pairs": candidates, "verified_pairs": len(verified), "clusters": clusters,
+        "docs_without_shingles": int((n_shingles == 0).sum()), "step_seconds": steps.get("step_seconds", {})})

@@ -1,0 +1,99 @@
+"""Text normalization, shingling and unit splitting shared by the dedup stages.
+
+Shingles are n-grams of *tokens*: a token is one CJK character (Chinese, kana, hangul) or a
+maximal run of other non-space characters (a word). So Chinese gets character n-grams, English
+word n-grams, and mixed text a mix of both, without any word segmenter. Each shingle is hashed
+as the substring it spans in the normalized text (polynomial hash, vectorized with numpy), so
+hashing costs no Python call per shingle.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import unicodedata
+
+import numpy as np
+
+# Every punctuation or symbol code point becomes a space: "Hello, world!" == "hello world".
+_PUNCT_TO_SPACE = {cp: " " for cp in range(sys.maxunicode + 1)
+                   if unicodedata.category(chr(cp))[0] in "PS"}
+_CJK_RANGES = np.array([(0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF),
+                        (0xF900, 0xFAFF), (0x20000, 0x3134F)], dtype=np.uint32)
+# Sentence ends: Chinese full stops always, Latin ones only before whitespace (not in "3.14").
+_SENTENCE_END = re.compile(r"(?<=[。！？；!?])|(?<=\.)(?=\s)")
+
+_P = np.uint64(0x100000001B3)          # odd multiplier of the rolling hash
+_MIX = np.uint64(0x9E3779B97F4A7C15)   # odd constant that spreads the high bits
+_pow = np.ones(1, dtype=np.uint64)     # _P**i mod 2**64, grown on demand
+_inv = np.ones(1, dtype=np.uint64)     # _P**-i mod 2**64
+
+
+def normalize(text: str) -> str:
+    """Width (NFKC), case, punctuation and whitespace folded: the form every hash is taken on."""
+    text = unicodedata.normalize("NFKC", text).lower().translate(_PUNCT_TO_SPACE)
+    return " ".join(text.split())
+
+
+def text_digest(text: str, size: int = 16) -> bytes:
+    """Hash of the normalized text (exact dedup keys)."""
+    return hashlib.blake2b(normalize(text).encode("utf-8"), digest_size=size).digest()
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    global _pow, _inv
+    if len(_pow) < n:
+        size = max(n, 2 * len(_pow))
+        inverse = np.uint64(pow(int(_P), -1, 1 << 64))
+        with np.errstate(over="ignore"):
+            _pow, _inv = np.ones(size, dtype=np.uint64), np.ones(size, dtype=np.uint64)
+            np.cumprod(np.full(size - 1, _P, dtype=np.uint64), dtype=np.uint64, out=_pow[1:])
+            np.cumprod(np.full(size - 1, inverse, dtype=np.uint64), dtype=np.uint64, out=_inv[1:])
+    return _pow[:n], _inv[:n]
+
+
+def token_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of tokens in a normalized text given as code points."""
+    n = len(codes)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    space = codes == 32
+    cjk = np.zeros(n, dtype=bool)
+    for lo, hi in _CJK_RANGES:
+        cjk |= (codes >= lo) & (codes <= hi)
+    prev_breaks = np.concatenate([[True], space[:-1] | cjk[:-1]])
+    next_breaks = np.concatenate([space[1:] | cjk[1:], [True]])
+    starts = np.flatnonzero(~space & (cjk | prev_breaks))
+    ends = np.flatnonzero(~space & (cjk | next_breaks)) + 1
+    return starts, ends
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """32-bit hashes of the token n-grams of `normalize(text)` (one hash for shorter texts)."""
+    norm = normalize(text)
+    codes = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32)
+    starts, ends = token_bounds(codes)
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.uint32)
+    k = max(1, len(starts) - ngram + 1)
+    first, last = starts[:k], ends[np.minimum(np.arange(k) + ngram - 1, len(ends) - 1)]
+    power, inverse = _powers(len(codes) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
+        np.cumsum((codes.astype(np.uint64) + np.uint64(1)) * power[:len(codes)], dtype=np.uint64, out=prefix[1:])
+        spans = (prefix[last] - prefix[first]) * inverse[first] * _MIX
+    return (spans >> np.uint64(32)).astype(np.uint32)
+
+
+def split_units(text: str, unit: str) -> list[str]:
+    """Cut a text into pieces that join back to it exactly: lines (with their newline) or sentences."""
+    lines = text.splitlines(keepends=True)
+    if unit == "paragraph":
+        return lines
+    return [piece for line in lines for piece in _SENTENCE_END.split(line) if piece]
+
+
+def unit_key(unit: str) -> tuple[int, int]:
+    """64-bit key of a unit's normalized form, and that form's length in characters (line dedup)."""
+    norm = normalize(unit)
+    return int.from_bytes(hashlib.blake2b(norm.encode("utf-8"), digest_size=8).digest(), "little"), len(norm)

@@ -1,0 +1,381 @@
+"""Dedup stages: exact, MinHash-LSH, line/sentence level; determinism, resume, Ray."""
+import json
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasketch import MinHash, MinHashLSH
+
+from data_pipeline.dedup import GLOBAL_STAGES
+from data_pipeline.dedup.minhash import MinHashConfig, jaccard_sorted, lsh_params, signatures
+from data_pipeline.dedup.text import normalize, shingle_hashes, split_units
+from data_pipeline.dedup.unionfind import component_roots
+from data_pipeline.schema import DOC_SCHEMA
+from stack_common.errors import ConfigError, UserError
+from stack_common.shards import read_manifest, read_table, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_NAMES = ["exact_dedup", "minhash_dedup", "line_dedup"]
+
+
+# ---- corpus helpers ------------------------------------------------------------------------------
+
+def _doc(id_, text, lang, quality=None, **notes):
+    return {"id": id_, "text": text, "lang": lang, "source": "test", "quality_score": quality,
+            "annotations": json.dumps(notes)}
+
+
+def _write(path, docs, target_bytes=60_000):
+    write_table(path, pa.Table.from_pylist(docs, schema=DOC_SCHEMA), target_bytes=target_bytes)
+    return path
+
+
+def _edit_tokens(text, lang, rate, rng):
+    """Replace about `rate` of the tokens (characters in Chinese, words in English) with random ones."""
+    toks = list(text) if lang == "zh" else text.split(" ")
+    for _ in range(max(1, int(len(toks) * rate))):
+        toks[rng.randrange(len(toks))] = rng.choice("天地玄黄宇宙洪荒" if lang == "zh" else ["alpha", "beta", "gamma"])
+    return ("" if lang == "zh" else " ").join(toks)
+
+
+def _exact_jaccard(a, b, ngram=5):
+    return jaccard_sorted(np.unique(shingle_hashes(a, ngram)), np.unique(shingle_hashes(b, ngram)))
+
+
+@pytest.fixture(scope="session")
+def near_dup_corpus(tmp_path_factory):
+    """Real sample documents, near copies at known rates, far copies, and unrelated documents."""
+    rng = random.Random(7)
+    en = [r for r in pq.read_table(REPO / "data/sample/en.parquet").to_pylist() if len(r["text"]) > 1500][:70]
+    zh = [r for r in pq.read_table(REPO / "data/sample/zh.parquet").to_pylist() if len(r["text"]) > 400][:70]
+    docs, pairs = [], []
+    for lang, rows in (("en", en), ("zh", zh)):
+        for i, row in enumerate(rows):
+            text = " ".join(row["text"].split()) if lang == "en" else row["text"].replace("\n", "")
+            docs.append(_doc(row["id"], text, lang, round(rng.random(), 3) if i % 5 else None))
+            if i < 30:
+                rate = 0.01
+            elif i < 40:
+                rate = 0.15
+            else:
+                continue
+            copy = _edit_tokens(text, lang, rate, rng)
+            docs.append(_doc(f"{row['id']}/copy", copy, lang, round(rng.random(), 3)))
+            pairs.append((row["id"], f"{row['id']}/copy", _exact_jaccard(text, copy)))
+    rng.shuffle(docs)
+    path = _write(tmp_path_factory.mktemp("near") / "in", docs)
+    return path, docs, pairs
+
+
+def _outputs(out_dir):
+    """What must be identical between runs: every output file's rows and sha256, and the stats."""
+    files = {sub: [(f["name"], f["rows"], f["sha256"]) for f in read_manifest(out_dir / sub)["files"]]
+             for sub in ("kept", "excluded")}
+    stats = json.loads((out_dir / "stats.json").read_text())
+    stats.pop("seconds")
+    stats.pop("step_seconds", None)
+    return files, stats
+
+
+def _excluded_map(out_dir):
+    t = read_table(out_dir / "excluded").to_pylist()
+    return {r["id"]: json.loads(r["annotations"])["duplicate_of"] for r in t}
+
+
+# ---- text ------------------------------------------------------------------------------------------
+
+def test_normalize_folds_width_case_punctuation_and_whitespace():
+    assert normalize("Ｈｅｌｌｏ,\tWORLD!!\n 你好，世界。") == "hello world 你好 世界"
+
+
+def test_chinese_is_shingled_by_character_and_english_by_word():
+    zh = "今天天气很好我们去公园散步吧"
+    assert len(shingle_hashes(zh, 5)) == len(zh) - 4              # character 5-grams, no spaces needed
+    en = "the quick brown fox jumps over the lazy dog"
+    assert len(shingle_hashes(en, 5)) == 9 - 4                     # word 5-grams
+    assert np.array_equal(shingle_hashes("The quick, brown fox: JUMPS over the lazy dog.", 5), shingle_hashes(en, 5))
+    # One changed character in Chinese costs 5 of 10 shingles, not the whole (space-less) document.
+    assert _exact_jaccard(zh, zh[:6] + "坏" + zh[7:]) == pytest.approx(5 / 15)
+    assert len(shingle_hashes("你好", 5)) == 1 and len(shingle_hashes("  ,. ", 5)) == 0
+    mixed = shingle_hashes("使用 Linux 内核", 2)                   # 使 用 linux 内 核 -> 4 bigrams
+    assert len(mixed) == 4
+
+
+def test_sentence_units_handle_chinese_punctuation_and_join_back():
+    text = "第一句。第二句！Third one. Pi is 3.14 here?\n下一行；还有\n"
+    units = split_units(text, "sentence")
+    assert "".join(units) == text
+    assert units[:4] == ["第一句。", "第二句！", "Third one.", " Pi is 3.14 here?"]
+    assert split_units(text, "paragraph") == ["第一句。第二句！Third one. Pi is 3.14 here?\n", "下一行；还有\n"]
+
+
+def test_signatures_are_datasketch_minhash_of_the_shingle_set():
+    sets = [np.unique(shingle_hashes("a b c d e f g h i j k", 3)), np.unique(shingle_hashes("天地玄黄宇宙洪荒", 3))]
+    sig = signatures(sets, 64, 3)
+    for s, row in zip(sets, sig):
+        m = MinHash(num_perm=64, seed=3, hashfunc=int)
+        for v in s.tolist():
+            m.update(v)
+        assert np.array_equal(m.hashvalues, row)
+
+
+def test_union_find_roots_are_component_minimum():
+    roots = component_roots(8, np.array([5, 3, 7, 1]), np.array([3, 6, 6, 2]))
+    assert roots.tolist() == [0, 1, 1, 3, 4, 3, 3, 3]
+
+
+def test_lsh_bands_favour_recall_at_the_threshold():
+    bands, rows = lsh_params(MinHashConfig())
+    assert bands * rows <= 128
+    p_at_threshold = 1 - (1 - 0.8 ** rows) ** bands
+    assert p_at_threshold > 0.9, (bands, rows)
+
+
+# ---- exact -------------------------------------------------------------------------------------------
+
+def test_exact_dedup_clusters_normalized_copies_and_picks_survivor(tmp_path):
+    docs = [
+        _doc("b", "Hello   World, this is a test.", "en", 0.5),
+        _doc("a", "hello world this is a test", "en", 0.9),          # best quality: survives
+        _doc("c", "ＨＥＬＬＯ world; this is a TEST!", "en", None),    # null quality = lowest
+        _doc("z", "另一篇文章，完全不同。", "zh", 0.1),
+        _doc("y", "另一篇文章 完全不同", "zh", 0.1),                   # same quality: longer "z" survives
+        _doc("x", "unique text", "en", 0.2),
+        _doc("e2", "same length", "en", None), _doc("e1", "same length", "en", None),  # tie: smaller id
+    ]
+    stats = GLOBAL_STAGES["exact_dedup"](_write(tmp_path / "in", docs), tmp_path / "out", {}, 1, "local", None)
+    kept = [r["id"] for r in read_table(tmp_path / "out/kept").to_pylist()]
+    assert kept == ["a", "z", "x", "e1"]                              # input order kept
+    excluded = read_table(tmp_path / "out/excluded").to_pylist()
+    notes = {r["id"]: json.loads(r["annotations"]) for r in excluded}
+    assert {k: v["duplicate_of"] for k, v in notes.items()} == {"b": "a", "c": "a", "y": "z", "e2": "e1"}
+    assert notes["b"]["cluster_id"] == notes["c"]["cluster_id"] != notes["y"]["cluster_id"]
+    assert {r["reason"] for r in excluded} == {"exact_duplicate"} and {r["stage"] for r in excluded} == {"exact_dedup"}
+    assert stats["docs_in"] == 8 == stats["docs_out"] + sum(stats["excluded"].values())
+    assert stats["clusters"] == 3
+    assert stats["bytes_in"] == sum(len(d["text"].encode()) for d in docs)
+
+
+def test_errors_name_the_problem(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="manifest"):
+        GLOBAL_STAGES["exact_dedup"](tmp_path / "empty", tmp_path / "o", {}, 1, "local", None)
+    src = _write(tmp_path / "in", [_doc("a", "text", "en")])
+    with pytest.raises(ConfigError) as err:
+        GLOBAL_STAGES["minhash_dedup"](src, tmp_path / "o2", {"threshold": 1.5, "bands": 3}, 1, "local", None)
+    assert "threshold" in str(err.value) and "bands/rows" in str(err.value)
+    with pytest.raises(ConfigError, match="unit"):
+        GLOBAL_STAGES["line_dedup"](src, tmp_path / "o3", {"unit": "word"}, 1, "local", None)
+    with pytest.raises(ConfigError, match="nope"):
+        GLOBAL_STAGES["exact_dedup"](src, tmp_path / "o4", {"nope": 1}, 1, "local", None)
+
+
+# ---- minhash -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def minhash_run(near_dup_corpus, tmp_path_factory):
+    src, docs, pairs = near_dup_corpus
+    out = tmp_path_factory.mktemp("mh") / "w1"
+    stats = GLOBAL_STAGES["minhash_dedup"](src, out, {"pairs_per_task": 10}, 1, "local", None)
+    return out, stats
+
+
+def test_minhash_removes_near_duplicates_and_only_them(near_dup_corpus, minhash_run):
+    src, docs, pairs = near_dup_corpus
+    out, stats = minhash_run
+    excluded = _excluded_map(out)
+    texts = {d["id"]: d["text"] for d in docs}
+    high = [(a, b) for a, b, j in pairs if j >= 0.85]
+    low = [(a, b) for a, b, j in pairs if j < 0.7]
+    assert len(high) >= 30 and len(low) >= 15                     # the corpus exercises both sides
+    for a, b in high:                                               # recall: one of each pair removed
+        assert (excluded.get(a) == b) != (excluded.get(b) == a), (a, b)
+    for a, b in low:
+        assert a not in excluded and b not in excluded, (a, b)
+    for doc, survivor in excluded.items():                          # precision: every link verified
+        assert _exact_jaccard(texts[doc], texts[survivor]) >= 0.8
+    assert stats["docs_in"] == len(docs) == stats["docs_out"] + stats["excluded"]["near_duplicate"]
+    assert stats["verified_pairs"] <= stats["candidate_pairs"] and stats["clusters"] == len(set(excluded.values()))
+
+
+def test_minhash_survivor_is_best_quality_then_longest(near_dup_corpus, minhash_run):
+    _, docs, _ = near_dup_corpus
+    by_id = {d["id"]: d for d in docs}
+    for doc, survivor in _excluded_map(minhash_run[0]).items():
+        q = lambda i: -1.0 if by_id[i]["quality_score"] is None else by_id[i]["quality_score"]  # noqa: E731
+        key = lambda i: (-q(i), -len(by_id[i]["text"]), i)  # noqa: E731
+        assert key(survivor) < key(doc)
+    kept = read_table(minhash_run[0] / "kept").to_pylist()
+    annotated = [json.loads(r["annotations"]).get("minhash_dedup_cluster") for r in kept]
+    assert sum(a is not None for a in annotated) == minhash_run[1]["clusters"]
+
+
+def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(minhash_run):
+    """The on-disk band sort is datasketch's MinHashLSH banding: same candidate pairs."""
+    out, stats = minhash_run
+    work = out / "work"
+    names = [p.stem for p in sorted((work / "signatures").glob("*.arrow"))]
+    sig_tables = [read_table_file(work / "signatures" / f"{n}.arrow") for n in names]
+    ids = [i for t in sig_tables for i in t.column("id").to_pylist()]
+    sigs = np.concatenate([np.stack(t.column("signature").to_numpy(zero_copy_only=False)) for t in sig_tables])
+    lsh = MinHashLSH(num_perm=128, params=(stats["bands"], stats["rows"]))
+    for i, s in enumerate(sigs):
+        lsh.insert(i, MinHash(hashvalues=s, scheme="affine32"))
+    expected = set()
+    for i, s in enumerate(sigs):
+        expected |= {(min(i, j), max(i, j)) for j in lsh.query(MinHash(hashvalues=s, scheme="affine32")) if j != i}
+    rank = read_table_file(work / "order.arrow").column("rank").to_numpy()
+    by_rank = np.argsort(rank)
+    found = set()
+    for p in sorted((work / "candidates").glob("chunk-*.arrow")):
+        t = read_table_file(p)
+        for a, b in zip(by_rank[t.column("a").to_numpy()], by_rank[t.column("b").to_numpy()]):
+            found.add((min(a, b), max(a, b)))
+    # Buckets link each member to the bucket's best document, so the found pairs are a spanning
+    # subset of datasketch's all-pairs: same connected documents, no pair outside them.
+    assert found <= expected and len(found) > 0
+    assert _components(found) == _components(expected)
+    assert len(ids) == len(sigs)
+
+
+def read_table_file(path):
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).read_all()
+
+
+def _components(pairs):
+    nodes = sorted({x for p in pairs for x in p})
+    idx = {n: i for i, n in enumerate(nodes)}
+    a = np.array([idx[p[0]] for p in pairs]); b = np.array([idx[p[1]] for p in pairs])
+    roots = component_roots(len(nodes), a, b)
+    groups = {}
+    for n, r in zip(nodes, roots):
+        groups.setdefault(r, set()).add(n)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def test_minhash_same_survivors_for_any_worker_count_or_shard_order(near_dup_corpus, minhash_run, tmp_path):
+    src, docs, _ = near_dup_corpus
+    ref_out, _ = minhash_run
+    out2 = tmp_path / "w2"
+    GLOBAL_STAGES["minhash_dedup"](src, out2, {"pairs_per_task": 10}, 2, "local", None)
+    assert _outputs(out2) == _outputs(ref_out)                      # byte-identical files
+    shuffled = list(reversed(docs))
+    src3 = _write(tmp_path / "in3", shuffled, target_bytes=90_000)
+    out3 = tmp_path / "w3"
+    GLOBAL_STAGES["minhash_dedup"](src3, out3, {}, 2, "local", None)
+    assert _excluded_map(out3) == _excluded_map(ref_out)
+    assert sorted(r["id"] for r in read_table(out3 / "kept").to_pylist()) == \
+        sorted(r["id"] for r in read_table(ref_out / "kept").to_pylist())
+
+
+# ---- line dedup ---------------------------------------------------------------------------------------
+
+def test_line_dedup_removes_repeated_paragraphs_but_first(tmp_path):
+    boiler_en = "Subscribe to our newsletter for the latest updates and offers!"
+    boiler_zh = "本站部分内容来自网络，如有侵权请联系删除，谢谢合作。"
+    body = lambda i: f"Article number {i} talks about topic {i} in some real detail, with facts and figures."  # noqa
+    docs = [_doc(f"en{i}", f"{body(i)}\n{boiler_en}\n{body(i + 100)}\n", "en", 0.1 * i) for i in range(1, 5)]
+    docs += [_doc(f"zh{i}", f"第{i}篇文章讲述了一个完整而真实的故事，内容丰富。{boiler_zh}结尾段落第{i}号，总结全文。", "zh", 0.5)
+             for i in range(3)]
+    docs.append(_doc("short", f"{boiler_en}\nok\n", "en", 0.0))
+    docs.append(_doc("code", "import os\n" * 3 + boiler_en + "\n", "code", None))
+    docs.append(_doc("twice", f"{boiler_en}\n", "en", 0.0))           # 2 docs only: not repeated enough
+    docs.append(_doc("twice2", f"{boiler_en}\n", "en", -1.0))
+    out = tmp_path / "out"
+    src = _write(tmp_path / "in", docs)
+    GLOBAL_STAGES["line_dedup"](src, out / "p", {"min_count": 3}, 1, "local", None)
+    kept = {r["id"]: r for r in read_table(out / "p/kept").to_pylist()}
+    # en4 has the best quality: keeps the paragraph; every other en doc loses it.
+    assert boiler_en in kept["en4"]["text"]
+    for i in (1, 2, 3):
+        assert kept[f"en{i}"]["text"] == f"{body(i)}\n{body(i + 100)}\n"
+        assert json.loads(kept[f"en{i}"]["annotations"])["line_dedup"]["removed_units"] == 1
+    assert kept["code"]["text"] == docs[-3]["text"]                    # code is skipped
+    excluded = read_table(out / "p/excluded").to_pylist()
+    assert [(r["id"], r["reason"]) for r in excluded] == [("short", "too_short_after_line_dedup"),
+                                                          ("twice", "too_short_after_line_dedup"),
+                                                          ("twice2", "too_short_after_line_dedup")]
+    assert all(boiler_zh in kept[f"zh{i}"]["text"] for i in range(3))  # one line: paragraph level keeps it
+    stats = GLOBAL_STAGES["line_dedup"](src, out / "s", {"unit": "sentence", "min_count": 3, "min_doc_chars": 20}, 1, "local", None)
+    kept = {r["id"]: r for r in read_table(out / "s/kept").to_pylist()}
+    assert boiler_zh in kept["zh0"]["text"]                            # equal quality: longest, then smallest id
+    for i in (1, 2):
+        assert kept[f"zh{i}"]["text"] == f"第{i}篇文章讲述了一个完整而真实的故事，内容丰富。结尾段落第{i}号，总结全文。"
+    assert stats["docs_in"] == len(docs) == stats["docs_out"] + sum(stats["excluded"].values())
+    assert stats["bytes_out"] == sum(len(r["text"].encode()) for r in kept.values())
+
+
+# ---- resume after SIGKILL -------------------------------------------------------------------------------
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from data_pipeline.dedup import GLOBAL_STAGES, common, exact, lines, minhash
+    src, out, stage, target, after = sys.argv[1:6]
+    owner_name, attr = target.split(".", 1)
+    owner = {"common": common, "exact": exact, "lines": lines, "minhash": minhash}[owner_name]
+    if "." in attr:
+        cls_name, attr = attr.split(".")
+        owner = getattr(owner, cls_name)
+    original, calls = getattr(owner, attr), [0]
+    def killing(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == int(after):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(owner, attr, killing)
+    GLOBAL_STAGES[stage](Path(src), Path(out), {"pairs_per_task": 10} if stage == "minhash_dedup" else {},
+                         1, "local", None)
+""")
+
+KILL_POINTS = [("exact_dedup", "exact._hash_shard", 2), ("exact_dedup", "common.ShardOutput.keep", 2),
+               ("minhash_dedup", "minhash._signature_shard", 2), ("minhash_dedup", "minhash._band_edges", 5),
+               ("minhash_dedup", "minhash._verify_chunk", 2), ("minhash_dedup", "common.ShardOutput.keep", 3),
+               ("line_dedup", "lines._unit_shard", 1), ("line_dedup", "common.ShardOutput.keep", 2)]
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_to_identical_output(near_dup_corpus, tmp_path):
+    src, _, _ = near_dup_corpus
+    reference = {}
+    for stage in STAGE_NAMES:
+        cfg = {"pairs_per_task": 10} if stage == "minhash_dedup" else {}
+        GLOBAL_STAGES[stage](src, tmp_path / f"ref-{stage}", cfg, 1, "local", None)
+        reference[stage] = _outputs(tmp_path / f"ref-{stage}")
+    for k, (stage, target, after) in enumerate(KILL_POINTS):
+        out = tmp_path / f"killed-{k}"
+        proc = subprocess.run([sys.executable, "-c", KILLER, str(src), str(out), stage, target, str(after)],
+                              cwd=REPO, capture_output=True, text=True, env={"BC_NO_PROGRESS": "1",
+                                                                            "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == -9, (target, proc.stderr[-2000:])
+        assert not (out / "stats.json").exists()
+        cfg = {"pairs_per_task": 10} if stage == "minhash_dedup" else {}
+        GLOBAL_STAGES[stage](src, out, cfg, 1, "local", None)
+        assert _outputs(out) == reference[stage], target
+        assert not [p for p in out.rglob(".*.tmp")], "temp files of the killed run are cleaned"
+
+
+# ---- Ray ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ray_executor_matches_local(near_dup_corpus, minhash_run, tmp_path):
+    import ray
+
+    src, _, _ = near_dup_corpus
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        GLOBAL_STAGES["minhash_dedup"](src, tmp_path / "ray", {"pairs_per_task": 10}, 2, "ray", None)
+        GLOBAL_STAGES["exact_dedup"](src, tmp_path / "ray-exact", {}, 2, "ray", None)
+    finally:
+        ray.shutdown()
+    assert _outputs(tmp_path / "ray") == _outputs(minhash_run[0])
+    GLOBAL_STAGES["exact_dedup"](src, tmp_path / "local-exact", {}, 1, "local", None)
+    assert _outputs(tmp_path / "ray-exact") == _outputs(tmp_path / "local-exact")
