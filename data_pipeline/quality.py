@@ -74,9 +74,22 @@ def heldout_report(model, pos: list[str], neg: list[str], max_chars: int, thresh
             "recall": tp / len(pos) if pos else float("nan"), "auc": auc(sp, sn)}
 
 
-def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig) -> dict:
+def train_fasttext(train_file: Path, attempts: int = 4, **params):
+    """fastText supervised training, retried when it reports NaN: the fasttext-numpy2 build
+    occasionally diverges on small files (seen even at low learning rates) and a rerun succeeds."""
     import fasttext
 
+    for attempt in range(1, attempts + 1):
+        try:
+            return fasttext.train_supervised(input=str(train_file), verbose=0, **params)
+        except RuntimeError as err:
+            if "NaN" not in str(err) or attempt == attempts:
+                raise UserError(f"fastText training failed ({err}); try a lower quality_train.lr",
+                                file=train_file) from None
+            log.warning("fastText training hit NaN (attempt %d of %d); retrying", attempt, attempts)
+
+
+def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig) -> dict:
     if not cfg.positive or not cfg.negative:
         raise UserError("quality_train needs both positive and negative inputs", field="quality_train.positive/negative",
                         expected="lists of files, globs or shard directories")
@@ -90,9 +103,8 @@ def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.txt"
         train_file.write_text("".join(lines), encoding="utf-8")
-        model = fasttext.train_supervised(input=str(train_file), epoch=cfg.epoch, lr=cfg.lr, dim=cfg.dim,
-                                          wordNgrams=cfg.word_ngrams, bucket=cfg.bucket, minCount=cfg.min_count,
-                                          thread=1, seed=cfg.seed, verbose=0)
+        model = train_fasttext(train_file, epoch=cfg.epoch, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
+                               bucket=cfg.bucket, minCount=cfg.min_count, thread=1, seed=cfg.seed)
     with atomic_path(cfg.output) as tmp_model:
         model.save_model(str(tmp_model))
     report = {"model": str(cfg.output), "sha256": sha256_file(cfg.output), "bytes": Path(cfg.output).stat().st_size,

@@ -14,7 +14,7 @@ from .english import _over, _under, ngram_repetition
 SPACE_RE = re.compile(r"\s+")
 DIGIT_RE = re.compile(r"[0-9０-９]")
 PUNCT_RE = re.compile(r"[，。！？；：、“”‘’（）《》〈〉【】「」『』…—～·,.!?;:()\"'\[\]<>\-~]")
-CHAR_RUN_RE = re.compile(r"(.)\1+")
+CHAR_RUN_RE = re.compile(r"([^\W\d_])\1+")   # a letter or Han character repeated ("啊啊啊")
 ZH_TERMINAL = ("。", "！", "？", "…", "”", "」", "』", "；", "：", "!", "?", ".", "）", ")")
 
 

@@ -41,7 +41,7 @@ def top_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int], 
     if count < 2:
         return 0.0
     gram_chars = len(gram) if isinstance(gram, str) else sum(map(len, gram))
-    return count * gram_chars / (total_chars or 1)
+    return min(1.0, count * gram_chars / (total_chars or 1))   # overlapping occurrences can exceed 1
 
 
 def duplicated_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int], total_chars: int,
