@@ -78,8 +78,16 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------- state dicts
 
+def unwrap(module):
+    """The GPTModel inside DDP / Float16Module wrappers (state dict keys carry no `module.`)."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
 def _model_state(model_chunks, metadata=None) -> dict:
     def one(chunk):
+        chunk = unwrap(chunk)
         return chunk.sharded_state_dict(metadata=metadata) if metadata else chunk.sharded_state_dict()
     if len(model_chunks) == 1:
         return {"model": one(model_chunks[0])}
@@ -255,10 +263,10 @@ class CheckpointManager:
 
 def _load_model(model_chunks, loaded: dict) -> None:
     if len(model_chunks) == 1:
-        model_chunks[0].load_state_dict(loaded["model"], strict=True)
+        unwrap(model_chunks[0]).load_state_dict(loaded["model"], strict=True)
     else:
         for i, chunk in enumerate(model_chunks):
-            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+            unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
 
 
 def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:

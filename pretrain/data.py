@@ -41,7 +41,7 @@ def dataset_config(run: RunConfig):
 
     d = run.data
     prefixes = [str(Path(strip_ext(p)).resolve()) for p in d.paths]
-    weights = [float(w) for w in d.weights] if d.weights is not None else None
+    weights = [float(w) for w in d.weights] if d.weights is not None else token_counts(prefixes)
     cache = d.cache_dir or str(run.run_dir / "data_cache")
     return GPTDatasetConfig(
         random_seed=run.training.seed,
@@ -56,6 +56,20 @@ def dataset_config(run: RunConfig):
         create_attention_mask=False,
         mid_level_dataset_surplus=0.05,
     )
+
+
+def token_counts(prefixes: list[str]) -> list[float]:
+    """Default blend weights: each dataset in proportion to its tokens.
+
+    Explicit weights (even these) make megatron build as many epochs as the run needs."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    counts = []
+    for prefix in prefixes:
+        dataset = IndexedDataset(prefix)      # keep it alive: sequence_lengths maps its index file
+        counts.append(float(dataset.sequence_lengths.sum()))
+        del dataset
+    return counts
 
 
 def sample_counts(run: RunConfig) -> list[int]:

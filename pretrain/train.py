@@ -1,0 +1,363 @@
+"""The pretraining loop: validate config, start process groups, build model/optimizer/data,
+resume, train with periodic evaluation and checkpoints, survive signals and NaNs."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.checkpointing import CheckpointManager, TrainState, find_latest, checkpoints_root
+from pretrain.config import RunConfig, load_run_config, tokenizer_vocab_size
+from pretrain.faults import ExitSignals, LossWatch
+from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
+                                 valid_line)
+from stack_common.atomic import atomic_write_text
+from stack_common.config import as_plain
+from stack_common.errors import UserError
+from stack_common.logging import get_logger
+
+log = get_logger("pretrain.train")
+
+METRIC_KEYS = ("lm_loss", "z_loss", "total_loss", "max_logit", "grad_norm")
+
+
+def run(cfg: DictConfig) -> int:
+    """Entry of `python -m pretrain`; returns the process exit code."""
+    from pretrain.cpu_compat import apply_if_needed
+
+    apply_if_needed()
+    run_cfg = load_run_config(cfg)          # every violation reported before any process group
+    if run_cfg.training.dry_run:
+        return dry_run(run_cfg)
+    from pretrain.parallel import destroy, init_distributed
+
+    p = run_cfg.parallel
+    init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.training.seed,
+                     backend="nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        return Trainer(run_cfg).train()
+    finally:
+        destroy()
+
+
+# ----------------------------------------------------------------------------- setup
+
+def use_bf16(run: RunConfig) -> bool:
+    precision = run.training.precision
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
+
+
+def padded_vocab(run: RunConfig) -> int:
+    from pretrain.model import padded_vocab_size
+
+    return padded_vocab_size(run.model.vocab_size, run.parallel.tp)
+
+
+def dry_run(run: RunConfig) -> int:
+    """Parameter counts and a per-rank memory estimate, without starting process groups."""
+    m, p, t = run.model, run.parallel, run.training
+    h, layers, vocab = m.hidden_size, m.num_layers, padded_vocab(run)
+    ffn = getattr(m, "ffn_hidden_size", None) or 4 * h
+    kv = getattr(m, "num_query_groups", None) or m.num_attention_heads
+    per_layer = h * h * 2 + 2 * h * h * kv // m.num_attention_heads + 3 * h * ffn + 2 * h
+    embed = vocab * h
+    total = layers * per_layer + 2 * embed + h
+    per_rank = (layers // p.pp) * per_layer / p.tp + embed / p.tp
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dp = max(world // (p.tp * p.pp), 1)
+    bf16 = use_bf16(run)
+    weight_bytes = 2 if bf16 else 4
+    grad_bytes = 4                                     # fp32 main grads
+    optim_bytes = (12 if bf16 else 8) / (dp if run.optimizer.distributed else 1)
+    seq, mbs = run.seq_length, t.micro_batch_size
+    act = layers // p.pp * seq * mbs * h * 34 * weight_bytes / p.tp * min(p.pp, t.global_batch_size)
+    states = per_rank * (weight_bytes + grad_bytes + optim_bytes)
+    print(f"parameters: {total / 1e6:,.1f}M total ({(total - 2 * embed) / 1e6:,.1f}M without embeddings), "
+          f"padded vocabulary {vocab}")
+    print(f"layout: tp={p.tp} pp={p.pp} vpp={p.vpp} dp={dp} (world {world}); "
+          f"{per_rank / 1e6:,.1f}M parameters on the largest rank")
+    print(f"memory per rank (estimate): weights+grads+optimizer {states / 2**30:.2f} GiB, "
+          f"activations {act / 2**30:.2f} GiB, total {(states + act) / 2**30:.2f} GiB "
+          f"({'bf16 + fp32 master' if bf16 else 'fp32'}{', distributed optimizer' if run.optimizer.distributed else ''})")
+    return 0
+
+
+class Trainer:
+    def __init__(self, run: RunConfig):
+        from megatron.core import parallel_state as mpu
+
+        from pretrain.data import build_datasets, tokenizer_reference
+        from pretrain.model import build_model
+        from pretrain.optim import build_optimizer, build_scheduler
+
+        self.run = run
+        self.mpu = mpu
+        self.tp, self.pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
+        self.dp, self.dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+        t = run.training
+        self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
+        self.seq = run.seq_length
+        self.bf16 = use_bf16(run)
+        self.tokenizer_ref = tokenizer_reference(run)
+        self.model = build_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
+                                 dtype=torch.bfloat16 if self.bf16 else torch.float32)
+        self.optimizer = build_optimizer(run, self.model, self.bf16)
+        self.scheduler = build_scheduler(run, self.optimizer)
+        self.state = TrainState()
+        self.ckpt = CheckpointManager(run.run_dir, run.checkpoint.keep_last, self._meta,
+                                      async_save=run.checkpoint.async_save)
+        self._resume()
+        self.train_ds, self.valid_ds = build_datasets(run)
+        self._write_config()
+        self.is_logger = self._is_logging_rank()
+        tb_dir = Path(run.logging.tensorboard_dir or run.run_dir / "tensorboard")
+        self.monitor = Monitor(tb_dir if run.logging.tensorboard else None, self.is_logger,
+                               peak_tflops(run.logging.peak_tflops))
+        self.flops_per_token = flops_per_token(run.model, self.seq, padded_vocab(run))
+        self.watch = LossWatch(t.max_consecutive_nonfinite, t.loss_spike_factor, t.loss_spike_window)
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def _layout(self) -> dict:
+        return {"tp": self.tp, "pp": self.pp, "vpp": self.run.parallel.vpp, "dp": self.dp}
+
+    def _meta(self, state: TrainState, keep: bool) -> dict:
+        return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
+                "consumed_tokens": state.consumed_tokens, **self._layout(),
+                "model": as_plain(self.run.model), "vocab_size": self.run.model.vocab_size,
+                "padded_vocab_size": padded_vocab(self.run), "tokenizer": self.tokenizer_ref,
+                "keep": keep, "train_state": asdict(state), "config": self.run.resolved}
+
+    def _resume(self) -> None:
+        c = self.run.checkpoint
+        source = Path(c.load) if c.load else (find_latest(checkpoints_root(self.run.run_dir)) if c.resume else None)
+        if source is None:
+            log.info("no checkpoint to resume from: starting at iteration 0")
+            return
+        self.state = self.ckpt.load(source, self.model, self.optimizer, self.scheduler,
+                                    layout=self._layout(), load_optimizer=c.load_optimizer)
+        if self.state.consumed_samples % self.run.training.global_batch_size:
+            raise UserError(f"checkpoint consumed {self.state.consumed_samples} samples, not a multiple "
+                            f"of training.global_batch_size={self.run.training.global_batch_size}",
+                            file=str(source), expected="the global batch size the run started with")
+
+    def save(self, keep: bool = False) -> None:
+        for chunk in self.model:
+            chunk.eval()
+        self.ckpt.save(self.model, self.optimizer, self.scheduler, self.state, keep=keep)
+        self.last_saved = self.state.iteration
+
+    def _write_config(self) -> None:
+        if torch.distributed.get_rank() == 0:
+            atomic_write_text(self.run.run_dir / "config.yaml",
+                              OmegaConf.to_yaml(OmegaConf.create(self.run.resolved)))
+
+    def _is_logging_rank(self) -> bool:
+        mpu = self.mpu
+        return (mpu.is_pipeline_last_stage(ignore_virtual=True) and mpu.get_tensor_model_parallel_rank() == 0
+                and self.dp_rank == 0)
+
+    # ------------------------------------------------------------------------- steps
+
+    def _data_iterator(self, start: int):
+        from pretrain.data import microbatches
+
+        t = self.run.training
+        it = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
+        return [it] * len(self.model) if len(self.model) > 1 else it
+
+    def _metrics_everywhere(self, metrics: dict) -> dict:
+        """The losses live on the last pipeline stage; every rank needs them (skip decisions)."""
+        values = torch.tensor([float(metrics.get(k, 0.0) or 0.0) for k in METRIC_KEYS],
+                              dtype=torch.float64, device=_device())
+        if self.pp > 1:
+            group = self.mpu.get_pipeline_model_parallel_group()
+            last = self.mpu.get_pipeline_model_parallel_last_rank()
+            torch.distributed.broadcast(values, src=last, group=group)
+        return dict(zip(METRIC_KEYS, values.tolist()))
+
+    def train_one(self, data_iterator) -> dict:
+        from pretrain.step import train_step
+
+        for chunk in self.model:
+            chunk.train()
+        t = self.run.training
+        inject = self.state.iteration + 1 in t.inject_nan_iters
+        with inject_nan(self.model, inject):
+            metrics = train_step(self.model, self.optimizer, data_iterator, self.num_micro,
+                                 t.micro_batch_size, self.seq)
+        return self._metrics_everywhere(metrics)
+
+    def evaluate(self) -> float:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from pretrain.data import valid_microbatches
+        from pretrain.step import forward_step
+
+        for chunk in self.model:
+            chunk.eval()
+        t = self.run.training
+        batches = valid_microbatches(self.valid_ds, self.run, self.dp_rank, self.dp)
+        data = [batches] * len(self.model) if len(self.model) > 1 else batches
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for _ in range(t.eval_iters):
+                outputs = get_forward_backward_func()(
+                    forward_step_func=forward_step, data_iterator=data, model=self.model,
+                    num_microbatches=self.num_micro, seq_length=self.seq,
+                    micro_batch_size=t.micro_batch_size, forward_only=True)
+                for out in outputs or []:
+                    total += float(out["lm_loss"]) if isinstance(out, dict) else float(out)
+                    count += 1
+        values = torch.tensor([total, float(count)], dtype=torch.float64, device=_device())
+        torch.distributed.all_reduce(values)
+        return (values[0] / values[1].clamp(min=1)).item()
+
+    # ------------------------------------------------------------------------- loop
+
+    def train(self) -> int:
+        run, t, c, lg = self.run, self.run.training, self.run.checkpoint, self.run.logging
+        signals = ExitSignals(t.exit_signals)
+        self.last_saved = self.state.iteration
+        data_iterator = self._data_iterator(self.state.consumed_samples)
+        tokens_per_iter = t.global_batch_size * self.seq
+        exit_code = 0
+        try:
+            if self.state.iteration == 0 and t.eval_interval > 0:
+                self._evaluate_and_log()
+            while self.state.iteration < t.train_iters:
+                start = time.perf_counter()
+                m = self.train_one(data_iterator)
+                step_time = time.perf_counter() - start
+                st = self.state
+                st.iteration += 1
+                st.consumed_samples += t.global_batch_size
+                st.consumed_tokens += tokens_per_iter
+                skipped = self.watch.nonfinite(m["total_loss"]) or not math.isfinite(m["grad_norm"])
+                if skipped:
+                    st.skipped_iters += 1
+                    st.nonfinite_total += 1
+                    log.warning(f"iteration {st.iteration}: non-finite loss {m['total_loss']} or grad norm "
+                                f"{m['grad_norm']}: step skipped ({self.watch.in_row} in a row)")
+                else:
+                    self.scheduler.step(increment=1)
+                if not skipped and self.watch.is_spike(m["lm_loss"]):
+                    log.warning(f"iteration {st.iteration}: loss spike {m['lm_loss']:.4f} > "
+                                f"{t.loss_spike_factor} x running mean")
+                self.ckpt.finalize()
+                if st.iteration % lg.log_interval == 0 or skipped:
+                    self._log_train(m, step_time)
+                if t.eval_interval > 0 and st.iteration % t.eval_interval == 0:
+                    self._evaluate_and_log()
+                if self.watch.too_many():
+                    self.save()
+                    raise UserError(f"{self.watch.in_row} non-finite losses in a row at iteration "
+                                    f"{st.iteration}; saved {checkpoints_root(run.run_dir)}/latest. Lower "
+                                    "optimizer.lr or resume from an earlier checkpoint with other data order")
+                keep = self._milestone_reached()
+                if keep or (c.save_interval and st.iteration % c.save_interval == 0):
+                    self.save(keep=keep)
+                if signals.received():
+                    log.warning(f"exit signal {signals.got or '(on another rank)'}: saving and exiting "
+                                f"with requeue code {t.requeue_exit_code}")
+                    if self.last_saved != st.iteration:
+                        self.save()
+                    exit_code = t.requeue_exit_code
+                    break
+                if t.exit_after_iter and st.iteration >= t.exit_after_iter:
+                    if self.last_saved != st.iteration:
+                        self.save()
+                    break
+            else:
+                if c.save_on_exit and self.last_saved != self.state.iteration:
+                    self.save()
+        finally:
+            self.ckpt.finalize(blocking=True)
+            signals.restore()
+            self.monitor.close()
+        return exit_code
+
+    def _milestone_reached(self) -> bool:
+        c, st = self.run.checkpoint, self.state
+        targets = [int(x) for x in c.milestone_tokens]
+        if c.milestone_every_tokens:
+            targets.append((st.consumed_tokens // c.milestone_every_tokens) * c.milestone_every_tokens)
+        due = [x for x in targets if 0 < x <= st.consumed_tokens and x not in st.milestones_done]
+        st.milestones_done.extend(due)
+        return bool(due)
+
+    def _evaluate_and_log(self) -> None:
+        loss = self.evaluate()
+        it = self.state.iteration
+        self.monitor.scalars({"valid/lm_loss": loss, "valid/perplexity": math.exp(min(loss, 30.0))}, it)
+        self.monitor.console(valid_line(it, loss))
+
+    def _log_train(self, m: dict, step_time: float) -> None:
+        from pretrain.optim import current_lr
+
+        t, st = self.run.training, self.state
+        param_norm = self._param_norm()
+        lr = current_lr(self.optimizer)
+        tokens_per_s = t.global_batch_size * self.seq / step_time
+        world = torch.distributed.get_world_size()
+        tflops = tokens_per_s * self.flops_per_token / world / 1e12
+        mfu = tflops / self.monitor.peak if self.monitor.peak else None
+        mem, max_mem = memory_gb()
+        self.monitor.scalars({
+            "train/lm_loss": m["lm_loss"], "train/z_loss": m["z_loss"], "train/total_loss": m["total_loss"],
+            "train/max_logit": m["max_logit"], "train/learning_rate": lr, "train/grad_norm": m["grad_norm"],
+            "train/param_norm": param_norm, "train/skipped_steps": st.skipped_iters,
+            "train/loss_spikes": self.watch.spikes, "throughput/tokens_per_sec": tokens_per_s,
+            "throughput/samples_per_sec": t.global_batch_size / step_time,
+            "throughput/tflops_per_device": tflops, "throughput/mfu": mfu if mfu is not None else 0.0,
+            "time/step_seconds": step_time, "memory/allocated_gb": mem, "memory/max_allocated_gb": max_mem,
+            "progress/consumed_tokens": st.consumed_tokens, "progress/consumed_samples": st.consumed_samples,
+        }, st.iteration)
+        self.monitor.console(train_line(st.iteration, t.train_iters, st.consumed_samples, st.consumed_tokens,
+                                        step_time * 1000, lr, t.global_batch_size, m, st.skipped_iters,
+                                        st.nonfinite_total, tflops if torch.cuda.is_available() else None))
+
+    def _param_norm(self) -> float:
+        """L2 norm of all weights, each counted once across TP/PP ranks (called on every rank)."""
+        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+        from megatron.core.transformer.module import param_is_not_shared
+
+        total = torch.zeros(1, dtype=torch.float64, device=_device())
+        for chunk in self.model:
+            for p in chunk.parameters():
+                if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p):
+                    total += p.detach().double().pow(2).sum()
+        torch.distributed.all_reduce(total, group=self.mpu.get_model_parallel_group())
+        return math.sqrt(total.item())
+
+
+class inject_nan:
+    """Fault drill: make this step's loss NaN by poisoning the final hidden states."""
+
+    def __init__(self, model_chunks, active: bool):
+        self.model_chunks, self.active, self.handles = model_chunks, active, []
+
+    def __enter__(self):
+        if self.active:
+            last = self.model_chunks[-1]
+            self.handles.append(last.register_forward_hook(lambda mod, inp, out: _nan_like(out)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def _nan_like(out):
+    if isinstance(out, torch.Tensor):
+        return out * float("nan")
+    return out
+
+
+def _device():
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
