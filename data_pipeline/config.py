@@ -72,7 +72,7 @@ class PipelineConfig:
     task: str = "run"                      # run | quality_train
     input: list[str] = field(default_factory=list)
     output: str = ""
-    stages: list[str] = field(default_factory=lambda: list(PER_DOC_STAGES))
+    stages: list[str] = field(default_factory=lambda: ["normalize", "annotate", "clean_lines", "filter"])
     workers: int = 1
     executor: str = "local"                # local | ray
     ray_address: Optional[str] = None

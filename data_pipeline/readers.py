@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -94,14 +93,40 @@ def read_unit(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
 
 # --- JSONL --------------------------------------------------------------------------------------
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
+def _iter_lines(path: Path) -> Iterator[bytes]:
     if path.name.endswith(".zst"):
-        import zstandard
+        yield from _split_lines(_zstd_chunks(path))
+        return
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as fh:
+        yield from fh
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+
+def _zstd_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed data frame by frame; a stream that ends inside a frame raises EOFError
+    (zstandard's stream reader would end quietly and lose the last block)."""
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor()
+    frame, in_frame, data = decompressor.decompressobj(), False, b""
+    with open(path, "rb") as fh:
+        while data or (data := fh.read(size)):
+            yield frame.decompress(data)
+            in_frame, data = True, b""
+            if frame.eof:   # the rest belongs to the next frame
+                frame, in_frame, data = decompressor.decompressobj(), False, frame.unused_data
+    if in_frame:
+        raise EOFError("zstd stream ends inside a frame (truncated file)")
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
 
 
 STREAM_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile)
@@ -110,13 +135,12 @@ STREAM_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile)
 def _read_jsonl(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
     line_no = 0
     try:
-        with _open_binary(path) as fh:
-            for line_no, raw in enumerate(fh, start=1):
-                if raw.strip():
-                    yield _parse_json_line(raw, path, line_no, cfg)
+        for line_no, raw in enumerate(_iter_lines(path), start=1):
+            if raw.strip():
+                yield _parse_json_line(raw, path, line_no, cfg)
     except STREAM_ERRORS as err:
         yield BadRecord(str(path), f"line {line_no + 1}", f"broken_stream: {type(err).__name__}: {err}", b"")
-    except Exception as err:  # zstandard.ZstdError and friends: the stream ends here
+    except Exception as err:  # zstandard.ZstdError: the stream ends here
         if type(err).__module__.startswith("zstandard"):
             yield BadRecord(str(path), f"line {line_no + 1}", f"broken_stream: {err}", b"")
         else:
