@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ HF_TRAINER = textwrap.dedent("""
 
 def build_shards(corpus: Path, out: Path) -> Path:
     """One shard dir per corpus file, in the pipeline's DOC_SCHEMA (zh-TW counts as zh)."""
-    if (out / "done").is_file():
+    marker = out.with_name(out.name + ".done")
+    if marker.is_file():
         return out
     shutil.rmtree(out, ignore_errors=True)
     for path in sorted(corpus.glob("*.parquet")):
@@ -64,18 +66,20 @@ def build_shards(corpus: Path, out: Path) -> Path:
                           "quality_score": pa.array([1.0] * n, pa.float32()), "annotations": ["{}"] * n},
                          schema=DOC_SCHEMA)
         write_table(out / path.stem, table, target_bytes=32 << 20)
-    (out / "done").write_text("ok\n")
+    marker.write_text("ok\n")
     return out
 
 
 def run_child(cmd: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS bytes and stdout of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"child failed: {cmd[:4]}")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"child failed: {cmd[:5]}\n{err.read()[-2000:]}")
     return time.perf_counter() - start, usage.ru_maxrss * 1024, out
 
 
@@ -117,7 +121,7 @@ def bench_encode(model: str, shards: Path, work: Path) -> dict:
     for workers in (1, 2):
         out = work / f"encode_w{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "tokenizer_training", "encode", f"model={model}", f"input=[{shards}/*]",
+        cmd = [sys.executable, "-m", "tokenizer_training", "encode", f"model_file={model}", f"input=[{shards}/*]",
                f"out={out}", f"encode.workers={workers}"]
         wall, rss, _ = run_child(cmd)
         summary = json.loads((out / "encode_summary.json").read_text())

@@ -197,7 +197,7 @@ def test_evaluate_report_side_by_side(trained, hf_dir, tmp_path):
 
     out = tmp_path / "report"
     model = str(trained[0] / "tokenizer.model")
-    cfg = load_config([f"model={model}", f"out={out}", f"evaluate.compare=[{hf_dir / 'tokenizer.json'}]"])
+    cfg = load_config([f"model_file={model}", f"out={out}", f"evaluate.compare=[{hf_dir / 'tokenizer.json'}]"])
     report = evaluate_command(cfg)
     assert (out / "eval_report.md").read_text().count("compression_rate") == 1
     assert read_json(out / "eval_report.json") == report
@@ -274,7 +274,7 @@ def test_encode_by_source_and_megatron_blend(trained, shard_dirs, tmp_path):
     from tokenizer_training.encode import blend_from_summary
 
     out = tmp_path / "by_source"
-    main(["encode", f"model={trained[0] / 'tokenizer.model'}", f"input=[{shard_dirs}/zh,{shard_dirs}/en]",
+    main(["encode", f"model_file={trained[0] / 'tokenizer.model'}", f"input=[{shard_dirs}/zh,{shard_dirs}/en]",
           f"out={out}", "encode.group_by=source", "encode.workers=1"])
     summary = read_json(out / "encode_summary.json")
     docs = {k: v for k, v in _input_docs(shard_dirs, "source").items() if k != "cpython-stdlib"}

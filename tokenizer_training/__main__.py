@@ -4,7 +4,7 @@ The config is configs/tokenizer_training.yaml with the group `tokenizer` (baichu
 everything after the command is a Hydra override, e.g.
 
     python -m tokenizer_training train tokenizer=small input=[out/final] out=tok
-    python -m tokenizer_training encode model=tok/tokenizer.model input=[out/final] out=data encode.workers=2
+    python -m tokenizer_training encode model_file=tok/tokenizer.model input=[out/final] out=data encode.workers=2
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from stack_common.errors import UserError, report_user_errors
 from .config import AppConfig
 
 COMMANDS = ("train", "evaluate", "export-hf", "encode")
-USAGE = __doc__.split("\n\n")[0] + "\ncommands: " + ", ".join(COMMANDS) + \
-    "\nshow the composed config: python -m tokenizer_training COMMAND [overrides] --cfg"
+USAGE = __doc__ + "\nShow the composed config of a command: python -m tokenizer_training COMMAND [overrides] --cfg"
 
 
 def load_config(overrides: list[str]) -> AppConfig:
@@ -29,6 +28,8 @@ def load_config(overrides: list[str]) -> AppConfig:
             cfg = compose(config_name="tokenizer_training", overrides=overrides)
         except Exception as err:  # Hydra's override and missing-option errors are user mistakes
             raise UserError(f"bad override: {str(err).splitlines()[0]}") from None
+    if isinstance(cfg.get("input"), str):  # input=DIR means input=[DIR]
+        cfg.input = [cfg.input]
     return to_dataclass(cfg, AppConfig, where="tokenizer_training")
 
 

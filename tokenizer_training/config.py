@@ -79,7 +79,7 @@ class AppConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     input: list[str] = field(default_factory=list)
     out: Optional[str] = None
-    model: Optional[str] = None
+    model_file: Optional[str] = None  # not `model`: that name is a config group of pretrain
     overwrite: bool = False
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

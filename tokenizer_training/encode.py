@@ -298,8 +298,8 @@ def blend_from_summary(encode_dir: str | Path, weights: dict[str, float] | None 
 
 
 def encode_command(cfg: AppConfig) -> None:
-    if cfg.model is None or cfg.out is None:
-        raise UserError("encode needs model=PATH/tokenizer.model, input=[SHARD_DIR,...] and out=DIR")
-    encode(cfg.model, cfg.input, cfg.out, cfg.encode, overwrite=cfg.overwrite)
+    if cfg.model_file is None or cfg.out is None:
+        raise UserError("encode needs model_file=PATH/tokenizer.model, input=[SHARD_DIR,...] and out=DIR")
+    encode(cfg.model_file, cfg.input, cfg.out, cfg.encode, overwrite=cfg.overwrite)
     print(json.dumps({k: v for k, v in read_json(Path(cfg.out) / SUMMARY).items() if k in ("outputs", "tokens")},
                      indent=1))

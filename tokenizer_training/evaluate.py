@@ -193,12 +193,12 @@ def default_inputs(model: Path) -> list[str]:
 
 
 def evaluate_command(cfg: AppConfig) -> dict:
-    if cfg.model is None or cfg.out is None:
-        raise UserError("evaluate needs model=PATH/tokenizer.model and out=DIR (input defaults to its heldout/)")
+    if cfg.model_file is None or cfg.out is None:
+        raise UserError("evaluate needs model_file=PATH/tokenizer.model and out=DIR (input defaults to its heldout/)")
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise UserError("output directory already exists (pass overwrite=true to replace it)", file=cfg.out)
-    inputs = list(cfg.input) or default_inputs(Path(cfg.model))
-    report = evaluate([cfg.model, *cfg.evaluate.compare], inputs, cfg.evaluate.max_docs_per_lang)
+    inputs = list(cfg.input) or default_inputs(Path(cfg.model_file))
+    report = evaluate([cfg.model_file, *cfg.evaluate.compare], inputs, cfg.evaluate.max_docs_per_lang)
     with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
         atomic_write_json(tmp / "eval_report.json", report)
         atomic_write_text(tmp / "eval_report.md", render_markdown(report))

@@ -86,6 +86,6 @@ def export_hf_tokenizer(model_path: str | Path, out_dir: str | Path, overwrite: 
 
 
 def export_command(cfg) -> None:
-    if cfg.model is None or cfg.out is None:
-        raise UserError("export-hf needs model=PATH/tokenizer.model and out=DIR")
-    export_hf_tokenizer(cfg.model, cfg.out, overwrite=cfg.overwrite)
+    if cfg.model_file is None or cfg.out is None:
+        raise UserError("export-hf needs model_file=PATH/tokenizer.model and out=DIR")
+    export_hf_tokenizer(cfg.model_file, cfg.out, overwrite=cfg.overwrite)

@@ -20,7 +20,8 @@ def resolve_inputs(patterns: Sequence[str]) -> list[Path]:
         raise UserError("no input given: set input=[SHARD_DIR, ...] (globs allowed)")
     dirs: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        # A glob picks directories only (`out/*` may also match files such as a stats.json).
+        matches = sorted(m for m in glob.glob(pattern) if Path(m).is_dir()) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise UserError("no shard directory matches this pattern", file=pattern)
         for match in matches:
