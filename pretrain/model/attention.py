@@ -1,0 +1,88 @@
+"""Core attention through `torch.nn.functional.scaled_dot_product_attention`: causal for RoPE
+models, causal plus an ALiBi bias for the 13B model. Drop-in for megatron-core's
+DotProductAttention inside SelfAttention (same constructor and forward contract)."""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core import tensor_parallel
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.module import MegatronModule
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """Baichuan 2 / ALiBi slopes: a geometric sequence 2^(-8i/n) for a power-of-two head count;
+    otherwise those of the nearest lower power of two followed by every other slope of the next
+    power of two (so 40 heads = 32 geometric + 8 interleaved)."""
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    if num_heads & (num_heads - 1) == 0:
+        return geometric(num_heads)
+    lower = 2 ** int(math.floor(math.log2(num_heads)))
+    return geometric(lower) + alibi_slopes(2 * lower)[0::2][: num_heads - lower]
+
+
+def alibi_causal_bias(slopes: torch.Tensor, seq_q: int, seq_k: int, dtype: torch.dtype) -> torch.Tensor:
+    """[heads, seq_q, seq_k] additive bias: slope x (j - i) on and below the diagonal, -inf above.
+    Distances are relative to the query so values near the diagonal stay exact in bf16."""
+    i = torch.arange(seq_k - seq_q, seq_k, device=slopes.device, dtype=torch.float32)[:, None]
+    j = torch.arange(seq_k, device=slopes.device, dtype=torch.float32)[None, :]
+    distance = j - i
+    bias = slopes.float()[:, None, None] * distance
+    bias = bias.masked_fill(distance > 0, float("-inf"))
+    return bias.to(dtype)
+
+
+class SDPAttention(MegatronModule):
+    """Inputs q/k/v [s, b, heads_per_rank, head_dim]; output [s, b, heads_per_rank x head_dim]."""
+
+    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
+                 cp_comm_type: Optional[str] = None, pg_collection: Optional[ProcessGroupCollection] = None,
+                 alibi: bool = False):
+        super().__init__(config=config)
+        assert config.context_parallel_size == 1, "context parallelism needs TransformerEngine"
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        tp_size, tp_rank = pg_collection.tp.size(), pg_collection.tp.rank()
+        self.heads = config.num_attention_heads // tp_size
+        self.groups = config.num_query_groups // tp_size
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(self.head_dim)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.alibi = alibi
+        if alibi:
+            # This rank's heads are a contiguous block of the global heads.
+            own = alibi_slopes(config.num_attention_heads)[tp_rank * self.heads:(tp_rank + 1) * self.heads]
+            self.register_buffer("slopes", torch.tensor(own, dtype=torch.float32), persistent=False)
+            self._bias_cache: dict = {}
+
+    def _bias(self, seq_q: int, seq_k: int, dtype, device) -> torch.Tensor:
+        key = (seq_q, seq_k, dtype, device)
+        if key not in self._bias_cache:
+            self._bias_cache.clear()
+            self._bias_cache[key] = alibi_causal_bias(self.slopes.float().to(device), seq_q, seq_k, dtype)
+        return self._bias_cache[key]
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        assert packed_seq_params is None, "packed sequences need TransformerEngine attention"
+        seq_q, seq_k = query.shape[0], key.shape[0]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))   # [b, heads, s, d]
+        if self.groups != self.heads:
+            k = k.repeat_interleave(self.heads // self.groups, dim=1)
+            v = v.repeat_interleave(self.heads // self.groups, dim=1)
+        mask = self._bias(seq_q, seq_k, q.dtype, q.device) if self.alibi else None
+        dropout = self.dropout if self.training else 0.0
+        with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                 is_causal=mask is None, scale=self.softmax_scale)
+        b = out.shape[0]
+        return out.permute(2, 0, 1, 3).reshape(seq_q, b, self.heads * self.head_dim)
+

@@ -1,0 +1,109 @@
+"""The Baichuan 2 model description (Hydra group `model`) and its megatron-core TransformerConfig."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_rope"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None   # None: multi-head attention (Baichuan 2)
+    ffn_hidden_size: int = 172
+    vocab_size: int = 1000                   # the tokenizer's; padded per TP by padded_vocab_size
+    seq_length: int = 128
+    position_embedding_type: str = "rope"    # rope (7B) | alibi (13B)
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1.0e-6
+    normhead: bool = True                    # output rows divided by their L2 norm
+    z_loss_coeff: float = 2.0e-4             # max-z loss weight; 0 turns it off
+    init_method_std: float = 0.02
+    untie_embeddings_and_output_weights: bool = True
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    make_vocab_size_divisible_by: int = 128  # times TP
+    attention_backend: str = "auto"          # auto (TransformerEngine when installed) | sdpa | te
+
+    def __post_init__(self):
+        if self.position_embedding_type not in ("rope", "alibi"):
+            raise ValueError(f"position_embedding_type={self.position_embedding_type!r} must be rope or alibi")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+
+def padded_vocab_size(vocab_size: int, tp: int = 1, multiple: int = 128) -> int:
+    """Vocabulary rounded up to a multiple of `multiple x tp` (each TP rank gets whole blocks)."""
+    step = multiple * tp
+    return -(-vocab_size // step) * step
+
+
+def on_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int] = None,
+                       dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
+                       recompute: bool = False):
+    """megatron-core TransformerConfig for Baichuan 2: RMSNorm, SwiGLU, no biases, fp32 softmax.
+
+    On CPU: CPU initialization and every fusion off (they need CUDA kernels)."""
+    from megatron.core.transformer import TransformerConfig
+
+    cuda = on_cuda()
+    if sequence_parallel and not cuda:
+        raise ValueError("sequence parallel needs CUDA (and TransformerEngine norms)")
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.query_groups,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        kv_channels=cfg.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=cfg.hidden_dropout,
+        attention_dropout=cfg.attention_dropout,
+        init_method_std=cfg.init_method_std,
+        attention_softmax_in_fp32=True,
+        apply_query_key_layer_scaling=False,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp,
+        sequence_parallel=sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=not cuda,
+        perform_initialization=True,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        calculate_per_token_loss=True,       # exact token mean over microbatches and DP ranks
+        deallocate_pipeline_outputs=cuda,
+        recompute_granularity="full" if recompute else None,
+        recompute_method="uniform" if recompute else None,
+        recompute_num_layers=1 if recompute else None,
+    )

@@ -1,0 +1,144 @@
+"""Baichuan 2 as a megatron-core GPTModel: the local (or TransformerEngine) layer spec with SDPA
+attention and ALiBi, a NormHead output layer, one model chunk per (virtual) pipeline stage,
+wrapped in megatron-core's DistributedDataParallel."""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core import parallel_state as mpu
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.tensor_parallel import ColumnParallelLinear
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from .attention import SDPAttention
+from .config import ModelConfig, padded_vocab_size, transformer_config
+
+
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def uses_transformer_engine(cfg: ModelConfig) -> bool:
+    """TE for RoPE models on GPU when installed; ALiBi always goes through SDPA with a bias."""
+    if cfg.attention_backend == "sdpa" or cfg.position_embedding_type == "alibi":
+        return False
+    if cfg.attention_backend == "te":
+        if not have_transformer_engine():
+            raise RuntimeError("attention_backend=te but TransformerEngine (with CUDA) is not available")
+        return True
+    return have_transformer_engine()
+
+
+def layer_spec(cfg: ModelConfig) -> ModuleSpec:
+    if uses_transformer_engine(cfg):
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
+    spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
+        module=SDPAttention, params={"alibi": cfg.position_embedding_type == "alibi"})
+    return spec
+
+
+class NormHeadLinear(ColumnParallelLinear):
+    """Output layer whose weight rows (vocabulary entries) are divided by their L2 norm in every
+    forward, training and evaluation. Each TP rank normalizes its own rows, no communication.
+    The stored weight stays raw, so resuming training sees exactly what was trained."""
+
+    def forward(self, input_, weight=None, runtime_gather_output=None):
+        weight = self.weight if weight is None else weight
+        return super().forward(input_, weight=F.normalize(weight, dim=-1),
+                               runtime_gather_output=runtime_gather_output)
+
+
+class BaichuanGPTModel(GPTModel):
+    def __init__(self, cfg: ModelConfig, config, *, vocab_size: int, pre_process: bool,
+                 post_process: bool, vp_stage: Optional[int] = None):
+        super().__init__(
+            config=config,
+            transformer_layer_spec=layer_spec(cfg),
+            vocab_size=vocab_size,
+            max_sequence_length=cfg.seq_length,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
+            position_embedding_type="rope" if cfg.position_embedding_type == "rope" else "none",
+            rotary_base=cfg.rotary_base,
+            vp_stage=vp_stage,
+        )
+        self.baichuan = cfg
+        if post_process and cfg.normhead:
+            # Same parameters and sharding as megatron's output layer; only forward differs.
+            self.output_layer.__class__ = NormHeadLinear
+
+
+def unwrap(module):
+    """The BaichuanGPTModel inside DDP / Float16Module wrappers."""
+    while not isinstance(module, BaichuanGPTModel) and hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int] = None,
+                dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
+                recompute: bool = False, wrap_ddp: bool = True,
+                distributed_optimizer: bool = False) -> list:
+    """One chunk per virtual pipeline stage of this rank (a list of 1 without interleaving).
+
+    Chunks are wrapped in megatron-core DistributedDataParallel (fp32 grad buffers) unless
+    wrap_ddp=False; `distributed_optimizer` must match the optimizer's setting.
+    Call after `pretrain.parallel.init_distributed(tp, pp, vpp)`."""
+    assert mpu.get_tensor_model_parallel_world_size() == tp, "init_distributed was called with another tp"
+    assert mpu.get_pipeline_model_parallel_world_size() == pp, "init_distributed was called with another pp"
+    config = transformer_config(cfg, tp=tp, pp=pp, vpp=vpp, dtype=dtype,
+                                sequence_parallel=sequence_parallel, recompute=recompute)
+    vocab = padded_vocab_size(cfg.vocab_size, tp, cfg.make_vocab_size_divisible_by)
+    stages = vpp or 1
+    chunks = []
+    for stage in range(stages):
+        vp_stage = stage if vpp else None
+        chunk = BaichuanGPTModel(
+            cfg, config, vocab_size=vocab,
+            pre_process=mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            vp_stage=vp_stage)
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        chunks.append(chunk)
+    if wrap_ddp:
+        chunks = wrap_in_ddp(chunks, config, distributed_optimizer)
+        _wire_schedule_hooks(config)
+    return chunks
+
+
+def wrap_in_ddp(chunks: list, config, distributed_optimizer: bool) -> list:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+    # Bucketing only for the first chunk, as megatron's trainer does.
+    return [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
+                                    disable_bucketing=i > 0)
+            for i, chunk in enumerate(chunks)]
+
+
+def _wire_schedule_hooks(config) -> None:
+    """The pipeline schedules find these on the model config: grad all-reduce and the
+    division by the number of loss tokens (calculate_per_token_loss) after the last backward."""
+    from megatron.core.distributed import finalize_model_grads
+
+    config.finalize_model_grads_func = finalize_model_grads

@@ -1,0 +1,141 @@
+"""Process groups for tensor, pipeline (optionally interleaved) and data parallelism through
+megatron-core's parallel_state, on NCCL (GPU) or gloo (CPU); seeds; teardown; and a launcher of
+N local processes for tests and tools (the torchrun environment without torchrun)."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import traceback
+from datetime import timedelta
+from typing import Callable, Optional
+
+import torch
+
+
+def init_distributed(tp: int = 1, pp: int = 1, vpp: Optional[int] = None, seed: int = 1234,
+                     backend: Optional[str] = None, timeout_minutes: int = 30) -> None:
+    """Join the job described by torchrun's env vars (RANK, WORLD_SIZE, MASTER_ADDR/PORT,
+    LOCAL_RANK; a lone process when absent), create the TP/PP/DP groups and seed every RNG.
+    World size must be a multiple of tp x pp; the rest is data parallel."""
+    from pretrain.cpu_compat import apply_if_needed
+
+    apply_if_needed()
+    from megatron.core import parallel_state, tensor_parallel
+
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not torch.distributed.is_initialized():
+        _default_env()
+        torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    world = torch.distributed.get_world_size()
+    if world % (tp * pp):
+        raise ValueError(f"world size {world} is not divisible by tp x pp = {tp} x {pp}")
+    if vpp is not None and pp < 2:
+        raise ValueError(f"vpp={vpp} needs pp > 1")
+    parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    set_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def set_seed(seed: int) -> None:
+    """Same seed on every rank: with CPU initialization each rank draws the full weight and keeps
+    its slice, so initial weights do not depend on the TP layout."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def destroy() -> None:
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _default_env() -> None:
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- local launcher
+
+def run_local(world_size: int, fn: Callable, *args, timeout: float = 600.0, threads: int = 1) -> list:
+    """Run `fn(rank, world_size, *args)` in `world_size` fresh processes (spawn) with torchrun's
+    env vars set; return the per-rank return values (picklable). A failure in any rank raises
+    RuntimeError with that rank's traceback. `fn` must be importable (module level)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank_main, args=(rank, world_size, port, threads, fn, args, queue))
+             for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    results, errors = {}, []
+    try:
+        for _ in range(world_size):
+            rank, ok, value = _get(queue, procs, timeout)
+            (results.__setitem__(rank, value) if ok else errors.append(f"rank {rank}:\n{value}"))
+            if errors:
+                break
+    finally:
+        for p in procs:
+            p.join(timeout=5 if errors else 60)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    if errors:
+        raise RuntimeError("a rank failed\n" + "\n".join(errors))
+    return [results[r] for r in range(world_size)]
+
+
+def _get(queue, procs, timeout: float):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not queue.empty():
+            return queue.get()
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            time.sleep(0.5)
+            if not queue.empty():
+                return queue.get()
+            return procs.index(dead[0]), False, f"process exited with code {dead[0].exitcode}"
+        time.sleep(0.05)
+    raise TimeoutError(f"ranks did not finish within {timeout:.0f} s")
+
+
+def _rank_main(rank, world_size, port, threads, fn, args, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    try:
+        value = fn(rank, world_size, *args)
+        queue.put((rank, True, value))
+    except BaseException:
+        queue.put((rank, False, traceback.format_exc()))
