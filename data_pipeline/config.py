@@ -61,7 +61,7 @@ class QualityTrainConfig:
     lr: float = 0.5
     dim: int = 16
     word_ngrams: int = 2
-    bucket: int = 50_000                   # hash buckets: the model size is about (bucket + vocab) * dim * 4 bytes
+    bucket: int = 100_000                  # hash buckets: the model size is about (bucket + vocab) * dim * 4 bytes
     min_count: int = 1
     seed: int = 0
     max_chars: int = 4000

@@ -246,7 +246,7 @@ def test_fasttext_language_id(tmp_path):
     train = tmp_path / "lid.txt"
     train.write_text("\n".join(rows) + "\n", encoding="utf-8")
     model_path = tmp_path / "lid.bin"
-    train_fasttext(train, epoch=10, lr=0.5, dim=16, bucket=1000, wordNgrams=2, thread=1, seed=0).save_model(str(model_path))
+    train_fasttext(train, epoch=10, lr=0.5, dim=16, bucket=100_000, wordNgrams=2, thread=1, seed=0).save_model(str(model_path))
     cfg = LangConfig(fasttext_model=str(model_path))
     lang, facts = annotate_language("le fleuve prend sa source dans les collines au nord de la ville", cfg)
     assert (lang, facts["lang_by"]) == ("other", "fasttext")

@@ -196,18 +196,17 @@ def test_sigkill_then_resume_gives_identical_output(many_units, tmp_path):
     assert not list(out.rglob("*.tmp")) and not (out / "work").exists()
 
 
-def test_rerun_skips_completed_stages_and_refuses_other_settings(many_units, tmp_path):
-    out = tmp_path / "out"
-    run(f"{many_units}/*.jsonl", out, FILTER_STAGES)
+def test_rerun_skips_completed_stages_and_refuses_other_settings(raw_web, tmp_path):
+    out, inputs = tmp_path / "out", f"{raw_web}/raw-00.jsonl"
+    first = run(inputs, out, FILTER_STAGES)
     stage_stats = sorted(out.glob("stages/*/stats.json"))
     mtimes = [p.stat().st_mtime_ns for p in stage_stats]
-    run(f"{many_units}/*.jsonl", out, FILTER_STAGES)
+    assert run(inputs, out, FILTER_STAGES)["docs_kept"] == first["docs_kept"]
     assert [p.stat().st_mtime_ns for p in stage_stats] == mtimes
     with pytest.raises(UserError, match="different settings"):
-        run(f"{many_units}/*.jsonl", out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10")
-    stats = run(f"{many_units}/*.jsonl", out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10",
-                "overwrite=true")
-    assert stats["reconciled"]
+        run(inputs, out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10")
+    stats = run(inputs, out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10", "overwrite=true")
+    assert stats["reconciled"] and stats["docs_kept"] > first["docs_kept"]
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path):
