@@ -44,7 +44,8 @@ class DistCheckpointReader:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self.chunks: dict[str, list[Chunk]] = {}
-        storage = {(idx.fqn, tuple(idx.offset)): info for idx, info in metadata.storage_data.items()}
+        storage = {(idx.fqn, tuple(idx.offset)): info for idx, info in metadata.storage_data.items()
+                   if idx.offset is not None}  # None: pickled objects (RNG states), not tensors
         for key, md in metadata.state_dict_metadata.items():
             if not isinstance(md, TensorStorageMetadata):
                 continue

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from stack_common.atomic import atomic_dir, atomic_write_json
+from stack_common.atomic import atomic_dir, atomic_write_json, sha256_file
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.progress import progress
@@ -160,10 +160,17 @@ def special_tokens(meta: dict) -> dict:
 
 
 def tokenizer_from_meta(meta: dict) -> str | None:
-    """The tokenizer the run recorded (a path, or a dict with `path`/`model`), if it still exists."""
+    """The tokenizer the run recorded (meta.json `tokenizer.model`), checked against its sha256."""
     tok = meta.get("tokenizer")
-    path = tok.get("path") or tok.get("model") if isinstance(tok, dict) else tok
-    if path and not Path(path).exists():
-        log.warning(f"tokenizer {path} recorded in meta.json no longer exists; exporting without it")
+    path = (tok.get("model") or tok.get("path")) if isinstance(tok, dict) else tok
+    if not path:
         return None
+    if not Path(path).is_file():
+        log.warning(f"tokenizer {path} recorded in meta.json no longer exists; exporting without it "
+                    "(pass --tokenizer)")
+        return None
+    want = tok.get("sha256") if isinstance(tok, dict) else None
+    if want and sha256_file(path) != want:
+        raise UserError("tokenizer file changed since training (sha256 differs from meta.json)",
+                        file=path, field="tokenizer.sha256", expected="the original file or --tokenizer")
     return path

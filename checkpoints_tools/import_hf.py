@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import torch
@@ -31,8 +30,9 @@ def model_config_for(arch: L.Arch, dtype: torch.dtype, overrides: dict | None = 
     """The trainer's ModelConfig describing an HF architecture."""
     from pretrain.model import ModelConfig
 
-    fields = dict(num_layers=arch.num_layers, hidden_size=arch.hidden_size,
-                  num_attention_heads=arch.num_heads, num_query_groups=arch.num_query_groups,
+    groups = None if arch.num_query_groups == arch.num_heads else arch.num_query_groups
+    fields = dict(name="imported", num_layers=arch.num_layers, hidden_size=arch.hidden_size,
+                  num_attention_heads=arch.num_heads, num_query_groups=groups,
                   ffn_hidden_size=arch.ffn_hidden_size, vocab_size=arch.vocab_size,
                   seq_length=arch.seq_length, norm_epsilon=arch.norm_eps,
                   position_embedding_type=arch.position, rotary_base=arch.rope_base)
@@ -64,7 +64,9 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 1,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        launch(tp * pp, _import_rank, (str(hf_dir), str(tmp), tp, pp, vpp, dtype, tokenizer))
+        from pretrain.parallel import run_local
+
+        run_local(tp * pp, _import_rank, str(hf_dir), str(tmp), tp, pp, vpp, dtype, tokenizer)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -105,19 +107,19 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
 
     from pretrain import parallel
     from pretrain.checkpointing import TrainState, full_state
-    from pretrain.model import build_model, padded_vocab_size
+    from pretrain.model import build_model, padded_vocab_size, unwrap
 
     parallel.init_distributed(tp, pp, vpp, seed=1234, backend="gloo")
     try:
         hf = HFCheckpoint(hf_dir)
         torch_dtype = DTYPES[dtype]
         cfg = model_config_for(hf.arch, torch_dtype)
-        chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype)
+        chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype, wrap_ddp=False)
         padded = padded_vocab_size(hf.arch.vocab_size, tp)
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         with torch.no_grad():
             for chunk in chunks:
-                fill_chunk(_unwrap(chunk), hf, tp_rank, tp, padded)
+                fill_chunk(unwrap(chunk), hf, tp_rank, tp, padded)
         sd = full_state(chunks, None, None, TrainState(), is_loading=False)
         dist_checkpointing.save(sd, tmp, sharded_strategy=("torch_dist", 1))
         torch.distributed.barrier()
@@ -125,12 +127,6 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
             atomic_write_json(Path(tmp) / "meta.json", import_meta(hf, cfg, tp, pp, vpp, padded, tokenizer))
     finally:
         parallel.destroy()
-
-
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
 
 
 def fill_chunk(model, hf: HFCheckpoint, tp_rank: int, tp: int, padded: int) -> None:
@@ -172,32 +168,9 @@ def import_meta(hf: HFCheckpoint, cfg, tp, pp, vpp, padded, tokenizer) -> dict:
     tok = None
     tok_path = Path(tokenizer) if tokenizer else (hf.dir / "tokenizer.model")
     if tok_path.is_file():
-        tok = {"path": str(tok_path.resolve()), "sha256": sha256_file(tok_path)}
+        tok = {"model": str(tok_path.resolve()), "sha256": sha256_file(tok_path), "eod_id": 2}
     return {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0, "tp": tp, "pp": pp,
             "vpp": vpp, "dp": 1, "model": asdict(cfg), "vocab_size": hf.arch.vocab_size,
             "padded_vocab_size": padded, "tokenizer": tok, "keep": True,
+            "train_state": {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0},
             "imported_from": {"path": str(hf.dir.resolve()), "format": hf.format}}
-
-
-# ----------------------------------------------------------------------------- launching
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world: int, fn, args: tuple) -> None:
-    """Run fn(rank, world, *args) in `world` fresh processes (spawn) on one machine."""
-    import torch.multiprocessing as mp
-
-    port = free_port()
-    mp.start_processes(_entry, args=(world, port, fn, args), nprocs=world, join=True,
-                       start_method="spawn")
-
-
-def _entry(rank: int, world: int, port: int, fn, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    fn(rank, world, *args)
