@@ -9,7 +9,9 @@ from collections import Counter
 class LineCleaner:
     def __init__(self, cfg: dict):
         cfg = cfg or {}
-        self.patterns = [(name, re.compile(rx, re.IGNORECASE)) for name, rx in (cfg.get("drop_patterns") or {}).items()]
+        # One alternation with a named group per pattern: a single search per line names the match.
+        patterns = (cfg.get("drop_patterns") or {}).items()
+        self.pattern = re.compile("|".join(f"(?P<{name}>{rx})" for name, rx in patterns), re.IGNORECASE) if patterns else None
         self.max_word_chars = cfg.get("max_word_chars")
         self.drop_no_terminal_punct = tuple(cfg.get("terminal_punct") or ()) if cfg.get("drop_no_terminal_punct") else ()
         self.removed: Counter = Counter()
@@ -18,10 +20,10 @@ class LineCleaner:
         stripped = line.strip()
         if not stripped:
             return None
-        for name, pattern in self.patterns:
-            if pattern.search(stripped):
-                return name
-        if self.max_word_chars and any(len(w) > self.max_word_chars for w in stripped.split()):
+        if self.pattern is not None and (match := self.pattern.search(stripped)):
+            return match.lastgroup
+        if self.max_word_chars and len(stripped) > self.max_word_chars and \
+                any(len(w) > self.max_word_chars for w in stripped.split()):
             return "max_word_chars"
         if self.drop_no_terminal_punct and not stripped.endswith(self.drop_no_terminal_punct):
             return "no_terminal_punct"
