@@ -242,6 +242,9 @@ class CheckpointManager:
         from megatron.core import dist_checkpointing
 
         meta = read_meta(ckpt_dir)
+        check_vocab(meta, model_chunks)
+        if load_optimizer and optimizer is not None:
+            init_distributed_optimizer_state(optimizer)
         same_layout = all(meta.get(k) == layout[k] for k in ("tp", "pp", "vpp", "dp"))
         sd = full_state(model_chunks, optimizer, scheduler, TrainState(), is_loading=True,
                         with_optimizer=load_optimizer, with_rng=same_layout)
@@ -277,6 +280,39 @@ def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:
     loaded = dist_checkpointing.load(_model_state(model_chunks), str(ckpt_dir))
     _load_model(model_chunks, loaded)
     return read_meta(ckpt_dir)
+
+
+def check_vocab(meta: dict, model_chunks) -> None:
+    """dist_checkpointing would silently load a slice of a larger (differently padded) table."""
+    from stack_common.errors import UserError
+
+    first = unwrap(model_chunks[0])
+    embedding = getattr(getattr(first, "embedding", None), "word_embeddings", None)
+    if embedding is None:
+        return
+    padded = getattr(embedding, "num_embeddings", None)
+    if padded is not None and meta.get("padded_vocab_size") not in (None, padded):
+        raise UserError(f"checkpoint vocabulary is padded to {meta['padded_vocab_size']} rows, this "
+                        f"layout pads to {padded}", file=str(meta.get("_dir", "meta.json")),
+                        field="padded_vocab_size", expected="a TP size that pads the vocabulary the same way")
+
+
+def init_distributed_optimizer_state(optimizer) -> None:
+    """A fresh DistributedOptimizer has no AdamW state to load into: create it with one step of
+    zero gradients at zero learning rate and weight decay (parameters stay as they are)."""
+    from megatron.core.optimizer import ChainedOptimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    for opt in inner:
+        if not isinstance(opt, DistributedOptimizer) or len(opt.optimizer.state) > 0:
+            continue
+        saved = [(g["lr"], g["weight_decay"]) for g in opt.optimizer.param_groups]
+        for g in opt.optimizer.param_groups:
+            g["lr"], g["weight_decay"] = 0.0, 0.0
+        opt._init_optimizer_states_with_dummy_values()
+        for g, (lr, wd) in zip(opt.optimizer.param_groups, saved):
+            g["lr"], g["weight_decay"] = lr, wd
 
 
 def restore_adam_steps(optimizer) -> None:
