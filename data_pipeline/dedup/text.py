@@ -15,11 +15,15 @@ import unicodedata
 
 import numpy as np
 
-# Every punctuation or symbol code point becomes a space: "Hello, world!" == "hello world".
-_PUNCT_TO_SPACE = {cp: " " for cp in range(sys.maxunicode + 1)
-                   if unicodedata.category(chr(cp))[0] in "PS"}
-_CJK_RANGES = np.array([(0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF),
-                        (0xF900, 0xFAFF), (0x20000, 0x3134F)], dtype=np.uint32)
+# Punctuation, symbols, separators and control characters all fold to one space:
+# "Hello,  world!" == "hello world". A lookup table over all code points keeps this vectorized.
+_SEPARATOR = np.array([unicodedata.category(chr(cp))[0] in "PSZ" or unicodedata.category(chr(cp)) == "Cc"
+                       for cp in range(sys.maxunicode + 1)], dtype=bool)
+# Scripts written without spaces (Chinese, kana, hangul): every character is a token.
+_CJK = np.zeros(sys.maxunicode + 1, dtype=bool)
+for _lo, _hi in [(0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
+                 (0x20000, 0x3134F)]:
+    _CJK[_lo:_hi + 1] = True
 # Sentence ends: Chinese full stops always, Latin ones only before whitespace (not in "3.14").
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?])|(?<=\.)(?=\s)")
 
@@ -29,10 +33,20 @@ _pow = np.ones(1, dtype=np.uint64)     # _P**i mod 2**64, grown on demand
 _inv = np.ones(1, dtype=np.uint64)     # _P**-i mod 2**64
 
 
+def normalized_codes(text: str) -> np.ndarray:
+    """Code points of the text with width (NFKC), case, punctuation and whitespace folded."""
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    codes = np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32)
+    sep = _SEPARATOR[codes]
+    first_of_run = ~np.concatenate([[True], sep[:-1]])       # a separator after a separator goes
+    out = np.where(sep, np.uint32(32), codes)[~sep | first_of_run]
+    return out[:-1] if len(out) and out[-1] == 32 else out
+
+
 def normalize(text: str) -> str:
-    """Width (NFKC), case, punctuation and whitespace folded: the form every hash is taken on."""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_PUNCT_TO_SPACE)
-    return " ".join(text.split())
+    """The form every hash is taken on (see normalized_codes)."""
+    return normalized_codes(text).tobytes().decode("utf-32-le")
 
 
 def text_digest(text: str, size: int = 16) -> bytes:
@@ -58,9 +72,7 @@ def token_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     space = codes == 32
-    cjk = np.zeros(n, dtype=bool)
-    for lo, hi in _CJK_RANGES:
-        cjk |= (codes >= lo) & (codes <= hi)
+    cjk = _CJK[codes]
     prev_breaks = np.concatenate([[True], space[:-1] | cjk[:-1]])
     next_breaks = np.concatenate([space[1:] | cjk[1:], [True]])
     starts = np.flatnonzero(~space & (cjk | prev_breaks))
@@ -70,8 +82,7 @@ def token_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     """32-bit hashes of the token n-grams of `normalize(text)` (one hash for shorter texts)."""
-    norm = normalize(text)
-    codes = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32)
+    codes = normalized_codes(text)
     starts, ends = token_bounds(codes)
     if len(starts) == 0:
         return np.zeros(0, dtype=np.uint32)
