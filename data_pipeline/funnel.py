@@ -21,11 +21,13 @@ def plot_funnel(stats: dict, path: Path) -> None:
     ax_docs.barh(ys, docs, color="#4c72b0")
     for y, d, r in zip(ys, docs, removed):
         ax_docs.text(d, y, f" {d:,} (-{r:,})", va="center", fontsize=8)
+    ax_docs.set_xlim(0, max(docs) * 1.3 or 1)
     ax_docs.set_yticks(ys, names)
     ax_docs.set_xlabel("documents (removed at this stage)")
     ax_bytes.barh(ys, mbytes, color="#55a868")
     for y, m in zip(ys, mbytes):
         ax_bytes.text(m, y, f" {m:.2f} MB", va="center", fontsize=8)
+    ax_bytes.set_xlim(0, max(mbytes) * 1.25 or 1)
     ax_bytes.set_xlabel("text MB")
     fig.suptitle(f"data pipeline funnel: {stats['records_read']:,} records -> {stats['docs_kept']:,} kept, "
                  f"{stats['quarantined']:,} quarantined")

@@ -255,8 +255,10 @@ def run_global_stage(segment: Segment, input_dir: Path | None, cfg: PipelineConf
         raise UserError(f"data_pipeline.dedup has no stage '{stage}' (it has {', '.join(registry)})", field="stages")
     key = stage.removesuffix("_dedup")
     log.info("stage %s (global) on %s", stage, input_dir)
-    registry[stage](input_dir, segment.stage_dirs(out)[0], dict(cfg.dedup.get(key) or {}), cfg.workers,
-                    cfg.executor, cfg.ray_address)
+    stage_dir = segment.stage_dirs(out)[0]
+    registry[stage](input_dir, stage_dir, dict(cfg.dedup.get(key) or {}), cfg.workers, cfg.executor, cfg.ray_address)
+    if not (stage_dir / "stats.json").is_file():
+        raise RuntimeError(f"stage {stage} returned without writing {stage_dir / 'stats.json'}")
 
 
 # --- run-level stats ---------------------------------------------------------------------------
