@@ -285,3 +285,16 @@ def test_encode_by_source_and_megatron_blend(trained, shard_dirs, tmp_path):
                for p in prefixes)
     prefixes, weights = blend_from_summary(out, {"fortunes-zh": 0.3, "shakespeare": 0.7})
     assert weights == [0.3, 0.7] and prefixes[0].endswith("fortunes-zh_text_document")
+
+
+def test_chunked_encoding_equals_sentencepiece(sp):
+    from tokenizer_training.encode import encode_texts, newline_byte_id
+
+    nl = newline_byte_id(sp)
+    assert nl == sp.piece_to_id("<0x0A>")
+    rng = random.Random(3)
+    words = ["def", "  ", "\t", "数据", "12", "x", "😀", "\r", "", " ", "return", "。"]
+    texts = MIXED + ["\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(0, 400)))
+                               for _ in range(rng.randint(1, 60))) for _ in range(40)]
+    texts += ["\nlead", "trail\n", "\n\n", "a" * 5000 + "\n" + "b" * 3000]
+    assert encode_texts(sp, texts, nl) == sp.encode(texts)
