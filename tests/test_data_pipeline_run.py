@@ -285,3 +285,17 @@ def test_bad_input_is_quarantined_with_reasons(tmp_path):
     assert stats["records_read"] == stats["docs_kept"] + stats["docs_excluded"] + stats["quarantined"]
     huge = next(r for r in quarantine if r["reason"].startswith("too_large"))
     assert huge["location"] == "line 1" and len(huge["raw"]) == 64 * 1024
+
+
+def test_demo_stage_list_with_dedup_reconciles(reference_run, raw_web, quality_model, tmp_path):
+    """The lead's demo command: per-document stages, then the dedup engineer's global stages."""
+    out = tmp_path / "demo"
+    stats = run(f"{raw_web}/*.jsonl*", out, "stages=[normalize,clean_lines,filter,quality,exact_dedup,minhash_dedup,"
+                "line_dedup]", f"quality.model={quality_model}", "quality.threshold=0.2")
+    assert [s["stage"] for s in stats["stages"]][-3:] == ["exact_dedup", "minhash_dedup", "line_dedup"]
+    assert stats["reconciled"]
+    assert stats["stages"][-4]["docs_out"] == json.loads((reference_run / "stats.json").read_text())["docs_kept"]
+    assert stats["stages"][-3]["excluded"].get("exact_duplicate", 0) > 0
+    final = read_table(out / "final")
+    assert final.num_rows == stats["docs_kept"] and len(set(final.column("id").to_pylist())) == final.num_rows
+    assert (out / "funnel.png").stat().st_size > 10_000
