@@ -139,6 +139,32 @@ def encode_texts(sp: spm.SentencePieceProcessor, texts: list[str], newline_id: i
     return docs
 
 
+def read_unit(unit: Unit, group_by: str) -> tuple[list, list]:
+    with pa.memory_map(unit.file) as src:
+        batch = pa.ipc.open_file(src).get_batch(unit.batch).slice(unit.start, unit.stop - unit.start)
+        return batch.column("text").to_pylist(), batch.column(group_by).to_pylist()
+
+
+def dataset_files(prefix: Path) -> tuple[Path, Path]:
+    """(.idx, .bin) paths of an indexed dataset prefix (names may contain dots)."""
+    return Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+
+
+def write_part(prefix: Path, docs: list[list[int]], eod: int | None, dtype) -> int:
+    """One indexed dataset with one sequence per document; returns its token count."""
+    tokens = 0
+    idx_path, bin_path = dataset_files(prefix)
+    with atomic_path(idx_path) as idx_tmp, atomic_path(bin_path) as bin_tmp:  # .bin is renamed first
+        builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
+        for ids in docs:
+            if eod is not None:
+                ids.append(eod)
+            builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
+            tokens += len(ids)
+        builder.finalize(str(idx_tmp))
+    return tokens
+
+
 def encode_unit(unit: Unit) -> dict:
     """Encode one unit into per-group parts, then write its done marker (written last)."""
     sp, parts = _worker["sp"], _worker["parts"]
