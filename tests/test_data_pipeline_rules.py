@@ -252,3 +252,28 @@ def test_fasttext_language_id(tmp_path):
     assert (lang, facts["lang_by"]) == ("other", "fasttext")
     assert annotate_language(EN_GOOD, cfg)[0] == "en"
     assert annotate_language(ZH_GOOD, cfg)[0] == "zh"
+
+
+def test_keep_original_text_recoverable():
+    from data_pipeline.readers import Document
+    from data_pipeline.steps import Normalize
+
+    cfg = load_config(["normalize.keep_original=true"])
+    doc = Document(id="1", text="Cafe\u0301  au lait\r\n", source="t")
+    reason, size = Normalize(cfg)(doc, len(doc.text.encode()))
+    assert reason is None and doc.text == "Café au lait" and size == len("Café au lait".encode())
+    assert doc.annotations["original_text"] == "Cafe\u0301  au lait\r\n"
+
+
+def test_reader_field_mapping(tmp_path):
+    from data_pipeline.config import ReaderConfig
+    from data_pipeline.readers import BadRecord, read_unit
+
+    path = tmp_path / "crawl.jsonl"
+    path.write_text('{"url": "http://a", "content": "hello", "site": "a.com", "lang": "en"}\n'
+                    '{"url": "http://b", "text": "no content field"}\n', encoding="utf-8")
+    cfg = ReaderConfig(id_field="url", text_field="content", source_field="site", metadata_fields=["lang", "url"])
+    doc, bad = list(read_unit(path, cfg))
+    assert (doc.id, doc.text, doc.source, doc.annotations) == ("http://a", "hello", "a.com",
+                                                               {"lang": "en", "url": "http://a"})
+    assert isinstance(bad, BadRecord) and bad.location == "line 2" and bad.reason.startswith("missing_text")
