@@ -87,6 +87,13 @@ def optimizer_step(optimizer) -> tuple[bool, float]:
     return bool(stepped), float(grad_norm) if grad_norm is not None else float("nan")
 
 
+def per_chunk(data_iterator, model_chunks: list):
+    """The interleaved schedule wants one iterator per chunk; ours may share one (see get_batch)."""
+    if len(model_chunks) > 1 and not isinstance(data_iterator, list):
+        return [data_iterator] * len(model_chunks)
+    return data_iterator
+
+
 def train_step(model_chunks: list, optimizer, data_iterator, num_microbatches: int,
                micro_batch_size: int, seq_length: int) -> dict:
     """Forward and backward of `num_microbatches` microbatches (1F1B / interleaved / no-pipe
@@ -106,7 +113,8 @@ def train_step(model_chunks: list, optimizer, data_iterator, num_microbatches: i
             chunk.zero_grad_buffer()
     optimizer.zero_grad()
     outputs = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=data_iterator, model=model_chunks,
+        forward_step_func=forward_step, data_iterator=per_chunk(data_iterator, model_chunks),
+            model=model_chunks,
         num_microbatches=num_microbatches, seq_length=seq_length,
         micro_batch_size=micro_batch_size, forward_only=False)
     metrics = reduce_metrics(outputs)
@@ -126,7 +134,8 @@ def eval_step(model_chunks: list, data_iterator, num_microbatches: int, micro_ba
         chunk.eval()
     with torch.no_grad():
         outputs = get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=data_iterator, model=model_chunks,
+            forward_step_func=forward_step, data_iterator=per_chunk(data_iterator, model_chunks),
+            model=model_chunks,
             num_microbatches=num_microbatches, seq_length=seq_length,
             micro_batch_size=micro_batch_size, forward_only=True)
     return reduce_metrics(outputs)

@@ -103,6 +103,10 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optio
         gradient_accumulation_fusion=False,
         calculate_per_token_loss=True,       # exact token mean over microbatches and DP ranks
         deallocate_pipeline_outputs=cuda,
+        # gloo matches point-to-point messages by order: a batched send/recv pair between the
+        # two ranks of a PP=2 ring can swap activations and gradients of the interleaved
+        # schedule. The unbatched path orders sends and receives by rank parity.
+        batch_p2p_comm=cuda,
         recompute_granularity="full" if recompute else None,
         recompute_method="uniform" if recompute else None,
         recompute_num_layers=1 if recompute else None,

@@ -1,0 +1,147 @@
+"""Multi-process helpers for CPU tests on gloo (importable by other test files).
+
+`launch(world, fn, *args)` runs `fn(rank, world, *args)` in fresh spawned processes with
+torchrun's env vars and returns each rank's result. Functions that run inside ranks call
+`pretrain.cpu_compat.apply_if_needed()` first (done by `init_layout`).
+The parity harness: build a TP=1 model, save its initial weights as a dist checkpoint, load
+them into any TP/PP/VPP layout, and train a few AdamW steps on the same global batches."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pretrain.parallel import run_local
+
+os.environ.setdefault("BC_NO_PROGRESS", "1")
+
+
+def launch(world_size: int, fn, *args, timeout: float = 600.0) -> list:
+    return run_local(world_size, fn, *args, timeout=timeout)
+
+
+def tiny_model_config(position: str = "rope", **overrides):
+    from pretrain.model import ModelConfig
+
+    fields = dict(name=f"test_{position}", hidden_size=64, num_layers=4, num_attention_heads=4,
+                  ffn_hidden_size=96, vocab_size=1000, seq_length=32, position_embedding_type=position,
+                  z_loss_coeff=1e-2, init_method_std=0.05)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def init_layout(tp: int, pp: int, vpp=None, seed: int = 1234) -> None:
+    from pretrain.cpu_compat import apply_if_needed
+
+    apply_if_needed()
+    from pretrain.parallel import init_distributed
+
+    init_distributed(tp, pp, vpp, seed=seed, backend="gloo")
+
+
+def model_state(chunks: list) -> dict:
+    """Sharded state dicts of the GPTModels inside the DDP wrappers (keys without `module.`)."""
+    from pretrain.model import unwrap
+
+    if len(chunks) == 1:
+        return {"model": unwrap(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def save_weights(chunks: list, path: str) -> None:
+    from megatron.core import dist_checkpointing
+
+    os.makedirs(path, exist_ok=True)
+    dist_checkpointing.save(model_state(chunks), path)
+
+
+def load_weights(chunks: list, path: str) -> None:
+    from megatron.core import dist_checkpointing
+
+    from pretrain.model import unwrap
+
+    loaded = dist_checkpointing.load(model_state(chunks), path)
+    keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
+    for chunk, key in zip(chunks, keys):
+        unwrap(chunk).load_state_dict(loaded[key], strict=True)
+
+
+def global_batches(steps: int, global_batch: int, seq: int, vocab: int, seed: int = 7) -> list:
+    """Token batches [global_batch, seq+1] with a loss mask that drops ~15% of the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        tokens = torch.randint(0, vocab, (global_batch, seq + 1), generator=g)
+        mask = (torch.rand(global_batch, seq, generator=g) > 0.15).float()
+        out.append((tokens, mask))
+    return out
+
+
+def microbatches(batch, micro_batch_size: int, dp_rank: int, dp: int):
+    """This DP rank's contiguous share of a global batch, as microbatch dicts."""
+    tokens, mask = batch
+    share = tokens.shape[0] // dp
+    tokens, mask = tokens[dp_rank * share:(dp_rank + 1) * share], mask[dp_rank * share:(dp_rank + 1) * share]
+    for i in range(0, share, micro_batch_size):
+        t = tokens[i:i + micro_batch_size]
+        yield {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": mask[i:i + micro_batch_size]}
+
+
+def build_optimizer(chunks: list, lr: float = 3e-3):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=0.1, adam_beta1=0.9,
+                             adam_beta2=0.95, adam_eps=1e-8, clip_grad=1.0, bf16=False)
+    return get_megatron_optimizer(config, chunks)
+
+
+def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3,
+                 global_batch: int = 8, micro_batch_size: int = 2, save_to: str | None = None) -> list:
+    """Inside an initialized process group: build, load `weights`, train `steps` AdamW steps.
+    Returns one metrics dict per step (same on every rank)."""
+    from megatron.core import parallel_state as mpu
+
+    from pretrain.model import build_model
+    from pretrain.step import train_step
+
+    init_layout(tp, pp, vpp)
+    chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp)
+    if save_to:
+        save_weights(chunks, save_to)
+    if weights:
+        load_weights(chunks, weights)
+    optimizer = build_optimizer(chunks)
+    dp, dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+    num_micro = global_batch // (micro_batch_size * dp)
+    history = []
+    for batch in global_batches(steps, global_batch, cfg.seq_length, cfg.vocab_size):
+        it = microbatches(batch, micro_batch_size, dp_rank, dp)
+        history.append(train_step(chunks, optimizer, it, num_micro, micro_batch_size, cfg.seq_length))
+    return history
+
+
+def parity_worker(rank: int, world: int, cfg, layouts: list, weights: str) -> dict:
+    """Run every (tp, pp, vpp) layout in these processes, one after the other."""
+    from pretrain.parallel import destroy
+
+    results = {}
+    try:
+        for tp, pp, vpp in layouts:
+            results[(tp, pp, vpp)] = train_layout(cfg, tp, pp, vpp, weights)
+    finally:
+        destroy()
+    return results
+
+
+def reference_worker(rank: int, world: int, cfgs: dict, out_dir: str) -> dict:
+    """TP=1 PP=1 in one process: save the initial weights of each config, train, return metrics."""
+    from pretrain.parallel import destroy
+
+    results = {}
+    try:
+        for name, cfg in cfgs.items():
+            path = os.path.join(out_dir, name)
+            results[name] = train_layout(cfg, 1, 1, None, None, save_to=path)
+    finally:
+        destroy()
+    return results
