@@ -141,13 +141,26 @@ def test_top_fraction_per_language(raw_web, quality_model, tmp_path):
         assert quality["excluded"][f"{lang}:quality.top_fraction"] == len(d)
 
 
+@pytest.fixture
+def local_ray():
+    """A local Ray instance (2 CPUs, no dashboard); one already running in the session is reused,
+    one started here is shut down again so that later tests can start their own."""
+    import ray
+
+    from data_pipeline.executors import ensure_ray
+
+    started = not ray.is_initialized()
+    ensure_ray(None, 2)
+    yield
+    if started:
+        ray.shutdown()
+
+
 @pytest.mark.parametrize("executor,workers", [("local", 2), ("ray", 2)])
 def test_same_output_for_any_worker_count_and_executor(reference_run, raw_web, quality_model, tmp_path, executor,
-                                                       workers):
+                                                       workers, request):
     if executor == "ray":
-        from data_pipeline.executors import ensure_ray
-
-        ensure_ray(None, 2)
+        request.getfixturevalue("local_ray")
     out = tmp_path / "out"
     run(f"{raw_web}/*.jsonl*", out, "stages=[normalize,clean_lines,filter,quality]", f"quality.model={quality_model}",
         "quality.threshold=0.2", f"workers={workers}", f"executor={executor}")
@@ -190,8 +203,7 @@ def test_sigkill_then_resume_gives_identical_output(many_units, tmp_path):
 
     rerun = subprocess.run(cli(inputs, f"output={out}", FILTER_STAGES), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"16 unit(s), {16 - done_before_kill} to do" in rerun.stderr or \
-        f"16 unit(s), {15 - done_before_kill} to do" in rerun.stderr
+    assert f"16 unit(s), {16 - done_before_kill} to do" in rerun.stderr
     assert shard_digest(out) == shard_digest(reference)
     assert not list(out.rglob("*.tmp")) and not (out / "work").exists()
 
