@@ -4,6 +4,7 @@ N local processes for tests and tools (the torchrun environment without torchrun
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import socket
 import traceback
@@ -99,6 +100,7 @@ def run_local(world_size: int, fn: Callable, *args, timeout: float = 600.0, thre
     try:
         for _ in range(world_size):
             rank, ok, value = _get(queue, procs, timeout)
+            value = pickle.loads(value) if ok else value
             (results.__setitem__(rank, value) if ok else errors.append(f"rank {rank}:\n{value}"))
             if errors:
                 break
@@ -135,7 +137,8 @@ def _rank_main(rank, world_size, port, threads, fn, args, queue):
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     try:
-        value = fn(rank, world_size, *args)
+        # Plain pickle: tensors travel by value, not as shared memory of a process that exits.
+        value = pickle.dumps(fn(rank, world_size, *args))
         queue.put((rank, True, value))
     except BaseException:
         queue.put((rank, False, traceback.format_exc()))

@@ -120,21 +120,22 @@ def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3
     return history
 
 
-def parity_worker(rank: int, world: int, cfg, layouts: list, weights: str) -> dict:
-    """Run every (tp, pp, vpp) layout in these processes, one after the other."""
+def parity_worker(rank: int, world: int, runs: list) -> dict:
+    """Run every (name, cfg, weights, (tp, pp, vpp)) in these processes, one after the other."""
     from pretrain.parallel import destroy
 
     results = {}
     try:
-        for tp, pp, vpp in layouts:
-            results[(tp, pp, vpp)] = train_layout(cfg, tp, pp, vpp, weights)
+        for name, cfg, weights, (tp, pp, vpp) in runs:
+            results[(name, tp, pp, vpp)] = train_layout(cfg, tp, pp, vpp, weights)
     finally:
         destroy()
     return results
 
 
-def reference_worker(rank: int, world: int, cfgs: dict, out_dir: str) -> dict:
-    """TP=1 PP=1 in one process: save the initial weights of each config, train, return metrics."""
+def reference_worker(rank: int, world: int, cfgs: dict, out_dir: str, extra_checks=None) -> dict:
+    """TP=1 PP=1 in one process: save the initial weights of each config, train, return metrics;
+    then run `extra_checks(out_dir)` (a module-level function) in the same process."""
     from pretrain.parallel import destroy
 
     results = {}
@@ -142,6 +143,114 @@ def reference_worker(rank: int, world: int, cfgs: dict, out_dir: str) -> dict:
         for name, cfg in cfgs.items():
             path = os.path.join(out_dir, name)
             results[name] = train_layout(cfg, 1, 1, None, None, save_to=path)
+        if extra_checks is not None:
+            results["checks"] = extra_checks(out_dir)
     finally:
         destroy()
     return results
+
+
+PARITY_CONFIGS = {"rope": dict(position="rope"), "alibi": dict(position="alibi")}
+_REFERENCE: dict = {}
+
+
+def reference_run() -> tuple[dict, str]:
+    """The TP=1 reference (metrics per step and saved initial weights), once per pytest process,
+    shared by every test module that asks for it."""
+    if "result" not in _REFERENCE:
+        import atexit
+        import shutil
+        import tempfile
+
+        out_dir = tempfile.mkdtemp(prefix="bc_parity_")
+        atexit.register(shutil.rmtree, out_dir, True)
+        cfgs = {name: tiny_model_config(**kw) for name, kw in PARITY_CONFIGS.items()}
+        _REFERENCE["result"] = (launch(1, reference_worker, cfgs, out_dir, single_process_checks)[0], out_dir)
+    return _REFERENCE["result"]
+
+
+# ----------------------------------------------------------------------------- one-process checks
+
+def single_process_checks(out_dir: str) -> dict:
+    """Tensors computed by the model's megatron-core modules in one rank; the tests compare
+    them with plain PyTorch written in the tests."""
+    init_layout(1, 1)
+    return {"normhead": _normhead_case(), "alibi": _alibi_case(), "bf16": _bf16_case(),
+            "keys": _state_dict_keys(), "nan": _nan_case()}
+
+
+def _normhead_case() -> dict:
+    from pretrain.model import build_model, lm_loss_terms, unwrap
+
+    cfg = tiny_model_config("rope")                     # vocabulary 1000 padded to 1024
+    head = unwrap(build_model(cfg, tp=1, pp=1, wrap_ddp=False)[0]).output_layer
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.5)
+    weight = head.weight.detach().clone()
+    hidden = (torch.randn(6, 2, cfg.hidden_size, generator=g) * 3).requires_grad_()
+    labels = torch.randint(0, cfg.vocab_size, (2, 6), generator=g)
+    mask = (torch.rand(2, 6, generator=g) > 0.2).float()
+    coeff = 0.05
+    logits, _ = head(hidden)
+    terms = lm_loss_terms(logits.transpose(0, 1), labels, mask, cfg.vocab_size, coeff)
+    terms["total"].backward()
+    return {"weight": weight, "weight_after": head.weight.detach().clone(), "hidden": hidden.detach(),
+            "labels": labels, "mask": mask, "coeff": coeff, "vocab": cfg.vocab_size,
+            "total": terms["total"].item(), "lm": terms["lm"].item(), "z": terms["z"].item(),
+            "max_logit": terms["max_logit"].item(), "grad_weight": head.weight.grad.clone(),
+            "grad_hidden": hidden.grad.clone()}
+
+
+def _alibi_case() -> dict:
+    from pretrain.model import SDPAttention, transformer_config
+    from megatron.core.transformer.enums import AttnMaskType
+
+    cfg = tiny_model_config("alibi", num_attention_heads=8, hidden_size=64)
+    attn = SDPAttention(transformer_config(cfg), 1, AttnMaskType.causal, "self", alibi=True)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(10, 2, 8, 8, generator=g) for _ in range(3))   # [s, b, heads, d]
+    return {"q": q, "k": k, "v": v, "out": attn(q, k, v, None).detach()}
+
+
+def _bf16_case() -> dict:
+    from pretrain.model import build_model, unwrap
+
+    cfg = tiny_model_config("rope", seq_length=4096)
+    fp32 = unwrap(build_model(cfg, tp=1, pp=1, wrap_ddp=False)[0])
+    bf16 = unwrap(build_model(cfg, tp=1, pp=1, dtype=torch.bfloat16, wrap_ddp=False)[0])
+    bf16.load_state_dict(fp32.state_dict())
+    freqs = bf16.rotary_pos_emb(4096)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(9))
+    positions = torch.arange(24).unsqueeze(0).expand(2, -1)
+    with torch.no_grad():
+        out32 = fp32(tokens, positions, None)
+        out16 = bf16(tokens, positions, None)
+    return {"freq_dtype": str(freqs.dtype), "distinct_positions": int(freqs[:, 0, 0, 0].unique().numel()),
+            "param_dtype": str(next(bf16.parameters()).dtype),
+            "logits32": out32.float(), "logits16": out16.float()}
+
+
+def _state_dict_keys() -> list:
+    from pretrain.model import build_model, unwrap
+
+    chunk = unwrap(build_model(tiny_model_config("rope"), tp=1, pp=1, wrap_ddp=False)[0])
+    return sorted(k for k in chunk.state_dict() if not k.endswith("_extra_state"))
+
+
+def _nan_case() -> dict:
+    from pretrain.model import build_model
+    from pretrain.step import train_step
+
+    cfg = tiny_model_config("rope")
+    chunks = build_model(cfg, tp=1, pp=1)
+    optimizer = build_optimizer(chunks)
+    batches = global_batches(2, 4, cfg.seq_length, cfg.vocab_size)
+    before = [p.detach().clone() for p in chunks[0].parameters()]
+    hook = chunks[0].register_forward_hook(lambda mod, inp, out: out * float("nan"))
+    poisoned = train_step(chunks, optimizer, microbatches(batches[0], 2, 0, 1), 2, 2, cfg.seq_length)
+    hook.remove()
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, chunks[0].parameters()))
+    healthy = train_step(chunks, optimizer, microbatches(batches[1], 2, 0, 1), 2, 2, cfg.seq_length)
+    changed = not all(torch.equal(a, b) for a, b in zip(before, chunks[0].parameters()))
+    return {"poisoned": poisoned, "unchanged": unchanged, "healthy": healthy, "changed": changed}
