@@ -77,6 +77,9 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
             checks.path_exists(cfg.quality.model, "quality.model")
         checks.require(cfg.quality.mode in ("threshold", "top_fraction", "score_only"),
                        f"quality.mode: threshold | top_fraction | score_only, got '{cfg.quality.mode}'")
+        checks.require(0.0 <= cfg.quality.threshold <= 1.0, f"quality.threshold: in [0, 1], got {cfg.quality.threshold}")
+        for lang, fraction in cfg.quality.top_fraction.items():
+            checks.require(0.0 < fraction <= 1.0, f"quality.top_fraction.{lang}: in (0, 1], got {fraction}")
     if cfg.lang.fasttext_model:
         checks.path_exists(cfg.lang.fasttext_model, "lang.fasttext_model")
     checks.raise_if_any()
@@ -97,18 +100,22 @@ def plan(stages: list[str], cfg: PipelineConfig) -> list[Segment]:
     return segments
 
 
-def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path]) -> None:
-    decisive = {key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS}
-    decisive["input_files"] = [str(p) for p in inputs]
+def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages: list[str]) -> None:
+    """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
+    decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
+                                      "stages": stages, "input_files": [str(p) for p in inputs]}))
     path = out / "run_config.json"
-    if path.is_file() and read_json(path) != json.loads(json.dumps(decisive)):
-        if not cfg.overwrite:
-            raise UserError("the output directory holds a run with different settings (see its run_config.json)",
-                            file=out, expected="a new output directory, or overwrite=true to replace it")
-        log.warning("overwrite=true: removing the previous run in %s", out)
-        shutil.rmtree(out)
+    if path.is_file():
+        previous = read_json(path)
+        same_but_stages = {**previous, "stages": stages} == decisive
+        if not (same_but_stages and stages[:len(previous["stages"])] == previous["stages"]):
+            if not cfg.overwrite:
+                raise UserError("the output directory holds a run with different settings (see its run_config.json)",
+                                file=out, expected="a new output directory, or overwrite=true to replace it")
+            log.warning("overwrite=true: removing the previous run in %s", out)
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
+    if not path.is_file() or read_json(path) != decisive:
         atomic_write_json(path, decisive)
 
 
@@ -118,7 +125,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     validate(cfg, stages)
     out = Path(cfg.output)
     inputs = expand_inputs(list(cfg.input))
-    check_run_config(out, cfg, inputs)
+    check_run_config(out, cfg, inputs, stages)
     units = [str(p) for p in inputs]
     segments = plan(stages, cfg)
     for seg_no, segment in enumerate(segments):
@@ -295,6 +302,8 @@ def write_run_stats(out: Path, segments: list[Segment], final_kept: Path, second
 
 def publish_final(kept: Path, final: Path) -> None:
     manifest = read_manifest(kept)
+    if (final / "manifest.json").is_file() and read_json(final / "manifest.json") == manifest:
+        return   # already published: leave it alone for readers
     if final.exists():
         shutil.rmtree(final)
     with atomic_dir(final) as tmp:

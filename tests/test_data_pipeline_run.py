@@ -215,8 +215,14 @@ def test_rerun_skips_completed_stages_and_refuses_other_settings(raw_web, tmp_pa
     mtimes = [p.stat().st_mtime_ns for p in stage_stats]
     assert run(inputs, out, FILTER_STAGES)["docs_kept"] == first["docs_kept"]
     assert [p.stat().st_mtime_ns for p in stage_stats] == mtimes
+    # appending a stage to a finished run reuses what is done
+    extended = run(inputs, out, "stages=[normalize,clean_lines,filter,exact_dedup]")
+    assert [p.stat().st_mtime_ns for p in stage_stats] == mtimes
+    assert extended["stages"][-1]["stage"] == "exact_dedup" and extended["stages"][-1]["docs_in"] == first["docs_kept"]
     with pytest.raises(UserError, match="different settings"):
         run(inputs, out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10")
+    with pytest.raises(UserError, match="different settings"):
+        run(inputs, out, "stages=[normalize,filter]")
     stats = run(inputs, out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10", "overwrite=true")
     assert stats["reconciled"] and stats["docs_kept"] > first["docs_kept"]
 
