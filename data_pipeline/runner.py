@@ -134,7 +134,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         elif segment.kind == "docs":
             run_doc_segment(segment, units, cfg, out, first=seg_no == 0)
         else:
-            run_global_stage(segment, units_dir_of(segments[seg_no - 1], out) if seg_no else None, cfg, out)
+            source = units_dir_of(segments[seg_no - 1], out) if seg_no else single_shard_dir(cfg.input, segment)
+            run_global_stage(segment, source, cfg, out)
         units = [str(p) for p in kept_files(units_dir_of(segment, out))]
     stats = write_run_stats(out, segments, units_dir_of(segments[-1], out), time.time() - start)
     log.info("done: %d documents read, %d kept, %d quarantined -> %s", stats["docs_read"], stats["docs_kept"],
@@ -252,11 +253,17 @@ def global_stages() -> dict:
     return GLOBAL_STAGES
 
 
-def run_global_stage(segment: Segment, input_dir: Path | None, cfg: PipelineConfig, out: Path) -> None:
+def single_shard_dir(patterns: list[str], segment: Segment) -> Path:
+    """A run that starts with a global stage reads one shard directory (e.g. a previous OUT/final)."""
+    dirs = [Path(p) for p in patterns if (Path(p) / "manifest.json").is_file()]
+    if len(dirs) != 1 or len(patterns) != 1:
+        raise UserError(f"'{segment.stages[0]}' as the first stage reads one shard directory", field="input",
+                        expected="input=OUT/final, or per-document stages (e.g. normalize) first")
+    return dirs[0]
+
+
+def run_global_stage(segment: Segment, input_dir: Path, cfg: PipelineConfig, out: Path) -> None:
     stage = segment.stages[0]
-    if input_dir is None:
-        raise UserError(f"'{stage}' reads shards: put at least one per-document stage (e.g. normalize) before it",
-                        field="stages")
     registry = global_stages()
     if stage not in registry:
         raise UserError(f"data_pipeline.dedup has no stage '{stage}' (it has {', '.join(registry)})", field="stages")
@@ -277,6 +284,8 @@ def write_run_stats(out: Path, segments: list[Segment], final_kept: Path, second
             stats = read_json(directory / "stats.json")
             stage_stats.append({"stage": name, "dir": str(directory.relative_to(out)), **{k: v for k, v in stats.items()
                                                                                            if k != "stage"}})
+    if not (out / "quarantine" / "manifest.json").is_file():   # the run started from shards: nothing to quarantine
+        write_manifest(out / "quarantine", [], QUARANTINE_SCHEMA, {"reasons": {}})
     quarantine = read_manifest(out / "quarantine")
     quarantined = quarantine["rows"]
     docs_read = stage_stats[0]["docs_in"]

@@ -317,3 +317,7 @@ def test_demo_stage_list_with_dedup_reconciles(reference_run, raw_web, quality_m
     final = read_table(out / "final")
     assert final.num_rows == stats["docs_kept"] and len(set(final.column("id").to_pylist())) == final.num_rows
     assert (out / "funnel.png").stat().st_size > 10_000
+    # a later run can start from those shards with a global stage
+    again = run(str(out / "final"), tmp_path / "again", "stages=[exact_dedup]")
+    assert again["reconciled"] and again["quarantined"] == 0
+    assert again["docs_read"] == again["docs_kept"] == stats["docs_kept"]
