@@ -36,7 +36,7 @@ from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
 
 log = get_logger("data_pipeline.run")
-DECISIVE_KEYS = ("input", "stages", "reader", "normalize", "lang", "rules", "quality", "dedup")
+DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "rules", "quality", "dedup")
 
 
 @dataclass

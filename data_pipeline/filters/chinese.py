@@ -65,7 +65,7 @@ def repetition(doc: ChineseText, p: dict) -> str | None:
     if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
         return "repetition.max_dup_line_char_ratio"
     chars = doc.chars
-    return ngram_repetition(chars, [1] * len(chars), len(chars), p, "repetition")
+    return ngram_repetition(chars, None, len(chars), p, "repetition")
 
 
 def boilerplate(doc: ChineseText, p: dict) -> str | None:

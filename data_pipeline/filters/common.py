@@ -32,7 +32,7 @@ def ngrams(units: Sequence, n: int) -> list:
     return list(zip(*(units[i:] for i in range(n))))
 
 
-def top_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int], total_chars: int) -> float:
+def top_ngram_char_fraction(units: Sequence, n: int, total_chars: int) -> float:
     """Characters covered by the most frequent n-gram (if it occurs twice or more) / all characters."""
     grams = ngrams(units, n)
     if not grams:
@@ -44,24 +44,26 @@ def top_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int], 
     return min(1.0, count * gram_chars / (total_chars or 1))   # overlapping occurrences can exceed 1
 
 
-def duplicated_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int], total_chars: int,
-                                   grams: list | None = None) -> float:
-    """Characters inside n-grams that repeat an earlier, non-overlapping occurrence / all characters."""
-    grams = ngrams(units, n) if grams is None else grams
+def duplicated_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int] | None,
+                                   total_chars: int) -> float:
+    """Characters inside n-grams that repeat an earlier, non-overlapping occurrence / all characters.
+    `unit_chars` None means every unit is one character (Chinese)."""
+    grams = ngrams(units, n)
     if len(set(grams)) == len(grams):
         return 0.0
     seen: set = set()
-    covered = [False] * len(unit_chars)
+    covered = bytearray(len(units))
+    block = b"\x01" * n
     i = 0
     while i < len(grams):
-        gram = grams[i]
-        if gram in seen:
-            for j in range(i, i + n):
-                covered[j] = True
+        if grams[i] in seen:
+            covered[i:i + n] = block
             i += n
         else:
-            seen.add(gram)
+            seen.add(grams[i])
             i += 1
+    if unit_chars is None:
+        return covered.count(1) / (total_chars or 1)
     return sum(c for c, hit in zip(unit_chars, covered) if hit) / (total_chars or 1)
 
 

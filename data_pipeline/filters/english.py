@@ -107,7 +107,7 @@ def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
 def ngram_repetition(units, unit_chars, total_chars: int, p: dict, rule: str) -> str | None:
     """Top n-gram and duplicated n-gram character fractions (shared by the English and Chinese rules)."""
     for n, limit in p.get("max_top_ngram_char_ratio") or []:
-        if _over(top_ngram_char_fraction(units, n, unit_chars, total_chars), limit):
+        if _over(top_ngram_char_fraction(units, n, total_chars), limit):
             return f"{rule}.max_top_ngram_char_ratio"
     limits = sorted(p.get("max_dup_ngram_char_ratio") or [])
     for k, (n, limit) in enumerate(limits):
