@@ -37,18 +37,25 @@ def load_clean(lang: str) -> list[dict]:
 
 
 def _mutate(text: str, rng: random.Random, rate: float) -> str:
-    """Near duplicate: change about `rate` of the characters (delete, repeat or swap neighbours)."""
-    chars = list(text)
-    for _ in range(int(len(chars) * rate)):
-        i = rng.randrange(len(chars))
+    """Near duplicate as a re-posted page looks: about `rate` of the words (characters for
+    Chinese) deleted, repeated or swapped with a neighbour, and two paragraphs swapped."""
+    paras = text.split("\n\n")
+    if len(paras) > 2:
+        i, j = rng.sample(range(len(paras)), 2)
+        paras[i], paras[j] = paras[j], paras[i]
+    text = "\n\n".join(paras)
+    han = sum("\u4e00" <= c <= "\u9fff" for c in text[:2000]) > 200
+    units = list(text) if han else text.split(" ")
+    for _ in range(int(len(units) * rate)):
+        i = rng.randrange(len(units))
         op = rng.random()
         if op < 0.4:
-            chars[i] = ""
+            units[i] = ""
         elif op < 0.7:
-            chars[i] = chars[i] * 2
-        elif i + 1 < len(chars):
-            chars[i], chars[i + 1] = chars[i + 1], chars[i]
-    return "".join(chars)
+            units[i] = units[i] + ("" if han else " ") + units[i]
+        elif i + 1 < len(units):
+            units[i], units[i + 1] = units[i + 1], units[i]
+    return "".join(units) if han else " ".join(units)
 
 
 def _with_boilerplate(text: str, lang: str, rng: random.Random) -> str:
@@ -77,7 +84,7 @@ def raw_records(seed: int = 1234) -> list[dict]:
     for i, orig in enumerate(rng.sample(originals, min(60, len(originals)))):
         records.append({**orig, "id": f"{orig['id']}/exact-{i}", "meta": {"kind": "exact_dup", "of": orig["id"]}})
     for i, orig in enumerate(rng.sample(originals, min(60, len(originals)))):
-        rate = rng.uniform(0.01, 0.05)
+        rate = rng.uniform(0.005, 0.03)
         records.append({"id": f"{orig['id']}/near-{i}", "text": _mutate(orig["text"], rng, rate),
                         "source": orig["source"], "meta": {"kind": "near_dup", "of": orig["id"], "rate": rate}})
     for i in range(40):
