@@ -8,12 +8,15 @@ CPU, and only when CUDA is absent:
   dist_checkpointing) -> the tensor factories map any CUDA device to the CPU.
 - The CUDA RNG tracker (`model_parallel_cuda_manual_seed`, `_get/_set_cuda_rng_state`) -> the
   CPU generator, so the tracker's fork/restore logic still holds.
-- `tensor.type() == 'torch.cuda.FloatTensor'` in grad clipping -> a clip that checks the dtype.
+- `tensor.type() == 'torch.cuda.FloatTensor'` in grad clipping -> a clip that checks the dtype;
+  the same checks in the optimizers' constructors (distributed, bf16) see CUDA type names of
+  CPU tensors while those constructors run.
 
 Call `apply_if_needed()` first thing in every rank, before megatron is imported elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -121,13 +124,43 @@ def _clip_grad_by_total_norm(parameters, max_norm, total_norm, use_decoupled_gra
         torch._foreach_mul_(grads, clip_coeff)
 
 
+@contextlib.contextmanager
+def cuda_type_names():
+    """While active, `cpu_tensor.type()` answers 'torch.cuda.FloatTensor' (etc.)."""
+    original = torch.Tensor.type
+
+    def type_(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs and self.device.type == "cpu":
+            return original(self).replace("torch.", "torch.cuda.", 1)
+        return original(self, dtype, non_blocking, **kwargs)
+
+    torch.Tensor.type = type_
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original
+
+
+def _with_cuda_type_names(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with cuda_type_names():
+            return fn(*args, **kwargs)
+
+    wrapper.__cpu_compat__ = True
+    return wrapper
+
+
 def _patch_megatron() -> None:
     from megatron.core.tensor_parallel import random as tp_random
 
     tp_random._get_cuda_rng_state = _get_rng_state
     tp_random._set_cuda_rng_state = _set_rng_state
 
-    from megatron.core.optimizer import clip_grads, optimizer
+    from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
+    for cls in (distrib_optimizer.DistributedOptimizer, optimizer.Float16OptimizerWithFloat16Params):
+        if not getattr(cls.__init__, "__cpu_compat__", False):
+            cls.__init__ = _with_cuda_type_names(cls.__init__)

@@ -87,16 +87,18 @@ def microbatches(batch, micro_batch_size: int, dp_rank: int, dp: int):
         yield {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": mask[i:i + micro_batch_size]}
 
 
-def build_optimizer(chunks: list, lr: float = 3e-3):
+def build_optimizer(chunks: list, lr: float = 3e-3, distributed: bool = False):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=0.1, adam_beta1=0.9,
-                             adam_beta2=0.95, adam_eps=1e-8, clip_grad=1.0, bf16=False)
+                             adam_beta2=0.95, adam_eps=1e-8, clip_grad=1.0, bf16=False,
+                             use_distributed_optimizer=distributed)
     return get_megatron_optimizer(config, chunks)
 
 
 def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3,
-                 global_batch: int = 8, micro_batch_size: int = 2, save_to: str | None = None) -> list:
+                 global_batch: int = 8, micro_batch_size: int = 2, save_to: str | None = None,
+                 distributed_optimizer: bool = False) -> list:
     """Inside an initialized process group: build, load `weights`, train `steps` AdamW steps.
     Returns one metrics dict per step (same on every rank)."""
     from megatron.core import parallel_state as mpu
@@ -105,12 +107,12 @@ def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3
     from pretrain.step import train_step
 
     init_layout(tp, pp, vpp)
-    chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp)
+    chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, distributed_optimizer=distributed_optimizer)
     if save_to:
         save_weights(chunks, save_to)
     if weights:
         load_weights(chunks, weights)
-    optimizer = build_optimizer(chunks)
+    optimizer = build_optimizer(chunks, distributed=distributed_optimizer)
     dp, dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
     num_micro = global_batch // (micro_batch_size * dp)
     history = []
@@ -121,13 +123,15 @@ def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3
 
 
 def parity_worker(rank: int, world: int, runs: list) -> dict:
-    """Run every (name, cfg, weights, (tp, pp, vpp)) in these processes, one after the other."""
+    """Run every (name, cfg, weights, (tp, pp, vpp[, "distopt"])) in these processes, in turn."""
     from pretrain.parallel import destroy
 
     results = {}
     try:
-        for name, cfg, weights, (tp, pp, vpp) in runs:
-            results[(name, tp, pp, vpp)] = train_layout(cfg, tp, pp, vpp, weights)
+        for name, cfg, weights, layout in runs:
+            tp, pp, vpp = layout[:3]
+            results[(name, *layout)] = train_layout(cfg, tp, pp, vpp, weights,
+                                                    distributed_optimizer="distopt" in layout[3:])
     finally:
         destroy()
     return results
@@ -176,7 +180,7 @@ def single_process_checks(out_dir: str) -> dict:
     them with plain PyTorch written in the tests."""
     init_layout(1, 1)
     return {"normhead": _normhead_case(), "alibi": _alibi_case(), "bf16": _bf16_case(),
-            "keys": _state_dict_keys(), "nan": _nan_case()}
+            "keys": _state_dict_keys(), "nan": _nan_case(), "compat": _compat_case()}
 
 
 def _normhead_case() -> dict:
@@ -254,3 +258,34 @@ def _nan_case() -> dict:
     healthy = train_step(chunks, optimizer, microbatches(batches[1], 2, 0, 1), 2, 2, cfg.seq_length)
     changed = not all(torch.equal(a, b) for a, b in zip(before, chunks[0].parameters()))
     return {"poisoned": poisoned, "unchanged": unchanged, "healthy": healthy, "changed": changed}
+
+
+def _compat_case() -> dict:
+    from megatron.core import tensor_parallel
+
+    from pretrain import cpu_compat
+
+    again = cpu_compat.apply_if_needed()                  # second call: nothing re-wrapped
+    wrapped_once = not getattr(getattr(torch.zeros, "__wrapped__", None), "__cpu_compat__", False)
+    devices = {
+        "zeros_cuda": torch.zeros(2, device="cuda").device.type,
+        "empty_current": torch.empty(2, device=torch.cuda.current_device()).device.type,
+        "tensor_cuda": torch.tensor([1.0], device=torch.device("cuda", 0)).device.type,
+        "to_cuda": torch.ones(1).to("cuda").device.type,
+        "dot_cuda": torch.ones(1).cuda().device.type,
+    }
+    torch.cuda.synchronize()
+    # The tracker's stream is separate: forking must not advance the default stream.
+    torch.manual_seed(11)
+    plain = [torch.rand(3) for _ in range(2)]
+    torch.manual_seed(11)
+    first = torch.rand(3)
+    with tensor_parallel.get_cuda_rng_tracker().fork():
+        forked = torch.rand(3)
+    second = torch.rand(3)
+    with cpu_compat.cuda_type_names():
+        inside = torch.ones(1).type()
+    return {"again": again, "wrapped_once": wrapped_once, "devices": devices,
+            "stream_kept": torch.equal(first, plain[0]) and torch.equal(second, plain[1]),
+            "forked_differs": not torch.equal(forked, plain[1]),
+            "type_inside": inside, "type_after": torch.ones(1).type()}
