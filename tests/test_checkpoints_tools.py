@@ -366,6 +366,13 @@ def test_export_series_and_eval_series(run, tok_model, tmp_path):
     assert again.returncode == 0 and "skipping" in again.stderr  # resumable: existing exports kept
     heldout = tmp_path / "heldout.txt"
     heldout.write_text("The quick brown fox jumps over the lazy dog. 百川 2 是一个大模型。\n" * 20)
+    # The exported tokenizer gives the ids the trainer's data was encoded with (SentencePiece).
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    text = heldout.read_text() + "def f(x):\n\treturn x ** 2  # 平方 😀"
+    hf_tok = AutoTokenizer.from_pretrained(exports / "train_00082K", trust_remote_code=True)
+    assert hf_tok(text)["input_ids"] == spm.SentencePieceProcessor(model_file=str(tok_model)).encode(text)
     tasks = write_local_task(tmp_path / "tasks")
     res = _cli("eval-series", exports, "--text", heldout, "--tasks", "tiny_arith",
                "--include-path", tasks, "--seq-length", 64)

@@ -89,12 +89,12 @@ def make_runs_rank(rank: int, world: int, out: str) -> None:
             _randomize(chunks, seed=step)
             manager.save(chunks, None, None, TrainState(iteration=iteration, consumed_samples=samples,
                                                         consumed_tokens=samples * SEQ), keep=True)
-        parallel.destroy()
+        # Same process group, new layout: TP=1, PP=1 (data parallel 4) for the reference logits.
         parallel.init_distributed(1, 1, seed=1234, backend="gloo")
         logits = trainer_logits(cfg, run_dir / "checkpoints" / "iter_0000008")
         if rank == 0:
             torch.save(logits, Path(out) / f"{position}_logits.pt")
-        parallel.destroy()
+    parallel.destroy()
 
 
 def logits_rank(rank: int, world: int, jobs: list) -> None:
@@ -104,7 +104,7 @@ def logits_rank(rank: int, world: int, jobs: list) -> None:
     for position, ckpt, out in jobs:
         parallel.init_distributed(1, 1, seed=1234, backend="gloo")
         torch.save(trainer_logits(tiny_config(position), ckpt), out)
-        parallel.destroy()
+    parallel.destroy()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -114,7 +114,7 @@ def runs(tmp_path_factory) -> Path:
     from pretrain.parallel import run_local
 
     out = tmp_path_factory.mktemp("parallel_runs")
-    run_local(4, make_runs_rank, str(out), timeout=600)
+    run_local(4, make_runs_rank, str(out), timeout=300)
     return out
 
 
@@ -149,7 +149,9 @@ def test_logit_parity_with_trainer(runs, exports, position, fmt):
     ref = torch.load(runs / f"{position}_logits.pt")
     assert hf_logits.shape == ref.shape == (2, SEQ, 1000)
     assert ref.abs().max() > 0.05                       # not a degenerate model
-    assert (hf_logits - ref).abs().max().item() < 1e-5
+    diff = (hf_logits - ref).abs().max().item()
+    print(f"max |logits(HF {fmt}) - logits(trainer)| for {position}: {diff:.3g}")
+    assert diff < 1e-5
     generated = model.generate(TOKENS[:, :8], max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert generated.shape == (2, 14) and torch.equal(generated[:, :8], TOKENS[:, :8])
 
@@ -159,11 +161,11 @@ def test_import_tp1_tp2_same_logits_and_roundtrip_bitwise(runs, exports, tmp_pat
 
     src = exports["alibi", "baichuan"]
     ck1 = import_hf(src, tmp_path / "tp1", tp=1, pp=1)
-    ck2 = import_hf(src, tmp_path / "tp2", tp=2, pp=2)
+    ck2 = import_hf(src, tmp_path / "tp2", tp=2, pp=1)
     meta = json.loads((ck2 / "meta.json").read_text())
-    assert (meta["tp"], meta["pp"], meta["padded_vocab_size"]) == (2, 2, 1024)
+    assert (meta["tp"], meta["pp"], meta["padded_vocab_size"]) == (2, 1, 1024)
     jobs = [("alibi", str(ck1), str(tmp_path / "l1.pt")), ("alibi", str(ck2), str(tmp_path / "l2.pt"))]
-    run_local(1, logits_rank, jobs, timeout=600)
+    run_local(1, logits_rank, jobs, timeout=300)
     l1, l2 = torch.load(tmp_path / "l1.pt"), torch.load(tmp_path / "l2.pt")
     ref = torch.load(runs / "alibi_logits.pt")
     assert torch.equal(l1, l2) or (l1 - l2).abs().max() < 1e-6
