@@ -70,8 +70,8 @@ def build_shards(corpus: Path, out: Path) -> Path:
     return out
 
 
-def run_child(cmd: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS bytes and stdout of one child process."""
+def run_child(cmd: list[str]) -> tuple[float, int, str, float]:
+    """Wall seconds, peak RSS bytes, stdout and CPU seconds (with its waited-for workers) of a child."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -80,7 +80,7 @@ def run_child(cmd: list[str]) -> tuple[float, int, str]:
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
             raise SystemExit(f"child failed: {cmd[:5]}\n{err.read()[-2000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss * 1024, out
+    return time.perf_counter() - start, usage.ru_maxrss * 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def bench_training(shards: Path, work: Path) -> dict:
@@ -108,7 +108,7 @@ def bench_training(shards: Path, work: Path) -> dict:
     shutil.rmtree(work / "heldout_again")
     specials = ["<unk>", "<s>", "</s>", *control_symbol_names(cfg.tokenizer)]
     hf_json = work / "hf_bpe_tokenizer.json"
-    wall, rss, out = run_child([sys.executable, "-c", HF_TRAINER, str(text), str(hf_json),
+    wall, rss, out, _ = run_child([sys.executable, "-c", HF_TRAINER, str(text), str(hf_json),
                                 str(cfg.tokenizer.vocab_size), json.dumps(specials)])
     hf = {"wall_s": wall, "peak_rss_gb": rss / 2 ** 30, **json.loads(out)}
     text.unlink()
@@ -116,16 +116,18 @@ def bench_training(shards: Path, work: Path) -> dict:
             "model": str(tok_dir / "tokenizer.model"), "hf_json": str(hf_json), "heldout": str(tok_dir / "heldout")}
 
 
-def bench_encode(model: str, shards: Path, work: Path) -> dict:
+def bench_encode(model: str, shards: Path, work: Path, pattern: str = "*") -> dict:
     figures = {}
     for workers in (1, 2):
         out = work / f"encode_w{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "tokenizer_training", "encode", f"model_file={model}", f"input=[{shards}/*]",
+        cmd = [sys.executable, "-m", "tokenizer_training", "encode", f"model_file={model}", f"input=[{shards}/{pattern}]",
                f"out={out}", f"encode.workers={workers}"]
-        wall, rss, _ = run_child(cmd)
+        load = os.getloadavg()[0]
+        wall, rss, _, cpu = run_child(cmd)
         summary = json.loads((out / "encode_summary.json").read_text())
         figures[workers] = {"mb_per_s": summary["text_bytes"] / 1e6 / summary["seconds"],
+                            "mb_per_cpu_s": summary["text_bytes"] / 1e6 / cpu, "load_avg_1min": load,
                             "mb_per_s_incl_startup": summary["text_bytes"] / 1e6 / wall, "seconds": summary["seconds"],
                             "text_mb": summary["text_bytes"] / 1e6, "tokens": summary["tokens"],
                             "outputs": {k: v["tokens"] for k, v in summary["outputs"].items()}}
@@ -138,13 +140,15 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus"))
     parser.add_argument("--out", default=str(REPO / "bench_out" / "tokenizer"))
     parser.add_argument("--skip-train", action="store_true", help="reuse OUT/tok125k from an earlier run")
+    parser.add_argument("--encode-input", default="*", help="glob of shard dirs (under OUT/shards) to encode")
     args = parser.parse_args()
     corpus, work = Path(args.corpus), Path(args.out)
     if not glob.glob(str(corpus / "*.parquet")):
         raise SystemExit(f"no *.parquet in {corpus}")
     work.mkdir(parents=True, exist_ok=True)
     shards = build_shards(corpus, work / "shards")
-    results = {}
+    results_path = work / "bench_results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if not args.skip_train:
         results["train"] = train_res = bench_training(shards, work)
         print(f"train 125,696 pieces on {train_res['sentencepiece']['sample_mb']:.1f} MB:")
@@ -155,16 +159,18 @@ def main() -> None:
               f"{train_res['sentencepiece']['lowest_merge_frequency']}; whole train command "
               f"{train_res['sentencepiece']['train_command_wall_s']:.1f} s")
     model = str(work / "tok125k" / "tokenizer.model")
-    results["encode"] = enc = bench_encode(model, shards, work)
+    results["encode"] = enc = bench_encode(model, shards, work, args.encode_input)
     for workers, r in enc.items():
         print(f"encode {workers} worker(s): {r['mb_per_s']:.2f} MB/s ({r['text_mb']:.1f} MB, {r['tokens']} tokens, "
-              f"{r['seconds']:.1f} s; {r['mb_per_s_incl_startup']:.2f} MB/s with process start-up)")
+              f"{r['seconds']:.1f} s; {r['mb_per_s_incl_startup']:.2f} MB/s with process start-up; "
+              f"{r['mb_per_cpu_s']:.2f} MB per CPU-second; load average {r['load_avg_1min']:.1f} on {os.cpu_count()} cores)")
     if (work / "hf_bpe_tokenizer.json").is_file():
         from tokenizer_training.evaluate import evaluate, render_markdown
         report = evaluate([model, str(work / "hf_bpe_tokenizer.json")], [str(work / "tok125k" / "heldout")], 2000)
         results["evaluate"] = report
         print(render_markdown(report))
-    (work / "bench_results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    print(f"figures: {results_path}")
 
 
 if __name__ == "__main__":
