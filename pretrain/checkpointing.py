@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -80,9 +81,9 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
 
 def unwrap(module):
     """The GPTModel inside DDP / Float16Module wrappers (state dict keys carry no `module.`)."""
-    while hasattr(module, "module"):
-        module = module.module
-    return module
+    from pretrain.model import unwrap as unwrap_model
+
+    return unwrap_model(module)
 
 
 def _model_state(model_chunks, metadata=None) -> dict:
@@ -151,8 +152,10 @@ def full_state(model_chunks, optimizer, scheduler, state: TrainState, *, is_load
 class CheckpointManager:
     """Saves, publishes, prunes and loads the checkpoints of one run directory."""
 
-    def __init__(self, run_dir, keep_last: int, meta_fn, async_save: bool = False):
+    def __init__(self, run_dir, keep_last: int, meta_fn, async_save: bool = False,
+                 kill_in_save_iter: int = 0):
         self.root = checkpoints_root(run_dir)
+        self.kill_in_save_iter = kill_in_save_iter   # fault drill: die between write and publish
         self.keep_last = keep_last
         self.meta_fn = meta_fn               # (TrainState, keep) -> dict for meta.json
         self.async_queue = None
@@ -191,6 +194,10 @@ class CheckpointManager:
             sd, str(tmp), sharded_strategy=("torch_dist", 1),
             async_sharded_save=self.async_queue is not None,
             content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
+        if state.iteration == self.kill_in_save_iter:
+            _barrier()
+            log.warning(f"fault drill: killing this process in the middle of saving {final.name}")
+            os.kill(os.getpid(), signal.SIGKILL)
         publish = lambda: self._publish(tmp, final, meta)  # noqa: E731
         if self.async_queue is not None:
             request.add_finalize_fn(publish)

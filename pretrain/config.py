@@ -46,8 +46,12 @@ class TrainingConfig:
     exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     requeue_exit_code: int = 3
     dry_run: bool = False               # print parameter counts and memory estimate, then exit
-    # Fault injection for tests and drills: iterations whose loss is made NaN.
+    # Fault drills (tests, rehearsing recovery): iterations whose loss is made NaN; an iteration
+    # after which every rank SIGKILLs itself; an iteration whose checkpoint save is killed after
+    # the files are written but before the checkpoint is published.
     inject_nan_iters: list[int] = field(default_factory=list)
+    inject_sigkill_after_iter: int = 0
+    inject_sigkill_in_save_iter: int = 0
     # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
     exit_after_iter: int = 0
 
@@ -195,7 +199,10 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None) -> RunConfig
         parallel=parallel_from_cfg(cfg.parallel),
         resolved=as_plain(cfg),
     )
-    validate(run, world_size if world_size is not None else world_size_from_env())
+    world = world_size if world_size is not None else world_size_from_env()
+    if run.training.dry_run:   # planning a layout from a laptop: assume its smallest world
+        world = max(world, run.parallel.tp * run.parallel.pp)
+    validate(run, world)
     return run
 
 

@@ -147,6 +147,6 @@ def write_token_dataset(prefix: str | Path, documents, vocab_size: int) -> Path:
             atomic_path(prefix.with_name(prefix.name + ".idx")) as idx_tmp:
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
         for doc in documents:
-            builder.add_document(torch.as_tensor(np.asarray(doc, dtype=np.int64)), [len(doc)])
+            builder.add_document(np.asarray(doc, dtype=dtype), [len(doc)])
         builder.finalize(str(idx_tmp))
     return prefix

@@ -65,14 +65,15 @@ def memory_gb() -> tuple[float, float]:
 class Monitor:
     """Writes scalars on the one rank that holds the losses (last pipeline stage, first TP/DP rank)."""
 
-    def __init__(self, tb_dir: Optional[Path], active: bool, peak: Optional[float]):
+    def __init__(self, tb_dir: Optional[Path], active: bool, peak: Optional[float], purge_step: int = 1):
         self.active = active
         self.peak = peak
         self.writer = None
         if active and tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(tb_dir))
+            # After a resume, points the killed run logged past its checkpoint are superseded.
+            self.writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge_step if purge_step > 1 else None)
 
     def scalars(self, values: dict, step: int) -> None:
         if self.writer is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,8 +23,6 @@ from stack_common.errors import UserError
 from stack_common.logging import get_logger
 
 log = get_logger("pretrain.train")
-
-METRIC_KEYS = ("lm_loss", "z_loss", "total_loss", "max_logit", "grad_norm")
 
 
 def run(cfg: DictConfig) -> int:
@@ -105,19 +104,23 @@ class Trainer:
         self.bf16 = use_bf16(run)
         self.tokenizer_ref = tokenizer_reference(run)
         self.model = build_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
-                                 dtype=torch.bfloat16 if self.bf16 else torch.float32)
+                                 dtype=torch.bfloat16 if self.bf16 else torch.float32,
+                                 sequence_parallel=run.parallel.sequence_parallel,
+                                 recompute=run.parallel.recompute,
+                                 distributed_optimizer=run.optimizer.distributed)
         self.optimizer = build_optimizer(run, self.model, self.bf16)
         self.scheduler = build_scheduler(run, self.optimizer)
         self.state = TrainState()
         self.ckpt = CheckpointManager(run.run_dir, run.checkpoint.keep_last, self._meta,
-                                      async_save=run.checkpoint.async_save)
+                                      async_save=run.checkpoint.async_save,
+                                      kill_in_save_iter=t.inject_sigkill_in_save_iter)
         self._resume()
         self.train_ds, self.valid_ds = build_datasets(run)
         self._write_config()
         self.is_logger = self._is_logging_rank()
         tb_dir = Path(run.logging.tensorboard_dir or run.run_dir / "tensorboard")
         self.monitor = Monitor(tb_dir if run.logging.tensorboard else None, self.is_logger,
-                               peak_tflops(run.logging.peak_tflops))
+                               peak_tflops(run.logging.peak_tflops), purge_step=self.state.iteration + 1)
         self.flops_per_token = flops_per_token(run.model, self.seq, padded_vocab(run))
         self.watch = LossWatch(t.max_consecutive_nonfinite, t.loss_spike_factor, t.loss_spike_window)
 
@@ -147,8 +150,6 @@ class Trainer:
                             file=str(source), expected="the global batch size the run started with")
 
     def save(self, keep: bool = False) -> None:
-        for chunk in self.model:
-            chunk.eval()
         self.ckpt.save(self.model, self.optimizer, self.scheduler, self.state, keep=keep)
         self.last_saved = self.state.iteration
 
@@ -168,59 +169,38 @@ class Trainer:
         from pretrain.data import microbatches
 
         t = self.run.training
-        it = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
-        return [it] * len(self.model) if len(self.model) > 1 else it
-
-    def _metrics_everywhere(self, metrics: dict) -> dict:
-        """The losses live on the last pipeline stage; every rank needs them (skip decisions)."""
-        values = torch.tensor([float(metrics.get(k, 0.0) or 0.0) for k in METRIC_KEYS],
-                              dtype=torch.float64, device=_device())
-        if self.pp > 1:
-            group = self.mpu.get_pipeline_model_parallel_group()
-            last = self.mpu.get_pipeline_model_parallel_last_rank()
-            torch.distributed.broadcast(values, src=last, group=group)
-        return dict(zip(METRIC_KEYS, values.tolist()))
+        return microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
 
     def train_one(self, data_iterator) -> dict:
+        """One optimizer step (skipped inside train_step when the loss or grad norm is not finite);
+        the metrics are the same on every rank."""
         from pretrain.step import train_step
 
-        for chunk in self.model:
-            chunk.train()
         t = self.run.training
         inject = self.state.iteration + 1 in t.inject_nan_iters
         with inject_nan(self.model, inject):
-            metrics = train_step(self.model, self.optimizer, data_iterator, self.num_micro,
-                                 t.micro_batch_size, self.seq)
-        return self._metrics_everywhere(metrics)
+            return train_step(self.model, self.optimizer, data_iterator, self.num_micro,
+                              t.micro_batch_size, self.seq)
 
     def evaluate(self) -> float:
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
+        """Token-mean lm loss over the fixed validation set."""
         from pretrain.data import valid_microbatches
-        from pretrain.step import forward_step
+        from pretrain.step import eval_step
 
-        for chunk in self.model:
-            chunk.eval()
         t = self.run.training
         batches = valid_microbatches(self.valid_ds, self.run, self.dp_rank, self.dp)
-        data = [batches] * len(self.model) if len(self.model) > 1 else batches
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for _ in range(t.eval_iters):
-                outputs = get_forward_backward_func()(
-                    forward_step_func=forward_step, data_iterator=data, model=self.model,
-                    num_microbatches=self.num_micro, seq_length=self.seq,
-                    micro_batch_size=t.micro_batch_size, forward_only=True)
-                for out in outputs or []:
-                    total += float(out["lm_loss"]) if isinstance(out, dict) else float(out)
-                    count += 1
-        values = torch.tensor([total, float(count)], dtype=torch.float64, device=_device())
-        torch.distributed.all_reduce(values)
-        return (values[0] / values[1].clamp(min=1)).item()
+        loss_sum, tokens = 0.0, 0
+        for _ in range(t.eval_iters):
+            m = eval_step(self.model, batches, self.num_micro, t.micro_batch_size, self.seq)
+            loss_sum += m["lm_loss"] * m["tokens"]
+            tokens += m["tokens"]
+        return loss_sum / max(tokens, 1)
 
     # ------------------------------------------------------------------------- loop
 
     def train(self) -> int:
+        from pretrain.optim import current_lr
+
         run, t, c, lg = self.run, self.run.training, self.run.checkpoint, self.run.logging
         signals = ExitSignals(t.exit_signals)
         self.last_saved = self.state.iteration
@@ -231,6 +211,7 @@ class Trainer:
             if self.state.iteration == 0 and t.eval_interval > 0:
                 self._evaluate_and_log()
             while self.state.iteration < t.train_iters:
+                lr = current_lr(self.optimizer)        # the rate this step uses
                 start = time.perf_counter()
                 m = self.train_one(data_iterator)
                 step_time = time.perf_counter() - start
@@ -238,10 +219,11 @@ class Trainer:
                 st.iteration += 1
                 st.consumed_samples += t.global_batch_size
                 st.consumed_tokens += tokens_per_iter
-                skipped = self.watch.nonfinite(m["total_loss"]) or not math.isfinite(m["grad_norm"])
+                nonfinite = self.watch.nonfinite(m["total_loss"])
+                skipped = bool(m.get("skipped", nonfinite))
                 if skipped:
                     st.skipped_iters += 1
-                    st.nonfinite_total += 1
+                    st.nonfinite_total += int(nonfinite)
                     log.warning(f"iteration {st.iteration}: non-finite loss {m['total_loss']} or grad norm "
                                 f"{m['grad_norm']}: step skipped ({self.watch.in_row} in a row)")
                 else:
@@ -251,7 +233,7 @@ class Trainer:
                                 f"{t.loss_spike_factor} x running mean")
                 self.ckpt.finalize()
                 if st.iteration % lg.log_interval == 0 or skipped:
-                    self._log_train(m, step_time)
+                    self._log_train(m, step_time, lr)
                 if t.eval_interval > 0 and st.iteration % t.eval_interval == 0:
                     self._evaluate_and_log()
                 if self.watch.too_many():
@@ -269,6 +251,10 @@ class Trainer:
                         self.save()
                     exit_code = t.requeue_exit_code
                     break
+                if st.iteration == t.inject_sigkill_after_iter:
+                    log.warning(f"fault drill: SIGKILL after iteration {st.iteration}")
+                    torch.distributed.barrier()
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if t.exit_after_iter and st.iteration >= t.exit_after_iter:
                     if self.last_saved != st.iteration:
                         self.save()
@@ -297,12 +283,9 @@ class Trainer:
         self.monitor.scalars({"valid/lm_loss": loss, "valid/perplexity": math.exp(min(loss, 30.0))}, it)
         self.monitor.console(valid_line(it, loss))
 
-    def _log_train(self, m: dict, step_time: float) -> None:
-        from pretrain.optim import current_lr
-
+    def _log_train(self, m: dict, step_time: float, lr: float) -> None:
         t, st = self.run.training, self.state
         param_norm = self._param_norm()
-        lr = current_lr(self.optimizer)
         tokens_per_s = t.global_batch_size * self.seq / step_time
         world = torch.distributed.get_world_size()
         tflops = tokens_per_s * self.flops_per_token / world / 1e12

@@ -39,6 +39,9 @@ def alibi_causal_bias(slopes: torch.Tensor, seq_q: int, seq_k: int, dtype: torch
     return bias.to(dtype)
 
 
+_BIAS_CACHE: dict = {}
+
+
 class SDPAttention(MegatronModule):
     """Inputs q/k/v [s, b, heads_per_rank, head_dim]; output [s, b, heads_per_rank x head_dim]."""
 
@@ -60,15 +63,16 @@ class SDPAttention(MegatronModule):
         if alibi:
             # This rank's heads are a contiguous block of the global heads.
             own = alibi_slopes(config.num_attention_heads)[tp_rank * self.heads:(tp_rank + 1) * self.heads]
-            self.register_buffer("slopes", torch.tensor(own, dtype=torch.float32), persistent=False)
-            self._bias_cache: dict = {}
+            self.slopes = tuple(own)
 
     def _bias(self, seq_q: int, seq_k: int, dtype, device) -> torch.Tensor:
-        key = (seq_q, seq_k, dtype, device)
-        if key not in self._bias_cache:
-            self._bias_cache.clear()
-            self._bias_cache[key] = alibi_causal_bias(self.slopes.float().to(device), seq_q, seq_k, dtype)
-        return self._bias_cache[key]
+        # One bias shared by all layers (13B at 4096 tokens: 1.3 GB per copy in bf16 at TP=1).
+        key = (self.slopes, seq_q, seq_k, dtype, str(device))
+        if key not in _BIAS_CACHE:
+            _BIAS_CACHE.clear()
+            slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+            _BIAS_CACHE[key] = alibi_causal_bias(slopes, seq_q, seq_k, dtype)
+        return _BIAS_CACHE[key]
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):

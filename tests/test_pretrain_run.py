@@ -1,0 +1,264 @@
+"""End-to-end runs of `python -m pretrain` on CPU (gloo): exact resume after SIGKILL (TP=1,
+TP=2 x PP=2, distributed optimizer), a crash in the middle of a save, SIGTERM requeue, NaN skip,
+TensorBoard tags, layout change on load, config errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 8000   # tiny_rope's vocabulary
+
+
+MARKER = f"pretrain-test-{os.getpid()}"   # lets a test find the helper processes of its runs
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", BC_NO_PROGRESS="1", PYTHONPATH=str(REPO),
+               BC_TEST_MARKER=MARKER)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Two tiny encoded datasets with learnable structure (counting sequences) + encode summary."""
+    from pretrain.data import write_token_dataset
+
+    out = tmp_path_factory.mktemp("encoded")
+    rng = np.random.default_rng(0)
+    for name, step in (("en", 1), ("zh", 3)):
+        docs = []
+        for _ in range(300):
+            start, length = int(rng.integers(3, 400)), int(rng.integers(10, 90))
+            docs.append([3 + (start + step * i) % 500 for i in range(length)] + [2])
+        write_token_dataset(out / f"{name}_text_document", docs, VOCAB)
+    summary = {"tokenizer": {"model": None, "sha256": None, "vocab_size": VOCAB, "eod_id": 2}}
+    (out / "encode_summary.json").write_text(json.dumps(summary))
+    return out
+
+
+def base_args(data_dir: Path, run_dir: Path, iters: int) -> list[str]:
+    return [f"data.paths=[{data_dir}/en_text_document,{data_dir}/zh_text_document]",
+            "data.weights=[0.6,0.4]", "model=tiny_rope", "model.seq_length=32",
+            f"training.train_iters={iters}", "training.micro_batch_size=2",
+            "training.global_batch_size=4", "training.eval_interval=4", "training.eval_iters=2",
+            "optimizer=tiny", "optimizer.warmup_iters=2", f"checkpoint.dir={run_dir}",
+            "checkpoint.save_interval=4", "checkpoint.keep_last=1", "logging.log_interval=1"]
+
+
+def pretrain(nproc: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the CLI; output goes through files, since a killed run's helper processes
+    (dist_checkpointing's multiprocessing manager) would keep pipes open after it died."""
+    import tempfile
+
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "pretrain", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+               f"--master-port={_free_port()}", "-m", "pretrain", *args]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=out, stderr=err, timeout=timeout).returncode
+        out.seek(0), err.seek(0)
+        result = subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+    if code != 0:
+        end_orphans()
+    return result
+
+
+def end_orphans() -> None:
+    """Terminate the helper processes that a SIGKILLed run of this test session left behind."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "ppid"]):
+        try:
+            if proc.info["ppid"] == 1 and proc.environ().get("BC_TEST_MARKER") == MARKER:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] else {}
+
+
+def latest(run_dir: Path) -> str:
+    return (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+# ----------------------------------------------------------------------------- TP=1
+
+def test_tp1_nan_tags_crash_in_save_and_exact_resume(data_dir, tmp_path):
+    from pretrain.monitoring import TRAIN_TAGS, VALID_TAGS
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    drill = ["training.inject_nan_iters=[3]"]
+    ok(pretrain(1, base_args(data_dir, ref, 12) + drill))
+
+    # The NaN at iteration 3 is skipped and counted; every documented tag is there and sane.
+    lm = scalars(ref, "train/lm_loss")
+    assert sorted(lm) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]     # NaN points are not plotted
+    assert scalars(ref, "train/skipped_steps")[12] == 1
+    for tag in TRAIN_TAGS + VALID_TAGS:
+        assert scalars(ref, tag), f"missing TensorBoard tag {tag}"
+    assert scalars(ref, "progress/consumed_tokens")[12] == 12 * 4 * 32
+    assert scalars(ref, "progress/consumed_samples")[12] == 48
+    lr = scalars(ref, "train/learning_rate")
+    assert lr[1] == 0.0 and lr[2] == pytest.approx(1.5e-3, rel=1e-6)          # linear warmup
+    assert lr[4] == pytest.approx(3e-3, rel=1e-6) and 3e-4 < lr[12] < lr[8] < lr[4]   # cosine
+    valid = scalars(ref, "valid/lm_loss")
+    assert sorted(valid) == [0, 4, 8, 12] and valid[12] < valid[0]
+    assert scalars(ref, "valid/perplexity")[12] == pytest.approx(math.exp(valid[12]), rel=1e-5)
+    assert all(v > 0 for v in scalars(ref, "throughput/tokens_per_sec").values())
+    assert 0 < scalars(ref, "train/grad_norm")[12] < 100
+    assert lm[12] < lm[1]
+
+    # Kill the process in the middle of the save at iteration 8: iter_4 stays in force.
+    proc = pretrain(1, base_args(data_dir, run, 12) + drill + ["training.inject_sigkill_in_save_iter=8"])
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert latest(run) == "iter_0000004"
+    assert (run / "checkpoints" / ".iter_0000008.tmp").is_dir()
+    assert not (run / "checkpoints" / "iter_0000008").exists()
+
+    # Auto-resume picks iter_4, removes the torn save, and continues to the same losses bitwise.
+    proc = pretrain(1, base_args(data_dir, run, 12) + drill)
+    ok(proc)
+    assert "loaded" in proc.stderr and "iter_0000004" in proc.stderr
+    assert not (run / "checkpoints" / ".iter_0000008.tmp").exists()
+    resumed = scalars(run, "train/lm_loss")
+    for it in range(5, 13):
+        assert resumed[it] == lm[it], f"iteration {it}: {resumed[it]} != {lm[it]}"
+    assert scalars(run, "train/grad_norm")[12] == scalars(ref, "train/grad_norm")[12]
+    assert scalars(run, "train/skipped_steps")[12] == 1
+
+    meta = json.loads((run / "checkpoints" / "iter_0000012" / "meta.json").read_text())
+    assert meta["iteration"] == 12 and meta["consumed_samples"] == 48
+    assert meta["consumed_tokens"] == 12 * 4 * 32 and meta["tp"] == 1 and meta["dp"] == 1
+    assert meta["vocab_size"] == VOCAB and meta["padded_vocab_size"] == 8064
+    assert meta["tokenizer"]["vocab_size"] == VOCAB and meta["model"]["num_layers"] == 4
+    assert meta["config"]["training"]["train_iters"] == 12 and meta["keep"] is False
+    # keep_last=1: the rolling iter_4 is pruned once iter_12 is published.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000012", "latest"]
+
+
+def test_sigterm_saves_and_exits_with_requeue_code(data_dir, tmp_path):
+    run = tmp_path / "run"
+    args = base_args(data_dir, run, 400) + ["training.eval_interval=0", "checkpoint.save_interval=0",
+                                            "training.requeue_exit_code=3"]
+    proc = subprocess.Popen([sys.executable, "-m", "pretrain", *args], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if "iteration        2/" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        proc.stdout.read()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        end_orphans()
+    assert code == 3
+    name = latest(run)
+    meta = json.loads((run / "checkpoints" / name / "meta.json").read_text())
+    assert 2 <= meta["iteration"] < 400 and name == f"iter_{meta['iteration']:07d}"
+    assert meta["consumed_samples"] == 4 * meta["iteration"]
+
+
+# ----------------------------------------------------------------------------- TP=2 x PP=2
+
+def test_tp2_pp2_exact_resume_after_sigkill_and_layout_change(data_dir, tmp_path):
+    ref, run, moved = tmp_path / "ref", tmp_path / "run", tmp_path / "moved"
+    layout = ["parallel=tp2_pp2", "training.eval_interval=0", "checkpoint.milestone_tokens=[512]"]
+    ok(pretrain(4, base_args(data_dir, ref, 8) + layout))
+    proc = pretrain(4, base_args(data_dir, run, 8) + layout + ["training.inject_sigkill_after_iter=6"])
+    assert proc.returncode != 0 and latest(run) == "iter_0000004"
+    ok(pretrain(4, base_args(data_dir, run, 8) + layout))
+    expected, resumed = scalars(ref, "train/lm_loss"), scalars(run, "train/lm_loss")
+    for it in range(5, 9):
+        assert resumed[it] == expected[it], f"iteration {it}: {resumed[it]} != {expected[it]}"
+
+    # iter_4 is a token milestone (4 x 4 x 32 = 512 tokens): kept for good, never pruned.
+    assert json.loads((run / "checkpoints" / "iter_0000004" / "meta.json").read_text())["keep"] is True
+
+    # The TP=2 x PP=2 checkpoint loads into TP=1 (model, optimizer, schedule, data position).
+    ok(pretrain(1, base_args(data_dir, moved, 8) + [
+        "training.eval_interval=0", f"checkpoint.load={run}/checkpoints/iter_0000004"]))
+    moved_lm = scalars(moved, "train/lm_loss")
+    assert sorted(moved_lm) == [5, 6, 7, 8]
+    for it in range(5, 9):
+        assert moved_lm[it] == pytest.approx(expected[it], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- distributed optimizer
+
+def test_distributed_optimizer_exact_resume_after_sigkill(data_dir, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    extra = ["optimizer.distributed=true", "training.eval_interval=0"]
+    ok(pretrain(2, base_args(data_dir, ref, 8) + extra))
+    proc = pretrain(2, base_args(data_dir, run, 8) + extra + ["training.inject_sigkill_after_iter=6"])
+    assert proc.returncode != 0 and latest(run) == "iter_0000004"
+    ok(pretrain(2, base_args(data_dir, run, 8) + extra))
+    expected, resumed = scalars(ref, "train/lm_loss"), scalars(run, "train/lm_loss")
+    for it in range(5, 9):
+        assert resumed[it] == expected[it], f"iteration {it}: {resumed[it]} != {expected[it]}"
+    meta = json.loads((run / "checkpoints" / "iter_0000008" / "meta.json").read_text())
+    assert meta["dp"] == 2
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_config_errors_one_line_each_before_training(data_dir, tmp_path):
+    args = base_args(data_dir, tmp_path / "bad", 10)
+    args += ["parallel.tp=3", "parallel.pp=3", "training.global_batch_size=5",
+             "data.tokenizer.vocab_size=9000", f"data.paths=[{data_dir}/missing_text_document]"]
+    proc = pretrain(1, args, timeout=120)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("config error:")]
+    expected = ["does not divide model.num_attention_heads=4", "does not divide model.num_layers=4",
+                "world size 1 is not divisible by tp x pp = 9",
+                "training.global_batch_size=5 is not divisible by micro_batch_size",
+                "missing_text_document.bin", "missing_text_document.idx",
+                "tokenizer vocabulary 9000 does not fit model.vocab_size=8000",
+                "data.weights has 2 entries for 1 data.paths"]
+    for text in expected:
+        assert sum(text in l for l in lines) == 1, (text, proc.stderr)
+    assert len(lines) == len(expected), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_dry_run_and_cfg_job(data_dir, tmp_path):
+    proc = pretrain(1, base_args(data_dir, tmp_path / "dry", 10) + ["training.dry_run=true",
+                                                                    "model=baichuan2_7b", "parallel=tp2"],
+                    timeout=120)
+    ok(proc)
+    assert "parameters: 7," in proc.stdout and "memory per rank" in proc.stdout
+    proc = pretrain(1, base_args(data_dir, tmp_path / "dry", 10) + ["--cfg", "job"], timeout=120)
+    ok(proc)
+    assert "train_iters: 10" in proc.stdout and "tiny_rope" in proc.stdout
