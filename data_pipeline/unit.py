@@ -68,7 +68,10 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
                     continue
                 size = utf8_len(record.text)
                 for step in steps:
-                    reason, size = step(record, size)
+                    try:
+                        reason, size = step(record, size)
+                    except Exception as err:   # a bug, not bad data: stop, and say where
+                        raise RuntimeError(f"{path}: document {record.id!r}: stage {step.name} failed: {err!r}") from err
                     if reason is not None:
                         excluded[step.name].add({**doc_row(record), "stage": step.name, "reason": reason})
                         break
