@@ -166,8 +166,8 @@ def train(cfg: AppConfig) -> dict:
                                                             "class_path": None, "model_type": "gpt",
                                                             "chat_template": None})
     if run.lowest_merge_frequency is not None and run.lowest_merge_frequency < 2:
-        log.warning("the last merges had frequency %d: the corpus barely supports vocab_size=%d",
-                    run.lowest_merge_frequency, tok.vocab_size)
+        log.warning("the last merges had frequency %d, i.e. they are noise: the sample is too small for "
+                    "vocab_size=%d", run.lowest_merge_frequency, tok.vocab_size)
     log.info("wrote %s: vocab %d, lowest logged merge frequency %s, %.1f s, peak RSS %.2f GB", cfg.out,
              ids["vocab_size"], run.lowest_merge_frequency, run.seconds, run.peak_rss_bytes / 2 ** 30)
     return summary
