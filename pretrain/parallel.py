@@ -58,11 +58,16 @@ def set_seed(seed: int) -> None:
 
 
 def destroy() -> None:
+    """Tear down megatron's groups and the default group. Waits for the other ranks first,
+    except while an exception propagates (they may never arrive: no hang until the timeout)."""
+    import sys
+
     from megatron.core import parallel_state
 
     parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if sys.exc_info()[0] is None:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
