@@ -100,6 +100,9 @@ def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int
     Call after `pretrain.parallel.init_distributed(tp, pp, vpp)`."""
     assert mpu.get_tensor_model_parallel_world_size() == tp, "init_distributed was called with another tp"
     assert mpu.get_pipeline_model_parallel_world_size() == pp, "init_distributed was called with another pp"
+    if sequence_parallel and not uses_transformer_engine(cfg):
+        raise ValueError("sequence parallel needs TransformerEngine layers (RoPE models on GPU); "
+                         "megatron-core's local RMSNorm does not support it")
     config = transformer_config(cfg, tp=tp, pp=pp, vpp=vpp, dtype=dtype,
                                 sequence_parallel=sequence_parallel, recompute=recompute)
     vocab = padded_vocab_size(cfg.vocab_size, tp, cfg.make_vocab_size_divisible_by)
