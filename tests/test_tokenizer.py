@@ -298,3 +298,11 @@ def test_chunked_encoding_equals_sentencepiece(sp):
                                for _ in range(rng.randint(1, 60))) for _ in range(40)]
     texts += ["\nlead", "trail\n", "\n\n", "a" * 5000 + "\n" + "b" * 3000]
     assert encode_texts(sp, texts, nl) == sp.encode(texts)
+
+
+def test_training_is_reproducible(trained, shard_dirs, tmp_path):
+    from tokenizer_training.train import train
+
+    again = train(load_config(["tokenizer=small", f"input=[{shard_dirs}/*]", f"out={tmp_path / 'again'}"]))
+    assert again["sha256"] == trained[1]["sha256"]
+    assert again["sample"] == trained[1]["sample"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from stack_common.atomic import atomic_dir, atomic_write_json, sha256_file
+from stack_common.atomic import atomic_dir, atomic_open, atomic_write_json, sha256_file
 from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
@@ -107,6 +107,20 @@ def run_sentencepiece(options: dict, workdir: Path, log_path: Path, expected_mer
                   merges_logged=len(freqs), lowest_merge_frequency=min(freqs) if freqs else None)
 
 
+def drop_temporary_paths(model_path: Path) -> None:
+    """SentencePiece stores its input and output paths in the model; ours are temporary names,
+    which would make two identical trainings differ byte for byte."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(model_path.read_bytes())
+    del model.trainer_spec.input[:]
+    model.trainer_spec.input.append("train_text.txt")
+    model.trainer_spec.model_prefix = "tokenizer"
+    with atomic_open(model_path, "wb") as fh:
+        fh.write(model.SerializeToString())
+
+
 def special_ids(model_path: Path, tok: TokenizerConfig) -> dict:
     """The ids the rest of the stack relies on, read back from the trained model."""
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
@@ -150,6 +164,7 @@ def train(cfg: AppConfig) -> dict:
         meta = 3 + len(control_symbol_names(tok)) + (256 if tok.byte_fallback else 0)
         run = run_sentencepiece(options, tmp, tmp / "train.log", max(1, tok.vocab_size - meta))
         text_path.unlink()
+        drop_temporary_paths(tmp / "tokenizer.model")
         ids = special_ids(tmp / "tokenizer.model", tok)
         summary = {
             "model": "tokenizer.model", "sha256": sha256_file(tmp / "tokenizer.model"), **ids,
