@@ -54,9 +54,13 @@ def test_vocab_padding_multiple_of_128_times_tp():
     assert padded_vocab_size(1025, 8) == 2048
 
 
-def test_bad_position_embedding_is_rejected():
-    with pytest.raises(ValueError, match="rope or alibi"):
-        ModelConfig(position_embedding_type="learned")
+def test_bad_model_config_lists_every_problem():
+    from stack_common.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        ModelConfig(position_embedding_type="learned", hidden_size=66, num_attention_heads=4)
+    assert len(err.value.problems) == 2
+    assert "rope or alibi" in err.value.problems[0] and "not divisible" in err.value.problems[1]
 
 
 # ----------------------------------------------------------------------------- ALiBi

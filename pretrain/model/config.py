@@ -31,11 +31,22 @@ class ModelConfig:
     attention_backend: str = "auto"          # auto (TransformerEngine when installed) | sdpa | te
 
     def __post_init__(self):
-        if self.position_embedding_type not in ("rope", "alibi"):
-            raise ValueError(f"position_embedding_type={self.position_embedding_type!r} must be rope or alibi")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} not divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
+        from stack_common.config import Checks
+
+        c = Checks()
+        c.require(self.position_embedding_type in ("rope", "alibi"),
+                  f"model.position_embedding_type={self.position_embedding_type!r} must be rope or alibi")
+        if c.require(self.num_attention_heads > 0, "model.num_attention_heads must be > 0"):
+            c.require(self.hidden_size % self.num_attention_heads == 0,
+                      f"model.hidden_size={self.hidden_size} is not divisible by "
+                      f"model.num_attention_heads={self.num_attention_heads}")
+            c.require(self.num_attention_heads % self.query_groups == 0,
+                      f"model.num_query_groups={self.num_query_groups} does not divide "
+                      f"model.num_attention_heads={self.num_attention_heads}")
+        c.require(self.attention_backend in ("auto", "sdpa", "te"),
+                  f"model.attention_backend={self.attention_backend!r} must be auto, sdpa or te")
+        c.require(self.z_loss_coeff >= 0, f"model.z_loss_coeff={self.z_loss_coeff} must be >= 0")
+        c.raise_if_any()
 
     @property
     def head_dim(self) -> int:
