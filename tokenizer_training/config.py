@@ -45,7 +45,9 @@ class TokenizerConfig:
     bos_piece: str = "<s>"                # id 1
     eos_piece: str = "</s>"               # id 2, the end-of-document token
     pad_id: int = 0                       # no pad piece: padding uses <unk> (id 0) as Baichuan 2 does
-    control_symbols: list[ControlBlock] = field(default_factory=list)  # ids 3, 4, ... in order
+    # ids 3, 4, ... in order: <reserved_106> / <reserved_107> land on 195 / 196 as in Baichuan 2
+    control_symbols: list[ControlBlock] = field(default_factory=lambda: [
+        ControlBlock("<unused_{}>", 0, 88), ControlBlock("<reserved_{}>", 2, 200)])
     min_bytes_per_piece: int = 80         # small-corpus guard: text bytes needed per vocabulary piece
     extra: dict[str, Any] = field(default_factory=dict)  # any other SentencePieceTrainer option
 
