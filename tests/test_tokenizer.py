@@ -306,3 +306,14 @@ def test_training_is_reproducible(trained, shard_dirs, tmp_path):
     again = train(load_config(["tokenizer=small", f"input=[{shard_dirs}/*]", f"out={tmp_path / 'again'}"]))
     assert again["sha256"] == trained[1]["sha256"]
     assert again["sample"] == trained[1]["sample"]
+
+
+def test_dataclass_defaults_are_the_baichuan2_config():
+    from tokenizer_training.config import TokenizerConfig
+
+    cfg = load_config([])
+    assert cfg.tokenizer == TokenizerConfig()
+    assert (cfg.tokenizer.vocab_size, cfg.tokenizer.character_coverage, cfg.tokenizer.max_sentencepiece_length) == \
+           (125_696, 0.9999, 32)
+    small = load_config(["tokenizer=small"]).tokenizer
+    assert (small.vocab_size, small.character_coverage) == (8000, 0.995)
