@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-series", help="export every kept checkpoint, named by tokens")
     s.add_argument("run_dir")
     s.add_argument("--out", required=True)
-    s.add_argument("--include-rolling", action="store_true", help="also non-milestone checkpoints")
+    s.add_argument("--milestones-only", action="store_true",
+                   help="only checkpoints kept for good (keep=true), not the rolling ones")
     export_options(s)
 
     s = sub.add_parser("eval-series", help="evaluate every export of a series")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         from .series import export_series
 
         for path in export_series(args.run_dir, args.out, fmt=args.format, dtype=args.dtype,
-                                  tokenizer=args.tokenizer, include_rolling=args.include_rolling,
+                                  tokenizer=args.tokenizer, milestones_only=args.milestones_only,
                                   overwrite=args.overwrite):
             print(path)
     elif args.command == "eval-series":

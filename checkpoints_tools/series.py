@@ -34,19 +34,20 @@ def series_names(tokens: list[int]) -> list[str]:
 
 
 def export_series(run_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dtype: str = "auto",
-                  tokenizer: str | None = None, include_rolling: bool = False,
+                  tokenizer: str | None = None, milestones_only: bool = False,
                   overwrite: bool = False) -> list[Path]:
-    """Export kept (milestone) checkpoints; with include_rolling, every complete one. Exports
-    that already exist are skipped, so the command can follow a running job."""
+    """Export every complete checkpoint the run still keeps on disk (with milestones_only, only
+    those kept for good: keep=true in meta.json). Exports that already exist are skipped, so
+    the command can follow a running job."""
     report = inspect_run(run_dir)
     rows = [r for r in report["checkpoints"] if r["status"] == "ok"]
     for r in report["checkpoints"]:
         if r["status"] != "ok":
             log.warning(f"skipping {r['name']}: {r['problem']}")
-    chosen = [r for r in rows if include_rolling or r.get("keep")]
+    chosen = [r for r in rows if not milestones_only or r.get("keep")]
     if not chosen:
-        raise UserError("no kept checkpoint to export", file=report["checkpoints_dir"],
-                        expected="milestone checkpoints (keep=true in meta.json) or --include-rolling")
+        raise UserError("no complete checkpoint to export" + (" with keep=true" if milestones_only else ""),
+                        file=report["checkpoints_dir"])
     chosen.sort(key=lambda r: r["consumed_tokens"] or 0)
     tokens = [int(r["consumed_tokens"] or 0) for r in chosen]
     if len(set(tokens)) != len(tokens):
@@ -90,30 +91,29 @@ def load_model(export_dir: Path):
     return model, tok
 
 
-def heldout_tokens(tokenizer, text_files: list[str], data_prefixes: list[str], max_tokens: int) -> list[int]:
-    """Token ids of the held-out set: encoded megatron datasets (.bin/.idx) or raw text files."""
-    ids: list[int] = []
-    for prefix in data_prefixes:
+def heldout_sources(text_files, data_prefixes) -> list[tuple[str, str, str]]:
+    """(metric name, kind, path): one perplexity per held-out file, named by its stem."""
+    sources = [(f"ppl/{Path(p).stem}", "text", p) for p in text_files]
+    sources += [(f"ppl/{Path(p.removesuffix('.bin').removesuffix('.idx')).name}", "data", p)
+                for p in data_prefixes]
+    return sources
+
+
+def heldout_tokens(tokenizer, kind: str, path: str, max_tokens: int) -> list[int]:
+    """Token ids of one held-out source: an encoded megatron dataset (.bin/.idx) or a text file."""
+    if kind == "data":
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        prefix = prefix.removesuffix(".bin").removesuffix(".idx")
-        for ext in (".bin", ".idx"):
-            if not Path(prefix + ext).is_file():
-                raise UserError("encoded dataset file missing", file=prefix + ext)
-        ds = IndexedDataset(prefix)
+        ds = IndexedDataset(path.removesuffix(".bin").removesuffix(".idx"))
+        ids: list[int] = []
         for i in range(len(ds)):
             ids.extend(int(t) for t in ds[i])
             if len(ids) >= max_tokens:
-                return ids[:max_tokens]
-    for path in text_files:
-        if not Path(path).is_file():
-            raise UserError("held-out text file does not exist", file=path)
-        if tokenizer is None:
-            raise UserError("perplexity on text needs the tokenizer in the export", file=path)
-        ids.extend(tokenizer(Path(path).read_text(encoding="utf-8"))["input_ids"])
-        if len(ids) >= max_tokens:
-            return ids[:max_tokens]
-    return ids
+                break
+        return ids[:max_tokens]
+    if tokenizer is None:
+        raise UserError("perplexity on text needs the tokenizer in the export", file=path)
+    return tokenizer(Path(path).read_text(encoding="utf-8"))["input_ids"][:max_tokens]
 
 
 def perplexity(model, ids: list[int], seq_length: int) -> float:
@@ -164,15 +164,22 @@ def eval_series(exports_dir: str | Path, out_dir: str | Path | None = None, text
     exports = list_exports(exports_dir)
     if not (text_files or data_prefixes or tasks):
         raise UserError("nothing to evaluate", expected="--text, --data and/or --tasks")
+    for path in text_files:          # every input checked before the first model is loaded
+        if not Path(path).is_file():
+            raise UserError("held-out text file does not exist", file=path)
+    for prefix in data_prefixes:
+        prefix = prefix.removesuffix(".bin").removesuffix(".idx")
+        for ext in (".bin", ".idx"):
+            if not Path(prefix + ext).is_file():
+                raise UserError("encoded dataset file missing", file=prefix + ext)
     rows = []
     for tokens, export in exports:
         row = {"name": export.name, "tokens": tokens}
         if text_files or data_prefixes:
             model, tok = load_model(export)
-            ids = heldout_tokens(tok, list(text_files), list(data_prefixes), max_tokens)
             window = seq_length or min(model.config.max_position_embeddings, 1024)
-            row["heldout/perplexity"] = perplexity(model, ids, window)
-            row["heldout/tokens"] = len(ids)
+            for name, kind, path in heldout_sources(text_files, data_prefixes):
+                row[name] = perplexity(model, heldout_tokens(tok, kind, path, max_tokens), window)
             del model
         if tasks:
             row.update(lm_eval_metrics(export, list(tasks), include_path, limit))

@@ -381,14 +381,14 @@ def test_export_series_and_eval_series(run, tok_model, tmp_path):
     rows = json.loads((out / "series.json").read_text())
     assert [r["tokens"] for r in rows] == [40960, 81920]
     for r, export in zip(rows, sorted(exports.glob("train_*"))):
-        assert 1.0 < r["heldout/perplexity"] < 1e6
+        assert 1.0 < r["ppl/heldout"] < 1e6
         assert r["tiny_arith/acc"] == pytest.approx(own_accuracy(export), abs=1e-9)
-    assert rows[0]["heldout/perplexity"] != rows[1]["heldout/perplexity"]
-    assert (out / "series.csv").read_text().splitlines()[0].startswith("name,tokens,heldout/perplexity")
+    assert rows[0]["ppl/heldout"] != rows[1]["ppl/heldout"]
+    assert (out / "series.csv").read_text().splitlines()[0].startswith("name,tokens,ppl/heldout")
     assert "| train_00041K | 40960 |" in (out / "series.md").read_text()
-    assert (out / "plot_heldout_perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plot_ppl_heldout.png").read_bytes()[:4] == b"\x89PNG"
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
-    events = acc.Scalars("series/heldout/perplexity")
+    events = acc.Scalars("series/ppl/heldout")
     assert [e.step for e in events] == [40960, 81920]
-    assert math.isclose(events[1].value, rows[1]["heldout/perplexity"], rel_tol=1e-6)
+    assert math.isclose(events[1].value, rows[1]["ppl/heldout"], rel_tol=1e-6)
