@@ -379,3 +379,9 @@ def test_ray_executor_matches_local(near_dup_corpus, minhash_run, tmp_path):
     assert _outputs(tmp_path / "ray") == _outputs(minhash_run[0])
     GLOBAL_STAGES["exact_dedup"](src, tmp_path / "local-exact", {}, 1, "local", None)
     assert _outputs(tmp_path / "ray-exact") == _outputs(tmp_path / "local-exact")
+
+
+def test_rerun_with_other_config_is_refused_not_mixed(near_dup_corpus, minhash_run):
+    src, _, _ = near_dup_corpus
+    with pytest.raises(UserError, match="another input or config"):
+        GLOBAL_STAGES["minhash_dedup"](src, minhash_run[0], {"threshold": 0.7}, 1, "local", None)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
 from stack_common.atomic import atomic_write_json, read_json
-from stack_common.config import to_dataclass
+from stack_common.config import as_plain, to_dataclass
 from stack_common.errors import UserError
 from stack_common.shards import ShardFile, ShardWriter, clean_incomplete, iter_file_batches, manifest_schema, \
     read_manifest, shard_paths, write_manifest
@@ -54,12 +54,26 @@ def input_shards(input_dir: Path) -> list[Shard]:
     return shards
 
 
-def clean_work(output_dir: Path) -> None:
-    """Remove temp files a killed run left in the stage's work directories."""
+def prepare_work(input_dir: Path, output_dir: Path, stage: str, conf) -> None:
+    """Pin the work directory to this input and config, and drop temp files of a killed run.
+
+    Resuming reuses every finished artifact, so a rerun with another input or config must not
+    pick them up: that is refused with the way out.
+    """
     work = output_dir / "work"
-    if work.is_dir():
-        for sub in [work, *[d for d in work.iterdir() if d.is_dir()]]:
-            clean_incomplete(sub)
+    manifest = read_manifest(input_dir)
+    identity = {"stage": stage, "config": as_plain(conf),
+                "input": [[f["name"], f["sha256"]] for f in manifest["files"]]}
+    pin = work / "run.json"
+    if pin.is_file():
+        if read_json(pin) != identity:
+            raise UserError(f"{stage} was started here with another input or config; remove the directory "
+                            "or choose a new output to start over", file=output_dir)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(pin, identity)
+    for sub in [work, *[d for d in work.iterdir() if d.is_dir()]]:
+        clean_incomplete(sub)
 
 
 def iter_shard(shard: Shard, columns=None) -> Iterator[pa.RecordBatch]:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .common import Shard, clean_work, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards, \
-    iter_shard, load_config, read_arrow, run_apply, survivor_rank, timed, write_arrow
+from .common import (Shard, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards,
+                     iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed,
+                     write_arrow)
 from .parallel import run_tasks
 from .text import text_digest
 
@@ -60,7 +61,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
-    clean_work(output_dir)
+    prepare_work(input_dir, output_dir, STAGE, conf)
     steps: dict = {}
     todo = [s for s in shards if not (work / "hashes" / f"{s.name}.arrow").is_file()]
     run_tasks(_hash_shard, [(s, work, conf.digest_bytes) for s in todo], workers=workers, executor=executor,

@@ -18,8 +18,8 @@ import pyarrow as pa
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.config import Checks
 
-from .common import Shard, clean_work, ShardOutput, add_annotations, doc_meta, finish_stage, input_shards, iter_shard, \
-    load_config, read_arrow, run_apply, survivor_rank, timed, write_arrow
+from .common import (Shard, ShardOutput, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
+                     load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed, write_arrow)
 from .parallel import run_tasks
 from .text import normalize, split_units, unit_key
 
@@ -142,7 +142,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
-    clean_work(output_dir)
+    prepare_work(input_dir, output_dir, STAGE, conf)
     par = dict(workers=workers, executor=executor, ray_address=ray_address)
     steps: dict = {}
 

@@ -24,8 +24,9 @@ from datasketch import MinHash, MinHashLSH
 
 from stack_common.config import Checks
 
-from .common import Shard, clean_work, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards, \
-    iter_shard, load_config, read_arrow, run_apply, survivor_rank, timed, write_arrow
+from .common import (Shard, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards,
+                     iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed,
+                     write_arrow)
 from .parallel import run_tasks
 from .text import shingle_hashes
 from .unionfind import component_roots
@@ -222,7 +223,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
-    clean_work(output_dir)
+    prepare_work(input_dir, output_dir, STAGE, conf)
     names, firsts = [s.name for s in shards], [s.first_doc for s in shards]
     n_docs = sum(s.rows for s in shards)
     par = dict(workers=workers, executor=executor, ray_address=ray_address)
