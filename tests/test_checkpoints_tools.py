@@ -392,3 +392,54 @@ def test_export_series_and_eval_series(run, tok_model, tmp_path):
     events = acc.Scalars("series/ppl/heldout")
     assert [e.step for e in events] == [40960, 81920]
     assert math.isclose(events[1].value, rows[1]["ppl/heldout"], rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- import inputs
+
+def test_released_baichuan2_layout_is_read(tmp_path):
+    """Released Baichuan 2 checkpoints: pytorch_model*.bin shards with an index, and configs
+    without a position field (13B, 40 layers x 5120, is the ALiBi model)."""
+    from checkpoints_tools.hf_io import arch_from_hf_config
+
+    arch = tiny_arch(vocab=100, padded=128)
+    src = HFCheckpoint(random_hf_dir(tmp_path / "bc", "baichuan", arch))
+    tensors = {name: src.get(name) for name in src.names()}
+    bin_dir = tmp_path / "released"
+    bin_dir.mkdir()
+    shutil.copyfile(src.dir / "config.json", bin_dir / "config.json")
+    names = sorted(tensors)
+    halves = [names[: len(names) // 2], names[len(names) // 2:]]
+    weight_map = {}
+    for i, part in enumerate(halves, start=1):
+        file = f"pytorch_model-0000{i}-of-00002.bin"
+        torch.save({n: tensors[n] for n in part}, bin_dir / file)
+        weight_map.update({n: file for n in part})
+    (bin_dir / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    released = HFCheckpoint(bin_dir)
+    assert all(torch.equal(released.get(n), tensors[n]) for n in names)
+    config_13b = {"model_type": "baichuan", "hidden_size": 5120, "num_hidden_layers": 40,
+                  "num_attention_heads": 40, "intermediate_size": 13696, "vocab_size": 125696,
+                  "model_max_length": 4096, "rms_norm_eps": 1e-6}
+    assert arch_from_hf_config(config_13b, "13b").position == "alibi"
+    assert arch_from_hf_config({**config_13b, "hidden_size": 4096, "num_hidden_layers": 32,
+                                "num_attention_heads": 32, "intermediate_size": 11008}, "7b").position == "rope"
+
+
+def test_import_rejects_bad_inputs_before_starting_processes(tmp_path):
+    from stack_common.errors import ConfigError
+
+    from checkpoints_tools.import_hf import import_hf
+
+    src = random_hf_dir(tmp_path / "bc", "baichuan", tiny_arch(vocab=100, padded=128))
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(UserError, match="target directory exists"):
+        import_hf(src, tmp_path / "exists")
+    with pytest.raises(ConfigError, match="--tp 3 does not divide heads=4"):
+        import_hf(src, tmp_path / "out", tp=3)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
+    with pytest.raises(UserError, match="gate_proj.weight.*config.json implies"):
+        import_hf(src, tmp_path / "out")
+    res = _cli("import-hf", tmp_path / "nowhere", "--out", tmp_path / "out")
+    assert res.returncode == 2 and "config.json is missing" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bc", "exists"]
