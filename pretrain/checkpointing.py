@@ -290,18 +290,15 @@ def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:
 
 
 def check_vocab(meta: dict, model_chunks) -> None:
-    """dist_checkpointing would silently load a slice of a larger (differently padded) table."""
+    """The tokenizer vocabulary must match; the TP padding may differ (padded rows are masked
+    in the loss, and the embedding / output tables load with megatron's shape-mismatch rule)."""
     from stack_common.errors import UserError
 
-    first = unwrap(model_chunks[0])
-    embedding = getattr(getattr(first, "embedding", None), "word_embeddings", None)
-    if embedding is None:
-        return
-    padded = getattr(embedding, "num_embeddings", None)
-    if padded is not None and meta.get("padded_vocab_size") not in (None, padded):
-        raise UserError(f"checkpoint vocabulary is padded to {meta['padded_vocab_size']} rows, this "
-                        f"layout pads to {padded}", file=str(meta.get("_dir", "meta.json")),
-                        field="padded_vocab_size", expected="a TP size that pads the vocabulary the same way")
+    vocab = getattr(unwrap(model_chunks[0]), "baichuan", None)
+    vocab = getattr(vocab, "vocab_size", None)
+    if vocab is not None and meta.get("vocab_size") not in (None, vocab):
+        raise UserError(f"checkpoint was trained with vocabulary {meta['vocab_size']}, the model has {vocab}",
+                        file="meta.json", field="vocab_size", expected="the same tokenizer")
 
 
 def init_distributed_optimizer_state(optimizer) -> None:

@@ -115,47 +115,47 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 # ----------------------------------------------------------------------------- TP=1
 
 def test_tp1_nan_tags_crash_in_save_and_exact_resume(data_dir, tmp_path):
+    """One run of 12 steps is killed in the middle of its save at step 8 (after logging steps
+    1-8); the resumed run redoes 5-8 from iter_4 and must match the first run bitwise."""
     from pretrain.monitoring import TRAIN_TAGS, VALID_TAGS
 
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    drill = ["training.inject_nan_iters=[3]"]
-    ok(pretrain(1, base_args(data_dir, ref, 12) + drill))
-
-    # The NaN at iteration 3 is skipped and counted; every documented tag is there and sane.
-    lm = scalars(ref, "train/lm_loss")
-    assert sorted(lm) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]     # NaN points are not plotted
-    assert scalars(ref, "train/skipped_steps")[12] == 1
-    for tag in TRAIN_TAGS + VALID_TAGS:
-        assert scalars(ref, tag), f"missing TensorBoard tag {tag}"
-    assert scalars(ref, "progress/consumed_tokens")[12] == 12 * 4 * 32
-    assert scalars(ref, "progress/consumed_samples")[12] == 48
-    lr = scalars(ref, "train/learning_rate")
-    assert lr[1] == 0.0 and lr[2] == pytest.approx(1.5e-3, rel=1e-6)          # linear warmup
-    assert lr[4] == pytest.approx(3e-3, rel=1e-6) and 3e-4 < lr[12] < lr[8] < lr[4]   # cosine
-    valid = scalars(ref, "valid/lm_loss")
-    assert sorted(valid) == [0, 4, 8, 12] and valid[12] < valid[0]
-    assert scalars(ref, "valid/perplexity")[12] == pytest.approx(math.exp(valid[12]), rel=1e-5)
-    assert all(v > 0 for v in scalars(ref, "throughput/tokens_per_sec").values())
-    assert 0 < scalars(ref, "train/grad_norm")[12] < 100
-    assert lm[12] < lm[1]
-
-    # Kill the process in the middle of the save at iteration 8: iter_4 stays in force.
-    proc = pretrain(1, base_args(data_dir, run, 12) + drill + ["training.inject_sigkill_in_save_iter=8"])
+    run = tmp_path / "run"
+    args = base_args(data_dir, run, 12) + ["training.inject_nan_iters=[3]"]
+    proc = pretrain(1, args + ["training.inject_sigkill_in_save_iter=8"])
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert latest(run) == "iter_0000004"
     assert (run / "checkpoints" / ".iter_0000008.tmp").is_dir()
     assert not (run / "checkpoints" / "iter_0000008").exists()
+    first = scalars(run, "train/lm_loss")
+    first_norm = scalars(run, "train/grad_norm")
+    assert sorted(first) == [1, 2, 4, 5, 6, 7, 8]       # the NaN at 3 is skipped, not plotted
 
-    # Auto-resume picks iter_4, removes the torn save, and continues to the same losses bitwise.
-    proc = pretrain(1, base_args(data_dir, run, 12) + drill)
+    # Auto-resume picks iter_4, removes the torn save, and continues to the same numbers bitwise.
+    proc = pretrain(1, args)
     ok(proc)
     assert "loaded" in proc.stderr and "iter_0000004" in proc.stderr
     assert not (run / "checkpoints" / ".iter_0000008.tmp").exists()
-    resumed = scalars(run, "train/lm_loss")
-    for it in range(5, 13):
-        assert resumed[it] == lm[it], f"iteration {it}: {resumed[it]} != {lm[it]}"
-    assert scalars(run, "train/grad_norm")[12] == scalars(ref, "train/grad_norm")[12]
+    lm = scalars(run, "train/lm_loss")
+    assert sorted(lm) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    for it in range(5, 9):
+        assert lm[it] == first[it], f"iteration {it}: {lm[it]} != {first[it]}"
+        assert scalars(run, "train/grad_norm")[it] == first_norm[it]
+
+    # Every documented tag is there with sane values; the NaN step is counted.
+    for tag in TRAIN_TAGS + VALID_TAGS:
+        assert scalars(run, tag), f"missing TensorBoard tag {tag}"
     assert scalars(run, "train/skipped_steps")[12] == 1
+    assert scalars(run, "progress/consumed_tokens")[12] == 12 * 4 * 32
+    assert scalars(run, "progress/consumed_samples")[12] == 48
+    lr = scalars(run, "train/learning_rate")
+    assert lr[1] == 0.0 and lr[2] == pytest.approx(1.5e-3, rel=1e-6)          # linear warmup
+    assert lr[4] == pytest.approx(3e-3, rel=1e-6) and 3e-4 < lr[12] < lr[8] < lr[4]   # cosine
+    valid = scalars(run, "valid/lm_loss")
+    assert sorted(valid) == [0, 4, 8, 12] and valid[12] < valid[0]
+    assert scalars(run, "valid/perplexity")[12] == pytest.approx(math.exp(valid[12]), rel=1e-5)
+    assert all(v > 0 for v in scalars(run, "throughput/tokens_per_sec").values())
+    assert 0 < scalars(run, "train/grad_norm")[12] < 100 and lm[12] < lm[1]
+    assert scalars(run, "train/param_norm")[12] > 0
 
     meta = json.loads((run / "checkpoints" / "iter_0000012" / "meta.json").read_text())
     assert meta["iteration"] == 12 and meta["consumed_samples"] == 48
@@ -193,19 +193,28 @@ def test_sigterm_saves_and_exits_with_requeue_code(data_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- TP=2 x PP=2
 
-def test_tp2_pp2_exact_resume_after_sigkill_and_layout_change(data_dir, tmp_path):
-    ref, run, moved = tmp_path / "ref", tmp_path / "run", tmp_path / "moved"
-    layout = ["parallel=tp2_pp2", "training.eval_interval=0", "checkpoint.milestone_tokens=[512]"]
-    ok(pretrain(4, base_args(data_dir, ref, 8) + layout))
-    proc = pretrain(4, base_args(data_dir, run, 8) + layout + ["training.inject_sigkill_after_iter=6"])
-    assert proc.returncode != 0 and latest(run) == "iter_0000004"
-    ok(pretrain(4, base_args(data_dir, run, 8) + layout))
-    expected, resumed = scalars(ref, "train/lm_loss"), scalars(run, "train/lm_loss")
-    for it in range(5, 9):
-        assert resumed[it] == expected[it], f"iteration {it}: {resumed[it]} != {expected[it]}"
+def killed_then_resumed(nproc: int, args: list[str]) -> tuple[dict, dict]:
+    """Run 8 steps, SIGKILL every rank after step 7 (checkpoint at 4), resume to 8.
+    Returns the lm losses of the first run and of the run directory after the resume."""
+    proc = pretrain(nproc, args + ["training.inject_sigkill_after_iter=7"])
+    run = Path(next(a.split("=", 1)[1] for a in args if a.startswith("checkpoint.dir=")))
+    assert proc.returncode != 0 and latest(run) == "iter_0000004", proc.stderr[-3000:]
+    first = scalars(run, "train/lm_loss")
+    assert sorted(first) == list(range(1, 8))
+    ok(pretrain(nproc, args))
+    return first, scalars(run, "train/lm_loss")
 
+
+def test_tp2_pp2_exact_resume_after_sigkill_and_layout_change(data_dir, tmp_path):
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    args = base_args(data_dir, run, 8) + ["parallel=tp2_pp2", "training.eval_interval=0",
+                                          "checkpoint.milestone_tokens=[512]"]
+    first, resumed = killed_then_resumed(4, args)
+    for it in range(5, 8):
+        assert resumed[it] == first[it], f"iteration {it}: {resumed[it]} != {first[it]}"
     # iter_4 is a token milestone (4 x 4 x 32 = 512 tokens): kept for good, never pruned.
     assert json.loads((run / "checkpoints" / "iter_0000004" / "meta.json").read_text())["keep"] is True
+    assert latest(run) == "iter_0000008"
 
     # The TP=2 x PP=2 checkpoint loads into TP=1 (model, optimizer, schedule, data position).
     ok(pretrain(1, base_args(data_dir, moved, 8) + [
@@ -213,23 +222,19 @@ def test_tp2_pp2_exact_resume_after_sigkill_and_layout_change(data_dir, tmp_path
     moved_lm = scalars(moved, "train/lm_loss")
     assert sorted(moved_lm) == [5, 6, 7, 8]
     for it in range(5, 9):
-        assert moved_lm[it] == pytest.approx(expected[it], abs=1e-5)
+        assert moved_lm[it] == pytest.approx(resumed[it], abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- distributed optimizer
 
 def test_distributed_optimizer_exact_resume_after_sigkill(data_dir, tmp_path):
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    extra = ["optimizer.distributed=true", "training.eval_interval=0"]
-    ok(pretrain(2, base_args(data_dir, ref, 8) + extra))
-    proc = pretrain(2, base_args(data_dir, run, 8) + extra + ["training.inject_sigkill_after_iter=6"])
-    assert proc.returncode != 0 and latest(run) == "iter_0000004"
-    ok(pretrain(2, base_args(data_dir, run, 8) + extra))
-    expected, resumed = scalars(ref, "train/lm_loss"), scalars(run, "train/lm_loss")
-    for it in range(5, 9):
-        assert resumed[it] == expected[it], f"iteration {it}: {resumed[it]} != {expected[it]}"
+    run = tmp_path / "run"
+    args = base_args(data_dir, run, 8) + ["optimizer.distributed=true", "training.eval_interval=0"]
+    first, resumed = killed_then_resumed(2, args)
+    for it in range(5, 8):
+        assert resumed[it] == first[it], f"iteration {it}: {resumed[it]} != {first[it]}"
     meta = json.loads((run / "checkpoints" / "iter_0000008" / "meta.json").read_text())
-    assert meta["dp"] == 2
+    assert meta["dp"] == 2 and meta["config"]["optimizer"]["distributed"] is True
 
 
 # ----------------------------------------------------------------------------- config
