@@ -29,6 +29,8 @@ class Demo:
     small: bool
     train_iters: int
     results: list = field(default_factory=list)
+    generations: list = field(default_factory=list)
+    export: Path | None = None
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
@@ -101,14 +103,89 @@ def tokenizer(demo: Demo) -> None:
               f"out={demo.path('tokens')}", "encode.workers=2"])
 
 
-STEPS: list = [raw_web, data_pipeline, tokenizer]
+def pretrain(demo: Demo) -> None:
+    tokens = demo.path("tokens")
+    tokens_per_iter = 16 * 128  # training=tiny: global batch 16, model=tiny_rope: sequence 128
+    demo.run("pretraining: tiny Baichuan 2 (RoPE, NormHead, max-z loss), TP=2 on two processes",
+             [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pretrain",
+              "model=tiny_rope", "parallel=tp2", "training=tiny", "optimizer=tiny",
+              f"data.paths=[{tokens}/zh_text_document,{tokens}/en_text_document]", "data.weights=[0.5,0.5]",
+              f"checkpoint.dir={demo.path('run')}", f"training.train_iters={demo.train_iters}",
+              f"training.eval_interval={demo.train_iters // 4}",
+              f"checkpoint.save_interval={demo.train_iters // 4}",
+              f"checkpoint.milestone_every_tokens={demo.train_iters // 4 * tokens_per_iter}"],
+             env={"OMP_NUM_THREADS": "1"})
+
+
+def checkpoints(demo: Demo) -> None:
+    run, exports = demo.path("run"), demo.path("exports")
+    demo.run("checkpoints: inspect the run", [PY, "-m", "checkpoints_tools", "inspect", str(run)])
+    demo.run("checkpoints: export the milestone series to Hugging Face (llama format)",
+             [PY, "-m", "checkpoints_tools", "export-series", str(run), "--out", str(exports)])
+    demo.run("checkpoints: evaluate the series on held-out text (perplexity vs tokens, plot)",
+             [PY, "-m", "checkpoints_tools", "eval-series", str(exports),
+              "--text", str(demo.path("raw", "heldout-en.txt")), str(demo.path("raw", "heldout-zh.txt"))])
+
+
+def generate(demo: Demo) -> None:
+    """Load the last export with plain transformers and continue a Chinese and an English prompt."""
+    print("\n=== transformers: load the last export and generate", flush=True)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.time()
+    last = sorted(p for p in demo.path("exports").iterdir() if p.name.startswith("train_"))[-1]
+    tok = AutoTokenizer.from_pretrained(last)
+    model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32).eval()
+    demo.generations = []
+    for prompt in ("床前明月光，", "To be, or not to be"):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
+        text = tok.decode(out[0][ids.shape[1]:], skip_special_tokens=True)
+        demo.generations.append((prompt, text))
+        print(f"  {prompt!r} -> {text!r}")
+    demo.export = last
+    demo.results.append(("transformers: load the last export and generate", time.time() - start))
+
+
+STEPS: list = [raw_web, data_pipeline, tokenizer, pretrain, checkpoints, generate]
 
 
 def print_summary(demo: Demo, seconds: float) -> None:
-    print("\n" + "=" * 72)
-    print(f"demo finished in {seconds / 60:.1f} min; outputs under {demo.out}")
-    for title, secs in demo.results:
-        print(f"  {secs:7.1f}s  {title}")
+    data = read_json(demo.path("clean", "stats.json"))
+    tok = read_json(demo.path("tokens", "encode_summary.json"))
+    report = read_json(demo.path("tokenizer_report", "eval_report.json"))
+    evals = read_json(demo.path("exports", "eval", "series.json"))
+    print("\n" + "=" * 78)
+    print(f"demo finished in {seconds / 60:.1f} min; every output is under {demo.out}")
+    print(f"  data pipeline : {data['records_read']} records -> {data['docs_kept']} kept, "
+          f"{data['docs_excluded']} excluded (per stage and reason in clean/stats.json), "
+          f"{data['quarantined']} quarantined;  funnel: clean/funnel.png")
+    print(f"  tokenizer     : {summarize_report(report)};  report: tokenizer_report/eval_report.md")
+    print("  encoded       : " + ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in tok["outputs"].items())
+          + ";  indexed datasets: tokens/")
+    print(f"  pretraining   : {summarize_series(evals)};  checkpoints: run/checkpoints")
+    print(f"  exports       : {len([p for p in demo.path('exports').iterdir() if p.name.startswith('train_')])} "
+          f"Hugging Face dirs in exports/ (plot: exports/eval/)")
+    for prompt, text in demo.generations:
+        print(f"  generate      : {prompt!r} -> {text!r}")
+    print(f"  TensorBoard   : tensorboard --logdir {demo.path('run', 'tensorboard')}")
+    print("  stage times   : " + ", ".join(f"{secs:.0f}s" for _, secs in demo.results) + " (in the order run)")
+
+
+def summarize_report(report: dict) -> str:
+    model = next(iter(report["tokenizers"].values()))
+    rates = ", ".join(f"{lang} {v['compression_rate']:.3f}" for lang, v in model["by_language"].items())
+    return f"{model['vocab_size']:,} pieces, compression rate {rates}"
+
+
+def summarize_series(evals) -> str:
+    rows = evals["rows"] if isinstance(evals, dict) else evals
+    first, last = rows[0], rows[-1]
+    ppl = [k for k in first if k.startswith("ppl/")]
+    return "held-out perplexity " + ", ".join(
+        f"{k.removeprefix('ppl/heldout-')} {first[k]:.0f} -> {last[k]:.0f}" for k in ppl) + \
+        f" ({first['tokens']:,} -> {last['tokens']:,} tokens)"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `data/sample/{en,zh,code}.parquet` hold real, redistributable text (see SOURCES.md).
 `build_raw_web(out_dir)` turns it into what a crawl looks like: the clean documents mixed
 with boilerplate lines, spam pages, exact and near duplicates and a few malformed records,
-written as JSONL shards (plain and gzip). Fixed seed: the same bytes every time.
+written as JSONL shards (plain and gzip), plus `heldout-<lang>.txt`: clean documents kept out
+of the raw layer for evaluation. Fixed seed: the same bytes every time.
 
     python -m stack_common.sample_corpus OUT_DIR
 """
@@ -70,11 +71,27 @@ def _spam(lang: str, rng: random.Random) -> str:
     return "\n".join(rng.choice(pool) for _ in range(rng.randint(5, 15)))
 
 
+HELDOUT_DOCS = {"en": 8, "zh": 24}
+
+
+def split_heldout(seed: int) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
+    """Clean documents per language, minus a few set aside as held-out evaluation text."""
+    rng = random.Random(seed + 1)
+    kept, heldout = {}, {}
+    for lang in LANGS:
+        docs = load_clean(lang)
+        picked = set(rng.sample(range(len(docs)), HELDOUT_DOCS.get(lang, 0)))
+        heldout[lang] = [d["text"] for i, d in enumerate(docs) if i in picked]
+        kept[lang] = [d for i, d in enumerate(docs) if i not in picked]
+    return kept, heldout
+
+
 def raw_records(seed: int = 1234) -> list[dict]:
     rng = random.Random(seed)
     records = []
+    clean, _ = split_heldout(seed)
     for lang in LANGS:
-        for doc in load_clean(lang):
+        for doc in clean[lang]:
             kind = "clean"
             text = doc["text"]
             if lang != "code" and rng.random() < 0.3:
@@ -121,6 +138,10 @@ def build_raw_web(out_dir: str | Path, seed: int = 1234, n_shards: int = 4) -> l
         with atomic_open(path, "wb") as fh:
             fh.write(gzip.compress(data, mtime=0) if s % 2 else data)
         paths.append(path)
+    for lang, texts in split_heldout(seed)[1].items():
+        if texts:  # never part of the raw layer: honest held-out text for evaluation
+            with atomic_open(out / f"heldout-{lang}.txt", "w", encoding="utf-8") as fh:
+                fh.write("\n\n".join(texts) + "\n")
     kinds: dict[str, int] = {}
     for r in records:
         kinds[r["meta"]["kind"]] = kinds.get(r["meta"]["kind"], 0) + 1
