@@ -1,0 +1,101 @@
+"""In-process checks of the pretraining run's parts: data order, checkpoint discovery, loss
+watch, Slurm environment, config composition."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+def test_microbatches_partition_global_batches_and_continue_exactly():
+    from pretrain.data import microbatches
+
+    dataset = [{"tokens": torch.tensor([i])} for i in range(40)]
+    mbs, dp, gbs = 2, 2, 8
+    per_rank = [list(microbatches(dataset, 0, mbs, r, dp)) for r in range(dp)]
+    # Iteration 0 covers samples 0..7 exactly once across ranks and microbatches.
+    first_iter = sorted(int(t) for r in range(dp) for b in per_rank[r][:gbs // (mbs * dp)]
+                        for t in b["tokens"].flatten())
+    assert first_iter == list(range(8))
+    # Starting at consumed_samples = 16 gives what a run that never stopped reads next.
+    for r in range(dp):
+        resumed = list(microbatches(dataset, 16, mbs, r, dp))
+        skipped = (16 // (mbs * dp))
+        assert [b["tokens"].tolist() for b in resumed] == [b["tokens"].tolist() for b in per_rank[r][skipped:]]
+
+
+def test_find_latest_falls_back_when_pointer_names_a_torn_checkpoint(tmp_path):
+    from pretrain.checkpointing import find_latest
+
+    root = tmp_path / "checkpoints"
+    for it, complete in ((100, True), (200, True), (300, False)):
+        d = root / f"iter_{it:07d}"
+        d.mkdir(parents=True)
+        (d / "metadata.json").write_text("{}")
+        if complete:
+            (d / "meta.json").write_text(json.dumps({"iteration": it}))
+    assert find_latest(root).name == "iter_0000200"          # no pointer: newest complete
+    (root / "latest").write_text("iter_0000100\n")
+    assert find_latest(root).name == "iter_0000100"          # the pointer wins
+    (root / "latest").write_text("iter_0000300\n")
+    assert find_latest(root).name == "iter_0000200"          # pointer to an incomplete dir
+    assert find_latest(tmp_path / "none") is None
+
+
+def test_loss_watch_counts_nonfinite_in_a_row_and_spikes():
+    from pretrain.faults import LossWatch
+
+    watch = LossWatch(max_in_row=2, spike_factor=2.0, window=20)
+    for _ in range(12):
+        assert not watch.nonfinite(3.0) and not watch.is_spike(3.0)
+    assert watch.is_spike(7.0) and watch.spikes == 1
+    assert not watch.is_spike(5.0)
+    assert watch.nonfinite(float("nan")) and not watch.too_many()
+    assert watch.nonfinite(float("inf")) and watch.too_many()
+    assert not watch.nonfinite(2.0) and watch.in_row == 0
+
+
+def test_slurm_environment_without_torchrun(monkeypatch):
+    from pretrain.__main__ import export_slurm_env, first_host
+
+    assert first_host("gpu[012-015,020],cpu1") == "gpu012"
+    assert first_host("node7,node8") == "node7"
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[3-4]")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    export_slurm_env()
+    import os
+
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("5", "16", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu3" and os.environ["MASTER_PORT"] == str(20000 + 4242)
+
+
+@pytest.mark.parametrize("groups", [
+    ["model=baichuan2_7b", "optimizer=baichuan2_7b", "training=baichuan2_7b", "parallel=tp2"],
+    ["model=baichuan2_13b", "optimizer=baichuan2_13b", "hydra/launcher=submitit_slurm"],
+])
+def test_shipped_configs_compose_and_type_check(groups):
+    from hydra import compose, initialize_config_dir
+
+    from pretrain.config import (CheckpointConfig, DataConfig, LoggingConfig, OptimizerConfig,
+                                 TrainingConfig, parallel_from_cfg)
+    from stack_common.config import config_dir, to_dataclass
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=groups, return_hydra_config=True)
+    opt = to_dataclass(cfg.optimizer, OptimizerConfig)
+    assert (opt.beta1, opt.beta2, opt.eps, opt.weight_decay, opt.clip_grad) == (0.9, 0.95, 1e-8, 0.1, 0.5)
+    assert opt.lr == (2e-4 if "model=baichuan2_7b" in groups else 1.5e-4)
+    for node, cls in ((cfg.training, TrainingConfig), (cfg.data, DataConfig),
+                      (cfg.checkpoint, CheckpointConfig), (cfg.logging, LoggingConfig)):
+        to_dataclass(node, cls)
+    assert parallel_from_cfg(cfg.parallel).tp == (2 if "parallel=tp2" in groups else 1)
+    if "hydra/launcher=submitit_slurm" in groups:
+        launcher = cfg.hydra.launcher
+        assert launcher.nodes == 1 and launcher.gpus_per_node == 8 and launcher.tasks_per_node == 8
+        assert launcher.timeout_min > 0
