@@ -141,11 +141,15 @@ def pad_vocab(weight: torch.Tensor, padded_vocab_size: int) -> torch.Tensor:
     return torch.cat([weight, weight.new_zeros(extra, weight.shape[1])]) if extra else weight
 
 
-def normalize_rows(weight: torch.Tensor) -> torch.Tensor:
+def normalize_rows(weight: torch.Tensor, block_rows: int = 8192) -> torch.Tensor:
     """NormHead folded into a plain linear head: each row divided by its L2 norm (in fp32).
-    Idempotent, so a model loaded, saved and exported again keeps the same function."""
-    w32 = weight.float()
-    return (w32 / w32.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(weight.dtype)
+    Idempotent, so a model loaded, saved and exported again keeps the same function.
+    Done in row blocks so that the fp32 temporaries stay small next to a 125k-row head."""
+    out = torch.empty_like(weight)
+    for start in range(0, weight.shape[0], block_rows):
+        w32 = weight[start:start + block_rows].float()
+        out[start:start + block_rows] = w32 / w32.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return out
 
 
 # ----------------------------------------------------------------------------- TP slicing
