@@ -98,7 +98,8 @@ def build_optimizer(chunks: list, lr: float = 3e-3, distributed: bool = False):
 
 def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3,
                  global_batch: int = 8, micro_batch_size: int = 2, save_to: str | None = None,
-                 distributed_optimizer: bool = False, recompute: bool = False) -> list:
+                 distributed_optimizer: bool = False, recompute: bool = False,
+                 overlap_grad_reduce: bool = False) -> list:
     """Inside an initialized process group: build, load `weights`, train `steps` AdamW steps.
     Returns one metrics dict per step (same on every rank)."""
     from megatron.core import parallel_state as mpu
@@ -108,7 +109,7 @@ def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3
 
     init_layout(tp, pp, vpp)
     chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, distributed_optimizer=distributed_optimizer,
-                         recompute=recompute)
+                         recompute=recompute, overlap_grad_reduce=overlap_grad_reduce)
     if save_to:
         save_weights(chunks, save_to)
     if weights:
@@ -125,7 +126,8 @@ def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3
 
 def parity_worker(rank: int, world: int, runs: list) -> dict:
     """Run every (name, cfg, weights, (tp, pp, vpp, *options)) in these processes, in turn;
-    options: "distopt" (distributed optimizer), "recompute" (full activation recomputation)."""
+    options: "distopt" (distributed optimizer), "recompute" (full activation recomputation),
+    "overlap" (DP grad reduction overlapped with the backward)."""
     from pretrain.parallel import destroy
 
     results = {}
@@ -134,7 +136,8 @@ def parity_worker(rank: int, world: int, runs: list) -> dict:
             tp, pp, vpp = layout[:3]
             results[(name, *layout)] = train_layout(cfg, tp, pp, vpp, weights,
                                                     distributed_optimizer="distopt" in layout[3:],
-                                                    recompute="recompute" in layout[3:])
+                                                    recompute="recompute" in layout[3:],
+                                                    overlap_grad_reduce="overlap" in layout[3:])
     finally:
         destroy()
     return results

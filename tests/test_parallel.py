@@ -9,7 +9,7 @@ TOL = 1e-5
 METRICS = ("lm_loss", "z_loss", "total_loss", "max_logit", "grad_norm")
 
 # (config, tp, pp, vpp) per launch; DP = world / (tp x pp).
-TWO_PROCESSES = {"rope": [(2, 1, None), (1, 2, None), (1, 1, None), (1, 1, None, "distopt")],
+TWO_PROCESSES = {"rope": [(2, 1, None), (1, 2, None), (1, 1, None), (1, 1, None, "distopt", "overlap")],
                  "alibi": [(2, 1, None), (2, 1, None, "recompute")]}
 FOUR_PROCESSES = {"rope": [(2, 2, None), (1, 2, 2)], "alibi": [(2, 2, 2)]}
 
@@ -53,9 +53,9 @@ def assert_same_training(history: list, reference: list):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,layout", [("rope", (2, 1, None)), ("rope", (1, 2, None)),
-                                         ("rope", (1, 1, None)), ("rope", (1, 1, None, "distopt")),
+                                         ("rope", (1, 1, None)), ("rope", (1, 1, None, "distopt", "overlap")),
                                          ("alibi", (2, 1, None)), ("alibi", (2, 1, None, "recompute"))],
-                         ids=["tp2", "pp2", "dp2", "dp2-distributed-optimizer", "alibi-tp2",
+                         ids=["tp2", "pp2", "dp2", "dp2-distributed-optimizer-overlap", "alibi-tp2",
                               "alibi-tp2-recompute"])
 def test_two_process_layouts_match_tp1(two_process_runs, reference, name, layout):
     assert_same_training(two_process_runs[(name, *layout)], reference[name])
