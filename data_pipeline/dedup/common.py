@@ -9,6 +9,7 @@ Layout of a stage's output directory:
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
-from stack_common.atomic import atomic_write_json, read_json
+from stack_common.atomic import atomic_path, atomic_write_json, read_json, tmp_name_for
 from stack_common.config import as_plain, to_dataclass
 from stack_common.errors import UserError
 from stack_common.shards import ShardFile, ShardWriter, clean_incomplete, iter_file_batches, manifest_schema, \
@@ -133,11 +134,39 @@ def read_arrow(path: Path) -> pa.Table:
 
 def write_arrow(path: Path, table: pa.Table, compression: str | None = "zstd") -> None:
     """One Arrow IPC file, written under a temp name and renamed (work artifacts)."""
-    from stack_common.atomic import atomic_path
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
             w.write_table(table)
+
+
+class ArrowFileWriter:
+    """One Arrow IPC file written batch by batch under a temp name; renamed when the block exits
+    without an error (the file then holds every batch), removed otherwise."""
+
+    def __init__(self, path: Path, schema: pa.Schema, compression: str | None = "zstd"):
+        self.path, self.schema, self.compression = Path(path), schema, compression
+
+    def __enter__(self) -> "ArrowFileWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_name_for(self.path)
+        self.sink = pa.OSFile(str(self.tmp), "wb")
+        self.writer = pa.ipc.new_file(self.sink, self.schema,
+                                      options=pa.ipc.IpcWriteOptions(compression=self.compression))
+        return self
+
+    def write(self, columns: dict) -> None:
+        self.writer.write_batch(pa.record_batch(columns, schema=self.schema))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.writer.close()
+        self.sink.close()
+        if exc_type is None:
+            with open(self.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
 
 
 def add_annotations(raw: str | None, extra: dict) -> str:

@@ -14,6 +14,7 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed):
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,9 @@ from datasketch import MinHash, MinHashLSH
 
 from stack_common.config import Checks
 
-from .common import (Shard, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards,
-                     iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed,
-                     write_arrow)
+from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage,
+                     input_shards, iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank,
+                     timed, write_arrow)
 from .parallel import run_tasks
 from .text import shingle_hashes
 from .unionfind import component_roots
@@ -92,38 +93,38 @@ def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarr
 
 
 def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, rows: int) -> None:
-    metas, sig_parts, shingle_parts, doc_parts, key_parts = [], [], [], [], []
-    row = 0
-    for batch in iter_shard(shard, ["id", "text", "quality_score"]):
-        sets = [np.unique(shingle_hashes(t or "", conf.ngram)) for t in batch.column("text").to_pylist()]
-        sig = signatures(sets, conf.num_perm, conf.seed)
-        has = np.array([len(s) > 0 for s in sets], dtype=bool)
-        metas.append(pa.table({**doc_meta(batch), "n_shingles": pa.array([len(s) for s in sets], pa.int64())}))
-        sig_parts.append(sig)
-        shingle_parts.extend(sets)
-        doc_parts.append(shard.first_doc + row + np.flatnonzero(has))
-        key_parts.append(band_keys(sig[has], bands, rows))
-        row += batch.num_rows
-    sig = np.concatenate(sig_parts) if sig_parts else np.zeros((0, conf.num_perm), np.uint32)
-    offsets = np.zeros(len(shingle_parts) + 1, dtype=np.int64)
-    np.cumsum([len(s) for s in shingle_parts], out=offsets[1:])
-    values = np.concatenate(shingle_parts) if shingle_parts else np.zeros(0, np.uint32)
-    shingle_table = pa.table({"shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))})
-    keys = np.concatenate(key_parts) if key_parts else np.zeros((0, bands), np.uint64)
-    key_table = pa.table({"doc": np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int64),
-                          **{f"band_{j}": keys[:, j] for j in range(bands)}})
-    # Uncompressed, so later steps memory-map single columns and rows without decoding the file.
-    write_arrow(work / "shingles" / f"{shard.name}.arrow", shingle_table, compression=None)
-    write_arrow(work / "bands" / f"{shard.name}.arrow", key_table, compression=None)
-    meta = pa.concat_tables(metas) if metas else None
-    sig_table = (meta if meta is not None else _empty_meta()).append_column(
-        "signature", pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), conf.num_perm))
-    write_arrow(work / "signatures" / f"{shard.name}.arrow", sig_table)   # last: marks the shard done
+    """Signatures, band keys and shingle sets of one shard, streamed batch by batch."""
+    schemas = _work_schemas(conf.num_perm, bands)
+    with contextlib.ExitStack() as stack:
+        # Shingles and bands uncompressed: later steps memory-map single columns and rows.
+        out = {name: stack.enter_context(ArrowFileWriter(work / name / f"{shard.name}.arrow", schemas[name],
+                                                         compression=None if name != "signatures" else "zstd"))
+               for name in ("signatures", "bands", "shingles")}
+        row = shard.first_doc
+        for batch in iter_shard(shard, ["id", "text", "quality_score"]):
+            sets = [np.unique(shingle_hashes(t or "", conf.ngram)) for t in batch.column("text").to_pylist()]
+            sig = signatures(sets, conf.num_perm, conf.seed)
+            has = np.array([len(s) > 0 for s in sets], dtype=bool)
+            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+            np.cumsum([len(s) for s in sets], out=offsets[1:])
+            values = np.concatenate(sets) if sets else np.zeros(0, np.uint32)
+            out["shingles"].write({"shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))})
+            keys = band_keys(sig[has], bands, rows)
+            out["bands"].write({"doc": row + np.flatnonzero(has), **{f"band_{j}": keys[:, j] for j in range(bands)}})
+            out["signatures"].write({**doc_meta(batch), "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
+                                     "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)),
+                                                                                    conf.num_perm)})
+            row += batch.num_rows
+        # Leaving the block renames the files in reverse order of opening: the signatures file comes
+        # last and marks the shard done.
 
 
-def _empty_meta() -> pa.Table:
-    return pa.table({"id": pa.array([], pa.string()), "quality_score": pa.array([], pa.float32()),
-                     "n_chars": pa.array([], pa.int64()), "n_shingles": pa.array([], pa.int64())})
+def _work_schemas(num_perm: int, bands: int) -> dict[str, pa.Schema]:
+    return {"shingles": pa.schema([("shingles", pa.large_list(pa.uint32()))]),
+            "bands": pa.schema([("doc", pa.int64())] + [(f"band_{j}", pa.uint64()) for j in range(bands)]),
+            "signatures": pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64()),
+                                     ("n_shingles", pa.int64()),
+                                     ("signature", pa.list_(pa.uint32(), num_perm))])}
 
 
 # ---- 3. bands ----------------------------------------------------------------------------------------
