@@ -26,7 +26,7 @@ from stack_common.atomic import atomic_dir, atomic_write_json, read_json, remove
 from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
-from stack_common.shards import ShardFile, read_manifest, write_manifest
+from stack_common.shards import ShardFile, read_manifest, read_table, write_manifest
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
 from .executors import run_units
@@ -294,9 +294,11 @@ def write_run_stats(out: Path, segments: list[Segment], final_kept: Path, second
     chain_ok = all(a["docs_out"] == b["docs_in"] for a, b in zip(stage_stats, stage_stats[1:]))
     stages_ok = all(s["docs_in"] == s["docs_out"] + sum(s["excluded"].values()) for s in stage_stats)
     publish_final(final_kept, out / "final")
+    langs = Counter(read_table(out / "final", columns=["lang"]).column("lang").to_pylist())
     stats = {
         "records_read": docs_read + quarantined, "docs_read": docs_read, "quarantined": quarantined,
         "quarantine_reasons": quarantine["extra"].get("reasons", {}), "docs_kept": kept,
+        "kept_langs": dict(sorted(langs.items())),
         "docs_excluded": excluded_total, "bytes_read": stage_stats[0]["bytes_in"], "bytes_kept": stage_stats[-1]["bytes_out"],
         "reconciled": chain_ok and stages_ok and docs_read == kept + excluded_total,
         "final_dir": "final", "final_source": str(final_kept.relative_to(out)),

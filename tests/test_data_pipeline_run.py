@@ -109,6 +109,7 @@ def test_counts_reconcile(reference_run, raw_web):
     clean = sum(1 for k in kinds.values() if k == "clean")
     assert sum(1 for i in kept_ids if kinds[i] == "clean") > 0.7 * clean
     assert set(kept.column("lang").to_pylist()) <= {"zh", "en", "code", "other"}
+    assert sum(stats["kept_langs"].values()) == kept.num_rows and stats["kept_langs"]["zh"] > 0
 
 
 def test_quality_scores_and_model_hash(reference_run, quality_model):
