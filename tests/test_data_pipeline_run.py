@@ -157,6 +157,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor,workers", [("local", 2), ("ray", 2)])
 def test_same_output_for_any_worker_count_and_executor(reference_run, raw_web, quality_model, tmp_path, executor,
                                                        workers, request):
@@ -185,6 +186,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "data_pipeline", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_output(many_units, tmp_path):
     inputs = f"input={many_units}/*.jsonl"
     reference = tmp_path / "uninterrupted"
