@@ -265,9 +265,10 @@ class CheckpointManager:
         if same_layout:
             _set_rng_state(loaded["rng_state"])
         state = TrainState(**loaded["train_state"]) if load_optimizer else TrainState()
-        log.info(f"loaded {ckpt_dir} (iteration {meta['iteration']}, saved with tp={meta['tp']} "
-                 f"pp={meta['pp']} dp={meta['dp']}; now tp={layout['tp']} pp={layout['pp']} "
-                 f"dp={layout['dp']})")
+        if _rank() == 0:
+            log.info(f"loaded {ckpt_dir} (iteration {meta['iteration']}, saved with tp={meta['tp']} "
+                     f"pp={meta['pp']} dp={meta['dp']}; now tp={layout['tp']} pp={layout['pp']} "
+                     f"dp={layout['dp']})")
         return state
 
 

@@ -68,7 +68,7 @@ class DataConfig:
     name: str = "train"
     paths: list[str] = field(default_factory=list)  # prefixes of .bin/.idx (".bin" optional)
     weights: Optional[list[float]] = None          # None: proportional to dataset size
-    split: str = "98,2,0"                           # train, valid, test share of documents
+    split: list[float] = field(default_factory=lambda: [98.0, 2.0, 0.0])  # train/valid/test shares of documents
     cache_dir: Optional[str] = None                 # None: RUN_DIR/data_cache
     summary: Optional[str] = None                   # encode_summary.json; None: next to paths[0]
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
@@ -279,13 +279,19 @@ def _validate_data(c: Checks, run: RunConfig) -> None:
                      f"data.weights has {len(d.weights)} entries for {len(d.paths)} data.paths"):
             c.require(all(w >= 0 for w in d.weights) and sum(d.weights) > 0,
                       f"data.weights={d.weights} must be >= 0 with a positive sum")
-    shares = [s for s in d.split.replace(" ", "").split(",") if s]
-    ok = len(shares) in (1, 2, 3) and all(_is_number(s) for s in shares)
-    if c.require(ok, f"data.split={d.split!r} must be like '98,2,0'"):
-        c.require(float(shares[0]) > 0, f"data.split={d.split!r} gives no training documents")
+    ok = c.require(len(d.split) in (1, 2, 3) and all(x >= 0 for x in d.split) and sum(d.split) > 0,
+                   f"data.split={d.split} must be up to 3 shares >= 0, e.g. [98, 2, 0]")
+    if ok:
+        c.require(d.split[0] > 0, f"data.split={d.split} gives no training documents")
         if run.training.eval_interval > 0 and run.training.eval_iters > 0:
-            c.require(len(shares) > 1 and float(shares[1]) > 0,
-                      f"data.split={d.split!r} gives no validation documents but training.eval_interval > 0")
+            c.require(len(d.split) > 1 and d.split[1] > 0,
+                      f"data.split={d.split} gives no validation documents but training.eval_interval > 0")
+    if ok and not c.problems and all(Path(strip_ext(p) + ".idx").is_file() for p in d.paths):
+        from pretrain.data import split_problems
+
+        need_valid = run.training.eval_interval > 0 and run.training.eval_iters > 0
+        for problem in split_problems(d.paths, d.split, run.seq_length, need_valid):
+            c.require(False, problem)
     if d.tokenizer.model:
         c.path_exists(d.tokenizer.model, "data.tokenizer.model")
     vocab = tokenizer_vocab_size(d)
@@ -299,8 +305,6 @@ def _validate_data(c: Checks, run: RunConfig) -> None:
                   f"data.tokenizer.eod_id={d.tokenizer.eod_id} outside the vocabulary of {vocab}")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        return float(text) >= 0
-    except ValueError:
-        return False
+def split_string(split: list[float]) -> str:
+    """megatron's form of the split: '98,2,0'."""
+    return ",".join(f"{x:g}" for x in split)

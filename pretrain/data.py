@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from pretrain.config import RunConfig, resolve_summary, strip_ext, tokenizer_vocab_size
+from pretrain.config import RunConfig, resolve_summary, split_string, strip_ext, tokenizer_vocab_size
 from stack_common.atomic import sha256_file
 from stack_common.logging import get_logger
 
@@ -47,7 +47,7 @@ def dataset_config(run: RunConfig):
         random_seed=run.training.seed,
         sequence_length=run.seq_length,
         blend=(prefixes, weights),
-        split=d.split,
+        split=split_string(d.split),
         path_to_cache=cache,
         tokenizer=EncodedDataTokenizer(tokenizer_vocab_size(d), d.tokenizer.eod_id),
         reset_position_ids=False,
@@ -70,6 +70,32 @@ def token_counts(prefixes: list[str]) -> list[float]:
         counts.append(float(dataset.sequence_lengths.sum()))
         del dataset
     return counts
+
+
+def split_problems(paths: list[str], split: list[float], seq_length: int, need_valid: bool) -> list[str]:
+    """Datasets whose train (or, when evaluating, valid) share would hold less than one sample;
+    megatron would loop forever trying to fill it."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix, parse_and_normalize_split)
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split_string(split)))
+    problems = []
+    for i, path in enumerate(paths):
+        dataset = IndexedDataset(strip_ext(path))
+        lengths = dataset.sequence_lengths
+        n = len(lengths)
+        for which, name in ((0, "train"), (1, "valid")):
+            if matrix[which] is None or (which == 1 and not need_valid):
+                continue
+            beg, end = (int(round(x * float(n))) for x in matrix[which])
+            tokens = int(lengths[beg:end].sum())
+            if tokens <= seq_length:
+                problems.append(f"data.paths[{i}]: {path} has {n} documents; data.split={split} leaves "
+                                f"{end - beg} documents ({tokens} tokens) for {name}, less than one "
+                                f"sequence of {seq_length + 1} tokens")
+        del dataset
+    return problems
 
 
 def sample_counts(run: RunConfig) -> list[int]:

@@ -140,7 +140,8 @@ class Trainer:
         c = self.run.checkpoint
         source = Path(c.load) if c.load else (find_latest(checkpoints_root(self.run.run_dir)) if c.resume else None)
         if source is None:
-            log.info("no checkpoint to resume from: starting at iteration 0")
+            if torch.distributed.get_rank() == 0:
+                log.info("no checkpoint to resume from: starting at iteration 0")
             return
         self.state = self.ckpt.load(source, self.model, self.optimizer, self.scheduler,
                                     layout=self._layout(), load_optimizer=c.load_optimizer)

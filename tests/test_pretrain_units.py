@@ -99,3 +99,13 @@ def test_shipped_configs_compose_and_type_check(groups):
         launcher = cfg.hydra.launcher
         assert launcher.nodes == 1 and launcher.gpus_per_node == 8 and launcher.tasks_per_node == 8
         assert launcher.timeout_min > 0
+
+
+def test_split_leaving_a_dataset_without_validation_is_a_config_error(tmp_path):
+    from pretrain.data import split_problems, write_token_dataset
+
+    write_token_dataset(tmp_path / "small_text_document", [[5] * 40 + [2] for _ in range(10)], 8000)
+    problems = split_problems([str(tmp_path / "small_text_document")], [98, 2, 0], 32, need_valid=True)
+    assert len(problems) == 1 and "leaves 0 documents (0 tokens) for valid" in problems[0]
+    assert split_problems([str(tmp_path / "small_text_document")], [80, 20, 0], 32, need_valid=True) == []
+    assert split_problems([str(tmp_path / "small_text_document")], [98, 2, 0], 32, need_valid=False) == []
