@@ -99,7 +99,7 @@ def write_checkpoint(ckpt: Path, args) -> int:
              "position_embedding_type": "rope", "vocab_size": args.vocab}
     (ckpt / "meta.json").write_text(json.dumps({
         "iteration": 1, "consumed_tokens": 0, "tp": args.tp, "pp": 1, "vpp": None, "dp": 1,
-        "model": model, "vocab_size": args.vocab, "padded_vocab_size": args.vocab}))
+        "model": model, "vocab_size": args.vocab, "padded_vocab_size": args.vocab, "bench": vars(args)}))
     return total
 
 
@@ -122,15 +122,19 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--vocab", type=int, default=125696)
     p.add_argument("--format", default="llama", choices=["llama", "baichuan"])
-    p.add_argument("--keep", action="store_true", help="keep the checkpoint and the export")
+    p.add_argument("--keep", action="store_true", help="keep the checkpoint (reused by the next run)")
     args = p.parse_args()
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
     ckpt, out = work / "iter_0000001", work / "hf"
-
-    t0 = time.time()
-    total = write_checkpoint(ckpt, args)
-    print(f"wrote random checkpoint: {total / 1e9:.2f} GB {args.dtype} in {time.time() - t0:.0f}s ({ckpt})")
+    shutil.rmtree(out, ignore_errors=True)
+    if (ckpt / "meta.json").is_file() and json.loads((ckpt / "meta.json").read_text()).get("bench") == vars(args):
+        total = sum(f.stat().st_size for f in ckpt.glob("*.distcp"))
+        print(f"reusing the random checkpoint kept by the last run ({ckpt})")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        t0 = time.time()
+        total = write_checkpoint(ckpt, args)
+        print(f"wrote random checkpoint: {total / 1e9:.2f} GB {args.dtype} in {time.time() - t0:.0f}s ({ckpt})")
     check_with_torch_loader(ckpt, args.hidden, DTYPES[args.dtype])
     largest = max(s for s in [args.vocab * args.hidden, 2 * args.ffn * args.hidden]) \
         * torch.tensor([], dtype=DTYPES[args.dtype]).element_size()
@@ -149,6 +153,7 @@ def main() -> None:
     print(f"peak RSS of the converter: {peak / 2**30:.2f} GiB; largest tensor {largest / 2**30:.2f} GiB; "
           f"goal < 2 GiB + largest = {(2 * 2**30 + largest) / 2**30:.2f} GiB: "
           f"{'met' if peak < 2 * 2**30 + largest else 'NOT met'}")
+    shutil.rmtree(out, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

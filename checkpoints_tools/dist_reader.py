@@ -119,11 +119,10 @@ class DistCheckpointReader:
 
     def _load_chunk(self, key: str, ch: Chunk) -> torch.Tensor:
         path = self.dir / ch.file
-        with open(path, "rb") as fh:
-            fh.seek(ch.byte_offset)
-            raw = fh.read(ch.byte_length)
         try:
-            tensor = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            with open(path, "rb", buffering=0) as fh:
+                window = io.BufferedReader(FileWindow(fh, ch.byte_offset, ch.byte_length), 1 << 20)
+                tensor = torch.load(window, map_location="cpu", weights_only=True)
         except Exception as err:
             raise UserError(f"cannot decode chunk at offset {ch.byte_offset}: {err}", file=path,
                             field=key) from err
@@ -131,6 +130,37 @@ class DistCheckpointReader:
             raise UserError(f"chunk has shape {tuple(tensor.shape)}, index says {ch.sizes}",
                             file=path, field=key)
         return tensor
+
+
+class FileWindow(io.RawIOBase):
+    """A byte range of an open file seen as a whole file: torch.load reads a chunk straight
+    into the tensor's storage, without first copying its bytes into memory."""
+
+    def __init__(self, fh, start: int, length: int):
+        self.fh, self.start, self.length, self.pos = fh, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, min(base + offset, self.length))
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.length - self.pos)
+        if n <= 0:
+            return 0
+        self.fh.seek(self.start + self.pos)
+        got = self.fh.readinto(memoryview(buffer)[:n])
+        self.pos += got
+        return got
 
 
 def check_complete(ckpt_dir: Path) -> None:

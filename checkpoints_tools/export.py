@@ -65,6 +65,10 @@ class MegatronCheckpoint:
     def read(self, key: str) -> torch.Tensor:
         return self.reader.read(key)
 
+    def nbytes(self, key: str) -> int:
+        shape, dtype = self.reader.shapes[key], self.reader.dtypes[key]
+        return int(torch.Size(shape).numel()) * torch.tensor([], dtype=dtype).element_size()
+
     def _check_shapes(self) -> None:
         """The recorded config must describe the tensors: a mismatch is named, not mis-exported."""
         a, r = self.arch, self.reader
@@ -117,7 +121,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dty
     start = time.time()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
-        for name, tensor in progress(_hf_tensors(ckpt, fmt), total=3 + arch.num_layers * (9 if fmt == "llama" else 7),
+        for name, tensor in progress(_hf_tensors(ckpt, fmt, writer.make_room), total=3 + arch.num_layers * (9 if fmt == "llama" else 7),
                                      desc=f"export {ckpt.dir.name}", unit="tensor"):
             writer.add(name, tensor.to(target))
         files = writer.close()
@@ -138,9 +142,11 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dty
     return out_dir
 
 
-def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str):
-    """Yield (hf name, tensor) in file order: embeddings, layers, final norm, head."""
+def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str, make_room):
+    """Yield (hf name, tensor) in file order: embeddings, layers, final norm, head.
+    `make_room(nbytes)` is called before each large read (the vocabulary-sized tensors)."""
     arch = ckpt.arch
+    make_room(ckpt.nbytes(L.EMBEDDING))
     yield "model.embed_tokens.weight", L.strip_vocab(ckpt.read(L.EMBEDDING), arch.vocab_size)
     for i in range(arch.num_layers):
         parts = ckpt.layer(i)
@@ -148,6 +154,7 @@ def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str):
             yield name, tensor
         del parts
     yield "model.norm.weight", ckpt.read(L.FINAL_NORM)
+    make_room(ckpt.nbytes(L.OUTPUT))
     head = L.strip_vocab(ckpt.read(L.OUTPUT), arch.vocab_size)
     yield "lm_head.weight", L.normalize_rows(head) if fmt == "llama" else head
 

@@ -31,6 +31,12 @@ class ShardedSafetensorsWriter:
         self.pending_bytes += nbytes
         self.total_bytes += nbytes
 
+    def make_room(self, nbytes: int) -> None:
+        """Flush now if a tensor of `nbytes` about to be read would not fit in the current
+        shard, so the pending shard and the new tensor are never in memory together."""
+        if self.pending and self.pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+
     def _flush(self) -> None:
         name = f"part-{len(self.shards) + 1:05d}.safetensors"
         with atomic_path(self.out_dir / name) as tmp:
