@@ -9,9 +9,6 @@ import torch
 
 from pretrain.model.gpt import unwrap
 
-METRICS = ("lm_loss", "z_loss", "total_loss", "max_logit", "grad_norm", "tokens", "skipped")
-
-
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
