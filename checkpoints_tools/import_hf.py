@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from stack_common.atomic import atomic_write_json, atomic_write_text, sha256_file
+from stack_common.atomic import atomic_write_json, sha256_file
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 

@@ -7,7 +7,6 @@ All multi-process work goes through two launches of pretrain.parallel.run_local 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
