@@ -17,7 +17,8 @@ LETTER_RE = re.compile(r"[^\W\d_]")
 CODE_SYMBOL_RE = re.compile(r"[{}\[\]();=<>]")
 CODE_LINE_RE = re.compile(
     r"^\s*(?:#include|#define|import |from \S+ import|def |class |return\b|if \(|for \(|while \(|"
-    r"function\b|var |let |const |public |private |package |@\w+)|[;{}]\s*$|\)\s*:\s*$|^\s*[}\])]",
+    r"function\b|var |let |const |public |private |package |@\w+|elif\b|else:|try:|except\b|finally:|"
+    r"raise\b|yield\b|assert\b|self\.|[\w.\[\]]+\s*[-+*/|&]?=\s*\S)|[;{}]\s*$|\)\s*:\s*$|^\s*[}\])]",
     re.MULTILINE)
 FASTTEXT_LANGS = {"zh": "zh", "en": "en"}
 
