@@ -67,7 +67,7 @@ def dry_run(run: RunConfig) -> int:
     embed = vocab * h
     total = layers * per_layer + 2 * embed + h
     per_rank = (layers // p.pp) * per_layer / p.tp + embed / p.tp
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = max(int(os.environ.get("WORLD_SIZE", "1")), p.tp * p.pp)
     dp = max(world // (p.tp * p.pp), 1)
     bf16 = use_bf16(run)
     weight_bytes = 2 if bf16 else 4
