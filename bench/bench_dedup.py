@@ -12,6 +12,7 @@ The converter and datatrove live in their own venv (e.g. `python3 -m venv /work/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -179,19 +180,40 @@ print(json.dumps(GLOBAL_STAGES["minhash_dedup"](src, out, {"threshold": threshol
 
 
 def _measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, CPU seconds of the process and all its children, and stdout of a command.
+    """Wall seconds, CPU seconds of the process tree, and stdout of a command.
 
-    CPU time is the fair figure on a shared machine: it does not grow with other users' load."""
+    CPU time is the fairer figure on a shared machine: it does not grow with other users' load.
+    Taken from rusage and from per-process samples (pool workers that are never reaped escape rusage)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "BC_NO_PROGRESS": "1"})
+    child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "BC_NO_PROGRESS": "1"})
+    cpu_by_pid, done = {}, threading.Event()
+
+    def sample():
+        root = psutil.Process(child.pid)
+        while not done.is_set():
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        c = p.cpu_times()
+                        cpu_by_pid[p.pid] = c.user + c.system
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    done.set()
+    sampler.join()
     seconds = time.time() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:])
+    if child.returncode != 0:
+        print(stderr[-3000:])
         raise SystemExit(f"failed: {' '.join(cmd[:2])}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return seconds, cpu, proc.stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    reaped = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # rusage counts every process that was waited for; sampling also sees workers that never are.
+    return seconds, max(reaped, sum(cpu_by_pid.values())), stdout
 
 
 def _export_jsonl(docs: dict, out: Path, files_per_lang: int) -> None:

@@ -138,7 +138,7 @@ def build_benchmark(out_dir: Path, convert_python: str, copies_per_lang: int = 1
     return {"docs": len(docs), "labels": len(labels)}
 
 
-def build_scale(out_dir: Path, n_docs: int, seed: int = 0, max_chars: int = 2000) -> None:
+def build_scale(out_dir: Path, n_docs: int, seed: int = 0, max_chars: int = 600) -> None:
     """n_docs documents sampled from the corpus (windows of at most max_chars), half of them
     mutated copies (token edits 0-20 %, paragraph swaps, boilerplate): a dup-heavy web-like mix."""
     rng = random.Random(seed)
