@@ -84,7 +84,10 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        if bias is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -155,20 +158,27 @@ class BaichuanModel(BaichuanPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def attention_bias(self, attention_mask, batch, q_len, past_len, device):
-        """Additive float bias [b, h or 1, q, kv]: causal mask, padding mask and ALiBi."""
+    def attention_bias(self, attention_mask, q_len, past_len, device):
+        """None for plain causal RoPE attention; otherwise an additive float bias: causal mask (-inf above the diagonal), ALiBi slope x (j - i), and
+        padding (a large negative, so fully padded rows stay finite). [heads or 1, q, kv]
+        without padding, the layout the trainer's attention uses; [b, heads or 1, q, kv] with it."""
+        no_padding = attention_mask is None or bool(attention_mask.all())
+        if self.config.position_embedding == "rope" and no_padding and (past_len == 0 or q_len == 1):
+            return None  # plain causal attention (or one new token that sees everything)
         kv_len = past_len + q_len
-        i = torch.arange(past_len, kv_len, device=device)[:, None]
-        j = torch.arange(kv_len, device=device)[None, :]
-        allowed = (j <= i)[None, None]
-        if attention_mask is not None:
-            allowed = allowed & attention_mask[:, None, None, -kv_len:].bool()
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
+        i = torch.arange(past_len, kv_len, device=device, dtype=torch.float32)[:, None]
+        j = torch.arange(kv_len, device=device, dtype=torch.float32)[None, :]
+        distance = j - i
         if self.config.position_embedding == "alibi":
-            distance = (j - i).float()  # slope x (j - i): zero on the diagonal, negative before it
             slopes = alibi_slopes(self.config.num_attention_heads).to(device)
-            bias = bias + slopes[None, :, None, None] * distance[None, None]
-        return bias.masked_fill(~allowed, torch.finfo(torch.float32).min).expand(batch, -1, -1, -1)
+            bias = slopes[:, None, None] * distance
+        else:
+            bias = torch.zeros_like(distance)[None]
+        bias = bias.masked_fill(distance > 0, float("-inf"))
+        if not no_padding:
+            padded = ~attention_mask[:, None, None, -kv_len:].bool()
+            bias = bias[None].masked_fill(padded, torch.finfo(torch.float32).min)
+        return bias
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, **kwargs):
@@ -183,7 +193,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
             position_ids = position_ids.expand(batch, -1)
         rotary = (rotary_cos_sin(position_ids, self.head_dim, self.config.rope_theta)
                   if self.config.position_embedding == "rope" else None)
-        bias = self.attention_bias(attention_mask, batch, q_len, past_len, hidden.device)
+        bias = self.attention_bias(attention_mask, q_len, past_len, hidden.device)
         for layer in self.layers:
             hidden = layer(hidden, bias, rotary, past_key_values)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
