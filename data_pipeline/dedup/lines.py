@@ -83,11 +83,22 @@ def repeated_units(keys: np.ndarray, ranks: np.ndarray, min_count: int) -> tuple
     return keys[hit], ranks[hit]
 
 
+def affected_docs(units: pa.Table, rep_keys: np.ndarray, rep_keeper: np.ndarray) -> np.ndarray:
+    """Documents holding a repeated unit they do not keep: the only ones the rewrite has to touch."""
+    keys, docs = units.column("key").to_numpy(), units.column("doc").to_numpy()
+    if len(rep_keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(rep_keys, keys), len(rep_keys) - 1)
+    hit = (rep_keys[pos] == keys) & (rep_keeper[pos] != docs)
+    return np.unique(docs[hit]).astype(np.int64)
+
+
 def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig) -> dict:
     work = output_dir / "work"
     repeated = read_arrow(work / "repeated.arrow")
     rep_keys = repeated.column("key").to_numpy()
     rep_keeper = repeated.column("keeper_doc").to_numpy()
+    affected = set(read_arrow(work / "affected.arrow").column("doc").to_numpy().tolist())
     out = ShardOutput(output_dir, shard, STAGE)
     out.stats.update(removed_units=0, removed_chars=0, docs_modified=0)
     try:
@@ -98,7 +109,7 @@ def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig) -> dict:
             cols = batch.to_pydict()
             excluded = np.zeros(batch.num_rows, dtype=bool)
             for i, (text, lang) in enumerate(zip(cols["text"], cols["lang"])):
-                if lang not in conf.skip_langs and text:
+                if doc + i in affected:
                     new_text, removed = _strip_repeated(text, doc + i, conf, rep_keys, rep_keeper)
                     if removed:
                         out.stats["removed_units"] += removed
@@ -157,6 +168,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         keys, keeper_rank = repeated_units(units.column("key").to_numpy(), rank[units.column("doc").to_numpy()],
                                            conf.min_count)
         keeper_doc = np.argsort(rank)[keeper_rank]
+        write_arrow(work / "affected.arrow", pa.table({"doc": affected_docs(units, keys, keeper_doc)}))
         write_arrow(work / "repeated.arrow", pa.table({"key": pa.array(keys, pa.uint64()),
                                                        "keeper_doc": pa.array(keeper_doc, pa.int64())}))
     t0 = timed(steps, "count", t0)
