@@ -267,3 +267,15 @@ def test_dry_run_and_cfg_job(data_dir, tmp_path):
     proc = pretrain(1, base_args(data_dir, tmp_path / "dry", 10) + ["--cfg", "job"], timeout=120)
     ok(proc)
     assert "train_iters: 10" in proc.stdout and "tiny_rope" in proc.stdout
+
+
+def test_too_many_nonfinite_losses_in_a_row_stop_with_a_checkpoint(data_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = pretrain(1, base_args(data_dir, run, 10) + [
+        "training.eval_interval=0", "training.inject_nan_iters=[2,3]",
+        "training.max_consecutive_nonfinite=2"])
+    assert proc.returncode == 2
+    assert "error: 2 non-finite losses in a row at iteration 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    meta = json.loads((run / "checkpoints" / latest(run) / "meta.json").read_text())
+    assert meta["iteration"] == 3 and meta["train_state"]["skipped_iters"] == 2
