@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from stack_common.config import config_dir
-from stack_common.errors import report_user_errors
+from stack_common.errors import USER_ERROR_EXIT, UserError, report_user_errors
 
 
 def export_slurm_env() -> None:
@@ -38,12 +38,22 @@ def first_host(nodelist: str) -> str:
     return prefix + ranges.split("-")[0].split(",")[0].rstrip("]")
 
 
+def quiet_errors(fn):
+    """Ranks other than 0 find the same config errors; only rank 0 prints them."""
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except UserError:
+            sys.exit(USER_ERROR_EXIT)
+    return wrapper
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="pretrain")
 def app(cfg: DictConfig) -> None:
     from pretrain.train import run
 
     export_slurm_env()
-    code = report_user_errors(run)(cfg)
+    code = report_user_errors(run)(cfg) if os.environ.get("RANK", "0") == "0" else quiet_errors(run)(cfg)
     if code:
         sys.exit(code)
 
