@@ -206,6 +206,7 @@ def test_evaluate_report_side_by_side(trained, hf_dir, tmp_path):
         assert fig["roundtrip_exact"] == 1.0 and fig["multi_digit_tokens"] == 0 and fig["unk_rate"] == 0
         assert fig["compression_rate"] == pytest.approx(fig["tokens"] * np.log2(8000) / (8 * fig["bytes"]))
         assert fig["tokens"] == theirs["by_language"][lang]["tokens"]  # the HF export tokenizes identically
+        assert fig["newline_byte_rate"] == theirs["by_language"][lang]["newline_byte_rate"] > 0
     assert set(ours["by_language"]) == {"en", "zh", "code", "all"}
     assert ours["by_language"]["all"]["docs"] == sum(report["languages"].values())
 

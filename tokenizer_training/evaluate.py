@@ -5,7 +5,9 @@ Figures (per language and over all text), lower compression rate is better:
     compression_rate   size of the token stream at log2(vocab) bits per token over the UTF-8 size
                        of the text (the measure behind the Baichuan 2 report's table:
                        Baichuan 2 0.498, LLaMA 2 1.037 on its mixed zh/en set)
-    byte_fallback_rate share of tokens that are <0xNN> byte pieces
+    byte_fallback_rate share of tokens that are <0xNN> byte pieces, newlines excepted
+    newline_byte_rate  share of tokens that are <0x0A>: SentencePiece trains on lines, so "\n"
+                       is always a byte piece (as in LLaMA and Baichuan 2)
     unk_rate           share of unknown tokens (0 with byte fallback)
     roundtrip_exact    share of documents for which decode(encode(text)) == text
     multi_digit_tokens tokens holding more than one digit (0 when digits are split)
@@ -32,7 +34,7 @@ from .sources import iter_docs, resolve_inputs, shard_files
 log = get_logger("tokenizer_training.evaluate")
 BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 DIGITS = re.compile(r"\d")
-METRICS = ("tokens_per_char", "bytes_per_token", "compression_rate", "byte_fallback_rate", "unk_rate",
+METRICS = ("tokens_per_char", "bytes_per_token", "compression_rate", "byte_fallback_rate", "newline_byte_rate", "unk_rate",
            "roundtrip_exact", "multi_digit_tokens")
 
 
@@ -96,13 +98,15 @@ class Tally:
     bytes: int = 0
     tokens: int = 0
     byte_tokens: int = 0
+    newline_byte_tokens: int = 0
     unk_tokens: int = 0
     roundtrip_ok: int = 0
     multi_digit_tokens: int = 0
     roundtrip_failures: list = field(default_factory=list)
 
     def add(self, other: "Tally") -> None:
-        for name in ("docs", "chars", "bytes", "tokens", "byte_tokens", "unk_tokens", "roundtrip_ok", "multi_digit_tokens"):
+        for name in ("docs", "chars", "bytes", "tokens", "byte_tokens", "newline_byte_tokens", "unk_tokens",
+                     "roundtrip_ok", "multi_digit_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.roundtrip_failures = (self.roundtrip_failures + other.roundtrip_failures)[:5]
 
@@ -112,7 +116,8 @@ class Tally:
             "docs": self.docs, "chars": self.chars, "bytes": self.bytes, "tokens": self.tokens,
             "tokens_per_char": self.tokens / max(self.chars, 1), "bytes_per_token": self.bytes / tokens,
             "compression_rate": self.tokens * math.log2(vocab_size) / (8 * max(self.bytes, 1)),
-            "byte_fallback_rate": self.byte_tokens / tokens, "unk_rate": self.unk_tokens / tokens,
+            "byte_fallback_rate": self.byte_tokens / tokens, "newline_byte_rate": self.newline_byte_tokens / tokens,
+            "unk_rate": self.unk_tokens / tokens,
             "roundtrip_exact": self.roundtrip_ok / max(self.docs, 1), "multi_digit_tokens": self.multi_digit_tokens,
             "roundtrip_failures": self.roundtrip_failures,
         }
@@ -121,6 +126,7 @@ class Tally:
 def measure(model, docs: list[tuple[str, str]]) -> Tally:
     """Tally one tokenizer over (id, text) documents."""
     tally = Tally()
+    newline = next((i for i in model.byte_ids if model.pieces[i].upper() == "<0X0A>"), -1)
     multi_digit = {i for i, p in enumerate(model.pieces)
                    if len(DIGITS.findall(p)) > 1 and i not in model.byte_ids and i not in model.special_ids}
     for (doc_id, text), ids in zip(docs, model.encode([t for _, t in docs])):
@@ -128,7 +134,8 @@ def measure(model, docs: list[tuple[str, str]]) -> Tally:
         tally.chars += len(text)
         tally.bytes += len(text.encode("utf-8", "surrogatepass"))
         tally.tokens += len(ids)
-        tally.byte_tokens += sum(1 for i in ids if i in model.byte_ids)
+        tally.byte_tokens += sum(1 for i in ids if i in model.byte_ids and i != newline)
+        tally.newline_byte_tokens += sum(1 for i in ids if i == newline)
         tally.unk_tokens += sum(1 for i in ids if i == model.unk_id)
         tally.multi_digit_tokens += sum(1 for i in ids if i in multi_digit)
         if model.decode(ids) == text:
