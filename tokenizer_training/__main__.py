@@ -19,7 +19,7 @@ from stack_common.errors import UserError, report_user_errors
 from .config import AppConfig
 
 COMMANDS = ("train", "evaluate", "export-hf", "encode")
-USAGE = __doc__ + "\nShow the composed config of a command: python -m tokenizer_training COMMAND [overrides] --cfg"
+USAGE = __doc__ + "\nShow the composed config of a command: python -m tokenizer_training COMMAND [overrides] --cfg job"
 
 
 def load_config(overrides: list[str]) -> AppConfig:
@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}", expected=" | ".join(COMMANDS))
     show = "--cfg" in overrides
-    cfg = load_config([o for o in overrides if o != "--cfg"])
+    if show:  # `--cfg` or Hydra's `--cfg job`, as the other apps take it
+        at = overrides.index("--cfg")
+        overrides = overrides[:at] + overrides[at + 1 + (overrides[at + 1:at + 2] == ["job"]):]
+    cfg = load_config(overrides)
     if show:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return
