@@ -7,7 +7,8 @@ Scale (time and peak RSS of exact + MinHash + line dedup, 100k -> 1M documents):
     .venv/bin/python bench/bench_dedup.py scale --sizes 100000 1000000 --workers 2
 
 The converter and datatrove live in their own venv (e.g. `python3 -m venv /work/venvs/datatrove &&
-/work/venvs/datatrove/bin/pip install datatrove spacy jieba xxhash nltk zhconv`), never in the project's.
+/work/venvs/datatrove/bin/pip install datatrove spacy jieba nltk orjson tokenizers "xxhash<4" zhconv`;
+xxhash 4 breaks datatrove 0.10.1, which hashes str), never in the project's.
 """
 from __future__ import annotations
 
