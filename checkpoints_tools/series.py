@@ -23,13 +23,34 @@ UNITS = (("B", 10**9), ("M", 10**6), ("K", 10**3), ("", 1))
 
 # ----------------------------------------------------------------------------- export-series
 
-def series_names(tokens: list[int]) -> list[str]:
-    """One unit for the whole series: the largest that keeps every name distinct and non-zero."""
-    for unit, scale in UNITS:
-        names = [f"train_{round(t / scale):05d}{unit}" for t in tokens]
-        if len(set(names)) == len(names) and all(t == 0 or round(t / scale) > 0 for t in tokens):
-            return names
-    raise AssertionError("distinct token counts always give distinct plain names")
+def planned_tokens(ckpt_dir: str | Path) -> int | None:
+    """Tokens the run was configured to train on (fixed for a run), from the checkpoint's meta.json."""
+    try:
+        meta = read_json(Path(ckpt_dir) / "meta.json")
+        training = meta["config"]["training"]
+        seq = training.get("seq_length") or meta["model"]["seq_length"]
+        return int(training["train_iters"]) * int(training["global_batch_size"]) * int(seq)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def series_unit(planned: int) -> tuple[str, int]:
+    """The largest unit in which the planned run has at least 10 units: B for Baichuan-sized runs."""
+    return next((unit, scale) for unit, scale in UNITS if planned // scale >= 10 or scale == 1)
+
+
+def series_names(tokens: list[int], iterations: list[int], planned: int) -> list[str]:
+    """Names that depend only on each checkpoint and the planned run, so they never change as the
+    run grows (an export-series that follows a job keeps its earlier exports). Two checkpoints
+    that round to the same count: the later one gets its iteration appended (checkpoints arrive in
+    token order, so an earlier name never changes)."""
+    unit, scale = series_unit(planned)
+    names, seen = [], set()
+    for t, i in sorted(zip(tokens, iterations)):
+        name = f"train_{round(t / scale):05d}{unit}"
+        names.append(f"{name}_iter{i:07d}" if name in seen else name)
+        seen.add(name)
+    return names
 
 
 def export_series(run_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dtype: str = "auto",
@@ -55,7 +76,8 @@ def export_series(run_dir: str | Path, out_dir: str | Path, fmt: str = "llama", 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for row, name in zip(chosen, series_names(tokens)):
+    planned = planned_tokens(chosen[-1]["path"]) or max(tokens)
+    for row, name in zip(chosen, series_names(tokens, [int(r["iteration"]) for r in chosen], planned)):
         target = out_dir / name
         if target.exists() and not overwrite:
             log.info(f"{target} exists, skipping")

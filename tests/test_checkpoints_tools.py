@@ -443,3 +443,18 @@ def test_import_rejects_bad_inputs_before_starting_processes(tmp_path):
     res = _cli("import-hf", tmp_path / "nowhere", "--out", tmp_path / "out")
     assert res.returncode == 2 and "config.json is missing" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bc", "exists"]
+
+
+def test_series_names_do_not_change_as_the_run_grows():
+    from checkpoints_tools.series import series_names
+
+    planned = 2_600 * 10**9  # a Baichuan-sized run: names in B
+    tokens = [220 * 10**9, 440 * 10**9, 1_500_000_000_000, 1_500_400_000_000, 2_420 * 10**9]
+    iters = [1000, 2000, 6800, 6802, 11000]
+    full = series_names(tokens, iters, planned)
+    assert full[:3] == ["train_00220B", "train_00440B", "train_01500B"]
+    assert full[3] == "train_01500B_iter0006802" and full[4] == "train_02420B"
+    for n in range(1, len(tokens)):
+        assert series_names(tokens[:n], iters[:n], planned) == full[:n]
+    small = series_names([153_600, 307_200], [75, 150], 614_400)
+    assert small == ["train_00154K", "train_00307K"]
