@@ -226,10 +226,12 @@ def _read_batches(batches, path: Path, cfg: ReaderConfig) -> Iterator[Record]:
         pipeline_shard = {"lang", "quality_score", "annotations"} <= set(batch.schema.names)
         for obj in batch.to_pylist():
             row += 1
+            text = obj.get(cfg.text_field)
+            too_large = isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > cfg.max_text_bytes
             raw = b""
-            if not isinstance(obj.get(cfg.text_field), str) or len(obj[cfg.text_field]) > cfg.max_text_bytes:
+            if not isinstance(text, str) or too_large:
                 raw = json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", "replace")
-            if isinstance(obj.get(cfg.text_field), str) and len(obj[cfg.text_field].encode("utf-8")) > cfg.max_text_bytes:
+            if too_large:
                 yield BadRecord(str(path), f"row {row}", "too_large: text exceeds reader.max_text_bytes", raw)
                 continue
             record = _to_document(obj, path, f"row {row}", row, cfg, raw)

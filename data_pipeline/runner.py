@@ -315,9 +315,7 @@ def publish_final(kept: Path, final: Path) -> None:
     manifest = read_manifest(kept)
     if (final / "manifest.json").is_file() and read_json(final / "manifest.json") == manifest:
         return   # already published: leave it alone for readers
-    if final.exists():
-        shutil.rmtree(final)
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, overwrite=True) as tmp:   # readers never see final/ missing
         for entry in manifest["files"]:
             _link_or_copy(kept / entry["name"], tmp / entry["name"])
         shutil.copy2(kept / "manifest.json", tmp / "manifest.json")

@@ -109,7 +109,7 @@ class CleanLines(Step):
         if cleaner is None:
             return None
         text = cleaner(doc.text)
-        if len(text) != len(doc.text):
+        if text != doc.text:
             self.docs_changed += 1
             doc.text = text
         return None if text.strip() else "clean_lines.empty"

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from .atomic import atomic_write_json, is_tmp_name, read_json, remove_stale_tmp, sha256_file, tmp_name_for
+from .atomic import atomic_write_json, read_json, remove_stale_tmp, sha256_file, tmp_name_for
 from .errors import UserError
 
 MANIFEST = "manifest.json"
@@ -41,13 +41,6 @@ class ShardFile:
     rows: int
     bytes: int
     sha256: str
-
-    @classmethod
-    def describe(cls, path: Path) -> "ShardFile":
-        with pa.memory_map(str(path)) as src:
-            reader = pa.ipc.open_file(src)
-            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-        return cls(path.name, rows, path.stat().st_size, sha256_file(path))
 
 
 class ShardWriter:
@@ -228,7 +221,3 @@ def read_table(shard_dir: str | os.PathLike, columns: Sequence[str] | None = Non
 def clean_incomplete(shard_dir: str | os.PathLike) -> int:
     """Remove temporary files left by a killed writer (for resuming into the same directory)."""
     return remove_stale_tmp(shard_dir)
-
-
-def list_complete_files(shard_dir: str | os.PathLike, pattern: str = "*.arrow") -> list[Path]:
-    return sorted(p for p in Path(shard_dir).glob(pattern) if not is_tmp_name(p.name))

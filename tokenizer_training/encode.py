@@ -226,9 +226,15 @@ def merge_group(out: Path, group: str, units: Sequence[Unit], parts: Path, dtype
     with atomic_path(idx_path) as idx_tmp, atomic_path(bin_path) as bin_tmp:
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
         for unit in units:
+            listed = read_json(parts / f"{unit.index:07d}.done.json")["groups"]
+            if group not in listed:
+                continue  # this unit has no document of the group
             part = parts / f"{unit.index:07d}.{group}"
-            if dataset_files(part)[0].is_file():
-                builder.add_index(str(part))
+            if not all(p.is_file() for p in dataset_files(part)):
+                raise UserError(f"part of output '{group}' is missing although its unit is marked done; "
+                                "delete the .done.json marker next to it and rerun to redo the unit",
+                                file=dataset_files(part)[0])
+            builder.add_index(str(part))
         builder.finalize(str(idx_tmp))
 
 
