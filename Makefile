@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # A CPU-only machine takes the local CPU build of torch; a range would pull GBs of CUDA wheels.
 TORCH  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+# Optional wheel index for torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 .PHONY: demo test install install-dev bench clean
 
@@ -12,7 +15,7 @@ $(VENV)/bin/python:
 	$(VENV)/bin/pip install -q --upgrade pip
 
 $(VENV)/.base-installed: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q $(TORCH_PIP_ARGS) "$(TORCH)"
 	$(VENV)/bin/pip install -q -e .
 	touch $@
 
