@@ -13,7 +13,7 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.minhash import MinHashConfig, jaccard_sorted, lsh_params, signatures
+from data_pipeline.dedup.minhash import MinHashConfig, bucket_pairs, jaccard_sorted, lsh_params, signatures
 from data_pipeline.dedup.text import normalize, shingle_hashes, split_units
 from data_pipeline.dedup.unionfind import component_roots
 from data_pipeline.schema import DOC_SCHEMA
@@ -237,11 +237,37 @@ def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(minhash_run):
         t = read_table_file(p)
         for a, b in zip(by_rank[t.column("a").to_numpy()], by_rank[t.column("b").to_numpy()]):
             found.add((min(a, b), max(a, b)))
-    # Buckets link each member to the bucket's best document, so the found pairs are a spanning
-    # subset of datasketch's all-pairs: same connected documents, no pair outside them.
+    # Buckets pair each member with the bucket's best document and its nearest-ranked members, so the
+    # found pairs are a spanning subset of datasketch's all-pairs: same connected documents, no pair outside.
     assert found <= expected and len(found) > 0
     assert _components(found) == _components(expected)
     assert len(ids) == len(sigs)
+
+
+def test_minhash_compares_bucket_members_that_both_miss_the_head(tmp_path):
+    """A, B, C share an LSH bucket; B ~ C, but neither passes the check against the best-ranked A."""
+    core = " ".join(f"core{i}" for i in range(60))
+    a = core + " " + " ".join(f"alpha{i}" for i in range(40))
+    b = core + " " + " ".join(f"beta{i}" for i in range(20))
+    c = b.replace("beta17", "gamma")
+    assert _exact_jaccard(b, c) >= 0.8 > max(_exact_jaccard(a, b), _exact_jaccard(a, c))
+    # One band of one row: a shared bucket means the same first MinHash value; pick a seed that gives it.
+    sets = [np.unique(shingle_hashes(t, 5)) for t in (a, b, c)]
+    seed = next(s for s in range(1, 500) if len({int(v) for v in signatures(sets, 2, s)[:, 0]}) == 1)
+    docs = [_doc("A", a, "en", 0.9), _doc("B", b, "en", 0.5), _doc("C", c, "en", 0.4)]
+    cfg = {"num_perm": 2, "bands": 1, "rows": 1, "seed": seed}
+    stats = GLOBAL_STAGES["minhash_dedup"](_write(tmp_path / "in", docs), tmp_path / "out", cfg, 1, "local", None)
+    assert stats["candidate_pairs"] == 3 and stats["verified_pairs"] == 1
+    assert _excluded_map(tmp_path / "out") == {"C": "B"}
+    assert sorted(r["id"] for r in read_table(tmp_path / "out/kept").to_pylist()) == ["A", "B"]
+
+
+def test_bucket_pairs_cover_small_buckets_fully_and_large_ones_by_window():
+    keys = np.array([5, 5, 5, 7, 7, 5, 9], dtype=np.uint64)
+    ranks = np.array([3, 0, 2, 1, 4, 6, 5])
+    pairs = lambda w: sorted(zip(*(x.tolist() for x in bucket_pairs(keys, ranks, w))))  # noqa: E731
+    assert pairs(16) == [(0, 2), (0, 3), (0, 6), (1, 4), (2, 3), (2, 6), (3, 6)]
+    assert pairs(1) == [(0, 2), (0, 3), (0, 6), (1, 4), (2, 3), (3, 6)]   # head + the next member up
 
 
 def read_table_file(path):

@@ -8,8 +8,8 @@ Layout of a stage's output directory:
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
-from stack_common.atomic import atomic_path, atomic_write_json, read_json, tmp_name_for
+from stack_common.atomic import atomic_path, atomic_write_json, read_json
 from stack_common.config import as_plain, to_dataclass
 from stack_common.errors import UserError
 from stack_common.shards import ShardFile, ShardWriter, clean_incomplete, iter_file_batches, manifest_schema, \
@@ -141,32 +141,26 @@ def write_arrow(path: Path, table: pa.Table, compression: str | None = "zstd") -
 
 
 class ArrowFileWriter:
-    """One Arrow IPC file written batch by batch under a temp name; renamed when the block exits
+    """One Arrow IPC file written batch by batch under `atomic_path`: renamed when the block exits
     without an error (the file then holds every batch), removed otherwise."""
 
     def __init__(self, path: Path, schema: pa.Schema, compression: str | None = "zstd"):
         self.path, self.schema, self.compression = Path(path), schema, compression
 
     def __enter__(self) -> "ArrowFileWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = tmp_name_for(self.path)
-        self.sink = pa.OSFile(str(self.tmp), "wb")
-        self.writer = pa.ipc.new_file(self.sink, self.schema,
-                                      options=pa.ipc.IpcWriteOptions(compression=self.compression))
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            sink = stack.enter_context(pa.OSFile(str(tmp), "wb"))
+            options = pa.ipc.IpcWriteOptions(compression=self.compression)
+            self.writer = stack.enter_context(pa.ipc.new_file(sink, self.schema, options=options))
+            self._stack = stack.pop_all()
         return self
 
     def write(self, columns: dict) -> None:
         self.writer.write_batch(pa.record_batch(columns, schema=self.schema))
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.writer.close()
-        self.sink.close()
-        if exc_type is None:
-            with open(self.tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+    def __exit__(self, exc_type, exc, tb):
+        return self._stack.__exit__(exc_type, exc, tb)
 
 
 def add_annotations(raw: str | None, extra: dict) -> str:
@@ -294,7 +288,8 @@ def apply_cluster_decisions(shard: Shard, output_dir: Path, decisions_path: str,
                     notes[i] = add_annotations(notes[i], {"duplicate_of": dup, "cluster_id": cluster,
                                                           "cluster_size": size, "dedup_stage": stage})
             row += batch.num_rows
-            batch = batch.set_column(5, "annotations", pa.array(notes, pa.string()))
+            batch = batch.set_column(batch.schema.get_field_index("annotations"), "annotations",
+                                     pa.array(notes, pa.string()))
             out.keep(batch.filter(pa.array(~drop)))
             out.exclude(batch.filter(pa.array(drop)), reason)
         return out.finish()

@@ -5,8 +5,10 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed):
   1. signatures  per input shard, in parallel: shingle hashes (sorted, for the Jaccard check),
                  MinHash signatures beside ids, and one 64-bit key per LSH band.
   2. order       survivor rank of every document (quality, length, id): input order plays no part.
-  3. bands       per band, in parallel: sort (key, rank); every document in a bucket is linked to
-                 the bucket's best-ranked document. Memory: one band of keys at a time.
+  3. bands       per band, in parallel: sort (key, rank); every document in a bucket is paired with
+                 the bucket's best-ranked document and with the `bucket_window` documents ranked just
+                 above it (all pairs in buckets of up to bucket_window + 1), so two near copies that
+                 both miss the head are still compared. Memory: one band of keys at a time.
   4. verify      per chunk of candidate pairs, in parallel: exact Jaccard of the shingle sets;
                  pairs below the threshold are dropped.
   5. clusters    union-find over verified pairs; the root (smallest rank) survives.
@@ -49,6 +51,7 @@ class MinHashConfig:
     bands: int = 0                      # > 0 (with rows) overrides the choice
     rows: int = 0
     pairs_per_task: int = 200_000       # candidate pairs verified per task
+    bucket_window: int = 16             # bucket members each member is compared with (besides the head)
 
 
 def check_config(conf: MinHashConfig) -> None:
@@ -61,6 +64,7 @@ def check_config(conf: MinHashConfig) -> None:
     checks.require((conf.bands > 0) == (conf.rows > 0), "dedup.minhash.bands/rows: set both or neither")
     checks.require(conf.bands * conf.rows <= conf.num_perm, "dedup.minhash.bands * rows: must be <= num_perm")
     checks.require(conf.pairs_per_task >= 1, "dedup.minhash.pairs_per_task: must be positive")
+    checks.require(conf.bucket_window >= 1, "dedup.minhash.bucket_window: must be positive")
     checks.raise_if_any()
 
 
@@ -133,20 +137,39 @@ def _mapped(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def _band_edges(band: int, work: Path, names: list[str]) -> int:
+def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (a, b), rank a < b, of documents sharing a key: each member with its bucket's
+    best-ranked document and with the `window` members ranked just above it.
+
+    Pairing with the head alone misses B ~ C when neither passes the check against head A; buckets of
+    up to window + 1 documents therefore get all their pairs, larger ones a sliding window (bounded
+    memory). Sorted by (key, rank), so the pairs do not depend on input order.
+    """
+    order = np.lexsort((ranks, keys))
+    keys, ranks = keys[order], ranks[order]
+    pos = np.arange(len(keys))
+    new_bucket = np.ones(len(keys), dtype=bool)
+    new_bucket[1:] = keys[1:] != keys[:-1]
+    head = np.maximum.accumulate(np.where(new_bucket, pos, 0))
+    member = ~new_bucket
+    a, b = [ranks[head[member]]], [ranks[member]]
+    for d in range(1, window + 1):
+        near = pos[d:] - d > head[d:]                    # same bucket, and not the head (paired above)
+        if not near.any():
+            break
+        a.append(ranks[:-d][near])
+        b.append(ranks[d:][near])
+    return np.concatenate(a), np.concatenate(b)
+
+
+def _band_edges(band: int, work: Path, names: list[str], window: int) -> int:
     rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
     tables = [_mapped(work / "bands" / f"{n}.arrow") for n in names]
     docs = np.concatenate([t.column("doc").to_numpy() for t in tables])
     keys = np.concatenate([t.column(f"band_{band}").to_numpy() for t in tables])
     del tables
-    ranks = rank[docs]
-    order = np.lexsort((ranks, keys))
-    keys, ranks = keys[order], ranks[order]
-    new_bucket = np.ones(len(keys), dtype=bool)
-    new_bucket[1:] = keys[1:] != keys[:-1]
-    head = np.maximum.accumulate(np.where(new_bucket, np.arange(len(keys)), 0))
-    member = ~new_bucket
-    edges = pa.table({"a": ranks[head[member]], "b": ranks[member]})
+    a, b = bucket_pairs(keys, rank[docs], window)
+    edges = pa.table({"a": a, "b": b})
     write_arrow(work / "edges" / f"band-{band:03d}.arrow", edges)
     return len(edges)
 
@@ -241,7 +264,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
 
     todo = [j for j in range(bands) if not (work / "edges" / f"band-{j:03d}.arrow").is_file()]
-    run_tasks(_band_edges, [(j, work, names) for j in todo], desc=f"{STAGE}: bands", **par)
+    run_tasks(_band_edges, [(j, work, names, conf.bucket_window) for j in todo], desc=f"{STAGE}: bands", **par)
     t0 = timed(steps, "bands", t0)
 
     candidates, chunks = _candidate_chunks(work, bands, n_docs, conf.pairs_per_task)
