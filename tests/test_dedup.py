@@ -338,6 +338,22 @@ def test_line_dedup_removes_repeated_paragraphs_but_first(tmp_path):
     assert stats["bytes_out"] == sum(len(r["text"].encode()) for r in kept.values())
 
 
+def test_line_dedup_keeper_is_a_document_that_stays(tmp_path):
+    """The best holder of U also loses V and falls under min_doc_chars: U must move to the next holder."""
+    u = "Subscribe to our newsletter today please\n"                # 40 normalized chars: alone, too short
+    v = "All rights reserved by the example company\n"
+    body = lambda i: f"Body paragraph {i} carries enough unique words to stay well above the limit.\n"  # noqa
+    docs = [_doc("top", v + body(0), "en", 1.0),                   # keeps V
+            _doc("k", u + v, "en", 0.9),                            # best holder of U, left with U alone
+            _doc("o1", u + body(1), "en", 0.5), _doc("o2", u + body(2), "en", 0.4)]
+    stats = GLOBAL_STAGES["line_dedup"](_write(tmp_path / "in", docs), tmp_path / "out",
+                                        {"min_count": 2, "min_doc_chars": 50}, 1, "local", None)
+    kept = {r["id"]: r["text"] for r in read_table(tmp_path / "out/kept").to_pylist()}
+    assert [r["id"] for r in read_table(tmp_path / "out/excluded").to_pylist()] == ["k"]
+    assert kept == {"top": v + body(0), "o1": u + body(1), "o2": body(2)}   # U survives once, in o1
+    assert stats["repeated_units"] == 2 and stats["removed_units"] == 3 and stats["docs_modified"] == 2  # k: U, V
+
+
 # ---- resume after SIGKILL -------------------------------------------------------------------------------
 
 KILLER = textwrap.dedent("""

@@ -1,10 +1,15 @@
 """Paragraph- and sentence-level dedup: a unit (a line, or a sentence with Chinese and Latin end
-punctuation) found in at least `min_count` documents is removed from every document but the first
-in survivor order (highest quality, longest, smallest id). A document left shorter than
-`min_doc_chars` is excluded.
+punctuation) found in at least `min_count` documents is removed from every document but its keeper:
+the first in survivor order (highest quality, longest, smallest id) among the documents that stay.
+A document left shorter than `min_doc_chars` is excluded.
 
 Steps (each resumable): unit keys per shard, in parallel -> count documents per key across all
-shards -> rewrite each shard -> manifests and stats.json.
+shards, first keepers -> per shard, in parallel, the documents those keepers leave too short ->
+final keepers, passed over the too-short documents -> rewrite each shard -> manifests, stats.json.
+
+A keeper that turns out too short (it lost other units) would take its unit out of kept/ with it,
+so keepers are chosen again without the too-short documents. That only gives units back to the
+documents that stay, so no other document becomes too short and the rewrite excludes exactly them.
 """
 from __future__ import annotations
 
@@ -83,6 +88,19 @@ def repeated_units(keys: np.ndarray, ranks: np.ndarray, min_count: int) -> tuple
     return keys[hit], ranks[hit]
 
 
+def choose_keepers(units: pa.Table, rank: np.ndarray, min_count: int,
+                   too_short: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Repeated keys and the document keeping each: the best-ranked holder, documents in `too_short`
+    last (they keep a unit only when every holder is too short)."""
+    n = len(rank)
+    penalized = rank.copy()
+    if too_short is not None and len(too_short):
+        penalized[too_short] += n
+    keys, keeper = repeated_units(units.column("key").to_numpy(), penalized[units.column("doc").to_numpy()],
+                                  min_count)
+    return keys, np.argsort(rank)[keeper % n]
+
+
 def affected_docs(units: pa.Table, rep_keys: np.ndarray, rep_keeper: np.ndarray) -> np.ndarray:
     """Documents holding a repeated unit they do not keep: the only ones the rewrite has to touch."""
     keys, docs = units.column("key").to_numpy(), units.column("doc").to_numpy()
@@ -93,12 +111,34 @@ def affected_docs(units: pa.Table, rep_keys: np.ndarray, rep_keeper: np.ndarray)
     return np.unique(docs[hit]).astype(np.int64)
 
 
+def _write_keepers(work: Path, prefix: str, units: pa.Table, keys: np.ndarray, keeper_doc: np.ndarray) -> None:
+    write_arrow(work / f"{prefix}affected.arrow", pa.table({"doc": affected_docs(units, keys, keeper_doc)}))
+    write_arrow(work / f"{prefix}repeated.arrow", pa.table({"key": pa.array(keys, pa.uint64()),
+                                                            "keeper_doc": pa.array(keeper_doc, pa.int64())}))
+
+
+def _read_keepers(work: Path, prefix: str) -> tuple[np.ndarray, np.ndarray, set[int]]:
+    repeated = read_arrow(work / f"{prefix}repeated.arrow")
+    affected = set(read_arrow(work / f"{prefix}affected.arrow").column("doc").to_numpy().tolist())
+    return repeated.column("key").to_numpy(), repeated.column("keeper_doc").to_numpy(), affected
+
+
+def _too_short_shard(shard: Shard, work: Path, conf: LineConfig) -> None:
+    """Documents of one shard that the first keepers leave shorter than min_doc_chars."""
+    rep_keys, rep_keeper, affected = _read_keepers(work, "first_")
+    short, doc = [], shard.first_doc
+    for batch in iter_shard(shard, ["text"]):
+        for i, text in enumerate(batch.column("text").to_pylist()):
+            if doc + i in affected:
+                new_text, removed = _strip_repeated(text, doc + i, conf, rep_keys, rep_keeper)
+                if removed and len(normalize(new_text)) < conf.min_doc_chars:
+                    short.append(doc + i)
+        doc += batch.num_rows
+    write_arrow(work / "too_short" / f"{shard.name}.arrow", pa.table({"doc": pa.array(short, pa.int64())}))
+
+
 def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig) -> dict:
-    work = output_dir / "work"
-    repeated = read_arrow(work / "repeated.arrow")
-    rep_keys = repeated.column("key").to_numpy()
-    rep_keeper = repeated.column("keeper_doc").to_numpy()
-    affected = set(read_arrow(work / "affected.arrow").column("doc").to_numpy().tolist())
+    rep_keys, rep_keeper, affected = _read_keepers(output_dir / "work", "")
     out = ShardOutput(output_dir, shard, STAGE)
     out.stats.update(removed_units=0, removed_chars=0, docs_modified=0)
     try:
@@ -165,13 +205,15 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         meta = pa.concat_tables([read_arrow(work / "docs" / f"{s.name}.arrow") for s in shards])
         rank = survivor_rank(meta)
         units = pa.concat_tables([read_arrow(work / "units" / f"{s.name}.arrow") for s in shards])
-        keys, keeper_rank = repeated_units(units.column("key").to_numpy(), rank[units.column("doc").to_numpy()],
-                                           conf.min_count)
-        keeper_doc = np.argsort(rank)[keeper_rank]
-        write_arrow(work / "affected.arrow", pa.table({"doc": affected_docs(units, keys, keeper_doc)}))
-        write_arrow(work / "repeated.arrow", pa.table({"key": pa.array(keys, pa.uint64()),
-                                                       "keeper_doc": pa.array(keeper_doc, pa.int64())}))
-    t0 = timed(steps, "count", t0)
+        if not (work / "first_repeated.arrow").is_file():
+            _write_keepers(work, "first_", units, *choose_keepers(units, rank, conf.min_count))
+        t0 = timed(steps, "count", t0)
+        todo = [s for s in shards if not (work / "too_short" / f"{s.name}.arrow").is_file()]
+        run_tasks(_too_short_shard, [(s, work, conf) for s in todo], desc=f"{STAGE}: keepers", **par)
+        too_short = np.concatenate([np.zeros(0, np.int64)] + [
+            read_arrow(work / "too_short" / f"{s.name}.arrow").column("doc").to_numpy() for s in shards])
+        _write_keepers(work, "", units, *choose_keepers(units, rank, conf.min_count, too_short))
+    t0 = timed(steps, "keepers", t0)
 
     records = run_apply(STAGE, output_dir, shards, _apply_shard, (conf,), **par)
     timed(steps, "write", t0)
