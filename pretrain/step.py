@@ -75,13 +75,32 @@ def reduce_metrics(outputs: list) -> dict:
 
 def optimizer_step(optimizer) -> tuple[bool, float]:
     """AdamW step unless the gradient norm is not finite (then grads are dropped).
-    Returns (stepped, grad_norm)."""
-    optimizer.prepare_grads()
-    grad_norm = optimizer.get_grad_norm()
-    if grad_norm is None or not math.isfinite(float(grad_norm)):
-        return False, float("nan") if grad_norm is None else float(grad_norm)
-    stepped, grad_norm, _ = optimizer.step()
-    return bool(stepped), float(grad_norm) if grad_norm is not None else float("nan")
+    Returns (stepped, grad_norm), the norm taken before clipping.
+
+    megatron's `optimizer.step()` would copy the grads and all-reduce their norm a second time
+    after our finiteness check, so its pieces are called here, each once."""
+    if optimizer.prepare_grads():       # inf/nan found by the fp16 loss scaler
+        return False, float("nan")
+    grad_norm = float(optimizer.get_grad_norm())
+    if not math.isfinite(grad_norm):
+        return False, grad_norm
+    clip_grads(optimizer, grad_norm)
+    return bool(optimizer.step_with_ready_grads()), grad_norm
+
+
+def clip_grads(optimizer, grad_norm: float) -> None:
+    """Scale the main grads of every (chained) optimizer by its clip_grad / grad_norm when below 1:
+    the global norm over all of them, as `ChainedOptimizer.step()` does."""
+    from megatron.core.optimizer import clip_grads as mcore_clip   # module attribute: patchable
+
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if getattr(part, "is_stub_optimizer", False) or part.config.clip_grad <= 0.0:
+            continue
+        params = part.get_parameters()
+        if params:
+            mcore_clip.clip_grad_by_total_norm_fp32(
+                params, max_norm=part.config.clip_grad, total_norm=grad_norm,
+                use_decoupled_grad=part.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
 
 
 def per_chunk(data_iterator, model_chunks: list):

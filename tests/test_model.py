@@ -149,3 +149,39 @@ def test_non_finite_loss_skips_the_update(checks):
     assert n["healthy"]["skipped"] == 0 and math.isfinite(n["healthy"]["grad_norm"]) and n["changed"]
     h = n["healthy"]
     assert h["total_loss"] == pytest.approx(h["lm_loss"] + h["z_loss"], rel=1e-12)
+
+
+class _RecordingOptimizer:
+    """Answers the megatron optimizer calls that `optimizer_step` makes, and records them."""
+
+    def __init__(self, grad_norm: float):
+        from types import SimpleNamespace
+
+        self.grad_norm, self.calls = grad_norm, []
+        self.config = SimpleNamespace(clip_grad=0.0)
+
+    def prepare_grads(self):
+        self.calls.append("prepare_grads")
+        return False
+
+    def get_grad_norm(self):
+        self.calls.append("get_grad_norm")
+        return self.grad_norm
+
+    def step_with_ready_grads(self):
+        self.calls.append("step_with_ready_grads")
+        return True
+
+    def step(self):
+        raise AssertionError("step() would copy the grads and all-reduce their norm again")
+
+
+def test_optimizer_step_copies_grads_and_reduces_the_norm_once():
+    from pretrain.step import optimizer_step
+
+    healthy = _RecordingOptimizer(3.5)
+    assert optimizer_step(healthy) == (True, 3.5)       # the norm, not 0.0, with clip_grad=0
+    assert healthy.calls == ["prepare_grads", "get_grad_norm", "step_with_ready_grads"]
+    exploded = _RecordingOptimizer(float("inf"))
+    assert optimizer_step(exploded) == (False, float("inf"))
+    assert exploded.calls == ["prepare_grads", "get_grad_norm"]
