@@ -134,12 +134,9 @@ def full_state(model_chunks, optimizer, scheduler, state: TrainState, *, is_load
                with_optimizer: bool = True, with_rng: bool = True) -> dict:
     sd = _model_state(model_chunks)
     if optimizer is not None and with_optimizer:
-        model_sd = _model_state(model_chunks)
-        merged = {}
-        for chunk_sd in model_sd.values():
-            merged.update(chunk_sd)
+        # Nested per chunk: with interleaving, chunks reuse local parameter names.
         sd["optimizer"] = optimizer.sharded_state_dict(
-            merged, is_loading=is_loading, metadata=_optimizer_metadata(optimizer))
+            _model_state(model_chunks), is_loading=is_loading, metadata=_optimizer_metadata(optimizer))
         sd["opt_param_scheduler"] = scheduler.state_dict()
     sd["train_state"] = asdict(state)
     if with_rng:
