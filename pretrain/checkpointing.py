@@ -77,6 +77,11 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
     return read_json(Path(ckpt_dir) / META)
 
 
+def imported_weights_only(ckpt_dir: str | os.PathLike) -> bool:
+    """A checkpoint written by `checkpoints_tools import-hf`: weights, no optimizer or schedule."""
+    return "imported_from" in read_meta(ckpt_dir)
+
+
 # ----------------------------------------------------------------------------- state dicts
 
 def unwrap(module):

@@ -128,20 +128,8 @@ class ParallelConfig:
 
 
 def parallel_from_cfg(cfg: DictConfig | dict) -> ParallelConfig:
-    """Read the parallel group, accepting its common spellings (tp / tensor_model_parallel_size)."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-    aliases = {"tp": ["tp", "tensor_model_parallel_size", "tensor_parallel"],
-               "pp": ["pp", "pipeline_model_parallel_size", "pipeline_parallel"],
-               "vpp": ["vpp", "virtual_pipeline_model_parallel_size", "virtual_pipeline_parallel"],
-               "sequence_parallel": ["sequence_parallel"],
-               "recompute": ["recompute", "recompute_activations"]}
-    values = {}
-    for name, keys in aliases.items():
-        for key in keys:
-            if key in plain and plain[key] is not None:
-                values[name] = plain[key]
-                break
-    return ParallelConfig(**values)
+    """The parallel group as a typed dataclass: a misspelled key is a config error, not ignored."""
+    return to_dataclass(cfg if cfg is not None else {}, ParallelConfig, where="parallel")
 
 
 def model_seq_length(model) -> int:

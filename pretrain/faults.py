@@ -1,7 +1,6 @@
 """Faults a long run must survive: preemption signals, non-finite losses, loss spikes."""
 from __future__ import annotations
 
-import math
 import signal
 from collections import deque
 
@@ -53,13 +52,9 @@ class LossWatch:
         self.in_row = 0
         self.spikes = 0
 
-    def nonfinite(self, loss: float) -> bool:
-        """Record one loss; True when it is NaN/Inf (the step must be skipped)."""
-        if math.isfinite(loss):
-            self.in_row = 0
-            return False
-        self.in_row += 1
-        return True
+    def record(self, skipped: bool) -> None:
+        """Record one step: skipped for a NaN/Inf loss or grad norm, or applied."""
+        self.in_row = self.in_row + 1 if skipped else 0
 
     def too_many(self) -> bool:
         return self.in_row >= self.max_in_row

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.checkpointing import CheckpointManager, TrainState, find_latest, checkpoints_root
+from pretrain.checkpointing import CheckpointManager, TrainState, checkpoints_root, find_latest, imported_weights_only
 from pretrain.config import RunConfig, load_run_config, tokenizer_vocab_size
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
@@ -86,6 +86,20 @@ def dry_run(run: RunConfig) -> int:
     return 0
 
 
+def resume_source(c, run_dir: Path) -> tuple[Path | None, bool]:
+    """Where a (re)started run loads from, and whether with optimizer and schedule.
+
+    The run's own latest checkpoint always wins, so a requeued continued-pretraining job resumes
+    where it stopped; `checkpoint.load` only starts a run that has no checkpoint yet (an
+    import-hf checkpoint brings weights only)."""
+    own = find_latest(checkpoints_root(run_dir)) if c.resume else None
+    if own is not None:
+        return own, True
+    if not c.load:
+        return None, False
+    return Path(c.load), c.load_optimizer and not imported_weights_only(c.load)
+
+
 class Trainer:
     def __init__(self, run: RunConfig):
         from megatron.core import parallel_state as mpu
@@ -137,14 +151,13 @@ class Trainer:
                 "keep": keep, "train_state": asdict(state), "config": self.run.resolved}
 
     def _resume(self) -> None:
-        c = self.run.checkpoint
-        source = Path(c.load) if c.load else (find_latest(checkpoints_root(self.run.run_dir)) if c.resume else None)
+        source, load_optimizer = resume_source(self.run.checkpoint, self.run.run_dir)
         if source is None:
             if torch.distributed.get_rank() == 0:
                 log.info("no checkpoint to resume from: starting at iteration 0")
             return
         self.state = self.ckpt.load(source, self.model, self.optimizer, self.scheduler,
-                                    layout=self._layout(), load_optimizer=c.load_optimizer)
+                                    layout=self._layout(), load_optimizer=load_optimizer)
         if self.state.consumed_samples % self.run.training.global_batch_size:
             raise UserError(f"checkpoint consumed {self.state.consumed_samples} samples, not a multiple "
                             f"of training.global_batch_size={self.run.training.global_batch_size}",
@@ -220,11 +233,11 @@ class Trainer:
                 st.iteration += 1
                 st.consumed_samples += t.global_batch_size
                 st.consumed_tokens += tokens_per_iter
-                nonfinite = self.watch.nonfinite(m["total_loss"])
-                skipped = bool(m.get("skipped", nonfinite))
+                skipped = bool(m.get("skipped", not math.isfinite(m["total_loss"])))
+                self.watch.record(skipped)   # a non-finite loss or grad norm: counts toward the stop
                 if skipped:
                     st.skipped_iters += 1
-                    st.nonfinite_total += int(nonfinite)
+                    st.nonfinite_total += 1
                     log.warning(f"iteration {st.iteration}: non-finite loss {m['total_loss']} or grad norm "
                                 f"{m['grad_norm']}: step skipped ({self.watch.in_row} in a row)")
                 else:
@@ -239,7 +252,7 @@ class Trainer:
                     self._evaluate_and_log()
                 if self.watch.too_many():
                     self.save()
-                    raise UserError(f"{self.watch.in_row} non-finite losses in a row at iteration "
+                    raise UserError(f"{self.watch.in_row} non-finite losses or grad norms in a row at iteration "
                                     f"{st.iteration}; saved {checkpoints_root(run.run_dir)}/latest. Lower "
                                     "optimizer.lr or resume from an earlier checkpoint with other data order")
                 keep = self._milestone_reached()

@@ -275,7 +275,7 @@ def test_too_many_nonfinite_losses_in_a_row_stop_with_a_checkpoint(data_dir, tmp
         "training.eval_interval=0", "training.inject_nan_iters=[2,3]",
         "training.max_consecutive_nonfinite=2"])
     assert proc.returncode == 2
-    assert "error: 2 non-finite losses in a row at iteration 3" in proc.stderr
+    assert "error: 2 non-finite losses or grad norms in a row at iteration 3" in proc.stderr
     assert "Traceback" not in proc.stderr
     meta = json.loads((run / "checkpoints" / latest(run) / "meta.json").read_text())
     assert meta["iteration"] == 3 and meta["train_state"]["skipped_iters"] == 2

@@ -43,17 +43,30 @@ def test_find_latest_falls_back_when_pointer_names_a_torn_checkpoint(tmp_path):
     assert find_latest(tmp_path / "none") is None
 
 
-def test_loss_watch_counts_nonfinite_in_a_row_and_spikes():
+def test_loss_watch_counts_skipped_steps_in_a_row_and_spikes():
     from pretrain.faults import LossWatch
 
     watch = LossWatch(max_in_row=2, spike_factor=2.0, window=20)
     for _ in range(12):
-        assert not watch.nonfinite(3.0) and not watch.is_spike(3.0)
+        watch.record(skipped=False)
+        assert not watch.is_spike(3.0)
     assert watch.is_spike(7.0) and watch.spikes == 1
     assert not watch.is_spike(5.0)
-    assert watch.nonfinite(float("nan")) and not watch.too_many()
-    assert watch.nonfinite(float("inf")) and watch.too_many()
-    assert not watch.nonfinite(2.0) and watch.in_row == 0
+    watch.record(skipped=True)      # a NaN loss
+    assert not watch.too_many()
+    watch.record(skipped=True)      # a finite loss with an infinite grad norm counts too
+    assert watch.too_many() and watch.in_row == 2
+    watch.record(skipped=False)
+    assert watch.in_row == 0
+
+
+def test_parallel_group_rejects_unknown_keys():
+    from pretrain.config import parallel_from_cfg
+    from stack_common.errors import ConfigError
+
+    assert parallel_from_cfg({"tp": 2, "pp": 2, "vpp": 2}).vpp == 2
+    with pytest.raises(ConfigError, match="sequence_paralel"):
+        parallel_from_cfg({"tp": 2, "sequence_paralel": True})
 
 
 def test_slurm_environment_without_torchrun(monkeypatch):
@@ -109,3 +122,29 @@ def test_split_leaving_a_dataset_without_validation_is_a_config_error(tmp_path):
     assert len(problems) == 1 and "leaves 0 documents (0 tokens) for valid" in problems[0]
     assert split_problems([str(tmp_path / "small_text_document")], [80, 20, 0], 32, need_valid=True) == []
     assert split_problems([str(tmp_path / "small_text_document")], [98, 2, 0], 32, need_valid=False) == []
+
+
+def test_resume_prefers_the_runs_own_checkpoint_over_checkpoint_load(tmp_path):
+    from types import SimpleNamespace
+
+    from pretrain.train import resume_source
+
+    def fake_ckpt(d, meta):
+        d.mkdir(parents=True)
+        (d / "metadata.json").write_text("{}")
+        (d / "meta.json").write_text(json.dumps(meta))
+        return d
+
+    imported = fake_ckpt(tmp_path / "hf_import" / "iter_0000000", {"iteration": 0, "imported_from": {"path": "x"}})
+    released = fake_ckpt(tmp_path / "other_run" / "iter_0001000", {"iteration": 1000})
+    run_dir = tmp_path / "run"
+    cfg = SimpleNamespace(resume=True, load=str(imported), load_optimizer=True)
+    assert resume_source(cfg, run_dir) == (imported, False)      # import-hf: weights only
+    cfg.load = str(released)
+    assert resume_source(cfg, run_dir) == (released, True)
+    cfg.load_optimizer = False
+    assert resume_source(cfg, run_dir) == (released, False)
+    own = fake_ckpt(run_dir / "checkpoints" / "iter_0000050", {"iteration": 50})
+    assert resume_source(cfg, run_dir) == (own, True)           # a requeued run continues itself
+    cfg.resume = False
+    assert resume_source(cfg, run_dir) == (released, False)
