@@ -245,7 +245,8 @@ def validate(run: RunConfig, world_size: int) -> None:
     c.require(0 <= o.warmup_iters < decay,
               f"optimizer.warmup_iters={o.warmup_iters} must be below the decay length {decay}")
     c.require(o.clip_grad >= 0, f"optimizer.clip_grad={o.clip_grad} must be >= 0")
-    _validate_data(c, run)
+    if not t.dry_run:   # a dry run plans a layout: it reads no data
+        _validate_data(c, run)
     ck = run.checkpoint
     c.require(ck.save_interval >= 0, f"checkpoint.save_interval={ck.save_interval} must be >= 0")
     c.require(ck.keep_last >= 1, f"checkpoint.keep_last={ck.keep_last} must be >= 1")

@@ -66,15 +66,17 @@ def dry_run(run: RunConfig) -> int:
     per_layer = h * h * 2 + 2 * h * h * kv // m.num_attention_heads + 3 * h * ffn + 2 * h
     embed = vocab * h
     total = layers * per_layer + 2 * embed + h
-    per_rank = (layers // p.pp) * per_layer / p.tp + embed / p.tp
+    # The first stage holds the input embedding and the last the (untied) output layer: both at pp=1.
+    per_rank = (layers // p.pp) * per_layer / p.tp + (2 if p.pp == 1 else 1) * embed / p.tp
     world = max(int(os.environ.get("WORLD_SIZE", "1")), p.tp * p.pp)
     dp = max(world // (p.tp * p.pp), 1)
-    bf16 = use_bf16(run)
+    bf16 = use_bf16(run) or t.precision == "auto"   # plan for the GPU target (auto: bf16 there)
     weight_bytes = 2 if bf16 else 4
     grad_bytes = 4                                     # fp32 main grads
     optim_bytes = (12 if bf16 else 8) / (dp if run.optimizer.distributed else 1)
     seq, mbs = run.seq_length, t.micro_batch_size
-    act = layers // p.pp * seq * mbs * h * 34 * weight_bytes / p.tp * min(p.pp, t.global_batch_size)
+    # Korthikanti et al.: 34*s*b*h bytes per layer with 16-bit activations (flash attention: no s^2 term).
+    act = layers // p.pp * seq * mbs * h * 34 * (weight_bytes / 2) / p.tp * min(p.pp, t.global_batch_size)
     states = per_rank * (weight_bytes + grad_bytes + optim_bytes)
     print(f"parameters: {total / 1e6:,.1f}M total ({(total - 2 * embed) / 1e6:,.1f}M without embeddings), "
           f"padded vocabulary {vocab}")

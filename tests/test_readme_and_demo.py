@@ -32,7 +32,8 @@ def as_check(argv: list[str]) -> tuple[list[str], str]:
     module_at = argv.index("-m") + 1
     module, args = argv[module_at], [a for a in argv[module_at + 1:] if a != "--multirun"]
     if module in HYDRA_APPS:
-        return [sys.executable, "-m", module, *args, "--cfg", "job"], "hydra"
+        real = "training.dry_run=true" in args   # a dry run reads no data: run it for real
+        return [sys.executable, "-m", module, *args, *([] if real else ["--cfg", "job"])], "hydra"
     return [sys.executable, "-m", module, *args], "argparse"
 
 
