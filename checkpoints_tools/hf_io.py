@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from stack_common.atomic import atomic_write_json
 from stack_common.errors import UserError
 
 from .layout import Arch
@@ -48,7 +49,7 @@ def write_config(out_dir: Path, fmt: str, arch: Arch, dtype: torch.dtype, specia
     generation = {"bos_token_id": special["bos_token_id"], "eos_token_id": special["eos_token_id"],
                   "pad_token_id": special["pad_token_id"], "do_sample": False,
                   "max_new_tokens": 64, "repetition_penalty": 1.0}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    atomic_write_json(out_dir / "generation_config.json", generation)
 
 
 # ----------------------------------------------------------------------------- reading HF dirs

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from stack_common.atomic import atomic_write_json, atomic_write_text, is_tmp_name, read_json
+from stack_common.atomic import atomic_write_json, atomic_write_text, fsync_tree, read_json, remove_stale_tmp
 from stack_common.logging import get_logger
 
 log = get_logger("pretrain.checkpointing")
@@ -172,12 +172,7 @@ class CheckpointManager:
         _barrier()
 
     def _remove_leftovers(self) -> int:
-        removed = 0
-        for entry in self.root.iterdir():
-            if is_tmp_name(entry.name):
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
-                removed += 1
-        return removed
+        return remove_stale_tmp(self.root)
 
     def save(self, model_chunks, optimizer, scheduler, state: TrainState, keep: bool = False) -> Path:
         """Save on all ranks; publish (rename + `latest`) once every rank has written its part."""
@@ -219,7 +214,7 @@ class CheckpointManager:
         if _rank() != 0:
             return
         atomic_write_json(tmp / META, meta)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if final.exists():   # the same iteration saved again (e.g. after a resume): replace it
             old = self.root / f".{final.name}.old.tmp"
             os.replace(final, old)
@@ -352,15 +347,3 @@ def _rank() -> int:
 def _barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in [*directory.rglob("*"), directory]:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass

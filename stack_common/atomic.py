@@ -34,6 +34,13 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """Flush every file and folder under `directory` (before publishing it by a rename)."""
+    root = Path(directory)
+    for path in [*root.rglob("*"), root]:
+        _fsync_dir(path)   # os.open + fsync works for files and folders alike
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is fsynced and renamed onto `path`."""
