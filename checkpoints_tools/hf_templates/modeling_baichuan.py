@@ -14,10 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_baichuan import BaichuanConfig
+
+
+# The KV cache's name in model outputs: `cache` from transformers 5.24 on (where generate() also
+# passes `cache=` to forward instead of `past_key_values=`), `past_key_values` before.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def model_output(output_cls, cache, **fields):
+    return output_cls(**fields, **{CACHE_FIELD: cache})
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -134,13 +144,12 @@ class BaichuanPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers' init functions skip tensors that from_pretrained has already loaded
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, NormHead)):
-            module.weight.normal_(mean=0.0, std=std)
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(mean=0.0, std=std)
+        if isinstance(module, (nn.Linear, NormHead, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
-            module.weight.fill_(1.0)
+            init.ones_(module.weight)
 
 
 class BaichuanModel(BaichuanPreTrainedModel):
@@ -181,7 +190,8 @@ class BaichuanModel(BaichuanPreTrainedModel):
         return bias
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
+                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
+        past_key_values = cache if cache is not None else past_key_values
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, q_len = hidden.shape[:2]
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -196,8 +206,8 @@ class BaichuanModel(BaichuanPreTrainedModel):
         bias = self.attention_bias(attention_mask, q_len, past_len, hidden.device)
         for layer in self.layers:
             hidden = layer(hidden, bias, rotary, past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
-                                       past_key_values=past_key_values if use_cache else None)
+        return model_output(BaseModelOutputWithPast, past_key_values if use_cache else None,
+                            last_hidden_state=self.norm(hidden))
 
 
 class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
@@ -217,10 +227,10 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, past_key_values=past_key_values,
-                         inputs_embeds=inputs_embeds, use_cache=use_cache)
+                         inputs_embeds=inputs_embeds, use_cache=use_cache, cache=cache)
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -229,4 +239,5 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return model_output(CausalLMOutputWithPast, getattr(out, CACHE_FIELD),
+                            loss=loss, logits=logits)
