@@ -1,11 +1,23 @@
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BC_NO_PROGRESS", "1")
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_rngs():
+    """Every test starts from the same global RNG state, whatever ran before it (tests also seed
+    their own draws; this covers library code that draws from the global generators)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
