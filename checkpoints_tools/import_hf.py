@@ -103,10 +103,11 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
     from pretrain import cpu_compat
 
     cpu_compat.apply_if_needed()
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from pretrain import parallel
     from pretrain.checkpointing import TrainState, full_state
+    from pretrain.mcore_compat import dist_save
     from pretrain.model import build_model, padded_vocab_size, unwrap
 
     parallel.init_distributed(tp, pp, vpp, seed=1234, backend="gloo")
@@ -121,7 +122,7 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
             for chunk in chunks:
                 fill_chunk(unwrap(chunk), hf, tp_rank, tp, padded)
         sd = full_state(chunks, None, None, TrainState(), is_loading=False)
-        dist_checkpointing.save(sd, tmp, sharded_strategy=("torch_dist", 1))
+        dist_save(sd, tmp)
         torch.distributed.barrier()
         if rank == 0:
             atomic_write_json(Path(tmp) / "meta.json", import_meta(hf, cfg, tp, pp, vpp, padded, tokenizer))

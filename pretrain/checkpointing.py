@@ -176,7 +176,7 @@ class CheckpointManager:
 
     def save(self, model_chunks, optimizer, scheduler, state: TrainState, keep: bool = False) -> Path:
         """Save on all ranks; publish (rename + `latest`) once every rank has written its part."""
-        from megatron.core import dist_checkpointing
+        from pretrain.mcore_compat import dist_save
 
         self.finalize(blocking=True)
         final = self.root / dir_name(state.iteration)
@@ -187,10 +187,8 @@ class CheckpointManager:
         _barrier()
         sd = full_state(model_chunks, optimizer, scheduler, state, is_loading=False)
         meta = self.meta_fn(state, keep)
-        request = dist_checkpointing.save(
-            sd, str(tmp), sharded_strategy=("torch_dist", 1),
-            async_sharded_save=self.async_queue is not None,
-            content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
+        request = dist_save(sd, tmp, async_save=self.async_queue is not None,
+                            content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
         if state.iteration == self.kill_in_save_iter:
             _barrier()
             log.warning(f"fault drill: killing this process in the middle of saving {final.name}")
@@ -245,8 +243,11 @@ class CheckpointManager:
         RNG states are restored only when the layout (tp, pp, dp) is unchanged."""
         from megatron.core import dist_checkpointing
 
+        from pretrain.mcore_compat import check_loadable
+
         meta = read_meta(ckpt_dir)
         check_vocab(meta, model_chunks)
+        check_loadable(ckpt_dir)
         if load_optimizer and optimizer is not None:
             init_distributed_optimizer_state(optimizer)
         same_layout = all(meta.get(k) == layout[k] for k in ("tp", "pp", "vpp", "dp"))
@@ -282,6 +283,9 @@ def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:
     (call inside an initialized `pretrain.parallel.init_distributed`). Returns meta.json."""
     from megatron.core import dist_checkpointing
 
+    from pretrain.mcore_compat import check_loadable
+
+    check_loadable(ckpt_dir)
     loaded = dist_checkpointing.load(_model_state(model_chunks), str(ckpt_dir))
     _load_model(model_chunks, loaded)
     return read_meta(ckpt_dir)

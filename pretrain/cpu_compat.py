@@ -1,9 +1,11 @@
-"""Run megatron-core 0.16.1 on machines without CUDA (CI on gloo), unchanged on GPU machines.
+"""Run megatron-core (0.16.1 and 0.19) on machines without CUDA (CI on gloo), unchanged on GPU
+machines.
 
 megatron-core assumes CUDA in a handful of places; this module redirects each of them to the
 CPU, and only when CUDA is absent:
 - `torch.cuda.current_device()` (RoPE, TP and pipeline buffers) -> "cpu";
-  `torch.cuda.synchronize()` -> no-op; `Tensor.cuda()` / `Module.cuda()` -> stay on the CPU.
+  `torch.cuda.synchronize()` -> no-op; `Tensor.cuda()` / `Module.cuda()` -> stay on the CPU;
+  `torch.cuda.current_stream()` (0.19's grad sync waits on it) -> a stream whose waits do nothing.
 - `device="cuda"` literals (schedules, causal masks, optimizer, grad clipping,
   dist_checkpointing) -> the tensor factories map any CUDA device to the CPU.
 - The CUDA RNG tracker (`model_parallel_cuda_manual_seed`, `_get/_set_cuda_rng_state`) -> the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import types
 
 import torch
 
@@ -67,6 +70,11 @@ def _redirect_device(fn):
     return wrapper
 
 
+# What megatron asks of the current CUDA stream (waits on events and streams): nothing on CPU.
+_CPU_STREAM = types.SimpleNamespace(wait_event=lambda event: None, wait_stream=lambda stream: None,
+                                    synchronize=lambda: None)
+
+
 def _patch_devices() -> None:
     for name in _FACTORIES:
         fn = getattr(torch, name)
@@ -74,6 +82,7 @@ def _patch_devices() -> None:
             setattr(torch, name, _redirect_device(fn))
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda device=None: None
+    torch.cuda.current_stream = torch.cuda.default_stream = lambda device=None: _CPU_STREAM
     torch.Tensor.cuda = lambda self, device=None, non_blocking=False, **kw: self
     torch.nn.Module.cuda = lambda self, device=None: self
     original_to = torch.Tensor.to

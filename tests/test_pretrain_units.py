@@ -75,7 +75,8 @@ def test_slurm_environment_without_torchrun(monkeypatch):
     assert first_host("gpu[012-015,020],cpu1") == "gpu012"
     assert first_host("node7,node8") == "node7"
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")   # recorded, so the values exported below are undone afterwards
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_NTASKS", "16")
     monkeypatch.setenv("SLURM_LOCALID", "1")

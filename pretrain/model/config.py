@@ -75,6 +75,8 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optio
     On CPU: CPU initialization and every fusion off (they need CUDA kernels)."""
     from megatron.core.transformer import TransformerConfig
 
+    from pretrain.mcore_compat import transformer_config_kwargs
+
     cuda = on_cuda()
     if sequence_parallel and not cuda:
         raise ValueError("sequence parallel needs CUDA (and TransformerEngine norms)")
@@ -121,4 +123,5 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optio
         recompute_granularity="full" if recompute else None,
         recompute_method="uniform" if recompute else None,
         recompute_num_layers=1 if recompute else None,
+        **transformer_config_kwargs(),
     )
