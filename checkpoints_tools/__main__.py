@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vpp", type=int, default=None)
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     s.add_argument("--tokenizer", help="tokenizer.model to record (default: the HF dir's)")
+    s.add_argument("--position", choices=["rope", "alibi"],
+                   help="position type when neither config.json nor modeling_baichuan.py tells it")
     s.add_argument("--overwrite", action="store_true")
 
     s = sub.add_parser("export-series", help="export every kept checkpoint, named by tokens")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         from .import_hf import import_hf
 
         import_hf(args.hf_dir, args.out, tp=args.tp, pp=args.pp, vpp=args.vpp, dtype=args.dtype,
-                  overwrite=args.overwrite, tokenizer=args.tokenizer)
+                  overwrite=args.overwrite, tokenizer=args.tokenizer, position=args.position)
     elif args.command == "export-series":
         from .series import export_series
 

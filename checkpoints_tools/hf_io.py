@@ -57,7 +57,7 @@ def write_config(out_dir: Path, fmt: str, arch: Arch, dtype: torch.dtype, specia
 class HFCheckpoint:
     """Lazy, tensor-by-tensor access to a Hugging Face model directory."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, position: str | None = None):
         self.dir = Path(path)
         config_path = self.dir / "config.json"
         if not config_path.is_file():
@@ -67,7 +67,8 @@ class HFCheckpoint:
         except ValueError as err:
             raise UserError(f"not valid JSON: {err}", file=config_path) from err
         self.format = detect_format(self.config, config_path)
-        self.arch = arch_from_hf_config(self.config, config_path)
+        self.position_source = position_source(self.config, self.dir, position)
+        self.arch = arch_from_hf_config(self.config, config_path, self.position_source[0])
         self._open: dict[str, object] = {}
         self.weight_map = self._weight_map()
 
@@ -121,7 +122,8 @@ def detect_format(config: dict, where) -> str:
                     expected="llama or baichuan")
 
 
-def arch_from_hf_config(config: dict, where) -> Arch:
+def arch_from_hf_config(config: dict, where, position: str | None = None) -> Arch:
+    """The architecture of config.json; `position` (rope | alibi) when config.json has no field."""
     try:
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
@@ -137,9 +139,10 @@ def arch_from_hf_config(config: dict, where) -> Arch:
         if rope.get("rope_type", "default") != "default" or config.get("rope_scaling"):
             raise UserError("RoPE scaling is not supported", file=where, field="rope_scaling")
     else:
-        # Released Baichuan 2 configs have no position field: 13B (40 layers, hidden 5120) is ALiBi.
-        position = config.get("position_embedding") or ("alibi" if (layers, hidden) == (40, 5120)
-                                                         else "rope")
+        position = position_field(config) or position
+        if position is None:
+            raise UserError("no position embedding type", file=where, field="position_embedding",
+                            expected="--position rope|alibi")
         base = config.get("rope_theta", 10000.0)
     seq = config.get("max_position_embeddings") or config.get("model_max_length") or 4096
     return Arch(num_layers=layers, hidden_size=hidden, num_heads=heads,
@@ -147,6 +150,62 @@ def arch_from_hf_config(config: dict, where) -> Arch:
                 ffn_hidden_size=ffn, vocab_size=vocab, padded_vocab_size=vocab,
                 seq_length=int(seq), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
                 position=position, rope_base=float(base))
+
+
+# Released Baichuan 2 configs carry no position field; the modeling code they ship tells:
+# the 13B code builds ALiBi masks, the 7B code has rotary embeddings.
+POSITIONS = ("rope", "alibi")
+MODELING_FILE = "modeling_baichuan.py"
+ALIBI_MARKERS = ("_get_interleave", "_gen_alibi_mask")
+ROTARY_MARKERS = ("RotaryEmbedding", "apply_rotary_pos_emb")
+
+
+def position_field(config: dict) -> str | None:
+    value = config.get("position_embedding") or config.get("position_embedding_type")
+    return str(value).lower() if value else None
+
+
+def position_from_code(hf_dir: Path) -> str | None:
+    """alibi or rope from the shipped modeling_baichuan.py; None when absent or ambiguous."""
+    path = hf_dir / MODELING_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    alibi = any(marker in text for marker in ALIBI_MARKERS)
+    rotary = any(marker in text for marker in ROTARY_MARKERS)
+    if alibi == rotary:
+        return None
+    return "alibi" if alibi else "rope"
+
+
+def position_source(config: dict, hf_dir: Path, given: str | None) -> tuple[str, str]:
+    """(position type, where it came from): config.json's field, else --position, else the code."""
+    where = hf_dir / "config.json"
+    if given is not None and given not in POSITIONS:
+        raise UserError(f"unknown position type {given!r}", field="--position", expected="rope or alibi")
+    if config.get("model_type") == "llama":
+        if given == "alibi":
+            raise UserError("llama checkpoints use RoPE", file=where, field="--position",
+                            expected="no --position, or --position rope")
+        return "rope", "llama format"
+    field = position_field(config)
+    if field is not None:
+        if field not in POSITIONS:
+            raise UserError(f"unknown position type {field!r}", file=where, field="position_embedding",
+                            expected="rope or alibi")
+        if given is not None and given != field:
+            raise UserError(f"--position {given} contradicts config.json's {field}", file=where,
+                            field="position_embedding", expected=f"--position {field} or none")
+        return field, "config.json position_embedding"
+    if given is not None:
+        return given, "--position"
+    code = position_from_code(hf_dir)
+    if code is not None:
+        return code, MODELING_FILE
+    raise UserError("no position_embedding field, and no modeling_baichuan.py with either ALiBi "
+                    f"({'/'.join(ALIBI_MARKERS)}) or rotary ({'/'.join(ROTARY_MARKERS)}) code to tell "
+                    "the position type", file=where, field="position_embedding",
+                    expected="--position rope|alibi")
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -42,9 +42,12 @@ def model_config_for(arch: L.Arch, dtype: torch.dtype, overrides: dict | None = 
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 1, vpp: int | None = None,
-              dtype: str = "fp32", overwrite: bool = False, tokenizer: str | None = None) -> Path:
-    """Write `out_dir` (an iter_0000000-style checkpoint directory with meta.json)."""
-    hf = HFCheckpoint(hf_dir)
+              dtype: str = "fp32", overwrite: bool = False, tokenizer: str | None = None,
+              position: str | None = None) -> Path:
+    """Write `out_dir` (an iter_0000000-style checkpoint directory with meta.json).
+    `position` (rope | alibi) is needed only when neither config.json nor the shipped
+    modeling_baichuan.py tells the position type."""
+    hf = HFCheckpoint(hf_dir, position)
     arch = hf.arch
     out_dir = Path(out_dir)
     problems = []
@@ -66,13 +69,14 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 1,
     try:
         from pretrain.parallel import run_local
 
-        run_local(tp * pp, _import_rank, str(hf_dir), str(tmp), tp, pp, vpp, dtype, tokenizer)
+        run_local(tp * pp, _import_rank, str(hf_dir), str(tmp), tp, pp, vpp, dtype, tokenizer, position)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info(f"imported {hf_dir} ({hf.format}) -> {out_dir} at tp={tp} pp={pp} vpp={vpp}")
+    log.info(f"imported {hf_dir} ({hf.format}, {hf.arch.position} from {hf.position_source[1]}) -> "
+             f"{out_dir} at tp={tp} pp={pp} vpp={vpp}")
     return out_dir
 
 
@@ -99,7 +103,7 @@ def _check_hf_shapes(hf: HFCheckpoint) -> None:
 # ----------------------------------------------------------------------------- per rank
 
 def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int, vpp, dtype: str,
-                 tokenizer):
+                 tokenizer, position):
     from pretrain import cpu_compat
 
     cpu_compat.apply_if_needed()
@@ -112,7 +116,7 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
 
     parallel.init_distributed(tp, pp, vpp, seed=1234, backend="gloo")
     try:
-        hf = HFCheckpoint(hf_dir)
+        hf = HFCheckpoint(hf_dir, position)
         torch_dtype = DTYPES[dtype]
         cfg = model_config_for(hf.arch, torch_dtype)
         chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype, wrap_ddp=False)
@@ -174,4 +178,6 @@ def import_meta(hf: HFCheckpoint, cfg, tp, pp, vpp, padded, tokenizer) -> dict:
             "vpp": vpp, "dp": 1, "model": asdict(cfg), "vocab_size": hf.arch.vocab_size,
             "padded_vocab_size": padded, "tokenizer": tok, "keep": True,
             "train_state": {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0},
-            "imported_from": {"path": str(hf.dir.resolve()), "format": hf.format}}
+            "architecture": hf.arch.as_dict(),
+            "imported_from": {"path": str(hf.dir.resolve()), "format": hf.format,
+                              "position_from": hf.position_source[1]}}

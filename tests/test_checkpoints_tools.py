@@ -424,7 +424,7 @@ def test_export_series_and_eval_series(run, tok_model, tmp_path):
 
 def test_released_baichuan2_layout_is_read(tmp_path):
     """Released Baichuan 2 checkpoints: pytorch_model*.bin shards with an index, and configs
-    without a position field (13B, 40 layers x 5120, is the ALiBi model)."""
+    without a position field (tests/test_continue_pretraining.py: the type from the code)."""
     from checkpoints_tools.hf_io import arch_from_hf_config
 
     arch = tiny_arch(vocab=100, padded=128)
@@ -446,9 +446,10 @@ def test_released_baichuan2_layout_is_read(tmp_path):
     config_13b = {"model_type": "baichuan", "hidden_size": 5120, "num_hidden_layers": 40,
                   "num_attention_heads": 40, "intermediate_size": 13696, "vocab_size": 125696,
                   "model_max_length": 4096, "rms_norm_eps": 1e-6}
-    assert arch_from_hf_config(config_13b, "13b").position == "alibi"
-    assert arch_from_hf_config({**config_13b, "hidden_size": 4096, "num_hidden_layers": 32,
-                                "num_attention_heads": 32, "intermediate_size": 11008}, "7b").position == "rope"
+    # The shape decides nothing: the position type comes from a field, --position or the code.
+    with pytest.raises(UserError, match="field 'position_embedding': no position embedding type"):
+        arch_from_hf_config(config_13b, "13b")
+    assert arch_from_hf_config(config_13b, "13b", "alibi").position == "alibi"
 
 
 def test_import_rejects_bad_inputs_before_starting_processes(tmp_path):

@@ -1,0 +1,214 @@
+"""Continue pretraining from a released Baichuan 2 checkpoint: the position type found from the
+shipped code, the architecture taken from the checkpoint, the tokenizer travelling with it.
+
+The fixture is written here in the released layout (config.json without a position field,
+`pytorch_model-*.bin` shards with an index, a modeling_baichuan.py, tokenizer.model and a
+tokenizer_config.json), not by the project's exporter. Its modeling file holds only the text
+markers the importer looks for."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints_tools.hf_io import HFCheckpoint
+from stack_common.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+             vocab_size=1000)
+SEQ = 32
+TOKENS = torch.randint(3, 1000, (2, SEQ), generator=torch.Generator().manual_seed(7))
+CODE = {  # stand-ins for the released modeling files: only the markers matter
+    "alibi": "def _get_interleave(n):\n    ...\n\ndef _gen_alibi_mask(tensor, n_head, max_pos):\n    ...\n",
+    "rope": "class RotaryEmbedding(torch.nn.Module):\n    ...\n\ndef apply_rotary_pos_emb(q, k, cos, sin):\n    ...\n",
+}
+
+
+def train_sentencepiece(out: Path, vocab_size: int) -> Path:
+    """A SentencePiece model with the tokenizer package's Baichuan 2 settings."""
+    import pyarrow.parquet as pq
+    import sentencepiece as spm
+
+    from tokenizer_training.config import TokenizerConfig
+    from tokenizer_training.train import trainer_options
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for lang in ("en", "zh", "code"):
+        lines += pq.read_table(REPO / "data" / "sample" / f"{lang}.parquet").column("text").to_pylist()[:60]
+    (out / "text.txt").write_text("\n".join(lines), encoding="utf-8")
+    options = trainer_options(TokenizerConfig(vocab_size=vocab_size, character_coverage=0.98, num_threads=2),
+                              out / "text.txt", out / "tokenizer")
+    spm.SentencePieceTrainer.train(**options, minloglevel=2)
+    return out / "tokenizer.model"
+
+
+def released_tensors(seed: int) -> dict[str, torch.Tensor]:
+    """Random weights under the released names (W_pack, NormHead's lm_head), norms too."""
+    h, f, v = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["vocab_size"]
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    for i in range(SHAPE["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.W_pack.weight": (3 * h, h), p + "self_attn.o_proj.weight": (h, h),
+                       p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+                       p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    return {name: (1.0 + 0.2 * torch.randn(shape, generator=gen)) if len(shape) == 1
+            else 0.3 * torch.randn(shape, generator=gen) for name, shape in shapes.items()}
+
+
+def write_released(out: Path, position: str | None, tokenizer: Path, seed: int = 0) -> Path:
+    """A Baichuan 2 directory as released: no position field in config.json, .bin shards."""
+    out.mkdir(parents=True)
+    config = {"architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
+              "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                           "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"},
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
+              "initializer_range": 0.02, "model_max_length": 128, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
+              "z_loss_weight": 0, **SHAPE}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = released_tensors(seed)
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate([names[: len(names) // 2], names[len(names) // 2:]], start=1):
+        file = f"pytorch_model-0000{i}-of-00002.bin"
+        torch.save({n: tensors[n] for n in part}, out / file)
+        weight_map.update(dict.fromkeys(part, file))
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    if position is not None:
+        (out / "modeling_baichuan.py").write_text(CODE[position])
+    shutil.copyfile(tokenizer, out / "tokenizer.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "model_max_length": 4096, "add_bos_token": False,
+        "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<unk>", "legacy": False, "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False}, indent=2))
+    return out
+
+
+def reference_logits(released: Path, position: str) -> torch.Tensor:
+    """Logits of the HF Baichuan model told the position type, on the released weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ref_dir = released.parent / f"{released.name}_as_{position}"
+    ref_dir.mkdir(exist_ok=True)
+    config = json.loads((released / "config.json").read_text())
+    (ref_dir / "config.json").write_text(json.dumps({**config, "position_embedding": position}))
+    for name in ("configuration_baichuan.py", "modeling_baichuan.py"):
+        shutil.copyfile(REPO / "checkpoints_tools" / "hf_templates" / name, ref_dir / name)
+    hf = HFCheckpoint(released, position)
+    config = AutoConfig.from_pretrained(ref_dir, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=torch.float32)
+    model.load_state_dict({n: hf.get(n) for n in hf.names()}, strict=True)
+    with torch.no_grad():
+        return model.eval()(TOKENS).logits.float()
+
+
+def trainer_logits_rank(rank: int, world: int, ckpt: str, out: str) -> None:
+    """The trainer's model, built from the checkpoint's recorded architecture, on TOKENS."""
+    from pretrain import parallel
+    from pretrain.checkpointing import load_model_weights, read_meta
+    from pretrain.model import ModelConfig, build_model, unwrap
+
+    parallel.init_distributed(1, 1, seed=1234, backend="gloo")
+    try:
+        cfg = ModelConfig(**read_meta(ckpt)["model"])
+        chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32, wrap_ddp=False)
+        load_model_weights(chunks, ckpt)
+        position_ids = torch.arange(SEQ)[None].expand(TOKENS.shape[0], -1)
+        with torch.no_grad():
+            logits = unwrap(chunks[0]).eval()(input_ids=TOKENS, position_ids=position_ids, attention_mask=None)
+        torch.save(logits[..., : cfg.vocab_size].float(), out)
+    finally:
+        parallel.destroy()
+
+
+def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", BC_NO_PROGRESS="1", PYTHONPATH=str(REPO))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Path:
+    return train_sentencepiece(tmp_path_factory.mktemp("tok"), 1000)
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory, tok) -> Path:
+    """An ALiBi model of non-13B shape (4 layers x 64), written as the 13B release is."""
+    return write_released(tmp_path_factory.mktemp("released") / "Baichuan2-tiny-alibi", "alibi", tok)
+
+
+@pytest.fixture(scope="module")
+def imported(released, tmp_path_factory) -> Path:
+    from checkpoints_tools.import_hf import import_hf
+
+    return import_hf(released, tmp_path_factory.mktemp("imported") / "iter_0000000", tp=1, pp=1)
+
+
+# ----------------------------------------------------------------------------- 1: position type
+
+def test_position_type_from_the_shipped_code_or_a_clear_error(tmp_path, tok):
+    for position in ("alibi", "rope"):
+        hf = HFCheckpoint(write_released(tmp_path / position, position, tok))
+        assert (hf.arch.position, hf.position_source[1]) == (position, "modeling_baichuan.py")
+    bare = write_released(tmp_path / "bare", None, tok)
+    with pytest.raises(UserError) as err:
+        HFCheckpoint(bare)
+    assert err.value.one_line() == (
+        f"{bare}/config.json, field 'position_embedding': no position_embedding field, and no "
+        "modeling_baichuan.py with either ALiBi (_get_interleave/_gen_alibi_mask) or rotary "
+        "(RotaryEmbedding/apply_rotary_pos_emb) code to tell the position type "
+        "(expected --position rope|alibi)")
+    res = cli("checkpoints_tools", "import-hf", bare, "--out", tmp_path / "out")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {err.value.one_line()}"]
+    assert not (tmp_path / "out").exists()
+    assert HFCheckpoint(bare, "alibi").arch.position == "alibi"
+    # An explicit field wins over the code; --position may not contradict it.
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({**config, "position_embedding": "rope"}))
+    (bare / "modeling_baichuan.py").write_text(CODE["alibi"])
+    assert HFCheckpoint(bare).position_source == ("rope", "config.json position_embedding")
+    with pytest.raises(UserError, match="--position alibi contradicts config.json's rope"):
+        HFCheckpoint(bare, "alibi")
+
+
+def test_llama_rope_theta_is_carried_over(tmp_path):
+    from checkpoints_tools.hf_io import arch_from_hf_config
+
+    llama = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 1000,
+             "max_position_embeddings": 256, "rope_theta": 500000.0}
+    arch = arch_from_hf_config(llama, "config.json")
+    assert (arch.position, arch.rope_base, arch.num_query_groups, arch.seq_length) == ("rope", 500000.0, 2, 256)
+    new_style = {**llama, "rope_theta": None, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert arch_from_hf_config(new_style, "config.json").rope_base == 1e6
+
+
+def test_alibi_model_of_non_13b_shape_imports_with_the_released_logits(released, imported, tmp_path):
+    from pretrain.parallel import run_local
+
+    meta = json.loads((imported / "meta.json").read_text())
+    assert meta["architecture"]["position"] == meta["model"]["position_embedding_type"] == "alibi"
+    assert meta["imported_from"]["position_from"] == "modeling_baichuan.py"
+    assert (meta["model"]["num_layers"], meta["model"]["hidden_size"]) == (4, 64)
+    run_local(1, trainer_logits_rank, str(imported), str(tmp_path / "logits.pt"), timeout=300)
+    got = torch.load(tmp_path / "logits.pt")
+    alibi, rope = reference_logits(released, "alibi"), reference_logits(released, "rope")
+    assert (alibi - rope).abs().max() > 0.5          # importing it as RoPE would show
+    diff = (got - alibi).abs().max().item()
+    print(f"max |logits(imported, trainer) - logits(HF ALiBi)| = {diff:.3g}")
+    assert diff < 1e-5
