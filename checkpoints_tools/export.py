@@ -17,7 +17,7 @@ from stack_common.progress import progress
 
 from . import layout as L
 from .dist_reader import META, DistCheckpointReader, read_json_file
-from .hf_io import FORMATS, copy_tokenizer, write_config
+from .hf_io import FORMATS, TOKENIZER_DIR, copy_tokenizer, write_config
 from .safetensors_out import ShardedSafetensorsWriter
 
 log = get_logger("checkpoints_tools.export")
@@ -117,7 +117,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dty
         raise UserError("the baichuan format has multi-head attention only", file=ckpt.dir / META,
                         field="model.num_query_groups", expected="--format llama for GQA models")
     target = DTYPES.get(dtype) or ckpt.reader.dtypes[L.EMBEDDING]
-    tokenizer = tokenizer or tokenizer_from_meta(ckpt.meta)
+    tokenizer = tokenizer or tokenizer_from_meta(ckpt.meta, ckpt.dir)
     start = time.time()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
@@ -166,9 +166,19 @@ def special_tokens(meta: dict) -> dict:
             "eos_token_id": int(tok.get("eod_id", tok.get("eos_id", 2)))}
 
 
-def tokenizer_from_meta(meta: dict) -> str | None:
-    """The tokenizer the run recorded (meta.json `tokenizer.model`), checked against its sha256."""
+def tokenizer_from_meta(meta: dict, ckpt_dir: Path | None = None) -> str | None:
+    """The tokenizer the checkpoint carries (CHECKPOINT/tokenizer/, copied as it was imported:
+    the same tokenizer_config.json and class), else the one the run recorded (meta.json
+    `tokenizer.model`); either is checked against the recorded sha256."""
     tok = meta.get("tokenizer")
+    carried = Path(ckpt_dir) / TOKENIZER_DIR if ckpt_dir is not None else None
+    if carried is not None and (carried / "tokenizer.model").is_file():
+        want = tok.get("sha256") if isinstance(tok, dict) else None
+        if want and sha256_file(carried / "tokenizer.model") != want:
+            raise UserError("carried tokenizer differs from the one recorded (sha256 differs from meta.json)",
+                            file=carried / "tokenizer.model", field="tokenizer.sha256",
+                            expected="the original file or --tokenizer")
+        return str(carried)
     path = (tok.get("model") or tok.get("path")) if isinstance(tok, dict) else tok
     if not path:
         return None

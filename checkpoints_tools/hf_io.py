@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pretrain.checkpointing import TOKENIZER_DIR  # noqa: F401  (re-exported for the tools)
 from stack_common.atomic import atomic_write_json
 from stack_common.errors import UserError
 

@@ -18,7 +18,7 @@ from stack_common.errors import UserError
 from stack_common.logging import get_logger
 
 from . import layout as L
-from .hf_io import HFCheckpoint
+from .hf_io import TOKENIZER_DIR, TOKENIZER_FILES, HFCheckpoint
 
 log = get_logger("checkpoints_tools.import")
 
@@ -69,7 +69,9 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 1,
     try:
         from pretrain.parallel import run_local
 
-        run_local(tp * pp, _import_rank, str(hf_dir), str(tmp), tp, pp, vpp, dtype, tokenizer, position)
+        run_local(tp * pp, _import_rank, str(hf_dir), str(tmp), tp, pp, vpp, dtype, position)
+        tok = carry_tokenizer(hf, Path(tokenizer) if tokenizer else None, tmp, out_dir)
+        atomic_write_json(tmp / "meta.json", import_meta(hf, tp, pp, vpp, tok))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -103,7 +105,7 @@ def _check_hf_shapes(hf: HFCheckpoint) -> None:
 # ----------------------------------------------------------------------------- per rank
 
 def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int, vpp, dtype: str,
-                 tokenizer, position):
+                 position):
     from pretrain import cpu_compat
 
     cpu_compat.apply_if_needed()
@@ -128,8 +130,6 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
         sd = full_state(chunks, None, None, TrainState(), is_loading=False)
         dist_save(sd, tmp)
         torch.distributed.barrier()
-        if rank == 0:
-            atomic_write_json(Path(tmp) / "meta.json", import_meta(hf, cfg, tp, pp, vpp, padded, tokenizer))
     finally:
         parallel.destroy()
 
@@ -167,16 +167,38 @@ def fill_chunk(model, hf: HFCheckpoint, tp_rank: int, tp: int, padded: int) -> N
         param.copy_(shard)
 
 
-def import_meta(hf: HFCheckpoint, cfg, tp, pp, vpp, padded, tokenizer) -> dict:
+def carry_tokenizer(hf: HFCheckpoint, model: Path | None, tmp: Path, out_dir: Path) -> dict | None:
+    """Copy tokenizer.model (`model`, else the HF dir's) and the HF dir's tokenizer config files
+    into CHECKPOINT/tokenizer/; returns meta.json's `tokenizer` entry (path after publishing)."""
+    model = model or hf.dir / "tokenizer.model"
+    if not model.is_file():
+        log.warning(f"no tokenizer.model in {hf.dir} and no --tokenizer: the checkpoint carries no tokenizer")
+        return None
+    from tokenizer_training.export_hf import load_sentencepiece
+
+    sp = load_sentencepiece(model)
+    dest = tmp / TOKENIZER_DIR
+    dest.mkdir()
+    shutil.copyfile(model, dest / "tokenizer.model")
+    files = ["tokenizer.model"] + [name for name in TOKENIZER_FILES
+                                   if name != "tokenizer.model" and (hf.dir / name).is_file()]
+    for name in files[1:]:
+        shutil.copyfile(hf.dir / name, dest / name)
+    return {"model": str((out_dir / TOKENIZER_DIR / "tokenizer.model").resolve()),
+            "sha256": sha256_file(dest / "tokenizer.model"), "vocab_size": sp.get_piece_size(),
+            "eod_id": sp.eos_id(), "bos_id": sp.bos_id(), "pad_id": 0, "dir": TOKENIZER_DIR,
+            "files": files, "source": str(model.resolve())}
+
+
+def import_meta(hf: HFCheckpoint, tp, pp, vpp, tok: dict | None) -> dict:
     from dataclasses import asdict
 
-    tok = None
-    tok_path = Path(tokenizer) if tokenizer else (hf.dir / "tokenizer.model")
-    if tok_path.is_file():
-        tok = {"model": str(tok_path.resolve()), "sha256": sha256_file(tok_path), "eod_id": 2}
+    from pretrain.model import padded_vocab_size
+
+    cfg = model_config_for(hf.arch, None)
     return {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0, "tp": tp, "pp": pp,
             "vpp": vpp, "dp": 1, "model": asdict(cfg), "vocab_size": hf.arch.vocab_size,
-            "padded_vocab_size": padded, "tokenizer": tok, "keep": True,
+            "padded_vocab_size": padded_vocab_size(hf.arch.vocab_size, tp), "tokenizer": tok, "keep": True,
             "train_state": {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0},
             "architecture": hf.arch.as_dict(),
             "imported_from": {"path": str(hf.dir.resolve()), "format": hf.format,

@@ -33,6 +33,7 @@ log = get_logger("pretrain.checkpointing")
 
 LATEST = "latest"
 META = "meta.json"
+TOKENIZER_DIR = "tokenizer"   # the tokenizer a checkpoint carries (import-hf puts it there)
 DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
@@ -160,6 +161,7 @@ class CheckpointManager:
         self.kill_in_save_iter = kill_in_save_iter   # fault drill: die between write and publish
         self.keep_last = keep_last
         self.meta_fn = meta_fn               # (TrainState, keep) -> dict for meta.json
+        self.tokenizer_dir: Optional[Path] = None   # copied into every checkpoint (CKPT/tokenizer)
         self.async_queue = None
         if async_save and torch.cuda.is_available():
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -211,6 +213,8 @@ class CheckpointManager:
     def _publish(self, tmp: Path, final: Path, meta: dict) -> None:
         if _rank() != 0:
             return
+        if self.tokenizer_dir is not None:
+            shutil.copytree(self.tokenizer_dir, tmp / TOKENIZER_DIR, dirs_exist_ok=True)
         atomic_write_json(tmp / META, meta)
         fsync_tree(tmp)
         if final.exists():   # the same iteration saved again (e.g. after a resume): replace it
@@ -220,6 +224,8 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        if self.tokenizer_dir is not None:   # the source checkpoint may be pruned
+            self.tokenizer_dir = final / TOKENIZER_DIR
         atomic_write_text(self.root / LATEST, final.name + "\n")
         log.info(f"saved checkpoint {final}" + (" (milestone, kept)" if meta.get("keep") else ""))
         self._prune()

@@ -173,10 +173,20 @@ def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
     return None
 
 
-def load_run_config(cfg: DictConfig, world_size: int | None = None) -> RunConfig:
-    """Type-check every group and check the whole config; raises ConfigError listing all problems."""
+def load_run_config(cfg: DictConfig, world_size: int | None = None,
+                    model_given: bool | None = None) -> RunConfig:
+    """Type-check every group and check the whole config; raises ConfigError listing all problems.
+
+    When the run starts from a checkpoint, the model comes from its meta.json unless `model=` was
+    given (None: read from Hydra's command line); any field that differs is a problem."""
     from pretrain.model import ModelConfig
 
+    source = source_checkpoint(cfg)
+    recorded = recorded_model(source)
+    arch_problems = []
+    if recorded is not None:
+        cfg = with_model(cfg, model_from_checkpoint(cfg, recorded, model_given))
+        arch_problems = architecture_mismatches(recorded, cfg.model)
     run = RunConfig(
         optimizer=to_dataclass(cfg.optimizer, OptimizerConfig, where="optimizer"),
         training=to_dataclass(cfg.training, TrainingConfig, where="training"),
@@ -190,13 +200,118 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None) -> RunConfig
     world = world_size if world_size is not None else world_size_from_env()
     if run.training.dry_run:   # planning a layout from a laptop: assume its smallest world
         world = max(world, run.parallel.tp * run.parallel.pp)
-    validate(run, world)
+    validate(run, world, arch_problems)
+    if recorded is not None:
+        validate_tokenizer(run, source)
     return run
 
 
-def validate(run: RunConfig, world_size: int) -> None:
+# ----------------------------------------------------------------------------- from a checkpoint
+
+# Fields a checkpoint's weights and function depend on: they must match the model that loads it.
+ARCH_FIELDS = ("hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+               "vocab_size", "seq_length", "position_embedding_type", "rotary_base", "norm_epsilon",
+               "normhead")
+
+
+def source_checkpoint(cfg: DictConfig) -> Optional[Path]:
+    """The checkpoint the run will load: its own latest (a resume), else checkpoint.load."""
+    from pretrain.checkpointing import checkpoints_root, find_latest
+
+    ck = cfg.checkpoint
+    own = find_latest(checkpoints_root(ck.dir)) if ck.get("resume", True) else None
+    if own is not None:
+        return own
+    load = ck.get("load")
+    return Path(load) if load and (Path(load) / "meta.json").is_file() else None
+
+
+def recorded_model(ckpt: Optional[Path]) -> Optional[dict]:
+    if ckpt is None:
+        return None
+    model = json.loads((ckpt / "meta.json").read_text()).get("model")
+    return model if isinstance(model, dict) else None
+
+
+def model_overrides_given() -> tuple[bool, list[str]]:
+    """From Hydra's command line: was the `model=` group chosen, and which `model.X=` were set."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True, []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return "model" in keys, [k.removeprefix("model.") for k in keys if k.startswith("model.")]
+
+
+def model_from_checkpoint(cfg: DictConfig, recorded: dict, model_given: bool | None) -> dict:
+    """The model config to use: the command line's when `model=` was given, else the recorded
+    one with the command line's `model.X=` overrides on top."""
+    from pretrain.model import ModelConfig
+
+    given, fields = model_overrides_given()
+    if model_given is not None:
+        given = model_given
+    if given:
+        return as_plain(cfg.model)
+    known = set(ModelConfig.__dataclass_fields__)
+    model = {k: v for k, v in recorded.items() if k in known}
+    model.update({k: cfg.model[k] for k in fields if k in cfg.model})
+    return model
+
+
+def with_model(cfg: DictConfig, model: dict) -> DictConfig:
+    from omegaconf import open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model = model
+    return cfg
+
+
+def _arch_value(model, name: str):
+    value = model.get(name)
+    if name == "num_query_groups":   # None and the head count both mean multi-head attention
+        return value or model.get("num_attention_heads")
+    if name in ("rotary_base", "norm_epsilon") and value is not None:
+        return float(value)
+    return value
+
+
+def architecture_mismatches(recorded: dict, model) -> list[str]:
+    """One line per architecture field where the model config differs from the checkpoint."""
+    problems = []
+    for name in ARCH_FIELDS:
+        if name not in recorded:
+            continue
+        have, says = _arch_value(recorded, name), _arch_value(model, name)
+        if have != says:
+            problems.append(f"model.{name}: checkpoint has {have}, config says {says}")
+    return problems
+
+
+def validate_tokenizer(run: RunConfig, ckpt: Path) -> None:
+    """Data encoded with another tokenizer than the checkpoint's is refused (by sha256)."""
+    from pretrain.data import tokenizer_reference
+    from stack_common.errors import UserError
+
+    tok = json.loads((ckpt / "meta.json").read_text()).get("tokenizer")
+    want = tok.get("sha256") if isinstance(tok, dict) else None
+    if not want or run.training.dry_run or not run.data.paths:
+        return
+    data = tokenizer_reference(run)
+    if data["sha256"] and data["sha256"] != want:
+        raise UserError(f"the data was encoded with tokenizer {data['model']} (sha256 "
+                        f"{data['sha256'][:12]}), the checkpoint's is {tok.get('model')} (sha256 {want[:12]})",
+                        file=ckpt / "meta.json", field="tokenizer.sha256",
+                        expected="data encoded with the checkpoint's tokenizer")
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate(run: RunConfig, world_size: int, arch_problems: list[str] = ()) -> None:
     """All violations at once, one line each."""
     c = Checks()
+    c.problems.extend(arch_problems)
     m, p, t, o = run.model, run.parallel, run.training, run.optimizer
     heads = getattr(m, "num_attention_heads", None)
     layers = getattr(m, "num_layers", None)

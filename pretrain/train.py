@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.checkpointing import CheckpointManager, TrainState, checkpoints_root, find_latest, imported_weights_only
+from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, TrainState, checkpoints_root, find_latest,
+                                    imported_weights_only)
 from pretrain.config import RunConfig, load_run_config, tokenizer_vocab_size
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
@@ -160,6 +161,8 @@ class Trainer:
             return
         self.state = self.ckpt.load(source, self.model, self.optimizer, self.scheduler,
                                     layout=self._layout(), load_optimizer=load_optimizer)
+        if (source / TOKENIZER_DIR).is_dir():   # the tokenizer travels on with the weights
+            self.ckpt.tokenizer_dir = source / TOKENIZER_DIR
         if self.state.consumed_samples % self.run.training.global_batch_size:
             raise UserError(f"checkpoint consumed {self.state.consumed_samples} samples, not a multiple "
                             f"of training.global_batch_size={self.run.training.global_batch_size}",

@@ -141,6 +141,12 @@ def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def error_lines(res: subprocess.CompletedProcess) -> list[str]:
+    """The CLI's error lines (library warnings aside); there must be no traceback."""
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    return [line for line in res.stderr.splitlines() if line.startswith(("error:", "config error:"))]
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Path:
     return train_sentencepiece(tmp_path_factory.mktemp("tok"), 1000)
@@ -174,7 +180,7 @@ def test_position_type_from_the_shipped_code_or_a_clear_error(tmp_path, tok):
         "(RotaryEmbedding/apply_rotary_pos_emb) code to tell the position type "
         "(expected --position rope|alibi)")
     res = cli("checkpoints_tools", "import-hf", bare, "--out", tmp_path / "out")
-    assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {err.value.one_line()}"]
+    assert res.returncode == 2 and error_lines(res) == [f"error: {err.value.one_line()}"]
     assert not (tmp_path / "out").exists()
     assert HFCheckpoint(bare, "alibi").arch.position == "alibi"
     # An explicit field wins over the code; --position may not contradict it.
@@ -212,3 +218,71 @@ def test_alibi_model_of_non_13b_shape_imports_with_the_released_logits(released,
     diff = (got - alibi).abs().max().item()
     print(f"max |logits(imported, trainer) - logits(HF ALiBi)| = {diff:.3g}")
     assert diff < 1e-5
+
+
+# ----------------------------------------------------------------------------- data
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """data/sample (en, zh) as a pipeline-style shard directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipeline.schema import DOC_SCHEMA
+    from stack_common.shards import write_table
+
+    tables = [pq.read_table(REPO / "data" / "sample" / f"{lang}.parquet") for lang in ("en", "zh")]
+    t = pa.concat_tables([x.select(["id", "text", "lang", "source"]) for x in tables])
+    table = pa.table({"id": t["id"], "text": t["text"], "lang": t["lang"], "source": t["source"],
+                      "quality_score": pa.array([0.5] * t.num_rows, pa.float32()),
+                      "annotations": ["{}"] * t.num_rows}, schema=DOC_SCHEMA)
+    out = tmp_path_factory.mktemp("shards") / "final"
+    write_table(out, table, target_bytes=2_000_000)
+    return out
+
+
+def pretrain_args(ckpt: Path, data: Path, run_dir: Path, iters: int = 4) -> list[str]:
+    return [f"checkpoint.load={ckpt}", f"data.paths=[{data}/en_text_document,{data}/zh_text_document]",
+            "training.seq_length=32", f"training.train_iters={iters}", "training.micro_batch_size=2",
+            "training.global_batch_size=4", "training.eval_interval=2", "training.eval_iters=1",
+            "optimizer=tiny", "optimizer.warmup_iters=1", f"checkpoint.dir={run_dir}",
+            "checkpoint.save_interval=2", "logging.log_interval=1", "logging.tensorboard=false"]
+
+
+# ----------------------------------------------------------------------------- 2: architecture
+
+def test_a_differing_model_override_is_one_line_per_field(imported, shards, tmp_path):
+    from tokenizer_training.config import EncodeConfig
+    from tokenizer_training.encode import encode
+
+    data = tmp_path / "tokens"
+    encode(imported / "tokenizer" / "tokenizer.model", [str(shards)], data, EncodeConfig(workers=1))
+    run_dir = tmp_path / "run"
+    res = cli("pretrain", *pretrain_args(imported, data, run_dir), "model=tiny_rope", "model.hidden_size=128")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert error_lines(res) == [
+        "config error: model.hidden_size: checkpoint has 64, config says 128",
+        "config error: model.ffn_hidden_size: checkpoint has 96, config says 176",
+        "config error: model.vocab_size: checkpoint has 1000, config says 8000",
+        "config error: model.position_embedding_type: checkpoint has alibi, config says rope"]
+    assert not (run_dir / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- 3: tokenizer
+
+def test_data_encoded_with_another_tokenizer_is_refused(imported, shards, tmp_path):
+    from stack_common.atomic import sha256_file
+    from tokenizer_training.config import EncodeConfig
+    from tokenizer_training.encode import encode
+
+    other = train_sentencepiece(tmp_path / "other_tok", 900)
+    data = tmp_path / "tokens"
+    encode(other, [str(shards)], data, EncodeConfig(workers=1))
+    ours = imported / "tokenizer" / "tokenizer.model"
+    res = cli("pretrain", *pretrain_args(imported, data, tmp_path / "run"))
+    assert res.returncode == 2
+    assert error_lines(res) == [
+        f"error: {imported}/meta.json, field 'tokenizer.sha256': the data was encoded with tokenizer "
+        f"{other.resolve()} (sha256 {sha256_file(other)[:12]}), the checkpoint's is {ours.resolve()} "
+        f"(sha256 {sha256_file(ours)[:12]}) (expected data encoded with the checkpoint's tokenizer)"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
