@@ -286,3 +286,46 @@ def test_data_encoded_with_another_tokenizer_is_refused(imported, shards, tmp_pa
         f"{other.resolve()} (sha256 {sha256_file(other)[:12]}), the checkpoint's is {ours.resolve()} "
         f"(sha256 {sha256_file(ours)[:12]}) (expected data encoded with the checkpoint's tokenizer)"]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- 4: end to end
+
+PROBE = "  Baichuan 2 在2023年9月发布。\tTabs and    spaces\ndef f(x):\n    return x ** 2  # 平方 😀"
+
+
+def test_continue_from_a_released_checkpoint_end_to_end(released, shards, tmp_path):
+    """The README's sequence: import at TP=2, encode with the checkpoint's tokenizer, train with the
+    architecture from the checkpoint at TP=1, export; the export's tokenizer is the release's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt, data, run_dir, out = tmp_path / "imported", tmp_path / "tokens", tmp_path / "run", tmp_path / "hf"
+    steps = [("checkpoints_tools", "import-hf", released, "--out", ckpt, "--tp", "2"),
+             ("tokenizer_training", "encode", f"model_file={ckpt}/tokenizer/tokenizer.model",
+              f"input=[{shards}]", f"out={data}", "encode.workers=1"),
+             ("pretrain", *pretrain_args(ckpt, data, run_dir, iters=4)),
+             ("checkpoints_tools", "export-hf", run_dir, "--format", "baichuan", "--out", out)]
+    for step in steps:
+        res = cli(*step)
+        print("$ python -m", " ".join(map(str, step)))
+        print("\n".join(l for l in (res.stdout + res.stderr).splitlines()
+                        if " INFO " in l or l.startswith(("{", " ", "}", "error"))))
+        assert res.returncode == 0, res.stderr[-4000:]
+    trained = run_dir / "checkpoints" / "iter_0000004"
+    meta = json.loads((trained / "meta.json").read_text())
+    assert (meta["model"]["position_embedding_type"], meta["model"]["hidden_size"]) == ("alibi", 64)
+    assert meta["tokenizer"]["sha256"] == json.loads((ckpt / "meta.json").read_text())["tokenizer"]["sha256"]
+    assert (trained / "tokenizer" / "tokenizer_config.json").read_text() == \
+        (released / "tokenizer_config.json").read_text()
+    # The export's tokenizer behaves as the release's: ids, model_max_length, no BOS added.
+    ours, theirs = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(released)
+    assert ours(PROBE)["input_ids"] == theirs(PROBE)["input_ids"] and len(theirs(PROBE)["input_ids"]) > 10
+    assert ours.model_max_length == theirs.model_max_length == 4096
+    assert ours("a")["input_ids"][0] != ours.bos_token_id and ours.eos_token_id == 2
+    config = json.loads((out / "config.json").read_text())
+    assert (config["position_embedding"], config["num_hidden_layers"]) == ("alibi", 4)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True)
+    with torch.no_grad():
+        trained_logits = model(TOKENS).logits
+    assert torch.isfinite(trained_logits).all()
+    # Training moved the weights away from the release's.
+    assert (trained_logits - reference_logits(released, "alibi")).abs().max() > 1e-4
