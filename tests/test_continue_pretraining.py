@@ -317,7 +317,7 @@ def test_continue_from_a_released_checkpoint_end_to_end(released, shards, tmp_pa
     assert (trained / "tokenizer" / "tokenizer_config.json").read_text() == \
         (released / "tokenizer_config.json").read_text()
     # The export's tokenizer behaves as the release's: ids, model_max_length, no BOS added.
-    ours, theirs = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(released)
+    ours, theirs = (AutoTokenizer.from_pretrained(d, trust_remote_code=True) for d in (out, released))
     assert ours(PROBE)["input_ids"] == theirs(PROBE)["input_ids"] and len(theirs(PROBE)["input_ids"]) > 10
     assert ours.model_max_length == theirs.model_max_length == 4096
     assert ours("a")["input_ids"][0] != ours.bos_token_id and ours.eos_token_id == 2
