@@ -180,7 +180,8 @@ def position_from_code(hf_dir: Path) -> str | None:
 
 
 def position_source(config: dict, hf_dir: Path, given: str | None) -> tuple[str, str]:
-    """(position type, where it came from): config.json's field, else --position, else the code."""
+    """(position type, where it came from): config.json's field, else --position, else the code.
+    --position may fill a gap but never contradict config.json or the shipped code."""
     where = hf_dir / "config.json"
     if given is not None and given not in POSITIONS:
         raise UserError(f"unknown position type {given!r}", field="--position", expected="rope or alibi")
@@ -198,9 +199,12 @@ def position_source(config: dict, hf_dir: Path, given: str | None) -> tuple[str,
             raise UserError(f"--position {given} contradicts config.json's {field}", file=where,
                             field="position_embedding", expected=f"--position {field} or none")
         return field, "config.json position_embedding"
+    code = position_from_code(hf_dir)
+    if given is not None and code is not None and given != code:
+        raise UserError(f"--position {given} contradicts {MODELING_FILE}'s {code} code",
+                        file=hf_dir / MODELING_FILE, field="--position", expected=f"--position {code} or none")
     if given is not None:
         return given, "--position"
-    code = position_from_code(hf_dir)
     if code is not None:
         return code, MODELING_FILE
     raise UserError("no position_embedding field, and no modeling_baichuan.py with either ALiBi "

@@ -192,6 +192,16 @@ def test_position_type_from_the_shipped_code_or_a_clear_error(tmp_path, tok):
         HFCheckpoint(bare, "alibi")
 
 
+def test_position_may_not_contradict_the_shipped_code(tmp_path, tok):
+    alibi = write_released(tmp_path / "alibi", "alibi", tok)
+    with pytest.raises(UserError) as err:
+        HFCheckpoint(alibi, "rope")
+    assert err.value.one_line() == (
+        f"{alibi}/modeling_baichuan.py, field '--position': --position rope contradicts "
+        "modeling_baichuan.py's alibi code (expected --position alibi or none)")
+    assert HFCheckpoint(alibi, "alibi").position_source == ("alibi", "--position")
+
+
 def test_llama_rope_theta_is_carried_over(tmp_path):
     from checkpoints_tools.hf_io import arch_from_hf_config
 
