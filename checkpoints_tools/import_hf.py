@@ -63,6 +63,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 1,
         from stack_common.errors import ConfigError
         raise ConfigError(problems)
     _check_hf_shapes(hf)
+    tok_model = tokenizer_model(hf, Path(tokenizer) if tokenizer else None)
     tmp = out_dir.with_name(f".{out_dir.name}.import.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -70,7 +71,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 1,
         from pretrain.parallel import run_local
 
         run_local(tp * pp, _import_rank, str(hf_dir), str(tmp), tp, pp, vpp, dtype, position)
-        tok = carry_tokenizer(hf, Path(tokenizer) if tokenizer else None, tmp, out_dir)
+        tok = carry_tokenizer(hf, tok_model, tmp, out_dir) if tok_model else None
         atomic_write_json(tmp / "meta.json", import_meta(hf, tp, pp, vpp, tok))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -167,13 +168,29 @@ def fill_chunk(model, hf: HFCheckpoint, tp_rank: int, tp: int, padded: int) -> N
         param.copy_(shard)
 
 
-def carry_tokenizer(hf: HFCheckpoint, model: Path | None, tmp: Path, out_dir: Path) -> dict | None:
-    """Copy tokenizer.model (`model`, else the HF dir's) and the HF dir's tokenizer config files
-    into CHECKPOINT/tokenizer/; returns meta.json's `tokenizer` entry (path after publishing)."""
-    model = model or hf.dir / "tokenizer.model"
+def tokenizer_model(hf: HFCheckpoint, given: Path | None) -> Path | None:
+    """The tokenizer.model to carry (`given`, else the HF dir's), checked before any weight is
+    converted: a SentencePiece model with no more pieces than the model's vocabulary."""
+    from tokenizer_training.export_hf import load_sentencepiece
+
+    if given is not None and not given.is_file():
+        raise UserError("no such file" if not given.exists() else "a directory, not a file", file=given,
+                        field="--tokenizer", expected="a SentencePiece tokenizer.model")
+    model = given or hf.dir / "tokenizer.model"
     if not model.is_file():
         log.warning(f"no tokenizer.model in {hf.dir} and no --tokenizer: the checkpoint carries no tokenizer")
         return None
+    pieces = load_sentencepiece(model).get_piece_size()
+    if pieces > hf.arch.vocab_size:
+        raise UserError(f"the tokenizer has {pieces} pieces, more than the model's vocab_size "
+                        f"{hf.arch.vocab_size}", file=model, field="--tokenizer" if given else None,
+                        expected="the model's own tokenizer")
+    return model
+
+
+def carry_tokenizer(hf: HFCheckpoint, model: Path, tmp: Path, out_dir: Path) -> dict:
+    """Copy tokenizer.model (`model`) and the HF dir's tokenizer config files into
+    CHECKPOINT/tokenizer/; returns meta.json's `tokenizer` entry (path after publishing)."""
     from tokenizer_training.export_hf import load_sentencepiece
 
     sp = load_sentencepiece(model)

@@ -104,7 +104,7 @@ def reference_logits(released: Path, position: str) -> torch.Tensor:
     (ref_dir / "config.json").write_text(json.dumps({**config, "position_embedding": position}))
     for name in ("configuration_baichuan.py", "modeling_baichuan.py"):
         shutil.copyfile(REPO / "checkpoints_tools" / "hf_templates" / name, ref_dir / name)
-    hf = HFCheckpoint(released, position)
+    hf = HFCheckpoint(released)   # only its tensors: the position type is the reference's
     config = AutoConfig.from_pretrained(ref_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=torch.float32)
     model.load_state_dict({n: hf.get(n) for n in hf.names()}, strict=True)
@@ -228,6 +228,29 @@ def test_alibi_model_of_non_13b_shape_imports_with_the_released_logits(released,
     diff = (got - alibi).abs().max().item()
     print(f"max |logits(imported, trainer) - logits(HF ALiBi)| = {diff:.3g}")
     assert diff < 1e-5
+
+
+def test_a_bad_tokenizer_is_refused_before_any_weight_is_converted(released, tmp_path, monkeypatch):
+    import checkpoints_tools.import_hf as imp
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("weights converted before the tokenizer was checked")
+
+    monkeypatch.setattr("pretrain.parallel.run_local", no_conversion)
+    missing, out = tmp_path / "nowhere" / "tokenizer.model", tmp_path / "out"
+    with pytest.raises(UserError) as err:
+        imp.import_hf(released, out, tokenizer=str(missing))
+    assert err.value.one_line() == (f"{missing}, field '--tokenizer': no such file "
+                                    "(expected a SentencePiece tokenizer.model)")
+    (tmp_path / "junk.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(UserError, match="not a SentencePiece model"):
+        imp.import_hf(released, out, tokenizer=str(tmp_path / "junk.model"))
+    big = train_sentencepiece(tmp_path / "big_tok", 1300)
+    with pytest.raises(UserError) as err:
+        imp.import_hf(released, out, tokenizer=str(big))
+    assert err.value.one_line() == (f"{big}, field '--tokenizer': the tokenizer has 1300 pieces, more than "
+                                    "the model's vocab_size 1000 (expected the model's own tokenizer)")
+    assert not out.exists() and not list(tmp_path.glob(".out.import.tmp"))
 
 
 # ----------------------------------------------------------------------------- data
