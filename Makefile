@@ -1,25 +1,28 @@
 # The README's two commands: `make demo` and `make test`. Each creates .venv when missing and
 # installs through requirements/lock.txt, the exact versions CI last passed with.
-PYTHON ?= python3
+# The lock is made on Python 3.11 for CPU machines (CI's kind): python3.11 is preferred.
+PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 LOCK   := requirements/lock.txt
-# A CPU-only machine takes the local CPU build of torch; a range would pull GBs of CUDA wheels.
-# The lock pins torch's version either way.
-TORCH  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
-# Optional wheel index for torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==\([^ ]*\).*/\1/p' $(LOCK))
+# A CPU-only machine takes the CPU build of torch (this workplace keeps one on disk); with
+# nvidia-smi, the CUDA build of the same release. A range would pull GBs of CUDA wheels.
+TORCH  := torch==$(TORCH_VERSION)
+# Extra wheel index for torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu where
+# PyPI's torch is the CUDA build (any build of the locked release satisfies the lock).
 TORCH_INDEX ?=
-TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
-# Python 3.12 for the newest megatron-core (0.17+ needs it): pyenv's, else the one on PATH.
-PY312  ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# Python 3.12 for the newest megatron-core (0.17+ needs it): pyenv's newest 3.12, else PATH's.
+PY312  ?= $(or $(shell pyenv prefix $$(pyenv latest 3.12 2>/dev/null) 2>/dev/null | sed 's|$$|/bin/python3.12|'),python3.12)
 MCORE_NEWEST ?= megatron-core==0.19.2
-# torch for test-latest: the CPU build by default (the newest release is a multi-GB CUDA build);
-# LATEST_TORCH=torch takes the newest.
+# torch for test-latest: the locked release (CPU build here); LATEST_TORCH=torch takes the newest.
 LATEST_TORCH ?= $(TORCH)
 
 .PHONY: demo test install install-dev lock lock-upgrade test-latest test-py312 bench clean
 
 $(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.version_info[:2] == (3, 11) or print("warning: $(PYTHON) is Python %d.%d; the lock was made on 3.11, so some pins (megatron-core) do not apply" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c $(LOCK) --upgrade pip
 
@@ -41,16 +44,19 @@ demo: $(VENV)/.base-installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Regenerate the lock after changing a dependency in pyproject.toml (existing pins are kept
-# where they still fit); lock-upgrade moves every pin to the newest release in range. Commit
-# the lock with the change. pip-compile records the local CPU build of torch as 2.13.0+cpu;
-# the pin is written without the local label so that any build of that release satisfies it.
+# Regenerate the lock after changing a dependency in pyproject.toml (pins that still fit are
+# kept); lock-upgrade moves every pin to the newest release in range. Commit the lock with the
+# change. Made on Python 3.11 with the CPU build of torch (give TORCH_INDEX where PyPI serves the
+# CUDA build); the pin is written without the local label (+cpu) so any build of it satisfies it.
+LOCK_PYTHON ?= python3.11
 define pip_compile
-	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install -q --upgrade pip pip-tools
+	$(LOCK_PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "the lock is made on Python 3.11: set LOCK_PYTHON"'
+	rm -rf .venv-lock && $(LOCK_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip==26.3 pip-tools==7.7.0
 	.venv-lock/bin/pip-compile --quiet $(1) --extra dev --strip-extras --allow-unsafe \
+	    $(if $(TORCH_INDEX),--pip-args "--extra-index-url $(TORCH_INDEX)",) \
 	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements/lock.in
-	sed -i 's/^torch==\([^+ ]*\)+cpu/torch==\1/' $(LOCK)
+	.venv-lock/bin/python -c 'import re, sys; p = sys.argv[1]; t = open(p).read(); open(p, "w").write(re.sub(r"(?m)^(torch==[^+\s]+)\+\S+", r"\1", t))' $(LOCK)
 	rm -rf .venv-lock
 endef
 lock:
@@ -67,12 +73,15 @@ test-latest:
 	.venv-latest/bin/pip freeze --exclude-editable > .venv-latest/versions.txt
 	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 
-# The suite on Python 3.12 with the newest megatron-core. PyPI's torch for 3.12 is the CUDA
-# build (about 3 GB); it runs on the CPU all the same.
+# The suite on Python 3.12 with the newest megatron-core and the newest releases of the rest.
+# Without TORCH_INDEX, PyPI's torch for 3.12 is the CUDA build (about 3 GB); it runs on the CPU.
 test-py312:
-	test -x .venv-py312/bin/python || $(PY312) -m venv .venv-py312
+	@$(PY312) -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null || \
+	    { echo "error: no Python 3.12 found (tried $(PY312)); set PY312=/path/to/python3.12"; exit 2; }
+	rm -rf .venv-py312 && $(PY312) -m venv .venv-py312
 	.venv-py312/bin/pip install -q --upgrade pip
-	.venv-py312/bin/pip install -q "torch==2.13.0" "$(MCORE_NEWEST)" -e '.[dev]'
+	.venv-py312/bin/pip install -q $(TORCH_PIP_ARGS) "$(TORCH)"
+	.venv-py312/bin/pip install -q "$(MCORE_NEWEST)" -e '.[dev]'
 	.venv-py312/bin/pip freeze --exclude-editable > .venv-py312/versions.txt
 	.venv-py312/bin/python -m pytest $(PYTEST_ARGS)
 

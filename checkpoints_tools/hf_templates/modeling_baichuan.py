@@ -14,20 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_baichuan import BaichuanConfig
 
+try:  # transformers 5: init functions that spare the tensors from_pretrained has loaded
+    from transformers.initialization import normal_, ones_
+except ImportError:  # 4.x initializes before loading
+    from torch.nn.init import normal_, ones_
 
-# The KV cache's name in model outputs: `cache` from transformers 5.24 on (where generate() also
-# passes `cache=` to forward instead of `past_key_values=`), `past_key_values` before.
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+def cache_field(output_cls) -> str:
+    """The KV cache's name in model outputs: `cache` from transformers 5.24 on (where generate()
+    also passes `cache=` to forward instead of `past_key_values=`), `past_key_values` before."""
+    return "cache" if "cache" in output_cls.__dataclass_fields__ else "past_key_values"
 
 
 def model_output(output_cls, cache, **fields):
-    return output_cls(**fields, **{CACHE_FIELD: cache})
+    return output_cls(**fields, **{cache_field(output_cls): cache})
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -147,9 +152,9 @@ class BaichuanPreTrainedModel(PreTrainedModel):
         # transformers' init functions skip tensors that from_pretrained has already loaded
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, NormHead, nn.Embedding)):
-            init.normal_(module.weight, mean=0.0, std=std)
+            normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
+            ones_(module.weight)
 
 
 class BaichuanModel(BaichuanPreTrainedModel):
@@ -239,5 +244,5 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
-        return model_output(CausalLMOutputWithPast, getattr(out, CACHE_FIELD),
+        return model_output(CausalLMOutputWithPast, getattr(out, cache_field(BaseModelOutputWithPast)),
                             loss=loss, logits=logits)
