@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from stack_common.atomic import atomic_write_json, atomic_write_text, fsync_tree, read_json, remove_stale_tmp
+from stack_common.errors import ConfigError, UserError
 from stack_common.logging import get_logger
 
 log = get_logger("pretrain.checkpointing")
@@ -75,7 +76,45 @@ def find_latest(root: Path) -> Optional[Path]:
 
 
 def read_meta(ckpt_dir: str | os.PathLike) -> dict:
-    return read_json(Path(ckpt_dir) / META)
+    path = Path(ckpt_dir) / META
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"not readable JSON: {err}", file=path) from None
+    if not isinstance(meta, dict):
+        raise UserError("not a JSON object", file=path)
+    return meta
+
+
+def resolve_load(load: str | os.PathLike) -> Optional[Path]:
+    """checkpoint.load as a checkpoint: the directory itself when it has meta.json, else the
+    latest complete checkpoint of a run directory (or of its checkpoints/); None when neither."""
+    path = Path(load)
+    if (path / META).is_file():
+        return path
+    if not path.is_dir():
+        return None
+    return find_latest(checkpoints_root(path)) or find_latest(path)
+
+
+def resume_source(c, run_dir: str | os.PathLike) -> tuple[Optional[Path], bool]:
+    """Where a (re)started run loads from, and whether with optimizer and schedule.
+
+    The run's own latest checkpoint always wins, so a requeued continued-pretraining job resumes
+    where it stopped; `checkpoint.load` only starts a run that has no checkpoint yet (an
+    import-hf checkpoint brings weights only). A `checkpoint.load` that holds no checkpoint is a
+    ConfigError."""
+    own = find_latest(checkpoints_root(run_dir)) if c.resume else None
+    if own is not None:
+        return own, True
+    if not c.load:
+        return None, False
+    source = resolve_load(c.load)
+    if source is None:
+        problem = (f"path does not exist: {c.load}" if not Path(c.load).exists() else
+                   f"{c.load} has no meta.json (give an iter_* directory or a run directory)")
+        raise ConfigError([f"checkpoint.load: {problem}"])
+    return source, c.load_optimizer and not imported_weights_only(source)
 
 
 def imported_weights_only(ckpt_dir: str | os.PathLike) -> bool:
@@ -300,8 +339,6 @@ def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:
 def check_vocab(meta: dict, model_chunks) -> None:
     """The tokenizer vocabulary must match; the TP padding may differ (padded rows are masked
     in the loss, and the embedding / output tables load with megatron's shape-mismatch rule)."""
-    from stack_common.errors import UserError
-
     vocab = getattr(unwrap(model_chunks[0]), "baichuan", None)
     vocab = getattr(vocab, "vocab_size", None)
     if vocab is not None and meta.get("vocab_size") not in (None, vocab):

@@ -181,17 +181,17 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None,
     given (None: read from Hydra's command line); any field that differs is a problem."""
     from pretrain.model import ModelConfig
 
-    source = source_checkpoint(cfg)
+    checkpoint = to_dataclass(cfg.checkpoint, CheckpointConfig, where="checkpoint")
+    source, early_problems = source_checkpoint(checkpoint)
     recorded = recorded_model(source)
-    arch_problems = []
     if recorded is not None:
         cfg = with_model(cfg, model_from_checkpoint(cfg, recorded, model_given))
-        arch_problems = architecture_mismatches(recorded, cfg.model)
+        early_problems += architecture_mismatches(recorded, cfg.model)
     run = RunConfig(
         optimizer=to_dataclass(cfg.optimizer, OptimizerConfig, where="optimizer"),
         training=to_dataclass(cfg.training, TrainingConfig, where="training"),
         data=to_dataclass(cfg.data, DataConfig, where="data"),
-        checkpoint=to_dataclass(cfg.checkpoint, CheckpointConfig, where="checkpoint"),
+        checkpoint=checkpoint,
         logging=to_dataclass(cfg.logging, LoggingConfig, where="logging"),
         model=to_dataclass(cfg.model, ModelConfig, where="model"),
         parallel=parallel_from_cfg(cfg.parallel),
@@ -200,7 +200,7 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None,
     world = world_size if world_size is not None else world_size_from_env()
     if run.training.dry_run:   # planning a layout from a laptop: assume its smallest world
         world = max(world, run.parallel.tp * run.parallel.pp)
-    validate(run, world, arch_problems)
+    validate(run, world, early_problems)
     if recorded is not None:
         validate_tokenizer(run, source)
     return run
@@ -214,22 +214,22 @@ ARCH_FIELDS = ("hidden_size", "num_layers", "num_attention_heads", "num_query_gr
                "normhead")
 
 
-def source_checkpoint(cfg: DictConfig) -> Optional[Path]:
-    """The checkpoint the run will load: its own latest (a resume), else checkpoint.load."""
-    from pretrain.checkpointing import checkpoints_root, find_latest
+def source_checkpoint(ck: CheckpointConfig) -> tuple[Optional[Path], list[str]]:
+    """The checkpoint the run will load (the trainer's own rule), or the config problem with
+    checkpoint.load."""
+    from pretrain.checkpointing import resume_source
+    from stack_common.errors import ConfigError
 
-    ck = cfg.checkpoint
-    own = find_latest(checkpoints_root(ck.dir)) if ck.get("resume", True) else None
-    if own is not None:
-        return own
-    load = ck.get("load")
-    return Path(load) if load and (Path(load) / "meta.json").is_file() else None
+    try:
+        return resume_source(ck, ck.dir)[0], []
+    except ConfigError as err:
+        return None, list(err.problems)
 
 
 def recorded_model(ckpt: Optional[Path]) -> Optional[dict]:
-    if ckpt is None:
-        return None
-    model = json.loads((ckpt / "meta.json").read_text()).get("model")
+    from pretrain.checkpointing import read_meta
+
+    model = read_meta(ckpt).get("model") if ckpt is not None else None
     return model if isinstance(model, dict) else None
 
 
@@ -291,10 +291,11 @@ def architecture_mismatches(recorded: dict, model) -> list[str]:
 
 def validate_tokenizer(run: RunConfig, ckpt: Path) -> None:
     """Data encoded with another tokenizer than the checkpoint's is refused (by sha256)."""
+    from pretrain.checkpointing import read_meta
     from pretrain.data import tokenizer_reference
     from stack_common.errors import UserError
 
-    tok = json.loads((ckpt / "meta.json").read_text()).get("tokenizer")
+    tok = read_meta(ckpt).get("tokenizer")
     want = tok.get("sha256") if isinstance(tok, dict) else None
     if not want or run.training.dry_run or not run.data.paths:
         return
@@ -308,10 +309,11 @@ def validate_tokenizer(run: RunConfig, ckpt: Path) -> None:
 
 # ----------------------------------------------------------------------------- validation
 
-def validate(run: RunConfig, world_size: int, arch_problems: list[str] = ()) -> None:
-    """All violations at once, one line each."""
+def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) -> None:
+    """All violations at once, one line each (`early_problems`: checkpoint.load and the
+    checkpoint's architecture, found while choosing the model)."""
     c = Checks()
-    c.problems.extend(arch_problems)
+    c.problems.extend(early_problems)
     m, p, t, o = run.model, run.parallel, run.training, run.optimizer
     heads = getattr(m, "num_attention_heads", None)
     layers = getattr(m, "num_layers", None)
@@ -365,8 +367,6 @@ def validate(run: RunConfig, world_size: int, arch_problems: list[str] = ()) -> 
     ck = run.checkpoint
     c.require(ck.save_interval >= 0, f"checkpoint.save_interval={ck.save_interval} must be >= 0")
     c.require(ck.keep_last >= 1, f"checkpoint.keep_last={ck.keep_last} must be >= 1")
-    if ck.load:
-        c.path_exists(ck.load, "checkpoint.load")
     c.raise_if_any()
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, TrainState, checkpoints_root, find_latest,
-                                    imported_weights_only)
+from pretrain.checkpointing import TOKENIZER_DIR, CheckpointManager, TrainState, checkpoints_root, resume_source
 from pretrain.config import RunConfig, load_run_config, tokenizer_vocab_size
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
@@ -87,20 +86,6 @@ def dry_run(run: RunConfig) -> int:
           f"activations {act / 2**30:.2f} GiB, total {(states + act) / 2**30:.2f} GiB "
           f"({'bf16 + fp32 master' if bf16 else 'fp32'}{', distributed optimizer' if run.optimizer.distributed else ''})")
     return 0
-
-
-def resume_source(c, run_dir: Path) -> tuple[Path | None, bool]:
-    """Where a (re)started run loads from, and whether with optimizer and schedule.
-
-    The run's own latest checkpoint always wins, so a requeued continued-pretraining job resumes
-    where it stopped; `checkpoint.load` only starts a run that has no checkpoint yet (an
-    import-hf checkpoint brings weights only)."""
-    own = find_latest(checkpoints_root(run_dir)) if c.resume else None
-    if own is not None:
-        return own, True
-    if not c.load:
-        return None, False
-    return Path(c.load), c.load_optimizer and not imported_weights_only(c.load)
 
 
 class Trainer:

@@ -284,6 +284,35 @@ def pretrain_args(ckpt: Path, data: Path, run_dir: Path, iters: int = 4) -> list
 
 # ----------------------------------------------------------------------------- 2: architecture
 
+def run_config(*overrides: str):
+    """load_run_config on the composed pretrain config, Hydra's command line set as in a run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from pretrain.config import load_run_config
+    from stack_common.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return load_run_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), world_size=1)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_a_load_directory_without_a_checkpoint_is_a_config_error(tmp_path):
+    from stack_common.errors import ConfigError
+
+    (tmp_path / "cont").mkdir()
+    with pytest.raises(ConfigError) as err:
+        run_config(f"checkpoint.load={tmp_path}/cont", f"checkpoint.dir={tmp_path}/run")
+    assert err.value.problems[0] == (f"checkpoint.load: {tmp_path}/cont has no meta.json "
+                                     "(give an iter_* directory or a run directory)")
+
+
+
 def test_a_differing_model_override_is_one_line_per_field(imported, shards, tmp_path):
     from tokenizer_training.config import EncodeConfig
     from tokenizer_training.encode import encode

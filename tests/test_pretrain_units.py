@@ -62,7 +62,7 @@ def test_loss_watch_counts_skipped_steps_in_a_row_and_spikes():
 
 def test_parallel_group_rejects_unknown_keys():
     from pretrain.config import parallel_from_cfg
-    from stack_common.errors import ConfigError
+    from stack_common.errors import ConfigError, UserError
 
     assert parallel_from_cfg({"tp": 2, "pp": 2, "vpp": 2}).vpp == 2
     with pytest.raises(ConfigError, match="sequence_paralel"):
@@ -128,7 +128,8 @@ def test_split_leaving_a_dataset_without_validation_is_a_config_error(tmp_path):
 def test_resume_prefers_the_runs_own_checkpoint_over_checkpoint_load(tmp_path):
     from types import SimpleNamespace
 
-    from pretrain.train import resume_source
+    from pretrain.checkpointing import resume_source
+    from stack_common.errors import ConfigError, UserError
 
     def fake_ckpt(d, meta):
         d.mkdir(parents=True)
@@ -149,3 +150,18 @@ def test_resume_prefers_the_runs_own_checkpoint_over_checkpoint_load(tmp_path):
     assert resume_source(cfg, run_dir) == (own, True)           # a requeued run continues itself
     cfg.resume = False
     assert resume_source(cfg, run_dir) == (released, False)
+    # A run directory (or its checkpoints/) stands for its latest checkpoint.
+    newer = fake_ckpt(tmp_path / "other_run" / "checkpoints" / "iter_0002000", {"iteration": 2000})
+    for load in (tmp_path / "other_run", tmp_path / "other_run" / "checkpoints"):
+        cfg.load = str(load)
+        assert resume_source(cfg, run_dir) == (newer, False)
+    cfg.load = str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError) as err:
+        resume_source(cfg, run_dir)
+    assert err.value.problems == [f"checkpoint.load: {tmp_path}/empty has no meta.json "
+                                  "(give an iter_* directory or a run directory)"]
+    (newer / "meta.json").write_text("{not json")
+    cfg.load, cfg.load_optimizer = str(newer), True
+    with pytest.raises(UserError, match=f"^{newer}/meta.json: not readable JSON: "):
+        resume_source(cfg, run_dir)
