@@ -290,21 +290,42 @@ def architecture_mismatches(recorded: dict, model) -> list[str]:
 
 
 def validate_tokenizer(run: RunConfig, ckpt: Path) -> None:
-    """Data encoded with another tokenizer than the checkpoint's is refused (by sha256)."""
+    """Data encoded with another tokenizer than the checkpoint's is refused (by sha256), one
+    config-error line per data path; a path whose tokenizer is unknown is a warning."""
     from pretrain.checkpointing import read_meta
-    from pretrain.data import tokenizer_reference
-    from stack_common.errors import UserError
+    from stack_common.errors import ConfigError
 
     tok = read_meta(ckpt).get("tokenizer")
     want = tok.get("sha256") if isinstance(tok, dict) else None
     if not want or run.training.dry_run or not run.data.paths:
         return
-    data = tokenizer_reference(run)
-    if data["sha256"] and data["sha256"] != want:
-        raise UserError(f"the data was encoded with tokenizer {data['model']} (sha256 "
-                        f"{data['sha256'][:12]}), the checkpoint's is {tok.get('model')} (sha256 {want[:12]})",
-                        file=ckpt / "meta.json", field="tokenizer.sha256",
-                        expected="data encoded with the checkpoint's tokenizer")
+    problems = [f"{where}: encoded with tokenizer {model} (sha256 {sha[:12]}), the checkpoint's "
+                f"({ckpt / 'meta.json'}) is {tok.get('model')} (sha256 {want[:12]})"
+                for where, model, sha in data_tokenizers(run.data) if sha and sha != want]
+    if problems:
+        raise ConfigError(problems)
+
+
+def data_tokenizers(data: DataConfig) -> list[tuple[str, Optional[str], Optional[str]]]:
+    """(what, tokenizer model, sha256) for data.tokenizer.model and each data path's
+    encode_summary.json; a path whose tokenizer is unknown is logged."""
+    from pretrain.data import summary_tokenizer
+    from stack_common.atomic import sha256_file
+    from stack_common.logging import get_logger
+
+    found = []
+    model = data.tokenizer.model
+    if model and Path(model).is_file():
+        found.append(("data.tokenizer.model", str(Path(model).resolve()), sha256_file(model)))
+    for i, path in enumerate(data.paths):
+        summary = Path(data.summary) if data.summary else Path(strip_ext(path)).parent / "encode_summary.json"
+        model, sha = summary_tokenizer(summary) if summary.is_file() else (None, None)
+        if not sha:
+            get_logger("pretrain.config").warning(
+                f"data.paths[{i}]={path}: tokenizer unknown (no sha256 in {summary}); "
+                "not checked against the checkpoint's")
+        found.append((f"data.paths[{i}]={path}", model, sha))
+    return found
 
 
 # ----------------------------------------------------------------------------- validation

@@ -147,15 +147,25 @@ def tokenizer_reference(run: RunConfig) -> dict:
     summary = resolve_summary(d)
     if summary is not None and summary.is_file():
         ref["encode_summary"] = str(summary.resolve())
-        info = json.loads(summary.read_text())
-        tok = info.get("tokenizer") if isinstance(info.get("tokenizer"), dict) else {}
-        ref["model"] = ref["model"] or tok.get("model") or info.get("tokenizer_model") \
-            or (info.get("tokenizer") if isinstance(info.get("tokenizer"), str) else None)
-        ref["sha256"] = tok.get("sha256") or info.get("tokenizer_sha256")
+        model, ref["sha256"] = summary_tokenizer(summary)
+        ref["model"] = ref["model"] or model
     if ref["model"] and Path(ref["model"]).is_file():
         ref["model"] = str(Path(ref["model"]).resolve())
         ref["sha256"] = sha256_file(ref["model"])
     return ref
+
+
+def summary_tokenizer(summary: Path) -> tuple[str | None, str | None]:
+    """(tokenizer model path, sha256) an encode_summary.json records; the sha256 from the model
+    file when the summary has none and the file is there."""
+    info = json.loads(summary.read_text())
+    tok = info.get("tokenizer") if isinstance(info.get("tokenizer"), dict) else {}
+    model = tok.get("model") or info.get("tokenizer_model") \
+        or (info.get("tokenizer") if isinstance(info.get("tokenizer"), str) else None)
+    sha = tok.get("sha256") or info.get("tokenizer_sha256")
+    if not sha and model and Path(model).is_file():
+        sha = sha256_file(model)
+    return model, sha
 
 
 def write_token_dataset(prefix: str | Path, documents, vocab_size: int) -> Path:

@@ -333,20 +333,31 @@ def test_a_differing_model_override_is_one_line_per_field(imported, shards, tmp_
 # ----------------------------------------------------------------------------- 3: tokenizer
 
 def test_data_encoded_with_another_tokenizer_is_refused(imported, shards, tmp_path):
+    """Every data path's encode_summary.json is checked: one line per path encoded with another
+    tokenizer; a path whose tokenizer is unknown is a warning."""
     from stack_common.atomic import sha256_file
     from tokenizer_training.config import EncodeConfig
     from tokenizer_training.encode import encode
 
     other = train_sentencepiece(tmp_path / "other_tok", 900)
-    data = tmp_path / "tokens"
-    encode(other, [str(shards)], data, EncodeConfig(workers=1))
-    ours = imported / "tokenizer" / "tokenizer.model"
-    res = cli("pretrain", *pretrain_args(imported, data, tmp_path / "run"))
+    theirs, ours, unknown = tmp_path / "theirs", tmp_path / "ours", tmp_path / "unknown"
+    encode(other, [str(shards)], theirs, EncodeConfig(workers=1))
+    ckpt_tok = imported / "tokenizer" / "tokenizer.model"
+    summary = json.loads((theirs / "encode_summary.json").read_text())
+    for out, tok in ((ours, {"model": str(ckpt_tok), "sha256": sha256_file(ckpt_tok)}),
+                     (unknown, {"model": None, "sha256": None})):
+        shutil.copytree(theirs, out)   # the same token files, told as encoded with `tok`
+        (out / "encode_summary.json").write_text(json.dumps({**summary, "tokenizer_sha256": None,
+                                                             "tokenizer": {**summary["tokenizer"], **tok}}))
+    args = pretrain_args(imported, ours, tmp_path / "run")
+    args[1] = f"data.paths=[{ours}/en_text_document,{theirs}/zh_text_document,{unknown}/en_text_document]"
+    res = cli("pretrain", *args)
     assert res.returncode == 2
     assert error_lines(res) == [
-        f"error: {imported}/meta.json, field 'tokenizer.sha256': the data was encoded with tokenizer "
-        f"{other.resolve()} (sha256 {sha256_file(other)[:12]}), the checkpoint's is {ours.resolve()} "
-        f"(sha256 {sha256_file(ours)[:12]}) (expected data encoded with the checkpoint's tokenizer)"]
+        f"config error: data.paths[1]={theirs}/zh_text_document: encoded with tokenizer {other.resolve()} "
+        f"(sha256 {sha256_file(other)[:12]}), the checkpoint's ({imported}/meta.json) is {ckpt_tok.resolve()} "
+        f"(sha256 {sha256_file(ckpt_tok)[:12]})"]
+    assert f"data.paths[2]={unknown}/en_text_document: tokenizer unknown" in res.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
