@@ -209,9 +209,12 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None,
 # ----------------------------------------------------------------------------- from a checkpoint
 
 # Fields a checkpoint's weights and function depend on: they must match the model that loads it.
+# Not seq_length: RoPE and ALiBi are computed for any length, no weight depends on it (training
+# beyond the model's seq_length is refused by validate). Not make_vocab_size_divisible_by: the
+# vocabulary padding loads across paddings, as across TP sizes.
 ARCH_FIELDS = ("hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-               "vocab_size", "seq_length", "position_embedding_type", "rotary_base", "norm_epsilon",
-               "normhead")
+               "vocab_size", "position_embedding_type", "rotary_base", "norm_epsilon", "normhead",
+               "untie_embeddings_and_output_weights")
 
 
 def source_checkpoint(ck: CheckpointConfig) -> tuple[Optional[Path], list[str]]:
@@ -281,7 +284,7 @@ def architecture_mismatches(recorded: dict, model) -> list[str]:
     """One line per architecture field where the model config differs from the checkpoint."""
     problems = []
     for name in ARCH_FIELDS:
-        if name not in recorded:
+        if name not in recorded or (name == "rotary_base" and recorded.get("position_embedding_type") == "alibi"):
             continue
         have, says = _arch_value(recorded, name), _arch_value(model, name)
         if have != says:

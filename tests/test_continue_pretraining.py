@@ -313,14 +313,20 @@ def test_a_load_directory_without_a_checkpoint_is_a_config_error(tmp_path):
 
 
 
-def test_a_differing_model_override_is_one_line_per_field(imported, shards, tmp_path):
+@pytest.fixture(scope="module")
+def tokens(imported, shards, tmp_path_factory) -> Path:
+    """The shards encoded with the tokenizer the imported checkpoint carries."""
     from tokenizer_training.config import EncodeConfig
     from tokenizer_training.encode import encode
 
-    data = tmp_path / "tokens"
-    encode(imported / "tokenizer" / "tokenizer.model", [str(shards)], data, EncodeConfig(workers=1))
+    out = tmp_path_factory.mktemp("tokens") / "tokens"
+    encode(imported / "tokenizer" / "tokenizer.model", [str(shards)], out, EncodeConfig(workers=1))
+    return out
+
+
+def test_a_differing_model_override_is_one_line_per_field(imported, tokens, tmp_path):
     run_dir = tmp_path / "run"
-    res = cli("pretrain", *pretrain_args(imported, data, run_dir), "model=tiny_rope", "model.hidden_size=128")
+    res = cli("pretrain", *pretrain_args(imported, tokens, run_dir), "model=tiny_rope", "model.hidden_size=128")
     assert res.returncode == 2, res.stderr[-3000:]
     assert error_lines(res) == [
         "config error: model.hidden_size: checkpoint has 64, config says 128",
@@ -328,6 +334,35 @@ def test_a_differing_model_override_is_one_line_per_field(imported, shards, tmp_
         "config error: model.vocab_size: checkpoint has 1000, config says 8000",
         "config error: model.position_embedding_type: checkpoint has alibi, config says rope"]
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_model_field_overrides_without_model_group(imported, tokens, tmp_path):
+    """`model.X=` without `model=`: applied on top of the checkpoint's architecture; fields no
+    weight depends on (seq_length, z-loss; rotary_base of an ALiBi model) may differ."""
+    from stack_common.errors import ConfigError
+
+    args = pretrain_args(imported, tokens, tmp_path / "run")
+    model = run_config(*args, "model.seq_length=256", "model.z_loss_coeff=0.0", "model.rotary_base=5e5").model
+    assert (model.seq_length, model.z_loss_coeff, model.rotary_base) == (256, 0.0, 5e5)
+    assert (model.hidden_size, model.num_layers, model.ffn_hidden_size, model.vocab_size,
+            model.position_embedding_type) == (64, 4, 96, 1000, "alibi")
+    with pytest.raises(ConfigError) as err:
+        run_config(*args, "model.num_layers=2", "model.untie_embeddings_and_output_weights=false")
+    assert err.value.problems == [
+        "model.num_layers: checkpoint has 4, config says 2",
+        "model.untie_embeddings_and_output_weights: checkpoint has True, config says False"]
+
+
+def test_a_resume_takes_the_architecture_of_the_runs_own_checkpoint(imported, tokens, tmp_path):
+    meta = json.loads((imported / "meta.json").read_text())
+    meta.pop("imported_from")
+    meta["model"] = {**meta["model"], "num_layers": 2, "seq_length": 64}
+    own = tmp_path / "run" / "checkpoints" / "iter_0000002"
+    own.mkdir(parents=True)
+    (own / "meta.json").write_text(json.dumps(meta))
+    (own / "metadata.json").write_text("{}")
+    model = run_config(*pretrain_args(imported, tokens, tmp_path / "run")).model
+    assert (model.num_layers, model.seq_length, model.position_embedding_type) == (2, 64, "alibi")
 
 
 # ----------------------------------------------------------------------------- 3: tokenizer
