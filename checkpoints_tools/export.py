@@ -178,7 +178,8 @@ def tokenizer_from_meta(meta: dict, ckpt_dir: Path | None = None) -> str | None:
             raise UserError("carried tokenizer differs from the one recorded (sha256 differs from meta.json)",
                             file=carried / "tokenizer.model", field="tokenizer.sha256",
                             expected="the original file or --tokenizer")
-        return str(carried)
+        # Without the release's tokenizer config (import-hf --tokenizer), convert the .model.
+        return str(carried if (carried / "tokenizer_config.json").is_file() else carried / "tokenizer.model")
     path = (tok.get("model") or tok.get("path")) if isinstance(tok, dict) else tok
     if not path:
         return None

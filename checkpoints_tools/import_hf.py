@@ -189,16 +189,21 @@ def tokenizer_model(hf: HFCheckpoint, given: Path | None) -> Path | None:
 
 
 def carry_tokenizer(hf: HFCheckpoint, model: Path, tmp: Path, out_dir: Path) -> dict:
-    """Copy tokenizer.model (`model`) and the HF dir's tokenizer config files into
-    CHECKPOINT/tokenizer/; returns meta.json's `tokenizer` entry (path after publishing)."""
+    """Copy tokenizer.model (`model`) into CHECKPOINT/tokenizer/, with the HF dir's tokenizer
+    config files when `model` is the HF dir's tokenizer.model (same sha256): they describe that
+    one. Returns meta.json's `tokenizer` entry (path after publishing)."""
     from tokenizer_training.export_hf import load_sentencepiece
 
     sp = load_sentencepiece(model)
     dest = tmp / TOKENIZER_DIR
     dest.mkdir()
     shutil.copyfile(model, dest / "tokenizer.model")
-    files = ["tokenizer.model"] + [name for name in TOKENIZER_FILES
-                                   if name != "tokenizer.model" and (hf.dir / name).is_file()]
+    own = hf.dir / "tokenizer.model"
+    same = own.is_file() and sha256_file(own) == sha256_file(model)
+    extras = [name for name in TOKENIZER_FILES if name != "tokenizer.model" and (hf.dir / name).is_file()]
+    if extras and not same:
+        log.info(f"--tokenizer differs from {own}: {', '.join(extras)} not carried (they describe that one)")
+    files = ["tokenizer.model"] + (extras if same else [])
     for name in files[1:]:
         shutil.copyfile(hf.dir / name, dest / name)
     return {"model": str((out_dir / TOKENIZER_DIR / "tokenizer.model").resolve()),

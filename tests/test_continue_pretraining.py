@@ -253,6 +253,28 @@ def test_a_bad_tokenizer_is_refused_before_any_weight_is_converted(released, tmp
     assert not out.exists() and not list(tmp_path.glob(".out.import.tmp"))
 
 
+def test_another_tokenizer_travels_without_the_releases_tokenizer_config(released, tok, tmp_path):
+    """--tokenizer X: the release's tokenizer_config.json etc. describe its own tokenizer, not X;
+    they travel only when X is the release's tokenizer.model (same sha256)."""
+    from checkpoints_tools.export import tokenizer_from_meta
+    from checkpoints_tools.import_hf import carry_tokenizer
+
+    other = train_sentencepiece(tmp_path / "other_tok", 900)
+    same = tmp_path / "same" / "tokenizer.model"
+    same.parent.mkdir()
+    shutil.copyfile(tok, same)
+    hf = HFCheckpoint(released)
+    for model, files in ((other, ["tokenizer.model"]),
+                         (same, ["tokenizer.model", "tokenizer_config.json"])):
+        ckpt = tmp_path / f"ckpt_{model.parent.name}"
+        ckpt.mkdir()
+        entry = carry_tokenizer(hf, model, ckpt, ckpt)
+        assert entry["files"] == files and sorted(p.name for p in (ckpt / "tokenizer").iterdir()) == sorted(files)
+        # export-hf converts a bare tokenizer.model; a carried release config is copied as is
+        want = ckpt / "tokenizer" if len(files) > 1 else ckpt / "tokenizer" / "tokenizer.model"
+        assert tokenizer_from_meta({"tokenizer": entry}, ckpt) == str(want)
+
+
 # ----------------------------------------------------------------------------- data
 
 @pytest.fixture(scope="module")
