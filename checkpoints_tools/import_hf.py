@@ -26,7 +26,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LAYER_PARAM = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
-def model_config_for(arch: L.Arch, dtype: torch.dtype, overrides: dict | None = None):
+def model_config_for(arch: L.Arch, overrides: dict | None = None):
     """The trainer's ModelConfig describing an HF architecture."""
     from pretrain.model import ModelConfig
 
@@ -121,7 +121,7 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
     try:
         hf = HFCheckpoint(hf_dir, position)
         torch_dtype = DTYPES[dtype]
-        cfg = model_config_for(hf.arch, torch_dtype)
+        cfg = model_config_for(hf.arch)
         chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype, wrap_ddp=False)
         padded = padded_vocab_size(hf.arch.vocab_size, tp)
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -217,7 +217,7 @@ def import_meta(hf: HFCheckpoint, tp, pp, vpp, tok: dict | None) -> dict:
 
     from pretrain.model import padded_vocab_size
 
-    cfg = model_config_for(hf.arch, None)
+    cfg = model_config_for(hf.arch)
     return {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0, "tp": tp, "pp": pp,
             "vpp": vpp, "dp": 1, "model": asdict(cfg), "vocab_size": hf.arch.vocab_size,
             "padded_vocab_size": padded_vocab_size(hf.arch.vocab_size, tp), "tokenizer": tok, "keep": True,
