@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _helpers import cli, train_sentencepiece
 from checkpoints_tools import layout as L
 from checkpoints_tools.export import export_hf
 from checkpoints_tools.hf_io import HFCheckpoint, write_config
@@ -83,21 +82,7 @@ def write_dist_checkpoint(ckpt: Path, sd: dict, arch: L.Arch, iteration: int, to
 @pytest.fixture(scope="module")
 def tok_model(tmp_path_factory) -> Path:
     """A 1000-piece SentencePiece model with the tokenizer package's Baichuan 2 settings."""
-    import pyarrow.parquet as pq
-    import sentencepiece as spm
-
-    from tokenizer_training.config import TokenizerConfig
-    from tokenizer_training.train import trainer_options
-
-    d = tmp_path_factory.mktemp("tok")
-    lines = []
-    for lang in ("en", "zh", "code"):
-        lines += pq.read_table(REPO / "data" / "sample" / f"{lang}.parquet").column("text").to_pylist()[:60]
-    (d / "text.txt").write_text("\n".join(lines), encoding="utf-8")
-    options = trainer_options(TokenizerConfig(vocab_size=1000, character_coverage=0.98, num_threads=2),
-                              d / "text.txt", d / "tokenizer")
-    spm.SentencePieceTrainer.train(**options, minloglevel=2)
-    return d / "tokenizer.model"
+    return train_sentencepiece(tmp_path_factory.mktemp("tok"), 1000)
 
 
 @pytest.fixture(scope="module")
@@ -263,9 +248,7 @@ def _copy_ckpt(run, tmp_path) -> Path:
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BC_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "checkpoints_tools", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, env=env)
+    return cli("checkpoints_tools", *args, timeout=None)
 
 
 def test_bad_inputs_give_one_clear_error_and_leave_nothing(run, tmp_path):

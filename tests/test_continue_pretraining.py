@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _helpers import cli, train_sentencepiece
 from checkpoints_tools.hf_io import HFCheckpoint
 from stack_common.errors import UserError
 
@@ -28,25 +28,6 @@ CODE = {  # stand-ins for the released modeling files: only the markers matter
     "alibi": "def _get_interleave(n):\n    ...\n\ndef _gen_alibi_mask(tensor, n_head, max_pos):\n    ...\n",
     "rope": "class RotaryEmbedding(torch.nn.Module):\n    ...\n\ndef apply_rotary_pos_emb(q, k, cos, sin):\n    ...\n",
 }
-
-
-def train_sentencepiece(out: Path, vocab_size: int) -> Path:
-    """A SentencePiece model with the tokenizer package's Baichuan 2 settings."""
-    import pyarrow.parquet as pq
-    import sentencepiece as spm
-
-    from tokenizer_training.config import TokenizerConfig
-    from tokenizer_training.train import trainer_options
-
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for lang in ("en", "zh", "code"):
-        lines += pq.read_table(REPO / "data" / "sample" / f"{lang}.parquet").column("text").to_pylist()[:60]
-    (out / "text.txt").write_text("\n".join(lines), encoding="utf-8")
-    options = trainer_options(TokenizerConfig(vocab_size=vocab_size, character_coverage=0.98, num_threads=2),
-                              out / "text.txt", out / "tokenizer")
-    spm.SentencePieceTrainer.train(**options, minloglevel=2)
-    return out / "tokenizer.model"
 
 
 def released_tensors(seed: int) -> dict[str, torch.Tensor]:
@@ -129,16 +110,6 @@ def trainer_logits_rank(rank: int, world: int, ckpt: str, out: str) -> None:
         torch.save(logits[..., : cfg.vocab_size].float(), out)
     finally:
         parallel.destroy()
-
-
-def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    import os
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", BC_NO_PROGRESS="1", PYTHONPATH=str(REPO))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def error_lines(res: subprocess.CompletedProcess) -> list[str]:
