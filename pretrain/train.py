@@ -54,7 +54,7 @@ def use_bf16(run: RunConfig) -> bool:
 def padded_vocab(run: RunConfig) -> int:
     from pretrain.model import padded_vocab_size
 
-    return padded_vocab_size(run.model.vocab_size, run.parallel.tp)
+    return padded_vocab_size(run.model.vocab_size, run.parallel.tp, run.model.make_vocab_size_divisible_by)
 
 
 def dry_run(run: RunConfig) -> int:
