@@ -42,17 +42,18 @@ def test_readme_lists_commands_for_every_stage():
     assert modules >= {"data_pipeline", "tokenizer_training", "pretrain", "checkpoints_tools"}
 
 
-def _check(argv):
+def _check(argv, cwd):
     cmd, kind = as_check(argv)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     return argv, kind, proc
 
 
-def test_readme_commands_are_accepted_by_the_real_clis():
+def test_readme_commands_are_accepted_by_the_real_clis(tmp_path):
     """Hydra apps must compose every override (`--cfg job`); the argparse CLI must accept every
-    flag and fail only on the (absent) input path, with its one-line user error."""
+    flag and fail only on the (absent) input path, with its one-line user error. They run in an
+    empty directory, so that Hydra's run directories stay out of the repository."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(_check, readme_commands()))
+        results = list(pool.map(lambda argv: _check(argv, tmp_path), readme_commands()))
     failures = []
     for argv, kind, proc in results:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
