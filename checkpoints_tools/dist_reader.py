@@ -6,13 +6,13 @@ from the chunks that overlap the requested slice, so peak memory stays near one 
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from stack_common.atomic import read_json_file
 from stack_common.errors import UserError
 
 DCP_METADATA = ".metadata"
@@ -175,10 +175,3 @@ def check_complete(ckpt_dir: Path) -> None:
     if backend != "torch_dist":
         raise UserError(f"sharded_backend is {backend!r}", file=ckpt_dir / MCORE_METADATA,
                         field="sharded_backend", expected="torch_dist")
-
-
-def read_json_file(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"not readable JSON: {err}", file=path) from err

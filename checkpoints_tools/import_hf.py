@@ -150,7 +150,7 @@ def fill_chunk(model, hf: HFCheckpoint, tp_rank: int, tp: int, padded: int) -> N
                 cache[layer] = L.megatron_layer_from_hf(fmt, layer, hf.get, arch)
             part = next((p for p, names in L.LAYER_PARTS.items() if suffix in names), None)
             if part is None:
-                raise UserError(f"the trainer's model has a parameter this tool cannot fill",
+                raise UserError("the trainer's model has a parameter this tool cannot fill",
                                 field=name)
             full = cache[layer][part]
         elif name == L.EMBEDDING:

@@ -26,7 +26,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from stack_common.atomic import atomic_write_json, atomic_write_text, fsync_tree, read_json, remove_stale_tmp
+from stack_common.atomic import (atomic_write_json, atomic_write_text, fsync_tree, read_json_file,
+                                  remove_stale_tmp)
 from stack_common.errors import ConfigError, UserError
 from stack_common.logging import get_logger
 
@@ -76,14 +77,7 @@ def find_latest(root: Path) -> Optional[Path]:
 
 
 def read_meta(ckpt_dir: str | os.PathLike) -> dict:
-    path = Path(ckpt_dir) / META
-    try:
-        meta = read_json(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"not readable JSON: {err}", file=path) from None
-    if not isinstance(meta, dict):
-        raise UserError("not a JSON object", file=path)
-    return meta
+    return read_json_file(Path(ckpt_dir) / META)
 
 
 def resolve_load(load: str | os.PathLike) -> Optional[Path]:

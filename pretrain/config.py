@@ -3,14 +3,14 @@ process group starts. The groups `model` and `parallel` belong to the model laye
 (`pretrain.model.ModelConfig`, `configs/parallel/`); the rest is defined here."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from stack_common.atomic import read_json_file
 from stack_common.config import Checks, as_plain, to_dataclass
 
 
@@ -143,12 +143,12 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def resolve_summary(data: DataConfig) -> Optional[Path]:
+def resolve_summary(data: DataConfig, path: Optional[str] = None) -> Optional[Path]:
+    """The encode_summary.json describing `path` (default: the first data path)."""
     if data.summary:
         return Path(data.summary)
-    if data.paths:
-        return Path(strip_ext(data.paths[0])).parent / "encode_summary.json"
-    return None
+    path = path or (data.paths[0] if data.paths else None)
+    return Path(strip_ext(path)).parent / "encode_summary.json" if path else None
 
 
 def strip_ext(path: str) -> str:
@@ -164,7 +164,7 @@ def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
         return data.tokenizer.vocab_size
     summary = resolve_summary(data)
     if summary is not None and summary.is_file():
-        info = json.loads(summary.read_text())
+        info = read_json_file(summary)
         for key in ("vocab_size", "tokenizer_vocab_size"):
             if key in info:
                 return int(info[key])
@@ -321,7 +321,7 @@ def data_tokenizers(data: DataConfig) -> list[tuple[str, Optional[str], Optional
     if model and Path(model).is_file():
         found.append(("data.tokenizer.model", str(Path(model).resolve()), sha256_file(model)))
     for i, path in enumerate(data.paths):
-        summary = Path(data.summary) if data.summary else Path(strip_ext(path)).parent / "encode_summary.json"
+        summary = resolve_summary(data, path)
         model, sha = summary_tokenizer(summary) if summary.is_file() else (None, None)
         if not sha:
             get_logger("pretrain.config").warning(

@@ -8,7 +8,6 @@ i*G + k*mbs*dp + r*mbs. Everything a resume needs is therefore the one integer c
 """
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,7 +15,7 @@ from typing import Iterator, Optional
 import torch
 
 from pretrain.config import RunConfig, resolve_summary, split_string, strip_ext, tokenizer_vocab_size
-from stack_common.atomic import sha256_file
+from stack_common.atomic import read_json_file, sha256_file
 from stack_common.logging import get_logger
 
 log = get_logger("pretrain.data")
@@ -158,7 +157,7 @@ def tokenizer_reference(run: RunConfig) -> dict:
 def summary_tokenizer(summary: Path) -> tuple[str | None, str | None]:
     """(tokenizer model path, sha256) an encode_summary.json records; the sha256 from the model
     file when the summary has none and the file is there."""
-    info = json.loads(summary.read_text())
+    info = read_json_file(summary)
     tok = info.get("tokenizer") if isinstance(info.get("tokenizer"), dict) else {}
     model = tok.get("model") or info.get("tokenizer_model") \
         or (info.get("tokenizer") if isinstance(info.get("tokenizer"), str) else None)

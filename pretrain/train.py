@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.checkpointing import TOKENIZER_DIR, CheckpointManager, TrainState, checkpoints_root, resume_source
-from pretrain.config import RunConfig, load_run_config, tokenizer_vocab_size
+from pretrain.config import RunConfig, load_run_config
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
                                  valid_line)

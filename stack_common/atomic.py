@@ -79,6 +79,19 @@ def read_json(path: str | os.PathLike):
         return json.load(fh)
 
 
+def read_json_file(path: str | os.PathLike) -> dict:
+    """A JSON object from a file the user gave us: anything else is a one-line UserError."""
+    from stack_common.errors import UserError
+
+    try:
+        value = read_json(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"not readable JSON: {err}", file=path) from None
+    if not isinstance(value, dict):
+        raise UserError("not a JSON object", file=path)
+    return value
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success rename it to `path`.

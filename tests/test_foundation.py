@@ -8,7 +8,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from stack_common.atomic import atomic_dir, atomic_write_json
+from stack_common.atomic import atomic_dir, atomic_write_json, read_json_file
 from stack_common.config import Checks, to_dataclass
 from stack_common.errors import ConfigError, UserError
 from stack_common.shards import (ShardWriter, iter_batches, read_manifest, read_table, shard_paths,
@@ -131,3 +131,16 @@ def test_sample_corpus_is_deterministic(raw_web, tmp_path):
     manifest = json.loads((raw_web / "raw_manifest.json").read_text())
     assert manifest["kinds"]["exact_dup"] > 0 and manifest["kinds"]["near_dup"] > 0
     assert manifest["malformed"] >= 5
+
+
+def test_read_json_file_names_the_file_on_bad_input(tmp_path):
+    good, broken, listed = tmp_path / "good.json", tmp_path / "broken.json", tmp_path / "list.json"
+    good.write_text('{"vocab_size": 8000}')
+    broken.write_text('{"vocab_size": 80')          # truncated mid-write
+    listed.write_text("[1, 2]")
+    assert read_json_file(good) == {"vocab_size": 8000}
+    for path, reason in ((broken, "not readable JSON"), (listed, "not a JSON object"),
+                         (tmp_path / "missing.json", "not readable JSON")):
+        with pytest.raises(UserError, match=reason) as err:
+            read_json_file(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
