@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import os
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -73,20 +74,32 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return unique
 
 
+def input_id_names(paths: list[Path]) -> list[str]:
+    """Each input's path relative to the folder that holds them all: unique (unlike the file name:
+    a/part-0.jsonl and b/part-0.jsonl) and the same on every machine that has the same layout."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return [p.relative_to(root).as_posix() for p in paths]
+
+
 def _files_in_dir(directory: Path) -> list[Path]:
     if (directory / MANIFEST).is_file():
         return shard_paths(directory)
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
 
 
-def read_unit(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
+def read_unit(path: Path, cfg: ReaderConfig, id_name: str | None = None) -> Iterator[Record]:
+    """Records of one input file; a record without an id gets `<id_name>:<line or row>`, id_name being
+    the file's path relative to the inputs' common folder (see input_id_names)."""
     name = path.name
+    id_name = id_name or name
     if name.endswith(JSONL_SUFFIXES):
-        yield from _read_jsonl(path, cfg)
+        yield from _read_jsonl(path, cfg, id_name)
     elif name.endswith(".parquet"):
-        yield from _read_parquet(path, cfg)
+        yield from _read_parquet(path, cfg, id_name)
     elif name.endswith((".arrow", ".feather", ".ipc")):
-        yield from _read_arrow(path, cfg)
+        yield from _read_arrow(path, cfg, id_name)
     else:
         yield BadRecord(str(path), "file", f"unsupported_format: expected one of {', '.join(SUFFIXES)}", b"")
 
@@ -132,12 +145,12 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 STREAM_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile)
 
 
-def _read_jsonl(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
+def _read_jsonl(path: Path, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
     line_no = 0
     try:
         for line_no, raw in enumerate(_iter_lines(path), start=1):
             if raw.strip():
-                yield _parse_json_line(raw, path, line_no, cfg)
+                yield _parse_json_line(raw, path, line_no, cfg, id_name)
     except STREAM_ERRORS as err:
         yield BadRecord(str(path), f"line {line_no + 1}", f"broken_stream: {type(err).__name__}: {err}", b"")
     except Exception as err:  # zstandard.ZstdError: the stream ends here
@@ -147,7 +160,7 @@ def _read_jsonl(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
             raise
 
 
-def _parse_json_line(raw: bytes, path: Path, line_no: int, cfg: ReaderConfig) -> Record:
+def _parse_json_line(raw: bytes, path: Path, line_no: int, cfg: ReaderConfig, id_name: str) -> Record:
     where = f"line {line_no}"
     if len(raw) > cfg.max_text_bytes:
         return BadRecord(str(path), where, f"too_large: {len(raw)} bytes > reader.max_text_bytes", raw)
@@ -161,10 +174,10 @@ def _parse_json_line(raw: bytes, path: Path, line_no: int, cfg: ReaderConfig) ->
         return BadRecord(str(path), where, f"bad_json: {err.msg} at column {err.colno}", raw)
     if not isinstance(obj, dict):
         return BadRecord(str(path), where, f"not_an_object: JSON {type(obj).__name__}", raw)
-    return _to_document(obj, path, where, line_no, cfg, raw)
+    return _to_document(obj, path, where, f"{id_name}:{line_no}", cfg, raw)
 
 
-def _to_document(obj: dict, path: Path, where: str, index: int, cfg: ReaderConfig, raw: bytes) -> Record:
+def _to_document(obj: dict, path: Path, where: str, fallback_id: str, cfg: ReaderConfig, raw: bytes) -> Record:
     text = obj.get(cfg.text_field)
     if cfg.text_field not in obj or text is None:
         return BadRecord(str(path), where, f"missing_text: no field '{cfg.text_field}'", raw)
@@ -178,7 +191,7 @@ def _to_document(obj: dict, path: Path, where: str, index: int, cfg: ReaderConfi
         return BadRecord(str(path), where, f"invalid_utf8: field '{cfg.text_field}' has a lone surrogate at {err.start}", raw)
     doc_id = obj.get(cfg.id_field)
     source = obj.get(cfg.source_field)
-    doc = Document(id=str(doc_id) if doc_id is not None else f"{path.name}:{index}",
+    doc = Document(id=str(doc_id) if doc_id is not None else fallback_id,
                    text=text,
                    source=str(source) if source is not None else (cfg.default_source or _stem(path)))
     if cfg.lang_field and isinstance(obj.get(cfg.lang_field), str):
@@ -199,15 +212,15 @@ def _stem(path: Path) -> str:
 
 # --- Parquet and Arrow ----------------------------------------------------------------------------
 
-def _read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
+def _read_parquet(path: Path, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-        yield from _read_batches(batches, path, cfg)
+        yield from _read_batches(batches, path, cfg, id_name)
     except (pa.ArrowException, OSError) as err:
         yield BadRecord(str(path), "file", f"unreadable_file: {err}", b"")
 
 
-def _read_arrow(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
+def _read_arrow(path: Path, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
     try:
         source = pa.memory_map(str(path))
         try:
@@ -215,12 +228,12 @@ def _read_arrow(path: Path, cfg: ReaderConfig) -> Iterator[Record]:
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         except pa.ArrowInvalid:
             batches = iter(pa.ipc.open_stream(source))
-        yield from _read_batches(batches, path, cfg)
+        yield from _read_batches(batches, path, cfg, id_name)
     except (pa.ArrowException, OSError) as err:
         yield BadRecord(str(path), "file", f"unreadable_file: {err}", b"")
 
 
-def _read_batches(batches, path: Path, cfg: ReaderConfig) -> Iterator[Record]:
+def _read_batches(batches, path: Path, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
     row = 0
     for batch in batches:
         pipeline_shard = {"lang", "quality_score", "annotations"} <= set(batch.schema.names)
@@ -234,7 +247,7 @@ def _read_batches(batches, path: Path, cfg: ReaderConfig) -> Iterator[Record]:
             if too_large:
                 yield BadRecord(str(path), f"row {row}", "too_large: text exceeds reader.max_text_bytes", raw)
                 continue
-            record = _to_document(obj, path, f"row {row}", row, cfg, raw)
+            record = _to_document(obj, path, f"row {row}", f"{id_name}:{row}", cfg, raw)
             if pipeline_shard and isinstance(record, Document):
                 record.lang = obj["lang"] or ""
                 record.quality_score = obj["quality_score"] if obj["quality_score"] is not None else UNSCORED

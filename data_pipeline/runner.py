@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack_common.atomic import atomic_dir, atomic_write_json, read_json, remove_stale_tmp
+from stack_common.atomic import atomic_dir, atomic_write_json, read_json, remove_stale_tmp, sha256_file
 from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
@@ -30,8 +30,9 @@ from stack_common.shards import ShardFile, read_manifest, read_table, write_mani
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
 from .executors import run_units
+from .filters import check_rules
 from .funnel import plot_funnel
-from .readers import expand_inputs
+from .readers import expand_inputs, input_id_names
 from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
 
@@ -83,6 +84,8 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
     if cfg.lang.fasttext_model:
         checks.path_exists(cfg.lang.fasttext_model, "lang.fasttext_model")
     checks.raise_if_any()
+    if "filter" in stages:
+        check_rules(cfg.rules)
 
 
 def plan(stages: list[str], cfg: PipelineConfig) -> list[Segment]:
@@ -100,14 +103,38 @@ def plan(stages: list[str], cfg: PipelineConfig) -> list[Segment]:
     return segments
 
 
+def model_files(cfg: PipelineConfig, stages: list[str]) -> dict[str, str]:
+    """Config key -> content hash of every model file the run's stages load."""
+    files = {"lang.fasttext_model": cfg.lang.fasttext_model if "annotate" in stages else None,
+             "quality.model": cfg.quality.model if "quality" in stages else None}
+    return {key: sha256_file(path) for key, path in files.items() if path}
+
+
+def check_models_unchanged(previous: dict, current: dict, cfg: PipelineConfig) -> None:
+    """A model file replaced under the same path would silently mix two models' outputs in one run."""
+    for key, digest in (previous.get("model_sha256") or {}).items():
+        if key in current and current[key] != digest and not cfg.overwrite:
+            path = cfg.lang.fasttext_model if key == "lang.fasttext_model" else cfg.quality.model
+            raise UserError(f"{key} changed since this run started (sha256 {digest[:12]}... when it started, "
+                            f"{current[key][:12]}... now): a resumed run must use the same model", file=path,
+                            expected="the original model file, a new output directory, or overwrite=true")
+
+
 def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages: list[str]) -> None:
     """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
-                                      "stages": stages, "input_files": [str(p) for p in inputs]}))
+                                      "stages": stages, "input_files": [str(p) for p in inputs],
+                                      "model_sha256": model_files(cfg, stages)}))
     path = out / "run_config.json"
     if path.is_file():
         previous = read_json(path)
-        same_but_stages = {**previous, "stages": stages} == decisive
+        models = decisive["model_sha256"]
+        check_models_unchanged(previous, models, cfg)
+        before = previous.get("model_sha256", {})
+        # Models of stages appended to the run (or unrecorded by an older run) are new, not changed.
+        comparable = {**previous, "stages": stages,
+                      "model_sha256": {**before, **{k: v for k, v in models.items() if k not in before}}}
+        same_but_stages = comparable == decisive
         if not (same_but_stages and stages[:len(previous["stages"])] == previous["stages"]):
             if not cfg.overwrite:
                 raise UserError("the output directory holds a run with different settings (see its run_config.json)",
@@ -163,7 +190,8 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     todo = [(i, path) for i, path in enumerate(units) if not (unit_dir(work, i) / "stats.json").is_file()]
     log.info("stages %s: %d unit(s), %d to do, %d worker(s), %s executor", ", ".join(segment.stages), len(units),
              len(todo), cfg.workers, cfg.executor)
-    tasks = [(path, str(unit_dir(work, i)), segment.stages, cfg) for i, path in todo]
+    id_names = input_id_names([Path(u) for u in units]) if first else [None] * len(units)
+    tasks = [(path, str(unit_dir(work, i)), segment.stages, cfg, id_names[i]) for i, path in todo]
     run_units(process_unit, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="+".join(segment.stages))
     unit_dirs = [unit_dir(work, i) for i in range(len(units))]
     if cfg.quality.mode == "top_fraction" and segment.stages[-1] == "quality":

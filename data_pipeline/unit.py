@@ -51,7 +51,8 @@ class BufferedWriter:
         self.writer.abort()
 
 
-def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig) -> dict:
+def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig,
+                 id_name: str | None = None) -> dict:
     steps = build_steps(stage_names, cfg)
     batch = cfg.reader.batch_docs
     quarantine_reasons: Counter = Counter()
@@ -61,7 +62,7 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
         quarantine = BufferedWriter(tmp / "quarantine", QUARANTINE_SCHEMA, batch)
         writers = [kept, quarantine, *excluded.values()]
         try:
-            for record in read_unit(Path(path), cfg.reader):
+            for record in read_unit(Path(path), cfg.reader, id_name):
                 if isinstance(record, BadRecord):
                     quarantine.add(record.row())
                     quarantine_reasons[record.reason.split(":")[0]] += 1

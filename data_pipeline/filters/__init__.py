@@ -4,8 +4,12 @@ A rule set is an ordered list of small rules; the first one that fails names the
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Callable
 
+from omegaconf import DictConfig
+
+from stack_common.config import to_dataclass
 from stack_common.errors import ConfigError
 
 from . import chinese, english, generic
@@ -26,7 +30,9 @@ class RuleSet:
         if unknown:
             raise ConfigError([f"rules.{lang}.filter.{name}: unknown rule (known: {', '.join(known)})" for name in unknown])
         self.view = view
-        self.rules: list[tuple[Callable, dict]] = [(known[name], params) for name, params in rules.items() if params]
+        self.rules: list[tuple[Callable, dict]] = [
+            (known[name][0], typed_params(known[name][1], params, f"rules.{lang}.filter.{name}"))
+            for name, params in rules.items() if params]
 
     def __call__(self, text: str) -> str | None:
         doc = self.view(text)
@@ -35,6 +41,32 @@ class RuleSet:
             if reason is not None:
                 return reason
         return None
+
+
+def typed_params(params_cls: type, params: dict, where: str) -> dict:
+    """A rule's thresholds checked against its dataclass: a misspelt key or a wrong type is an error
+    (not a silently disabled check). Returned as a dict, with None for every unset threshold."""
+    if not isinstance(params, (dict, DictConfig)):
+        raise ConfigError([f"{where}: expected a mapping of thresholds, got {params!r}"])
+    try:
+        return asdict(to_dataclass(params, params_cls, where))
+    except ValueError as err:   # a dataclass's own check (__post_init__)
+        raise ConfigError([f"{where}.{err}"]) from None
+
+
+RULE_SECTIONS = ("clean_lines", "filter")
+
+
+def check_rules(rules_cfg: dict) -> None:
+    """Fail at start-up, not in a worker: unknown languages or sections, then every rule's thresholds."""
+    problems = [f"rules.{lang}: no rule family for this language (known: {', '.join(RULE_FAMILIES)})"
+                for lang in rules_cfg if lang not in RULE_FAMILIES]
+    for lang, sections in rules_cfg.items():
+        problems += [f"rules.{lang}.{name}: unknown section (known: {', '.join(RULE_SECTIONS)})"
+                     for name in (sections or {}) if name not in RULE_SECTIONS]
+    if problems:
+        raise ConfigError(problems)
+    build_rule_sets(rules_cfg)
 
 
 def build_rule_sets(rules_cfg: dict) -> dict[str, RuleSet]:

@@ -5,17 +5,53 @@ Same contract as the English rules: `rule(ChineseText, thresholds) -> None | "<r
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Optional
 
 from ..lang import HAN_RE
 from .common import duplicate_fractions, nonempty_lines
-from .english import _over, _under, ngram_repetition
+from .english import NgramLimits, _over, _under, check_ngram_limits, ngram_repetition
+from .generic import LengthParams
 
 SPACE_RE = re.compile(r"\s+")
 DIGIT_RE = re.compile(r"[0-9０-９]")
 PUNCT_RE = re.compile(r"[，。！？；：、“”‘’（）《》〈〉【】「」『』…—～·,.!?;:()\"'\[\]<>\-~]")
 CHAR_RUN_RE = re.compile(r"([^\W\d_])\1+")   # a letter or Han character repeated ("啊啊啊")
 ZH_TERMINAL = ("。", "！", "？", "…", "”", "」", "』", "；", "：", "!", "?", ".", "）", ")")
+
+
+@dataclass
+class CharactersParams:
+    min_han_ratio: Optional[float] = None
+    max_digit_ratio: Optional[float] = None
+    min_punct_ratio: Optional[float] = None
+    max_punct_ratio: Optional[float] = None
+
+
+@dataclass
+class RepetitionParams:
+    max_char_run: Optional[int] = None
+    max_dup_line_ratio: Optional[float] = None
+    max_dup_line_char_ratio: Optional[float] = None
+    max_top_ngram_char_ratio: NgramLimits = None
+    max_dup_ngram_char_ratio: NgramLimits = None
+
+    def __post_init__(self):
+        check_ngram_limits(self)
+
+
+@dataclass
+class BoilerplateParams:
+    max_keyword_char_ratio: Optional[float] = None
+    keywords: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LinesParams:
+    min_line_punct_ratio: Optional[float] = None
+    max_short_line_ratio: Optional[float] = None
+    short_line_chars: int = 5
 
 
 class ChineseText:
@@ -98,5 +134,6 @@ def lines(doc: ChineseText, p: dict) -> str | None:
     return None
 
 
-RULES = {"length": length, "characters": characters, "repetition": repetition, "boilerplate": boilerplate,
-         "lines": lines}
+RULES = {"length": (length, LengthParams), "characters": (characters, CharactersParams),
+         "repetition": (repetition, RepetitionParams), "boilerplate": (boilerplate, BoilerplateParams),
+         "lines": (lines, LinesParams)}

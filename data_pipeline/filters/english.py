@@ -7,7 +7,9 @@ violated threshold (`<rule>.<key>`) as the reason. A threshold set to null is no
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Optional
 
 from .common import duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, top_ngram_char_fraction
 
@@ -43,6 +45,62 @@ class EnglishText:
     @cached_property
     def tokens(self) -> int:
         return len(self.text.split())
+
+
+# [[n, max character fraction], ...]: one limit per n-gram length (checked by check_ngram_limits;
+# OmegaConf cannot type a list of mixed int/float pairs).
+NgramLimits = Optional[list[Any]]
+
+
+def check_ngram_limits(params) -> None:
+    for name in ("max_top_ngram_char_ratio", "max_dup_ngram_char_ratio"):
+        for pair in getattr(params, name) or []:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and float(pair[0]).is_integer()
+                    and pair[0] >= 1 and 0 <= pair[1] <= 1):
+                raise ValueError(f"{name}: each item is [n >= 1, fraction in [0, 1]], got {pair!r}")
+
+
+@dataclass
+class GopherQualityParams:
+    min_words: Optional[int] = None
+    max_words: Optional[int] = None
+    min_mean_word_length: Optional[float] = None
+    max_mean_word_length: Optional[float] = None
+    max_symbol_word_ratio: Optional[float] = None
+    max_bullet_lines_ratio: Optional[float] = None
+    max_ellipsis_lines_ratio: Optional[float] = None
+    min_alpha_words_ratio: Optional[float] = None
+    min_stop_words: Optional[int] = None
+    stop_words: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GopherRepetitionParams:
+    max_dup_line_ratio: Optional[float] = None
+    max_dup_para_ratio: Optional[float] = None
+    max_dup_line_char_ratio: Optional[float] = None
+    max_dup_para_char_ratio: Optional[float] = None
+    max_top_ngram_char_ratio: NgramLimits = None
+    max_dup_ngram_char_ratio: NgramLimits = None
+
+    def __post_init__(self):
+        check_ngram_limits(self)
+
+
+@dataclass
+class C4Params:
+    lorem_ipsum: bool = False
+    curly_braces: bool = False
+    min_sentences: Optional[int] = None
+
+
+@dataclass
+class FinewebParams:
+    min_line_punct_ratio: Optional[float] = None
+    max_short_line_ratio: Optional[float] = None
+    short_line_chars: int = 30
+    max_dup_line_char_ratio: Optional[float] = None
+    max_newline_word_ratio: Optional[float] = None
 
 
 def _over(value, limit) -> bool:
@@ -107,11 +165,11 @@ def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
 def ngram_repetition(units, unit_chars, total_chars: int, p: dict, rule: str) -> str | None:
     """Top n-gram and duplicated n-gram character fractions (shared by the English and Chinese rules)."""
     for n, limit in p.get("max_top_ngram_char_ratio") or []:
-        if _over(top_ngram_char_fraction(units, n, total_chars), limit):
+        if _over(top_ngram_char_fraction(units, int(n), total_chars), limit):
             return f"{rule}.max_top_ngram_char_ratio"
     limits = sorted(p.get("max_dup_ngram_char_ratio") or [])
     for k, (n, limit) in enumerate(limits):
-        fraction = duplicated_ngram_char_fraction(units, n, unit_chars, total_chars)
+        fraction = duplicated_ngram_char_fraction(units, int(n), unit_chars, total_chars)
         if _over(fraction, limit):
             return f"{rule}.max_dup_ngram_char_ratio"
         # Longer duplicated n-grams cover no more text than shorter ones: stop once below every limit left.
@@ -149,4 +207,6 @@ def fineweb(doc: EnglishText, p: dict) -> str | None:
     return None
 
 
-RULES = {"gopher_quality": gopher_quality, "gopher_repetition": gopher_repetition, "c4": c4, "fineweb": fineweb}
+RULES = {"gopher_quality": (gopher_quality, GopherQualityParams),
+         "gopher_repetition": (gopher_repetition, GopherRepetitionParams),
+         "c4": (c4, C4Params), "fineweb": (fineweb, FinewebParams)}

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
+from typing import Optional
 
 from .english import _over, _under
 
@@ -16,6 +18,19 @@ class PlainText:
     @cached_property
     def lines(self) -> list[str]:
         return self.text.split("\n")
+
+
+@dataclass
+class LengthParams:
+    min_chars: Optional[int] = None
+    max_chars: Optional[int] = None
+
+
+@dataclass
+class CodeParams:
+    max_line_chars: Optional[int] = None
+    max_mean_line_chars: Optional[float] = None
+    min_alpha_ratio: Optional[float] = None
 
 
 def length(doc: PlainText, p: dict) -> str | None:
@@ -38,4 +53,4 @@ def code(doc: PlainText, p: dict) -> str | None:
     return None
 
 
-RULES = {"length": length, "code": code}
+RULES = {"length": (length, LengthParams), "code": (code, CodeParams)}
