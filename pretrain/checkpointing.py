@@ -15,6 +15,8 @@ Model weights are stored under the ShardedTensor keys of megatron-core's
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -48,6 +50,42 @@ class TrainState:
     skipped_iters: int = 0
     nonfinite_total: int = 0
     milestones_done: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RecentProgress:
+    """The moment of a checkpoint beyond its counters, for meta.json `progress` (and every
+    export's training_state.json): learning rate, recent train losses, last validation loss."""
+    window: int = 20
+    lr: Optional[float] = None                               # the rate the last step used
+    train: list = field(default_factory=list)                # [iteration, lm_loss] of recent steps taken
+    valid: Optional[dict] = None                             # {"iteration", "lm_loss"} of the last evaluation
+
+    def step(self, iteration: int, lr: float, lm_loss: float, skipped: bool) -> None:
+        self.lr = lr
+        if not skipped:
+            self.train = (self.train + [[iteration, lm_loss]])[-self.window:]
+
+    def evaluated(self, iteration: int, lm_loss: float) -> None:
+        self.valid = {"iteration": iteration, "lm_loss": lm_loss}
+
+    def as_meta(self, next_lr: float) -> dict:
+        losses = [loss for _, loss in self.train]
+        return {"lr": self.lr, "next_lr": next_lr, "train_lm_loss": self.train[-1][1] if self.train else None,
+                "train_lm_loss_mean": sum(losses) / len(losses) if losses else None,
+                "train_lm_loss_recent": self.train, "valid": self.valid}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "RecentProgress":
+        """Continue the record of a resumed run from its checkpoint's meta.json."""
+        progress = meta.get("progress") if isinstance(meta.get("progress"), dict) else {}
+        return cls(lr=progress.get("lr"), train=list(progress.get("train_lm_loss_recent") or []),
+                   valid=progress.get("valid"))
+
+
+def config_sha256(config: dict) -> str:
+    """sha256 of the resolved run config as canonical JSON (sorted keys): equal configs, equal hashes."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def dir_name(iteration: int) -> str:
@@ -224,7 +262,7 @@ class CheckpointManager:
         meta = self.meta_fn(state, keep)
         request = dist_save(sd, tmp, async_save=self.async_queue is not None,
                             content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
-        if state.iteration == self.kill_in_save_iter:
+        if self.kill_in_save_iter and state.iteration == self.kill_in_save_iter:
             _barrier()
             log.warning(f"fault drill: killing this process in the middle of saving {final.name}")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -36,7 +36,9 @@ class TrainingConfig:
     micro_batch_size: int = 1
     global_batch_size: int = 8
     seq_length: Optional[int] = None   # None: the model's sequence length
-    seed: int = 1234
+    seed: int = 1234                   # default of data_seed and init_seed
+    data_seed: Optional[int] = None    # order of the training data (megatron's index shuffles); None: seed
+    init_seed: Optional[int] = None    # weight initialization and every other RNG of the run; None: seed
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     eval_interval: int = 100
     eval_iters: int = 10
@@ -54,6 +56,9 @@ class TrainingConfig:
     inject_sigkill_in_save_iter: int = 0
     # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
     exit_after_iter: int = 0
+    # Provenance drill (tests): record a sha256 of every micro-batch fed to the model in
+    # RUN_DIR/batch_hashes/ (written with each checkpoint and at the end).
+    log_batch_hashes: bool = False
 
 
 @dataclass
@@ -80,8 +85,12 @@ class CheckpointConfig:
     dir: str = "runs/pretrain"        # RUN_DIR: checkpoints/, tensorboard/, config.yaml
     save_interval: int = 1000         # rolling checkpoints every N iterations; 0: none
     keep_last: int = 2                # rolling checkpoints kept (milestones are never pruned)
-    milestone_tokens: list[int] = field(default_factory=list)  # kept for good once reached
-    milestone_every_tokens: int = 0   # also keep one each time this many tokens pass; 0: off
+    # Milestones are kept for good (never pruned). Token counts may be written 220e9: they are
+    # read as numbers and must be whole and >= 0.
+    milestone_tokens: list[float] = field(default_factory=list)  # kept once this many tokens are consumed
+    milestone_every_tokens: float = 0  # also keep one each time this many tokens pass; 0: off
+    milestone_step0: bool = False     # keep the initial weights as iter_0000000 (before any update)
+    milestone_log_steps: int = 0      # keep steps 1, 2, 4, 8, ... up to this step; 0: off
     resume: bool = True               # auto-resume from RUN_DIR/checkpoints/latest
     load: Optional[str] = None        # explicit checkpoint dir to start from (overrides latest)
     load_optimizer: bool = True       # False: weights only (new optimizer and schedule)
@@ -116,6 +125,24 @@ class RunConfig:
     @property
     def seq_length(self) -> int:
         return self.training.seq_length or model_seq_length(self.model)
+
+    @property
+    def data_seed(self) -> int:
+        return training_data_seed(self.training)
+
+    @property
+    def init_seed(self) -> int:
+        t = self.training
+        return t.seed if t.init_seed is None else t.init_seed
+
+
+def training_data_seed(training: TrainingConfig) -> int:
+    return training.seed if training.data_seed is None else training.data_seed
+
+
+def milestone_token_targets(ck: "CheckpointConfig") -> list[int]:
+    """checkpoint.milestone_tokens as ints (220e9 is read as a float; validate checks it is whole)."""
+    return [int(x) for x in ck.milestone_tokens]
 
 
 @dataclass
@@ -391,7 +418,18 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     ck = run.checkpoint
     c.require(ck.save_interval >= 0, f"checkpoint.save_interval={ck.save_interval} must be >= 0")
     c.require(ck.keep_last >= 1, f"checkpoint.keep_last={ck.keep_last} must be >= 1")
+    _validate_milestones(c, ck)
     c.raise_if_any()
+
+
+def _validate_milestones(c: Checks, ck: CheckpointConfig) -> None:
+    for i, value in enumerate(ck.milestone_tokens):
+        c.require(float(value).is_integer() and value > 0,
+                  f"checkpoint.milestone_tokens[{i}]={value!r} must be a whole number of tokens > 0")
+    every = ck.milestone_every_tokens
+    c.require(float(every).is_integer() and every >= 0,
+              f"checkpoint.milestone_every_tokens={every!r} must be a whole number of tokens >= 0")
+    c.require(ck.milestone_log_steps >= 0, f"checkpoint.milestone_log_steps={ck.milestone_log_steps} must be >= 0")
 
 
 def _validate_data(c: Checks, run: RunConfig) -> None:

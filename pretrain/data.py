@@ -1,8 +1,8 @@
 """Training data: megatron-core GPTDataset blended by BlendedMegatronDatasetBuilder, read in a
 deterministic order that continues exactly from `consumed_samples` after a resume.
 
-Sample order: the blended train dataset is one fixed sequence of samples (shuffled with the run
-seed when the indices are built). Iteration i consumes samples [i*G, (i+1)*G) for a global batch
+Sample order: the blended train dataset is one fixed sequence of samples (shuffled with
+training.data_seed when the indices are built). Iteration i consumes samples [i*G, (i+1)*G) for a global batch
 G; inside it, microbatch k of data-parallel rank r takes mbs contiguous samples at
 i*G + k*mbs*dp + r*mbs. Everything a resume needs is therefore the one integer consumed_samples.
 """
@@ -43,7 +43,7 @@ def dataset_config(run: RunConfig):
     weights = [float(w) for w in d.weights] if d.weights is not None else token_counts(prefixes)
     cache = d.cache_dir or str(run.run_dir / "data_cache")
     return GPTDatasetConfig(
-        random_seed=run.training.seed,
+        random_seed=run.data_seed,
         sequence_length=run.seq_length,
         blend=(prefixes, weights),
         split=split_string(d.split),
@@ -129,6 +129,21 @@ def microbatches(dataset, start_sample: int, micro_batch_size: int, dp_rank: int
     for pos in range(start_sample, end - step + 1, step):
         begin = pos + dp_rank * micro_batch_size
         yield collate([dataset[i] for i in range(begin, begin + micro_batch_size)])
+
+
+def microbatch_sha256(batch: dict) -> str:
+    """Digest of what a micro-batch feeds the model: per sample, its tokens then its labels, as
+    int64 little-endian bytes (the provenance drill compares it with the .bin files)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    tokens, labels = (np.asarray(batch[k], dtype="<i8") for k in ("tokens", "labels"))
+    for row_tokens, row_labels in zip(tokens, labels):
+        digest.update(row_tokens.tobytes())
+        digest.update(row_labels.tobytes())
+    return digest.hexdigest()
 
 
 def valid_microbatches(dataset, run: RunConfig, dp_rank: int, dp_size: int) -> Iterator[dict]:

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.checkpointing import TOKENIZER_DIR, CheckpointManager, TrainState, checkpoints_root, resume_source
-from pretrain.config import RunConfig, load_run_config
+from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, RecentProgress, TrainState,
+                                    checkpoints_root, config_sha256, read_meta, resume_source)
+from pretrain.config import RunConfig, load_run_config, milestone_token_targets
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
                                  valid_line)
-from stack_common.atomic import atomic_write_text
+from stack_common.atomic import atomic_write_json, atomic_write_text
 from stack_common.config import as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
@@ -36,7 +37,7 @@ def run(cfg: DictConfig) -> int:
     from pretrain.parallel import destroy, init_distributed
 
     p = run_cfg.parallel
-    init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.training.seed,
+    init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.init_seed,
                      backend="nccl" if torch.cuda.is_available() else "gloo")
     try:
         return Trainer(run_cfg).train()
@@ -113,6 +114,8 @@ class Trainer:
         self.optimizer = build_optimizer(run, self.model, self.bf16)
         self.scheduler = build_scheduler(run, self.optimizer)
         self.state = TrainState()
+        self.recent = RecentProgress()
+        self.batch_hashes = None
         self.ckpt = CheckpointManager(run.run_dir, run.checkpoint.keep_last, self._meta,
                                       async_save=run.checkpoint.async_save,
                                       kill_in_save_iter=t.inject_sigkill_in_save_iter)
@@ -132,11 +135,15 @@ class Trainer:
         return {"tp": self.tp, "pp": self.pp, "vpp": self.run.parallel.vpp, "dp": self.dp}
 
     def _meta(self, state: TrainState, keep: bool) -> dict:
+        from pretrain.optim import current_lr
+
         return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                 "consumed_tokens": state.consumed_tokens, **self._layout(),
                 "model": as_plain(self.run.model), "vocab_size": self.run.model.vocab_size,
                 "padded_vocab_size": padded_vocab(self.run), "tokenizer": self.tokenizer_ref,
-                "keep": keep, "train_state": asdict(state), "config": self.run.resolved}
+                "keep": keep, "train_state": asdict(state), "config": self.run.resolved,
+                "config_sha256": config_sha256(self.run.resolved),
+                "progress": self.recent.as_meta(current_lr(self.optimizer))}
 
     def _resume(self) -> None:
         source, load_optimizer = resume_source(self.run.checkpoint, self.run.run_dir)
@@ -146,6 +153,8 @@ class Trainer:
             return
         self.state = self.ckpt.load(source, self.model, self.optimizer, self.scheduler,
                                     layout=self._layout(), load_optimizer=load_optimizer)
+        if load_optimizer:
+            self.recent = RecentProgress.from_meta(read_meta(source))
         if (source / TOKENIZER_DIR).is_dir():   # the tokenizer travels on with the weights
             self.ckpt.tokenizer_dir = source / TOKENIZER_DIR
         if self.state.consumed_samples % self.run.training.global_batch_size:
@@ -156,6 +165,8 @@ class Trainer:
     def save(self, keep: bool = False) -> None:
         self.ckpt.save(self.model, self.optimizer, self.scheduler, self.state, keep=keep)
         self.last_saved = self.state.iteration
+        if self.batch_hashes is not None:
+            self.batch_hashes.write()
 
     def _write_config(self) -> None:
         if torch.distributed.get_rank() == 0:
@@ -173,7 +184,14 @@ class Trainer:
         from pretrain.data import microbatches
 
         t = self.run.training
-        return microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
+        batches = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
+        if not t.log_batch_hashes:
+            return batches
+        mpu = self.mpu
+        writes = mpu.get_tensor_model_parallel_rank() == 0 and mpu.is_pipeline_first_stage(ignore_virtual=True)
+        self.batch_hashes = BatchHashLog(self.run.run_dir, start // t.global_batch_size, self.dp_rank,
+                                         self.num_micro, writes)
+        return self.batch_hashes.wrap(batches)
 
     def train_one(self, data_iterator) -> dict:
         """One optimizer step (skipped inside train_step when the loss or grad norm is not finite);
@@ -212,8 +230,11 @@ class Trainer:
         tokens_per_iter = t.global_batch_size * self.seq
         exit_code = 0
         try:
-            if self.state.iteration == 0 and t.eval_interval > 0:
-                self._evaluate_and_log()
+            if self.state.iteration == 0:
+                if t.eval_interval > 0:
+                    self._evaluate_and_log()
+                if c.milestone_step0:
+                    self.save(keep=True)    # the initial weights, before any update
             while self.state.iteration < t.train_iters:
                 lr = current_lr(self.optimizer)        # the rate this step uses
                 start = time.perf_counter()
@@ -224,6 +245,7 @@ class Trainer:
                 st.consumed_samples += t.global_batch_size
                 st.consumed_tokens += tokens_per_iter
                 skipped = bool(m.get("skipped", not math.isfinite(m["total_loss"])))
+                self.recent.step(st.iteration, lr, m["lm_loss"], skipped)
                 self.watch.record(skipped)   # a non-finite loss or grad norm: counts toward the stop
                 if skipped:
                     st.skipped_iters += 1
@@ -268,22 +290,26 @@ class Trainer:
                     self.save()
         finally:
             self.ckpt.finalize(blocking=True)
+            if self.batch_hashes is not None:
+                self.batch_hashes.write()
             signals.restore()
             self.monitor.close()
         return exit_code
 
     def _milestone_reached(self) -> bool:
         c, st = self.run.checkpoint, self.state
-        targets = [int(x) for x in c.milestone_tokens]
-        if c.milestone_every_tokens:
-            targets.append((st.consumed_tokens // c.milestone_every_tokens) * c.milestone_every_tokens)
+        targets = milestone_token_targets(c)
+        every = int(c.milestone_every_tokens)
+        if every:
+            targets.append((st.consumed_tokens // every) * every)
         due = [x for x in targets if 0 < x <= st.consumed_tokens and x not in st.milestones_done]
         st.milestones_done.extend(due)
-        return bool(due)
+        return bool(due) or is_log_step(st.iteration, c.milestone_log_steps)
 
     def _evaluate_and_log(self) -> None:
         loss = self.evaluate()
         it = self.state.iteration
+        self.recent.evaluated(it, loss)
         self.monitor.scalars({"valid/lm_loss": loss, "valid/perplexity": math.exp(min(loss, 30.0))}, it)
         self.monitor.console(valid_line(it, loss))
 
@@ -321,6 +347,34 @@ class Trainer:
                     total += p.detach().double().pow(2).sum()
         torch.distributed.all_reduce(total, group=self.mpu.get_model_parallel_group())
         return math.sqrt(total.item())
+
+
+def is_log_step(iteration: int, up_to: int) -> bool:
+    """Steps 1, 2, 4, 8, ... up to `up_to` (the log-spaced early milestones)."""
+    return 1 <= iteration <= up_to and iteration & (iteration - 1) == 0
+
+
+class BatchHashLog:
+    """Provenance drill: the sha256 of every micro-batch one data-parallel rank feeds the model,
+    by step and micro-batch, written to RUN_DIR/batch_hashes/dp<R>-from<ITER>.json (one file per
+    start of the run) with each save and at the end."""
+
+    def __init__(self, run_dir: Path, done_steps: int, dp_rank: int, num_micro: int, writes: bool):
+        self.path = Path(run_dir) / "batch_hashes" / f"dp{dp_rank}-from{done_steps:07d}.json"
+        self.done_steps, self.dp_rank, self.num_micro, self.writes = done_steps, dp_rank, num_micro, writes
+        self.records: list[dict] = []
+
+    def wrap(self, batches):
+        from pretrain.data import microbatch_sha256
+
+        for k, batch in enumerate(batches):
+            self.records.append({"step": self.done_steps + k // self.num_micro + 1, "micro": k % self.num_micro,
+                                 "dp_rank": self.dp_rank, "sha256": microbatch_sha256(batch)})
+            yield batch
+
+    def write(self) -> None:
+        if self.writes:
+            atomic_write_json(self.path, {"dp_rank": self.dp_rank, "records": self.records})
 
 
 class inject_nan:
