@@ -23,11 +23,15 @@ class ReaderConfig:
 
 @dataclass
 class NormalizeConfig:
-    nfc: bool = True
-    strip_control: bool = True         # C0/C1 controls except \n and \t, zero-width chars
+    """Runs before the language is known, so nothing here may change code, tables or any script's
+    spelling; every change is counted per reason in the stage's stats (`changes`, `chars_removed`)."""
     line_endings: bool = True          # \r\n and \r -> \n
-    collapse_spaces: bool = True       # runs of spaces/tabs -> one space, trailing spaces dropped
-    max_blank_lines: int = 2           # longer runs of empty lines are shortened
+    strip_control: bool = True         # C0/C1 control characters except \n and \t
+    strip_invisible: bool = True       # U+200B zero width space, U+2060 word joiner, U+FEFF BOM (never ZWJ/ZWNJ)
+    nfc: bool = True                   # Unicode NFC; folds CJK compatibility ideographs (counted apart)
+    nfc_keep_cjk_compat: bool = False  # true: CJK compatibility ideographs (U+F900 block) kept as written
+    collapse_spaces: bool = False      # true: runs of spaces between two words -> one space (prose-only corpora)
+    max_blank_lines: int = 2           # longer runs of blank lines are shortened; -1: no limit
     keep_original: bool = False        # store the input text in annotations.original_text when changed
 
 

@@ -11,7 +11,7 @@ from .clean_lines import LineCleaner
 from .config import PipelineConfig
 from .filters import build_rule_sets
 from .lang import annotate_language
-from .normalize import normalize_text
+from .normalize import Normalizer
 from .quality import hq_probability, load_model, model_sha256, model_text
 from .readers import Document
 
@@ -58,24 +58,34 @@ class Step:
 
 
 class Normalize(Step):
+    """Reports, for the documents it keeps, how many each reason changed (`changes`) and the
+    characters each removed (`chars_removed`)."""
     name = "normalize"
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__()
         self.cfg = cfg.normalize
+        self.normalizer = Normalizer(self.cfg)
         self.changed = 0
+        self.changes: Counter = Counter()
+        self.chars_removed: Counter = Counter()
 
     def apply(self, doc: Document) -> str | None:
-        text = normalize_text(doc.text, self.cfg)
-        if text != doc.text:
+        text, changes = self.normalizer(doc.text)
+        if not text.strip():
+            return "normalize.empty"
+        if changes:
             self.changed += 1
+            self.changes.update(changes.keys())
+            self.chars_removed.update(changes)
             if self.cfg.keep_original:
                 doc.annotations["original_text"] = doc.text
             doc.text = text
-        return None if text.strip() else "normalize.empty"
+        return None
 
     def extras(self) -> dict:
-        return {"docs_changed": self.changed}
+        return {"docs_changed": self.changed, "changes": dict(sorted(self.changes.items())),
+                "chars_removed": dict(sorted(self.chars_removed.items()))}
 
 
 class Annotate(Step):
@@ -97,28 +107,39 @@ class Annotate(Step):
 
 
 class CleanLines(Step):
+    """Reports, for the documents it keeps, the lines removed per reason (`lines_removed`), the
+    documents each reason changed (`changes`) and the characters it removed (`chars_removed`)."""
     name = "clean_lines"
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__()
-        self.cleaners = {lang: LineCleaner((rules or {}).get("clean_lines")) for lang, rules in cfg.rules.items()}
+        self.cleaners = {lang: LineCleaner((rules or {}).get("clean_lines"), f"rules.{lang}.clean_lines")
+                         for lang, rules in cfg.rules.items()}
         self.docs_changed = 0
+        self.lines_removed: Counter = Counter()
+        self.changes: Counter = Counter()
+        self.chars_removed: Counter = Counter()
 
     def apply(self, doc: Document) -> str | None:
         cleaner = self.cleaners.get(doc.lang)
         if cleaner is None:
             return None
-        text = cleaner(doc.text)
-        if text != doc.text:
-            self.docs_changed += 1
-            doc.text = text
-        return None if text.strip() else "clean_lines.empty"
+        text, removed = cleaner.clean(doc.text)
+        if not text.strip():
+            return "clean_lines.empty"
+        if not removed:
+            return None
+        self.docs_changed += 1
+        for reason, (lines, chars) in removed.items():
+            self.lines_removed[reason] += lines
+            self.changes[reason] += 1
+            self.chars_removed[reason] += chars
+        doc.text = text
+        return None
 
     def extras(self) -> dict:
-        removed = Counter()
-        for cleaner in self.cleaners.values():
-            removed.update(cleaner.removed)
-        return {"docs_changed": self.docs_changed, "lines_removed": dict(sorted(removed.items()))}
+        return {"docs_changed": self.docs_changed, "lines_removed": dict(sorted(self.lines_removed.items())),
+                "changes": dict(sorted(self.changes.items())), "chars_removed": dict(sorted(self.chars_removed.items()))}
 
 
 class Filter(Step):
