@@ -218,8 +218,11 @@ def test_line_cleaning_c4_options():
 def test_normalize():
     cfg = NormalizeConfig()
     raw = "Cafe\u0301\r\nline\x07 two\u200b  has   gaps   \r\n\n\n\n\nend\t\n    indented  code"
-    assert normalize_text(raw, cfg) == "Café\nline two has gaps\n\n\nend\n    indented code"
-    assert normalize_text(raw, NormalizeConfig(nfc=False, strip_control=False, collapse_spaces=False,
+    # whitespace inside lines is kept by default (aligned code, TSV tabs, Markdown hard breaks)
+    assert normalize_text(raw, cfg) == "Café\nline two  has   gaps   \n\n\nend\t\n    indented  code"
+    assert normalize_text(raw, NormalizeConfig(collapse_spaces=True)) == \
+        "Café\nline two has gaps   \n\n\nend\t\n    indented code"
+    assert normalize_text(raw, NormalizeConfig(nfc=False, strip_control=False, strip_invisible=False,
                                                line_endings=False, max_blank_lines=-1)) == raw
 
 
@@ -261,7 +264,7 @@ def test_keep_original_text_recoverable():
     cfg = load_config(["normalize.keep_original=true"])
     doc = Document(id="1", text="Cafe\u0301  au lait\r\n", source="t")
     reason, size = Normalize(cfg)(doc, len(doc.text.encode()))
-    assert reason is None and doc.text == "Café au lait" and size == len("Café au lait".encode())
+    assert reason is None and doc.text == "Café  au lait" and size == len("Café  au lait".encode())
     assert doc.annotations["original_text"] == "Cafe\u0301  au lait\r\n"
 
 
