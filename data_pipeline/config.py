@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from stack_common.errors import ConfigError
+
 PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "quality")
 GLOBAL_STAGE_NAMES = ("exact_dedup", "minhash_dedup", "line_dedup")
 NEEDS_LANG = ("clean_lines", "filter", "quality")
@@ -35,14 +37,33 @@ class NormalizeConfig:
     keep_original: bool = False        # store the input text in annotations.original_text when changed
 
 
+LANG_MODELS = ("cld2", "fasttext", "script")
+
+
 @dataclass
 class LangConfig:
-    fasttext_model: Optional[str] = None   # e.g. lid.176.bin; script statistics otherwise
-    fasttext_min_score: float = 0.5
-    zh_min_han_share: float = 0.3          # Han chars / (Han chars + Latin letters / 4)
-    en_min_latin_ratio: float = 0.7        # Latin letters / letters
+    model: str = "cld2"                    # cld2 (pycld2, offline) | fasttext (needs fasttext_model) | script
+    fasttext_model: Optional[str] = None   # a fastText LID file, e.g. lid.176.bin
+    min_score: float = 0.5                 # a model verdict below this falls back to the script (zh/ja/ko) or `other`
+    max_chars: int = 4000                  # characters of a document the model reads
+    keep_langs: list[str] = field(default_factory=lambda: ["zh", "en", "code"])  # "*": keep every language
+    zh_min_han_share: float = 0.3          # Han chars / (Han chars + Latin letters / 4): zh even if the model says en
+    en_min_latin_ratio: float = 0.7        # Latin letters / letters (lang.model=script only)
     code_min_line_ratio: float = 0.35      # lines that look like code
     code_min_symbol_ratio: float = 0.04    # {}[]();=<> among non-space characters
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.model not in LANG_MODELS:
+            problems.append(f"lang.model: one of {', '.join(LANG_MODELS)}, got '{self.model}'")
+        if self.model == "fasttext" and not self.fasttext_model:
+            problems.append("lang.fasttext_model: lang.model=fasttext needs a model file, e.g. lid.176.bin")
+        if self.fasttext_model and self.model != "fasttext":
+            problems.append(f"lang.fasttext_model: set, but lang.model is '{self.model}' (add lang.model=fasttext)")
+        if not self.keep_langs:
+            problems.append("lang.keep_langs: name the languages to keep, or [\"*\"] for all")
+        if problems:
+            raise ConfigError(problems)
 
 
 @dataclass

@@ -1,17 +1,28 @@
-"""Language and script annotation: zh / en / code / other.
+"""Language annotation: a language-ID model names natural languages, script statistics decide code.
 
-Script statistics decide by default (Han vs Latin letters, code-looking lines); a fastText
-language-ID model (e.g. lid.176.bin) decides between natural languages when configured.
+The model labels a document with its language's ISO 639 code (en, zh, fr, ja, ...). The default is
+CLD2 through pycld2, whose tables are compiled into the extension module: nothing is downloaded and
+it runs offline. `lang.model=fasttext` uses a fastText LID file instead (lid.176.bin / .ftz), and
+`lang.model=script` the script statistics alone (zh / ja / ko / en / other).
+
+Script statistics always decide `code` (code stays line- and symbol-based), and stand in where the
+model has nothing to go on: no letters, or a verdict below `lang.min_score`. In that case they only
+name languages that their script identifies (zh, ja, ko); Latin text without a confident verdict is
+`other`, never assumed to be English.
 """
 from __future__ import annotations
 
 import re
 from functools import lru_cache
+from importlib.metadata import version
+
+from stack_common.atomic import sha256_file
 
 from .config import LangConfig
 
 HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-KANA_HANGUL_RE = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
+KANA_RE = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
+HANGUL_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 LATIN_RE = re.compile(r"[A-Za-z\u00c0-\u024f]")
 LETTER_RE = re.compile(r"[^\W\d_]")
 CODE_SYMBOL_RE = re.compile(r"[{}\[\]();=<>]")
@@ -20,34 +31,107 @@ CODE_LINE_RE = re.compile(
     r"function\b|var |let |const |public |private |package |@\w+|elif\b|else:|try:|except\b|finally:|"
     r"raise\b|yield\b|assert\b|self\.|[\w.\[\]]+\s*[-+*/|&]?=\s*\S)|[;{}]\s*$|\)\s*:\s*$|^\s*[}\])]",
     re.MULTILINE)
-FASTTEXT_LANGS = {"zh": "zh", "en": "en"}
+# A script share above this names the language by itself (kana: ja, hangul: ko).
+SCRIPT_SHARE = 0.05
+# Languages script statistics can name without a model (Latin script could be any of dozens).
+NAMED_BY_SCRIPT = ("zh", "ja", "ko", "code")
+
+# Model labels that mean no language, and labels folded into the language whose rules apply.
+# Cantonese and Wu written in Han characters get the Chinese rules; the model's own label stays
+# in the annotations (lang_label) for anyone who wants them apart.
+UNKNOWN_LABELS = {"", "un", "xx", "und", "zxx"}
+SAME_AS = {"yue": "zh", "wuu": "zh", "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro"}
+# What CLD2 refuses as "invalid UTF-8": C0/C1 controls (but \t \n \f \r), surrogates, noncharacters.
+CLD2_REFUSED = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+                          + "".join(f"{chr(plane * 0x10000 + 0xfffe)}{chr(plane * 0x10000 + 0xffff)}"
+                                    for plane in range(17)) + "]")
 
 
 def script_stats(text: str) -> dict:
-    letters = len(LETTER_RE.findall(text)) or 1
+    letters = len(LETTER_RE.findall(text))
     han, latin = len(HAN_RE.findall(text)), len(LATIN_RE.findall(text))
     nonspace = len(text) - sum(text.count(c) for c in " \n\t") or 1
     lines = sum(1 for line in text.split("\n") if line.strip()) or 1
     return {
+        "letters": letters,
         # A Han character carries about as much as four Latin letters (one short word).
         "han_share": han / ((han + latin / 4) or 1),
-        "latin_ratio": latin / letters,
-        "kana_hangul_ratio": len(KANA_HANGUL_RE.findall(text)) / letters,
+        "latin_ratio": latin / (letters or 1),
+        "kana_ratio": len(KANA_RE.findall(text)) / (letters or 1),
+        "hangul_ratio": len(HANGUL_RE.findall(text)) / (letters or 1),
         "code_line_ratio": len(CODE_LINE_RE.findall(text)) / lines,
         "code_symbol_ratio": len(CODE_SYMBOL_RE.findall(text)) / nonspace,
     }
 
 
 def language_from_scripts(stats: dict, cfg: LangConfig) -> str:
+    """code / ja / ko / zh / en / other from script statistics alone (`lang.model=script`)."""
     if stats["code_line_ratio"] >= cfg.code_min_line_ratio and stats["code_symbol_ratio"] >= cfg.code_min_symbol_ratio:
         return "code"
-    if stats["kana_hangul_ratio"] > 0.05:
-        return "other"
+    if stats["kana_ratio"] > SCRIPT_SHARE:
+        return "ja"
+    if stats["hangul_ratio"] > SCRIPT_SHARE:
+        return "ko"
     if stats["han_share"] >= cfg.zh_min_han_share:
         return "zh"
     if stats["latin_ratio"] >= cfg.en_min_latin_ratio:
         return "en"
     return "other"
+
+
+def canonical_language(label: str) -> str:
+    """A model's label as the pipeline's language code ('' when the model names none)."""
+    code = label.removeprefix("__label__").replace("_", "-").split("-")[0].lower()
+    if code in UNKNOWN_LABELS:
+        return ""
+    return SAME_AS.get(code, code)
+
+
+class Cld2Detector:
+    """CLD2 (pycld2): the share of the text's bytes in its top language is the score."""
+    name = "cld2"
+
+    def __init__(self, max_chars: int):
+        import pycld2
+
+        self.detect_cld2 = pycld2.detect
+        self.max_chars = max_chars
+
+    def __call__(self, text: str) -> tuple[str, float]:
+        sample = CLD2_REFUSED.sub(" ", text[:self.max_chars])
+        _, _, top = self.detect_cld2(sample, bestEffort=True)
+        _, code, percent, _ = top[0]
+        return code, percent / 100
+
+    def identity(self) -> dict:
+        return cld2_identity()
+
+
+@lru_cache(maxsize=1)
+def cld2_identity() -> dict:
+    """The package and the hash of the extension module its tables are compiled into."""
+    import pycld2._pycld2 as ext
+
+    return {"model": "cld2", "package": f"pycld2=={version('pycld2')}", "file": ext.__file__,
+            "sha256": sha256_file(ext.__file__)}
+
+
+class FastTextDetector:
+    """A fastText language-ID model file (e.g. lid.176.bin): the top label's probability is the score."""
+    name = "fasttext"
+
+    def __init__(self, path: str, max_chars: int):
+        self.path = path
+        self.model = load_fasttext(path)
+        self.max_chars = max_chars
+
+    def __call__(self, text: str) -> tuple[str, float]:
+        labels, scores = self.model.predict(" ".join(text[:self.max_chars].split()), k=1)
+        return (labels[0] if labels else ""), (float(scores[0]) if len(scores) else 0.0)
+
+    def identity(self) -> dict:
+        return {"model": "fasttext", "package": f"fasttext-numpy2=={version('fasttext-numpy2')}",
+                "file": self.path, "sha256": fasttext_sha256(self.path)}
 
 
 @lru_cache(maxsize=2)
@@ -58,21 +142,44 @@ def load_fasttext(path: str):
     return fasttext.load_model(path)
 
 
-def fasttext_language(text: str, model, min_score: float) -> tuple[str, float]:
-    labels, scores = model.predict(" ".join(text[:2000].split()), k=1)
-    code = labels[0].removeprefix("__label__") if labels else ""
-    score = float(scores[0]) if len(scores) else 0.0
-    if score < min_score:
-        return "other", score
-    return FASTTEXT_LANGS.get(code.split("_")[0].lower(), "other"), score
+@lru_cache(maxsize=2)
+def fasttext_sha256(path: str) -> str:
+    return sha256_file(path)
 
 
-def annotate_language(text: str, cfg: LangConfig) -> tuple[str, dict]:
+def build_detector(cfg: LangConfig) -> Cld2Detector | FastTextDetector | None:
+    if cfg.model == "cld2":
+        return Cld2Detector(cfg.max_chars)
+    if cfg.model == "fasttext":
+        return FastTextDetector(cfg.fasttext_model, cfg.max_chars)
+    return None
+
+
+def decide_language(label: str, score: float, stats: dict, by_script: str, cfg: LangConfig) -> str:
+    lang = canonical_language(label)
+    confident = bool(lang) and score >= cfg.min_score
+    if confident and lang in ("zh", "ja", "ko"):
+        return lang
+    if stats["han_share"] >= cfg.zh_min_han_share and stats["kana_ratio"] <= SCRIPT_SHARE:
+        # Chinese prose around Latin commands, options and names (manuals, help pages): the model
+        # weighs the Latin runs as English, but the Han text is what a reader reads.
+        return "zh"
+    if not confident:
+        return by_script if by_script in NAMED_BY_SCRIPT else "other"
+    return lang
+
+
+def annotate_language(text: str, cfg: LangConfig, detector=None) -> tuple[str, dict]:
     """The document's language and the facts it was decided on (kept in annotations)."""
     stats = script_stats(text)
-    lang = language_from_scripts(stats, cfg)
+    by_script = language_from_scripts(stats, cfg)
     facts = {"han_share": round(stats["han_share"], 4), "lang_by": "script"}
-    if lang != "code" and cfg.fasttext_model:
-        lang, score = fasttext_language(text, load_fasttext(cfg.fasttext_model), cfg.fasttext_min_score)
-        facts.update(lang_by="fasttext", lang_score=round(score, 4))
-    return lang, facts
+    if detector is None or by_script == "code" or not stats["letters"]:
+        return by_script, facts
+    label, score = detector(text)
+    facts.update(lang_by=detector.name, lang_label=label, lang_score=round(score, 4))
+    return decide_language(label, score, stats, by_script, cfg), facts
+
+
+def kept(lang: str, cfg: LangConfig) -> bool:
+    return "*" in cfg.keep_langs or lang in cfg.keep_langs

@@ -9,8 +9,8 @@ from collections import Counter
 
 from .clean_lines import LineCleaner
 from .config import PipelineConfig
-from .filters import build_rule_sets
-from .lang import annotate_language
+from .filters import build_rule_sets, rule_family
+from .lang import annotate_language, build_detector, kept
 from .normalize import Normalizer
 from .quality import hq_probability, load_model, model_sha256, model_text
 from .readers import Document
@@ -89,21 +89,31 @@ class Normalize(Step):
 
 
 class Annotate(Step):
+    """Labels each document's language (see data_pipeline.lang) and excludes the languages not in
+    `lang.keep_langs` as `<lang>:lang.not_kept`. Reports every language seen (`langs`), what
+    decided (`lang_by`: the model or the script statistics) and the model's identity."""
     name = "annotate"
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__()
         self.cfg = cfg.lang
+        self.detector = build_detector(self.cfg)
         self.langs: Counter = Counter()
+        self.decided_by: Counter = Counter()
 
     def apply(self, doc: Document) -> str | None:
-        doc.lang, facts = annotate_language(doc.text, self.cfg)
+        doc.lang, facts = annotate_language(doc.text, self.cfg, self.detector)
         doc.annotations.update(facts)
         self.langs[doc.lang] += 1
-        return None
+        self.decided_by[facts["lang_by"]] += 1
+        return None if kept(doc.lang, self.cfg) else f"{doc.lang}:lang.not_kept"
 
     def extras(self) -> dict:
-        return {"langs": dict(sorted(self.langs.items()))}
+        identity = self.detector.identity() if self.detector else {"model": "script"}
+        return {"langs": dict(sorted(self.langs.items())), "lang_by": dict(sorted(self.decided_by.items())),
+                "keep_langs": list(self.cfg.keep_langs), "lang_model": " ".join(
+                    v for k, v in identity.items() if k in ("model", "package")),
+                "lang_model_sha256": identity.get("sha256")}
 
 
 class CleanLines(Step):
@@ -150,7 +160,7 @@ class Filter(Step):
         self.rule_sets = build_rule_sets(cfg.rules)
 
     def apply(self, doc: Document) -> str | None:
-        rule_set = self.rule_sets.get(doc.lang) or self.rule_sets["other"]
+        rule_set = self.rule_sets[rule_family(doc.lang)]
         reason = rule_set(doc.text)
         return f"{doc.lang}:{reason}" if reason else None
 

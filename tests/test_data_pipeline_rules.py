@@ -12,7 +12,7 @@ from data_pipeline.filters import build_rule_sets
 from data_pipeline.filters import chinese as zh
 from data_pipeline.filters import english as en
 from data_pipeline.filters import generic
-from data_pipeline.lang import annotate_language
+from data_pipeline.lang import annotate_language, build_detector
 from data_pipeline.normalize import normalize_text
 
 EPS = 1e-6
@@ -229,7 +229,7 @@ def test_normalize():
 @pytest.mark.parametrize("text,lang", [
     (EN_GOOD, "en"), (ZH_GOOD, "zh"),
     ("#include <stdio.h>\nint main(void) {\n    printf(\"hi\");\n    return 0;\n}\n", "code"),
-    ("これは日本語の文章です。ひらがなとカタカナが入っています。", "other"),
+    ("これは日本語の文章です。ひらがなとカタカナが入っています。", "ja"),
     ("Это русский текст, в нём нет латинских букв.", "other"),
     ("GNOME 文档项目\n浏览服务器或网络共享中的文件，就像是查看本地计算机一样。", "zh"),
 ])
@@ -250,11 +250,12 @@ def test_fasttext_language_id(tmp_path):
     train.write_text("\n".join(rows) + "\n", encoding="utf-8")
     model_path = tmp_path / "lid.bin"
     train_fasttext(train, epoch=10, lr=0.5, dim=16, bucket=100_000, wordNgrams=2, thread=1, seed=0).save_model(str(model_path))
-    cfg = LangConfig(fasttext_model=str(model_path))
-    lang, facts = annotate_language("le fleuve prend sa source dans les collines au nord de la ville", cfg)
-    assert (lang, facts["lang_by"]) == ("other", "fasttext")
-    assert annotate_language(EN_GOOD, cfg)[0] == "en"
-    assert annotate_language(ZH_GOOD, cfg)[0] == "zh"
+    cfg = LangConfig(model="fasttext", fasttext_model=str(model_path))
+    detector = build_detector(cfg)
+    lang, facts = annotate_language("le fleuve prend sa source dans les collines au nord de la ville", cfg, detector)
+    assert (lang, facts["lang_by"]) == ("fr", "fasttext")
+    assert annotate_language(EN_GOOD, cfg, detector)[0] == "en"
+    assert annotate_language(ZH_GOOD, cfg, detector)[0] == "zh"
 
 
 def test_keep_original_text_recoverable():

@@ -69,5 +69,10 @@ def check_rules(rules_cfg: dict) -> None:
     build_rule_sets(rules_cfg)
 
 
+def rule_family(lang: str) -> str:
+    """The rule set a document is judged by: its language's own, else `other` (fr, de, ja, ...)."""
+    return lang if lang in RULE_FAMILIES else "other"
+
+
 def build_rule_sets(rules_cfg: dict) -> dict[str, RuleSet]:
     return {lang: RuleSet(lang, (rules_cfg.get(lang) or {}).get("filter") or {}) for lang in RULE_FAMILIES}
