@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="RUN_DIR/checkpoints/iter_NNNNNNN, or RUN_DIR for the latest")
     s.add_argument("--out", required=True)
     s.add_argument("--max-shard-size", default="1GB")
+    s.add_argument("--with-optimizer", action="store_true",
+                   help="also copy the whole checkpoint (optimizer, schedule, data position) into "
+                        "OUT/megatron_checkpoint, to continue with checkpoint.load=OUT/megatron_checkpoint")
     export_options(s)
 
     s = sub.add_parser("import-hf", help="Hugging Face directory -> dist checkpoint")
@@ -56,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--milestones-only", action="store_true",
                    help="only checkpoints kept for good (keep=true), not the rolling ones")
     export_options(s)
+
+    for name, what in (("batches", "the documents in each micro-batch of a step"),
+                       ("seen", "tokens fed per dataset, source and language up to a step")):
+        s = sub.add_parser(name, help=f"{what} (from the run's dataset indices, no training)")
+        s.add_argument("run_dir")
+        s.add_argument("--step", type=int, required=True, help="optimizer step, counted from 1")
+        s.add_argument("--json", action="store_true", help="JSON for scripts instead of text")
+        if name == "batches":
+            s.add_argument("--dp", type=int, default=None,
+                           help="data-parallel size (default: the one of the checkpoint at or after the step)")
 
     s = sub.add_parser("eval-series", help="evaluate every export of a series")
     s.add_argument("exports_dir")
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
         export_hf(resolve_checkpoint(args.checkpoint), args.out, fmt=args.format, dtype=args.dtype,
                   tokenizer=args.tokenizer, overwrite=args.overwrite,
-                  max_shard_bytes=parse_size(args.max_shard_size))
+                  max_shard_bytes=parse_size(args.max_shard_size), with_optimizer=args.with_optimizer)
     elif args.command == "import-hf":
         from .import_hf import import_hf
 
@@ -107,6 +120,16 @@ def main(argv: list[str] | None = None) -> None:
                                   tokenizer=args.tokenizer, milestones_only=args.milestones_only,
                                   overwrite=args.overwrite):
             print(path)
+    elif args.command in ("batches", "seen"):
+        from . import provenance as P
+
+        data = P.load_run_data(args.run_dir, args.step, dp=getattr(args, "dp", None))
+        if args.command == "batches":
+            report = P.step_batches(data, args.step)
+            print(P.to_json(report) if args.json else P.format_batches(report))
+        else:
+            report = P.tokens_seen(data, args.step)
+            print(P.to_json(report) if args.json else P.format_seen(report))
     elif args.command == "eval-series":
         from .series import eval_series
 

@@ -101,7 +101,8 @@ class MegatronCheckpoint:
 
 def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dtype: str = "auto",
               tokenizer: str | Path | None = None, overwrite: bool = False,
-              max_shard_bytes: int = 1 << 30, extra_meta: dict | None = None) -> Path:
+              max_shard_bytes: int = 1 << 30, extra_meta: dict | None = None,
+              with_optimizer: bool = False) -> Path:
     """Convert one checkpoint; returns the output directory (published atomically)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", field="--format", expected=" or ".join(FORMATS))
@@ -135,11 +136,32 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dty
             "arch": arch.as_dict(), "files": files, "tokenizer_files": tokenizer_files,
             "normhead": "folded into lm_head (rows normalized)" if fmt == "llama"
                         else "applied in modeling_baichuan.NormHead", **(extra_meta or {})})
+        write_training_state(tmp, ckpt, with_optimizer)
     mb = writer.total_bytes / 2**20
     took = time.time() - start
     log.info(f"exported {ckpt.dir} -> {out_dir} ({fmt}, {len(files)} file(s), {mb:.1f} MB, "
              f"{took:.1f}s, {mb / max(took, 1e-9):.1f} MB/s)")
     return out_dir
+
+
+TRAINING_STATE = "training_state.json"
+OPTIMIZER_DIR = "megatron_checkpoint"
+
+
+def write_training_state(out_dir: Path, ckpt: MegatronCheckpoint, with_optimizer: bool) -> None:
+    """OUT/training_state.json: the moment of the checkpoint (provenance.training_state). With
+    `with_optimizer`, the whole checkpoint (optimizer, schedule, data position, RNG) is copied to
+    OUT/megatron_checkpoint: `python -m pretrain checkpoint.load=OUT/megatron_checkpoint ...`
+    continues from the export exactly."""
+    import shutil
+
+    from .provenance import training_state
+
+    state = training_state(ckpt.dir, ckpt.meta)
+    if with_optimizer:
+        shutil.copytree(ckpt.dir, out_dir / OPTIMIZER_DIR)
+    state["optimizer_state"] = OPTIMIZER_DIR if with_optimizer else None
+    atomic_write_json(out_dir / TRAINING_STATE, state)
 
 
 def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str, make_room):

@@ -2,6 +2,8 @@
 
     OUT/<group>_text_document.{bin,idx}   IndexedDatasetBuilder output: one document per sequence,
                                           </s> (eod) appended; read with megatron-core's IndexedDataset
+    OUT/<group>_text_document.docs.parquet  id, source and lang of each document, in document order
+                                          (row i describes document i of the .bin; provenance reads it)
     OUT/encode_summary.json               documents and tokens per output, tokenizer path + sha256,
                                           vocab size, eod / pad / bos ids, dtype (written last)
 
@@ -26,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import sentencepiece as spm
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
@@ -45,6 +48,9 @@ PLAN = "encode_plan.json"
 SUMMARY = "encode_summary.json"
 PARTS = "parts"
 SUFFIX = "_text_document"
+DOCS = ".docs.parquet"                 # the document sidecar next to PREFIX.bin / PREFIX.idx
+DOC_COLUMNS = ("id", "source", "lang")
+DOCS_SCHEMA = pa.schema([(name, pa.string()) for name in DOC_COLUMNS])
 
 
 @dataclass(frozen=True)
@@ -139,10 +145,41 @@ def encode_texts(sp: spm.SentencePieceProcessor, texts: list[str], newline_id: i
     return docs
 
 
-def read_unit(unit: Unit, group_by: str) -> tuple[list, list]:
+def read_unit(unit: Unit, group_by: str) -> tuple[list, list, list[dict]]:
+    """(texts, group values, {id, source, lang} per row; None where the shards lack a column)."""
     with pa.memory_map(unit.file) as src:
         batch = pa.ipc.open_file(src).get_batch(unit.batch).slice(unit.start, unit.stop - unit.start)
-        return batch.column("text").to_pylist(), batch.column(group_by).to_pylist()
+        columns = {name: batch.column(name).cast(pa.string()).to_pylist() if name in batch.schema.names
+                   else [None] * batch.num_rows for name in DOC_COLUMNS}
+        docs = [dict(zip(DOC_COLUMNS, values)) for values in zip(*columns.values())]
+        return batch.column("text").to_pylist(), batch.column(group_by).to_pylist(), docs
+
+
+def docs_path(prefix: str | Path) -> Path:
+    """The document sidecar of an indexed dataset prefix."""
+    return Path(f"{prefix}{DOCS}")
+
+
+def write_docs(prefix: Path, docs: list[dict]) -> None:
+    with atomic_path(docs_path(prefix)) as tmp:
+        pq.write_table(pa.Table.from_pylist(docs, schema=DOCS_SCHEMA), tmp)
+
+
+def read_docs(prefix: str | Path, documents: int) -> pa.Table | None:
+    """The sidecar of `prefix` (None when the encode kept none); its rows must be the dataset's
+    `documents`, else a UserError naming the file."""
+    path = docs_path(prefix)
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path, columns=list(DOC_COLUMNS))
+    except (pa.ArrowInvalid, KeyError, OSError) as err:
+        raise UserError(f"unreadable document sidecar: {str(err).splitlines()[0]}", file=path,
+                        expected=f"parquet with columns {', '.join(DOC_COLUMNS)}") from None
+    if table.num_rows != documents:
+        raise UserError(f"document sidecar has {table.num_rows} rows for {documents} documents in the dataset",
+                        file=path, expected="the sidecar written with this .bin/.idx")
+    return table
 
 
 def dataset_files(prefix: Path) -> tuple[Path, Path]:
@@ -168,19 +205,22 @@ def write_part(prefix: Path, docs: list[list[int]], eod: int | None, dtype) -> i
 def encode_unit(unit: Unit) -> dict:
     """Encode one unit into per-group parts, then write its done marker (written last)."""
     sp, parts = _worker["sp"], _worker["parts"]
-    texts, groups = read_unit(unit, _worker["group_by"])
+    texts, groups, metas = read_unit(unit, _worker["group_by"])
     by_group: dict[str, list[str]] = defaultdict(list)
+    docs_by_group: dict[str, list[dict]] = defaultdict(list)
     skipped = {"null_text": 0, "empty_text": 0}
-    for text, group in zip(texts, groups):
+    for text, group, meta in zip(texts, groups, metas):
         if text is None or text == "":
             skipped["null_text" if text is None else "empty_text"] += 1
             continue
         by_group[group_name(group)].append(text)
+        docs_by_group[group_name(group)].append(meta)
     counts = {}
     eod = sp.eos_id() if _worker["append_eod"] else None
     for group, docs in sorted(by_group.items()):
         ids = encode_texts(sp, docs, _worker["newline_id"])
         tokens = write_part(parts / f"{unit.index:07d}.{group}", ids, eod, _worker["dtype"])
+        write_docs(parts / f"{unit.index:07d}.{group}", docs_by_group[group])
         counts[group] = {"documents": len(docs), "tokens": tokens}
     marker = {"unit": asdict(unit), "groups": counts, "skipped": skipped}
     atomic_write_json(parts / f"{unit.index:07d}.done.json", marker)
@@ -194,7 +234,8 @@ def load_done(parts: Path, units: Sequence[Unit]) -> dict[int, dict]:
         marker = parts / f"{unit.index:07d}.done.json"
         if marker.is_file():
             record = read_json(marker)
-            if record["unit"] == asdict(unit):
+            sidecars = all(docs_path(parts / f"{unit.index:07d}.{g}").is_file() for g in record["groups"])
+            if record["unit"] == asdict(unit) and sidecars:   # parts of an older encode have none: redone
                 done[unit.index] = record
     return done
 
@@ -223,6 +264,7 @@ def run_units(pending: Sequence[Unit], model_path: Path, enc: EncodeConfig, dtyp
 def merge_group(out: Path, group: str, units: Sequence[Unit], parts: Path, dtype) -> None:
     """Concatenate a group's parts, in unit order, into OUT/<group>_text_document.{bin,idx}."""
     idx_path, bin_path = dataset_files(out / f"{group}{SUFFIX}")
+    docs = []
     with atomic_path(idx_path) as idx_tmp, atomic_path(bin_path) as bin_tmp:
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
         for unit in units:
@@ -235,7 +277,10 @@ def merge_group(out: Path, group: str, units: Sequence[Unit], parts: Path, dtype
                                 "delete the .done.json marker next to it and rerun to redo the unit",
                                 file=dataset_files(part)[0])
             builder.add_index(str(part))
+            docs.append(pq.read_table(docs_path(part)))
         builder.finalize(str(idx_tmp))
+        with atomic_path(docs_path(out / f"{group}{SUFFIX}")) as docs_tmp:
+            pq.write_table(pa.concat_tables(docs) if docs else DOCS_SCHEMA.empty_table(), docs_tmp)
 
 
 def prepare_out(out: Path, fingerprint: dict, overwrite: bool) -> bool:
@@ -276,6 +321,7 @@ def summarize(records: Sequence[dict], out: Path, model_path: Path, model_sha: s
     for group, o in outputs.items():
         o["path_prefix"] = str((out / o["prefix"]).resolve())
         o["bin_bytes"] = dataset_files(out / o["prefix"])[1].stat().st_size
+        o["documents_file"] = docs_path(o["prefix"]).name
     return {
         "tokenizer": {"model": str(model_path.resolve()), "sha256": model_sha, "vocab_size": sp.get_piece_size(),
                       "eod_id": sp.eos_id(), "pad_id": pad_id, "bos_id": sp.bos_id(), "unk_id": sp.unk_id()},

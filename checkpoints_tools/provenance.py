@@ -1,0 +1,357 @@
+"""Data provenance of a run, from megatron-core's dataset indices, without training.
+
+The trainer reads the blended train dataset in one fixed order (pretrain/data.py): step N (1-based)
+takes global samples [(N-1)*G, N*G); micro-batch k of data-parallel rank r takes the `mbs`
+samples from (N-1)*G + k*mbs*dp + r*mbs. A sample of the blend is (dataset, sample of that
+dataset) by the BlendedDataset's dataset_index / dataset_sample_index; a GPTDataset sample is
+found through its shuffle_index, then sample_index gives its first and last position in the
+document_index (with token offsets), and document_index gives the documents. The datasets are
+built with the trainer's own functions from the run's config, so they load the index files the
+trainer built (RUN/data_cache) or, when those are gone, build the same ones again.
+
+    batches RUN --step N   the documents (dataset, index, token range, id/source/lang from the
+                           encode's sidecar) of every micro-batch of step N
+    seen RUN --step N      tokens the model was fed up to step N, per dataset, source and language
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import numpy as np
+
+from stack_common.atomic import read_json_file
+from stack_common.errors import UserError
+from stack_common.logging import get_logger
+
+log = get_logger("checkpoints_tools.provenance")
+
+UNKNOWN = "(unknown)"
+
+
+@dataclass
+class RunData:
+    """The train dataset of a run as the trainer built it, and how steps cut it."""
+    run: object                 # pretrain.config.RunConfig (data, training, seq_length, run_dir)
+    train: object               # BlendedDataset, or GPTDataset for a lone unweighted path
+    dp: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.run.training.global_batch_size
+
+    @property
+    def micro_batch(self) -> int:
+        return self.run.training.micro_batch_size
+
+    @property
+    def datasets(self) -> list:
+        return list(getattr(self.train, "datasets", [self.train]))
+
+
+# ----------------------------------------------------------------------------- the run's data
+
+def checkpoint_rows(run_dir: Path) -> list[tuple[int, Path, dict]]:
+    """(iteration, dir, meta.json) of the run's complete checkpoints, by iteration."""
+    from pretrain.checkpointing import checkpoints_root, is_complete
+
+    rows = []
+    for d in sorted(checkpoints_root(run_dir).glob("iter_*")):
+        if is_complete(d):
+            meta = read_json_file(d / "meta.json")
+            rows.append((int(meta.get("iteration", -1)), d, meta))
+    return rows
+
+
+def config_for_step(run_dir: Path, step: int) -> tuple[dict, int, str]:
+    """(resolved config, data-parallel size, where from) of the run that trained `step`: the first
+    checkpoint at or after it, else the latest, else RUN/config.yaml (dp 1)."""
+    rows = [r for r in checkpoint_rows(run_dir) if isinstance(r[2].get("config"), dict)]
+    after = [r for r in rows if r[0] >= step]
+    if after or rows:
+        _, ckpt, meta = (after or rows)[0] if after else rows[-1]
+        return meta["config"], int(meta.get("dp") or 1), str(ckpt / "meta.json")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError("no checkpoint with a recorded config and no config.yaml", file=run_dir,
+                        expected="a run directory of python -m pretrain")
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True), 1, str(path)
+
+
+def run_config(config: dict, run_dir: Path):
+    """The parts of a RunConfig that the data depends on, with the checkpoint dir set to
+    `run_dir` (so the run's data_cache is used wherever the run directory now is)."""
+    from pretrain.config import CheckpointConfig, DataConfig, RunConfig, TrainingConfig
+    from stack_common.config import to_dataclass
+
+    for group in ("data", "training", "checkpoint", "model"):
+        if not isinstance(config.get(group), dict):
+            raise UserError("run config has no such group", field=group, expected="a config of python -m pretrain")
+    checkpoint = to_dataclass(dict(config["checkpoint"], dir=str(run_dir)), CheckpointConfig, where="checkpoint")
+    return RunConfig(optimizer=None, training=to_dataclass(config["training"], TrainingConfig, where="training"),
+                     data=to_dataclass(config["data"], DataConfig, where="data"), checkpoint=checkpoint,
+                     logging=None, model=SimpleNamespace(**config["model"]), parallel=None, resolved=config)
+
+
+def load_run_data(run_dir: str | Path, step: int, dp: Optional[int] = None,
+                  config: Optional[dict] = None) -> RunData:
+    """The train dataset the run used at `step` (from its recorded config unless `config`)."""
+    from pretrain.config import strip_ext
+    from pretrain.data import build_datasets
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError("run directory does not exist", file=run_dir)
+    recorded_dp = 1
+    if config is None:
+        config, recorded_dp, where = config_for_step(run_dir, step)
+        log.info(f"data config of step {step} from {where}")
+    run = run_config(config, run_dir)
+    for i, path in enumerate(run.data.paths):
+        for ext in (".bin", ".idx"):
+            if not Path(strip_ext(path) + ext).is_file():
+                raise UserError("data file of the run does not exist (run from the directory the run was "
+                                "started in, or restore the file)", file=strip_ext(path) + ext,
+                                field=f"data.paths[{i}]")
+    train, _ = build_datasets(run)
+    return RunData(run=run, train=train, dp=dp or recorded_dp)
+
+
+def blend(data: RunData) -> list[dict]:
+    """The data blend as the trainer used it: dataset path prefix and normalized weight."""
+    from pretrain.data import dataset_config
+
+    prefixes, weights = dataset_config(data.run).blend
+    total = float(sum(weights))
+    return [{"dataset": p, "weight": float(w) / total} for p, w in zip(prefixes, weights)]
+
+
+# ----------------------------------------------------------------------------- samples -> documents
+
+def dataset_of_samples(data: RunData, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset id, sample within that dataset) of global train samples."""
+    train = data.train
+    if hasattr(train, "dataset_index"):
+        return (np.asarray(train.dataset_index[samples], dtype=np.int64),
+                np.asarray(train.dataset_sample_index[samples], dtype=np.int64))
+    return np.zeros(len(samples), dtype=np.int64), samples.astype(np.int64)
+
+
+def sample_documents(ds, sample: int) -> list[dict]:
+    """The pieces of one GPTDataset sample: document index in the .bin, token offset and count
+    (seq_length + 1 tokens in all: the last one is only a label), as GPTDataset reads them."""
+    extra = int(ds.config.add_extra_token_to_sequence)
+    i = int(ds.shuffle_index[sample])
+    (beg, beg_offset), (end, end_offset) = (tuple(map(int, ds.sample_index[j])) for j in (i, i + 1))
+    lengths = ds.dataset.sequence_lengths
+    pieces = []
+    for pos in range(beg, end + 1):
+        doc = int(ds.document_index[pos])
+        offset = beg_offset if pos == beg else 0
+        stop = end_offset + extra if pos == end else int(lengths[doc])
+        pieces.append({"document": doc, "offset": offset, "tokens": stop - offset})
+    return pieces
+
+
+class DocNames:
+    """id, source and lang of documents from each dataset's encode sidecar (None without one)."""
+
+    def __init__(self, datasets: list):
+        from tokenizer_training.encode import read_docs
+
+        self.tables = [read_docs(ds.dataset.path_prefix, len(ds.dataset.sequence_lengths)) for ds in datasets]
+
+    def names(self, dataset: int, document: int) -> dict:
+        table = self.tables[dataset]
+        return {c: table.column(c)[document].as_py() if table is not None else None
+                for c in ("id", "source", "lang")}
+
+
+def step_samples(data: RunData, step: int) -> range:
+    if step < 1:
+        raise UserError(f"step {step}: steps count from 1 (step N is the N-th optimizer update)",
+                        field="--step")
+    first = (step - 1) * data.global_batch
+    if first + data.global_batch > len(data.train):
+        raise UserError(f"step {step} needs samples up to {first + data.global_batch}, the run's train "
+                        f"dataset has {len(data.train)}", field="--step",
+                        expected=f"at most {len(data.train) // data.global_batch}")
+    return range(first, first + data.global_batch)
+
+
+def step_batches(data: RunData, step: int) -> dict:
+    """Every micro-batch of `step`, in the trainer's order, with the documents of each sample."""
+    g, mbs, dp = data.global_batch, data.micro_batch, data.dp
+    if g % (mbs * dp):
+        raise UserError(f"global batch {g} is not divisible by micro batch {mbs} x dp {dp}", field="--dp")
+    samples = step_samples(data, step)
+    ids, within = dataset_of_samples(data, np.asarray(samples))
+    datasets, names = data.datasets, DocNames(data.datasets)
+    micro_batches = []
+    for k in range(g // (mbs * dp)):
+        for r in range(dp):
+            first = samples.start + k * mbs * dp + r * mbs
+            rows = []
+            for sample in range(first, first + mbs):
+                d, s = int(ids[sample - samples.start]), int(within[sample - samples.start])
+                docs = [dict(piece, **names.names(d, piece["document"]))
+                        for piece in sample_documents(datasets[d], s)]
+                rows.append({"sample": sample, "dataset": datasets[d].dataset.path_prefix,
+                             "dataset_sample": s, "documents": docs})
+            micro_batches.append({"dp_rank": r, "micro": k, "samples": rows})
+    micro_batches.sort(key=lambda m: (m["dp_rank"], m["micro"]))
+    return {"step": step, "samples": [samples.start, samples.stop], "global_batch_size": g,
+            "micro_batch_size": mbs, "dp": dp, "seq_length": data.run.seq_length, "micro_batches": micro_batches}
+
+
+# ----------------------------------------------------------------------------- tokens seen
+
+def covered_tokens(starts: np.ndarray, width: int, bounds: np.ndarray) -> np.ndarray:
+    """For ranges [s, s + width) (one per start, repeats counted), how many of their tokens fall
+    in each [bounds[j], bounds[j + 1]). Vectorized: C(x) = tokens covered below x."""
+    starts = np.sort(starts.astype(np.int64))
+    prefix = np.concatenate([[0], np.cumsum(starts)])
+    x = bounds.astype(np.int64)
+    full = np.searchsorted(starts, x - width, side="right")      # ranges wholly below x
+    begun = np.searchsorted(starts, x, side="left")               # ranges begun below x
+    below = width * full + (begun - full) * x - (prefix[begun] - prefix[full])
+    return np.diff(below)
+
+
+def tokens_per_document(ds, samples: np.ndarray, width: int) -> np.ndarray:
+    """Tokens of each document of the .bin fed as model input (`width` = seq_length per sample)."""
+    lengths = np.asarray(ds.dataset.sequence_lengths, dtype=np.int64)
+    if len(samples) == 0:
+        return np.zeros(len(lengths), dtype=np.int64)
+    order = np.asarray(ds.shuffle_index[samples], dtype=np.int64)
+    begin = np.asarray(ds.sample_index[order], dtype=np.int64)          # (position, offset) of each start
+    last = int(np.asarray(ds.sample_index[order + 1], dtype=np.int64)[:, 0].max())   # no sample reaches past it
+    docs = np.asarray(ds.document_index[: last + 1], dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(lengths[docs])])               # token stream position of each document
+    fed = covered_tokens(cum[begin[:, 0]] + begin[:, 1], width, cum)
+    return np.bincount(docs, weights=fed, minlength=len(lengths)).astype(np.int64)
+
+
+def tokens_seen(data: RunData, step: int) -> dict:
+    """Tokens fed as model input in steps 1..`step` (seq_length per sample; the extra label token
+    of each sample is not counted, so the total is the trainer's consumed_tokens), per dataset,
+    source, language and (source, language)."""
+    n = step * data.global_batch
+    if n > len(data.train):
+        raise UserError(f"step {step} is beyond the run's train dataset ({len(data.train)} samples)",
+                        field="--step")
+    ids, within = dataset_of_samples(data, np.arange(n, dtype=np.int64))
+    width = data.run.seq_length
+    names = DocNames(data.datasets)
+    per_dataset, by = [], {"source": {}, "lang": {}, "source_lang": {}}
+    for d, ds in enumerate(data.datasets):
+        per_doc = tokens_per_document(ds, within[ids == d], width)
+        per_dataset.append({"dataset": ds.dataset.path_prefix, "tokens": int(per_doc.sum()),
+                            "documents_seen": int((per_doc > 0).sum()), "documents": len(per_doc),
+                            "samples": int((ids == d).sum())})
+        for key, labels in group_labels(names.tables[d], len(per_doc)).items():
+            for label, tokens in grouped_sum(labels, per_doc).items():
+                by[key][label] = by[key].get(label, 0) + tokens
+    return {"step": step, "samples": n, "tokens": int(sum(r["tokens"] for r in per_dataset)),
+            "seq_length": width, "datasets": per_dataset,
+            **{f"by_{k}": dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in by.items()}}
+
+
+def group_labels(table, documents: int) -> dict:
+    """Per document: its source, its language and "source/lang" as Arrow arrays (UNKNOWN where
+    the encode kept none)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table is None:
+        unknown = pa.array([UNKNOWN] * documents, pa.string())
+        return {"source": unknown, "lang": unknown, "source_lang": unknown}
+    source, lang = (pc.fill_null(table.column(c).combine_chunks(), UNKNOWN) for c in ("source", "lang"))
+    return {"source": source, "lang": lang, "source_lang": pc.binary_join_element_wise(source, lang, "/")}
+
+
+def grouped_sum(labels, values: np.ndarray) -> dict[str, int]:
+    """Sum of `values` per distinct label (labels with nothing are left out)."""
+    encoded = labels.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    sums = np.bincount(codes, weights=values, minlength=len(encoded.dictionary))
+    return {str(k): int(v) for k, v in zip(encoded.dictionary.to_pylist(), sums) if v > 0}
+
+
+# ----------------------------------------------------------------------------- exports
+
+def training_state(ckpt_dir: Path, meta: dict) -> dict:
+    """What an export's training_state.json says of its moment: counters, LR, recent losses (meta.json
+    `progress`), config hash, the checkpoint it came from, the data blend and tokens per source so
+    far (null with `data_problem` when the run's data cannot be read)."""
+    from pretrain.checkpointing import config_sha256
+
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else None
+    progress = meta.get("progress") if isinstance(meta.get("progress"), dict) else {}
+    state = {
+        "checkpoint": str(Path(ckpt_dir).resolve()), "iteration": meta.get("iteration"),
+        "consumed_tokens": meta.get("consumed_tokens"), "consumed_samples": meta.get("consumed_samples"),
+        "lr": progress.get("lr"), "next_lr": progress.get("next_lr"),
+        "train_lm_loss": progress.get("train_lm_loss"), "train_lm_loss_mean": progress.get("train_lm_loss_mean"),
+        "train_lm_loss_recent": progress.get("train_lm_loss_recent"), "valid": progress.get("valid"),
+        "config_sha256": meta.get("config_sha256") or (config_sha256(config) if config else None),
+        "train_state": meta.get("train_state"), "layout": {k: meta.get(k) for k in ("tp", "pp", "vpp", "dp")},
+        "data_blend": None, "tokens_seen": None,
+    }
+    if config is None:
+        state["data_problem"] = "the checkpoint records no run config (e.g. written by import-hf)"
+        return state
+    try:
+        data = load_run_data(run_dir_of(Path(ckpt_dir), config), int(meta.get("iteration") or 0),
+                             config=config)
+        state["data_blend"] = blend(data)
+        state["tokens_seen"] = tokens_seen(data, int(meta.get("iteration") or 0))
+    except UserError as err:
+        state["data_problem"] = err.one_line()
+        log.warning(f"training_state.json without data blend and tokens seen: {err.one_line()}")
+    return state
+
+
+def run_dir_of(ckpt_dir: Path, config: dict) -> Path:
+    """RUN for RUN/checkpoints/iter_*, else the run directory the config names."""
+    if ckpt_dir.resolve().parent.name == "checkpoints":
+        return ckpt_dir.resolve().parent.parent
+    return Path(config.get("checkpoint", {}).get("dir", "."))
+
+
+# ----------------------------------------------------------------------------- text output
+
+def format_batches(report: dict) -> str:
+    lines = [f"step {report['step']}: samples {report['samples'][0]}..{report['samples'][1] - 1} "
+             f"(global batch {report['global_batch_size']}, micro batch {report['micro_batch_size']}, "
+             f"dp {report['dp']}, {report['seq_length'] + 1} tokens per sample incl. the last label)"]
+    for mb in report["micro_batches"]:
+        lines.append(f"dp{mb['dp_rank']} micro{mb['micro']}:")
+        for s in mb["samples"]:
+            lines.append(f"  sample {s['sample']} = {Path(s['dataset']).name}[{s['dataset_sample']}]")
+            for d in s["documents"]:
+                named = " ".join(f"{k}={d[k]}" for k in ("id", "source", "lang") if d.get(k) is not None)
+                lines.append(f"    doc {d['document']} tokens [{d['offset']}:{d['offset'] + d['tokens']}] {named}".rstrip())
+    return "\n".join(lines)
+
+
+def format_seen(report: dict) -> str:
+    total = max(report["tokens"], 1)
+    lines = [f"up to step {report['step']}: {report['tokens']:,} tokens in {report['samples']:,} samples "
+             f"(seq_length {report['seq_length']})", "", "dataset  tokens  share  documents seen"]
+    for r in report["datasets"]:
+        lines.append(f"{Path(r['dataset']).name}  {r['tokens']:,}  {r['tokens'] / total:.1%}  "
+                     f"{r['documents_seen']:,}/{r['documents']:,}")
+    for key in ("by_source", "by_lang"):
+        lines += ["", f"{key[3:]}  tokens  share"]
+        lines += [f"{k}  {v:,}  {v / total:.1%}" for k, v in report[key].items()]
+    return "\n".join(lines)
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=1, default=str)
