@@ -1,12 +1,17 @@
-"""Dedup benchmarks on ../shared/corpus (prints figures; asserts nothing about speed).
+"""Dedup benchmarks on ../shared/corpus (print figures; assert nothing).
 
-Quality (labelled near duplicates; ours vs datatrove's 4-stage MinHash on the same cores):
+Quality: near-duplicate families with ground truth independent of the stage (bench/dedup_data.py:
+character 5-gram Jaccard >= 0.8 on the whole text, written without data_pipeline code); precision,
+recall and F1 per language (zh, mixed zh + Latin, en) on the tuning and the held-out half, for the
+stage's old token shingles, its new character shingles, and datatrove's 4-stage MinHash:
     .venv/bin/python bench/bench_dedup.py quality --convert-python /work/venvs/datatrove/bin/python \
         --datatrove-python /work/venvs/datatrove/bin/python --workers 2
-Scale (time and peak RSS of exact + MinHash + line dedup, 100k -> 1M documents):
-    .venv/bin/python bench/bench_dedup.py scale --sizes 100000 1000000 --workers 2
+Tune: exact shingle Jaccard of candidate shingle schemes on the family pairs (no LSH), per threshold:
+    .venv/bin/python bench/bench_dedup.py tune --convert-python /work/venvs/datatrove/bin/python --split tune
+Scale (time, docs/s and peak RSS of exact + MinHash + line dedup; old and new MinHash shingles):
+    .venv/bin/python bench/bench_dedup.py scale --sizes 100000 --workers 2
 
-The converter and datatrove live in their own venv (e.g. `python3 -m venv /work/venvs/datatrove &&
+The converter and datatrove live in their own venv (`python3 -m venv /work/venvs/datatrove &&
 /work/venvs/datatrove/bin/pip install datatrove spacy jieba nltk orjson tokenizers "xxhash<4" zhconv`;
 xxhash 4 breaks datatrove 0.10.1, which hashes str), never in the project's.
 """
@@ -30,12 +35,15 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dedup_data import build_benchmark, build_scale, exact_jaccard  # noqa: E402
+from dedup_data import (LANGS, TRUTH_THRESHOLD, build_benchmark, build_scale, char_ngrams,  # noqa: E402
+                        jaccard)
 
-from data_pipeline.dedup import GLOBAL_STAGES  # noqa: E402
 from stack_common.shards import iter_batches, read_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# The stage's settings before and after issue 13 (the old defaults spelled out, so they stay comparable).
+OURS = {"ours old (tokens)": {"shingle": "tokens", "bands": 16, "rows": 8}, "ours new (chars)": {}}
+SPLITS = ("tune", "held")
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
@@ -53,69 +61,83 @@ def our_members(out_dir: Path) -> list[list]:
     return members
 
 
-def evaluate(members: list[list], labels: list[dict], texts: dict, langs: dict, threshold: float) -> dict:
-    """Precision and recall of removed documents, per language, at Jaccard >= threshold.
+class Truth:
+    """Ground-truth Jaccard of any two benchmark documents (character 5-gram sets, cached)."""
 
-    recall: labelled pairs with exact Jaccard >= threshold whose two documents share a cluster.
-    precision: removed documents with exact Jaccard >= threshold to some other member of their
-    cluster (a real duplicate, labelled or not).
+    def __init__(self, texts: dict):
+        self.texts, self._grams = texts, {}
+
+    def grams(self, doc_id: str) -> set:
+        if doc_id not in self._grams:
+            self._grams[doc_id] = char_ngrams(self.texts[doc_id])
+        return self._grams[doc_id]
+
+    def duplicate(self, a: str, b: str) -> bool:
+        return jaccard(self.grams(a), self.grams(b)) >= TRUTH_THRESHOLD
+
+
+def evaluate(members: list[list], labels: list[dict], info: dict, truth: Truth, max_checks: int = 50) -> dict:
+    """Per (split, language): positive family pairs and their families, precision, recall, F1.
+
+    recall: family pairs with ground-truth Jaccard >= 0.8 whose two documents share a cluster.
+    precision: removed documents with ground-truth Jaccard >= 0.8 to at least one other member of
+    their cluster (any document, in a family or background); language and split are the removed
+    document's.
     """
     cluster_of = {m[0]: m[1] for m in members}
     clusters: dict = {}
-    for doc_id, cluster, removed in members:
-        clusters.setdefault(cluster, []).append((doc_id, removed))
-    labelled = {}
-    for lab in labels:
-        labelled.setdefault(lab["a"], []).append((lab["b"], lab["jaccard"]))
-        labelled.setdefault(lab["b"], []).append((lab["a"], lab["jaccard"]))
+    for doc_id, cluster, _ in members:
+        clusters.setdefault(cluster, []).append(doc_id)
     out = {}
-    for lang in ("en", "zh"):
-        pos = [lab for lab in labels if lab["lang"] == lang and lab["jaccard"] >= threshold]
-        found = sum(1 for lab in pos if lab["a"] in cluster_of and cluster_of.get(lab["a"]) == cluster_of.get(lab["b"]))
-        removed = [m for m in members if m[2] and langs[m[0]] == lang]
-        good = sum(1 for doc_id, cluster, _ in removed if _justified(doc_id, clusters[cluster], labelled, texts, threshold))
-        out[lang] = {"positives": len(pos), "recall": found / max(1, len(pos)), "removed": len(removed),
-                     "precision": good / max(1, len(removed))}
+    for split in SPLITS:
+        for lang in LANGS:
+            pos = [lab for lab in labels if lab["split"] == split and lab["lang"] == lang
+                   and lab["jaccard"] >= TRUTH_THRESHOLD]
+            found = sum(1 for lab in pos if lab["a"] in cluster_of and cluster_of[lab["a"]] == cluster_of.get(lab["b"]))
+            removed = [m for m in members if m[2] and info[m[0]]["split"] == split and info[m[0]]["lang"] == lang]
+            good = sum(1 for doc_id, cluster, _ in removed
+                       if any(truth.duplicate(doc_id, other)
+                              for other in [o for o in clusters[cluster] if o != doc_id][:max_checks]))
+            precision, recall = good / max(1, len(removed)), found / max(1, len(pos))
+            out[(split, lang)] = {"pairs": len(pos), "families": len({lab["family"] for lab in pos}),
+                                  "removed": len(removed), "precision": precision, "recall": recall,
+                                  "f1": 2 * precision * recall / max(1e-9, precision + recall)}
     return out
-
-
-def _justified(doc_id, members, labelled, texts, threshold, max_checks=30) -> bool:
-    mates = {m for m, _ in members if m != doc_id}
-    if any(other in mates and j >= threshold for other, j in labelled.get(doc_id, [])):
-        return True
-    return any(exact_jaccard(texts[doc_id], texts[m]) >= threshold for m in sorted(mates)[:max_checks])
 
 
 # ---- quality run -------------------------------------------------------------------------------------
 
-def quality(args) -> None:
-    root = Path(args.out)
+def load_benchmark(root: Path, convert_python: str) -> tuple[Path, list[dict], dict, dict]:
     bench = root / "benchmark"
     if not (bench / "labels.parquet").is_file():
         t = time.time()
-        summary = build_benchmark(bench, args.convert_python)
-        print(f"built benchmark: {summary} in {time.time() - t:.0f}s")
+        print(f"built benchmark: {build_benchmark(bench, convert_python)} in {time.time() - t:.0f}s")
     labels = pq.read_table(bench / "labels.parquet").to_pylist()
+    info = {m["id"]: m for m in pq.read_table(bench / "members.parquet").to_pylist()}
     docs = read_table(bench / "docs", columns=["id", "text", "lang"]).to_pydict()
+    return bench, labels, info, docs
+
+
+def quality(args) -> None:
+    root = Path(args.out)
+    bench, labels, info, docs = load_benchmark(root, args.convert_python)
     texts = dict(zip(docs["id"], docs["text"]))
-    langs = dict(zip(docs["id"], docs["lang"]))
+    truth = Truth(texts)
     mb = sum(len(t.encode()) for t in docs["text"]) / 1e6
-    print(f"benchmark: {len(texts)} documents ({mb:.0f} MB), {len(labels)} labelled pairs "
-          f"(en {sum(lab['lang'] == 'en' for lab in labels)}, zh {sum(lab['lang'] == 'zh' for lab in labels)}, "
-          f"zh-tw {sum(lab['kind'] == 'zh-tw' for lab in labels)})")
+    print(f"benchmark: {len(texts)} documents ({mb:.0f} MB), {len({m['family'] for m in info.values()})} families, "
+          f"{len(labels)} family pairs, {sum(lab['jaccard'] >= TRUTH_THRESHOLD for lab in labels)} of them "
+          f"near duplicates (ground truth: character 5-gram Jaccard >= {TRUTH_THRESHOLD})")
     results = {}
-    for threshold in (0.8, 0.7):
-        out = root / f"ours-{threshold}"
+    for name, cfg in OURS.items():
+        out = root / ("ours-" + name.split()[1])
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-c", RUN_MINHASH, str(bench / "docs"), str(out), str(threshold), str(args.workers)]
+        cmd = [sys.executable, "-c", RUN_MINHASH, str(bench / "docs"), str(out), json.dumps(cfg), str(args.workers)]
         seconds, cpu, stdout = _measured(cmd)
         stats = json.loads(stdout.strip().splitlines()[-1])
-        results[f"ours@{threshold}"] = (seconds, cpu, {threshold: evaluate(our_members(out), labels, texts, langs,
-                                                                            threshold)})
-        print(f"ours threshold={threshold}: {seconds:.1f}s wall, {cpu:.1f}s CPU, bands={stats['bands']}x{stats['rows']} "
-              f"candidates={stats['candidate_pairs']} verified={stats['verified_pairs']} "
+        results[name] = (seconds, cpu, evaluate(our_members(out), labels, info, truth))
+        print(f"{name}: {seconds:.1f}s wall, {cpu:.1f}s CPU, shingle={stats['shingle']} bands={stats['bands']}x"
+              f"{stats['rows']} candidates={stats['candidate_pairs']} verified={stats['verified_pairs']} "
               f"removed={stats['excluded'].get('near_duplicate', 0)} steps={stats['step_seconds']}")
-    _compare_lsh_index(root / "ours-0.8", results)
     if args.datatrove_python:
         jsonl = root / "datatrove-in"
         if not jsonl.is_dir():
@@ -127,57 +149,58 @@ def quality(args) -> None:
                                           str(jsonl), str(work), "--workers", str(args.workers),
                                           "--buckets", str(buckets), "--rows", str(rows)])
         dt = json.loads(stdout.strip().splitlines()[-1])
-        evals = {th: evaluate(dt["members"], labels, texts, langs, th) for th in (0.8, 0.7)}
-        results[f"datatrove {buckets}x{rows}"] = (seconds, cpu, evals)
+        results[f"datatrove {buckets}x{rows}"] = (seconds, cpu, evaluate(dt["members"], labels, info, truth))
         print(f"datatrove {buckets}x{rows}: {seconds:.1f}s wall, {cpu:.1f}s CPU, stages={dt['seconds']}")
-    print("\nsystem               wall s   CPU s   J>=  lang  precision  recall  (removed / labelled positives)")
+    _print_table(results, len(texts))
+
+
+def _print_table(results: dict, n_docs: int) -> None:
+    print(f"\n{'system':20s} {'split':5s} {'lang':6s} {'pairs/families':>15s} {'removed':>7s} "
+          f"{'precision':>9s} {'recall':>6s} {'F1':>6s} {'docs/s':>7s} {'CPU s':>6s}")
     for name, (seconds, cpu, evals) in results.items():
-        for threshold, per_lang in evals.items():
-            for lang, m in per_lang.items():
-                print(f"{name:20s} {seconds:7.1f} {cpu:7.1f}  {threshold:.1f}  {lang:4s}  {m['precision']:9.3f}  "
-                      f"{m['recall']:6.3f}  ({m['removed']} / {m['positives']})")
-    if args.datatrove_python:
-        ours = results["ours@0.8"]
-        for name in [k for k in results if k.startswith("datatrove")]:
-            print(f"ours@0.8 vs {name}: {results[name][0] / ours[0]:.1f}x faster (wall), "
-                  f"{results[name][1] / ours[1]:.1f}x less CPU time")
-
-
-def _compare_lsh_index(out: Path, results: dict) -> None:
-    """Our on-disk band sort against datasketch's in-memory MinHashLSH on the same signatures."""
-    import numpy as np
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
-
-    stats = json.loads((out / "stats.json").read_text())
-    sigs = np.concatenate([np.stack(read_arrow_file(p).column("signature").to_numpy(zero_copy_only=False))
-                           for p in sorted((out / "work" / "signatures").glob("*.arrow"))])
-    rss0 = psutil.Process().memory_info().rss
-    t = time.time()
-    lsh = MinHashLSH(num_perm=sigs.shape[1], params=(stats["bands"], stats["rows"]))
-    with lsh.insertion_session() as session:
-        for i, s in enumerate(sigs):
-            session.insert(i, LeanMinHash(MinHash(hashvalues=s, scheme="affine32")), check_duplication=False)
-    pairs = sum(len(lsh.query(LeanMinHash(MinHash(hashvalues=s, scheme="affine32")))) - 1 for s in sigs)
-    seconds = time.time() - t
-    rss = (psutil.Process().memory_info().rss - rss0) / 2**20
-    print(f"LSH candidates for {len(sigs)} docs: our disk band sort {stats['step_seconds']['bands']:.1f}s "
-          f"(all bands, workers); datasketch MinHashLSH in memory {seconds:.1f}s insert+query, "
-          f"+{rss:.0f} MiB RSS, {pairs // 2} pairs")
-
-
-def read_arrow_file(path: Path):
-    import pyarrow as pa
-    with pa.memory_map(str(path)) as src:
-        return pa.ipc.open_file(src).read_all()
+        for (split, lang), m in evals.items():
+            print(f"{name:20s} {split:5s} {lang:6s} {m['pairs']:>8d}/{m['families']:<6d} {m['removed']:7d} "
+                  f"{m['precision']:9.3f} {m['recall']:6.3f} {m['f1']:6.3f} {n_docs / seconds:7.0f} {cpu:6.1f}")
 
 
 RUN_MINHASH = """
 import json, sys
 from pathlib import Path
 from data_pipeline.dedup import GLOBAL_STAGES
-src, out, threshold, workers = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-print(json.dumps(GLOBAL_STAGES["minhash_dedup"](src, out, {"threshold": threshold}, workers, "local", None)))
+src, out, cfg, workers = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+print(json.dumps(GLOBAL_STAGES["minhash_dedup"](src, out, cfg, workers, "local", None)))
 """
+
+
+# ---- tune: shingle schemes without LSH -------------------------------------------------------------------
+
+SCHEMES = {"tokens n=5 (old)": ("tokens", 5), "tokens n=3": ("tokens", 3), "chars n=4": ("chars", 4),
+           "chars n=5": ("chars", 5), "chars n=6": ("chars", 6)}
+
+
+def tune(args) -> None:
+    """Precision and recall of `stage Jaccard >= threshold` on the family pairs of one split."""
+    import numpy as np
+
+    from data_pipeline.dedup.minhash import MinHashConfig, jaccard_sorted, shingle_set
+
+    _, labels, _, docs = load_benchmark(Path(args.out), args.convert_python)
+    labels = [lab for lab in labels if lab["split"] == args.split]
+    texts = dict(zip(docs["id"], docs["text"]))
+    print(f"{args.split} split: {len(labels)} family pairs; P/R of stage Jaccard >= threshold against the ground truth")
+    for name, (shingle, ngram) in SCHEMES.items():
+        conf = MinHashConfig(shingle=shingle, ngram=ngram)
+        sets = {i: shingle_set(texts[i], conf) for i in {x for lab in labels for x in (lab["a"], lab["b"])}}
+        sims = np.array([jaccard_sorted(sets[lab["a"]], sets[lab["b"]]) for lab in labels])
+        for threshold in args.thresholds:
+            cells = []
+            for lang in LANGS:
+                sel = np.array([lab["lang"] == lang for lab in labels])
+                true = np.array([lab["jaccard"] >= TRUTH_THRESHOLD for lab in labels])[sel]
+                said = sims[sel] >= threshold
+                tp = int((true & said).sum())
+                cells.append(f"{lang} P {tp / max(1, said.sum()):.3f} R {tp / max(1, true.sum()):.3f}")
+            print(f"{name:18s} J>={threshold:.2f}  " + "  ".join(cells))
 
 
 def _measured(cmd: list[str]) -> tuple[float, float, str]:
@@ -233,9 +256,9 @@ RUN_STAGES = """
 import json, sys
 from pathlib import Path
 from data_pipeline.dedup import GLOBAL_STAGES
-src, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+src, out, workers, minhash = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 for stage in ("exact_dedup", "minhash_dedup", "line_dedup"):
-    stats = GLOBAL_STAGES[stage](src, out / stage, {}, workers, "local", None)
+    stats = GLOBAL_STAGES[stage](src, out / stage, minhash if stage == "minhash_dedup" else {}, workers, "local", None)
     print(json.dumps(stats), flush=True)
     src = out / stage / "kept"
 """
@@ -251,6 +274,27 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def _run_stages(data: Path, out: Path, workers: int, minhash: dict) -> tuple[float, int, list[dict]]:
+    """Wall seconds, peak RSS of the process tree, and the stats of exact, MinHash and line dedup."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.time()
+    child = subprocess.Popen([sys.executable, "-c", RUN_STAGES, str(data), str(out), str(workers), json.dumps(minhash)],
+                             cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "BC_NO_PROGRESS": "1"})
+    peak, done = [0], threading.Event()
+
+    def sample():
+        proc = psutil.Process(child.pid)
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc))
+            time.sleep(0.2)
+    threading.Thread(target=sample, daemon=True).start()
+    stdout, _ = child.communicate()
+    done.set()
+    if child.returncode != 0:
+        raise SystemExit(f"scale run failed for {data}")
+    return time.time() - t, peak[0], [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
 def scale(args) -> None:
     root = Path(args.out)
     rows = []
@@ -261,52 +305,36 @@ def scale(args) -> None:
             t = time.time()
             build_scale(data, n)
             print(f"built {n} documents in {time.time() - t:.0f}s")
-        out = root / f"scale-{n}-out"
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.time()
-        child = subprocess.Popen([sys.executable, "-c", RUN_STAGES, str(data), str(out), str(args.workers)],
-                                 cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "BC_NO_PROGRESS": "1"})
-        peak, done = [0], threading.Event()
-
-        def sample():
-            proc = psutil.Process(child.pid)
-            while not done.is_set():
-                peak[0] = max(peak[0], _tree_rss(proc))
-                time.sleep(0.2)
-        threading.Thread(target=sample, daemon=True).start()
-        stdout, _ = child.communicate()
-        done.set()
-        seconds = time.time() - t
-        if child.returncode != 0:
-            raise SystemExit(f"scale run failed for {n}")
-        stats = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        mb = stats[0]["bytes_in"] / 1e6
-        rows.append((n, mb, seconds, peak[0] / 2**30, stats))
-        per_stage = {s["stage"]: round(s["seconds"], 1) for s in stats}
-        print(f"{n} docs ({mb:.0f} MB): {seconds:.0f}s, peak RSS {peak[0] / 2**30:.2f} GiB (all processes), "
-              f"stages {per_stage}, minhash removed {stats[1]['excluded']}, pairs {stats[1]['candidate_pairs']}"
-              f"/{stats[1]['verified_pairs']}")
-    print("\n   docs     MB   wall s  docs/s  peak RSS GiB")
-    for n, mb, seconds, rss, _ in rows:
-        print(f"{n:7d} {mb:6.0f} {seconds:8.0f} {n / seconds:7.0f} {rss:8.2f}")
-    if len(rows) > 1:
-        (n0, _, s0, r0, _), (n1, _, s1, r1, _) = rows[0], rows[-1]
-        print(f"growth {n0} -> {n1} docs (x{n1 / n0:.0f}): time x{s1 / s0:.1f}, peak RSS x{r1 / r0:.1f}")
+        for name, minhash in OURS.items():
+            seconds, peak, stats = _run_stages(data, root / f"scale-{n}-out", args.workers, minhash)
+            mb = stats[0]["bytes_in"] / 1e6
+            mh = stats[1]
+            rows.append((n, name, mb, seconds, peak / 2**30, mh))
+            print(f"{n} docs ({mb:.0f} MB), {name}: {seconds:.0f}s, peak RSS {peak / 2**30:.2f} GiB (all processes), "
+                  f"stages { {s['stage']: round(s['seconds'], 1) for s in stats} }, minhash removed {mh['excluded']}, "
+                  f"pairs {mh['candidate_pairs']}/{mh['verified_pairs']}, steps {mh['step_seconds']}")
+    print(f"\n   docs {'minhash settings':20s}     MB  wall s  docs/s  minhash docs/s  peak RSS GiB")
+    for n, name, mb, seconds, rss, mh in rows:
+        print(f"{n:7d} {name:20s} {mb:6.0f} {seconds:7.0f} {n / seconds:7.0f} {n / mh['seconds']:15.0f} {rss:13.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quality")
-    q.add_argument("--convert-python", required=True, help="interpreter with zhconv or opencc installed")
     q.add_argument("--datatrove-python", default="", help="interpreter with datatrove installed")
+    t = sub.add_parser("tune")
+    t.add_argument("--split", choices=SPLITS, default="tune")
+    t.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.75, 0.8, 0.85])
     s = sub.add_parser("scale")
-    s.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    for p in (q, s):
+    s.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    for p in (q, t):
+        p.add_argument("--convert-python", required=True, help="interpreter with zhconv or opencc installed")
+    for p in (q, t, s):
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--out", default=str(REPO / "bench_out" / "dedup"))
     args = ap.parse_args()
-    quality(args) if args.cmd == "quality" else scale(args)
+    {"quality": quality, "tune": tune, "scale": scale}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -31,18 +31,23 @@ from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, cluster_de
                      input_shards, iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank,
                      timed, write_arrow)
 from .parallel import run_tasks
-from .text import shingle_hashes
+from .text import char_shingle_hashes, shingle_hashes
 from .unionfind import component_roots
 
 STAGE = "minhash_dedup"
 REASON = "near_duplicate"
 _KEY_MUL = np.uint64(0x100000001B3)
+SHINGLES = ("chars", "tokens")
 
 
 @dataclass
 class MinHashConfig:
     num_perm: int = 128
-    ngram: int = 5                      # tokens per shingle (CJK characters or words)
+    # chars: character n-grams of the text with width, case and whitespace folded (text.shingle_codes);
+    # tokens: n-grams of tokens (a CJK character or a word), punctuation folded: the older setting, which
+    # scores Chinese and mixed zh + Latin near copies low (bench/bench_dedup.py quality).
+    shingle: str = "chars"
+    ngram: int = 5                      # characters (or tokens) per shingle
     threshold: float = 0.8              # Jaccard similarity at which two documents are duplicates
     seed: int = 1
     # LSH bands x rows: chosen by datasketch from the threshold with these (false positive,
@@ -57,6 +62,8 @@ class MinHashConfig:
 def check_config(conf: MinHashConfig) -> None:
     checks = Checks()
     checks.require(conf.num_perm >= 2, "dedup.minhash.num_perm: must be at least 2")
+    checks.require(conf.shingle in SHINGLES,
+                   f"dedup.minhash.shingle: {conf.shingle!r} is not one of {', '.join(SHINGLES)}")
     checks.require(conf.ngram >= 1, "dedup.minhash.ngram: must be at least 1")
     checks.require(0.0 < conf.threshold <= 1.0, "dedup.minhash.threshold: must be in (0, 1]")
     checks.require(len(conf.lsh_weights) == 2 and abs(sum(conf.lsh_weights) - 1.0) < 1e-6,
@@ -89,6 +96,12 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 # ---- 1. signatures ---------------------------------------------------------------------------------
 
+def shingle_set(text: str, conf: MinHashConfig) -> np.ndarray:
+    """Sorted distinct 32-bit shingle hashes of a document."""
+    hashes = char_shingle_hashes if conf.shingle == "chars" else shingle_hashes
+    return np.unique(hashes(text, conf.ngram))
+
+
 def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
     """datasketch MinHash of each shingle set (the shingles are already 32-bit hashes)."""
     hashed = (s.tolist() for s in shingles)
@@ -106,7 +119,7 @@ def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, 
                for name in ("signatures", "bands", "shingles")}
         row = shard.first_doc
         for batch in iter_shard(shard, ["id", "text", "quality_score"]):
-            sets = [np.unique(shingle_hashes(t or "", conf.ngram)) for t in batch.column("text").to_pylist()]
+            sets = [shingle_set(t or "", conf) for t in batch.column("text").to_pylist()]
             sig = signatures(sets, conf.num_perm, conf.seed)
             has = np.array([len(s) > 0 for s in sets], dtype=bool)
             offsets = np.zeros(len(sets) + 1, dtype=np.int64)
@@ -286,6 +299,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     clusters = len(np.unique(table.column("cluster_id").to_numpy())) if len(table) else 0
     n_shingles = meta.column("n_shingles").to_numpy()
     return finish_stage(STAGE, output_dir, records, started, {
-        "threshold": conf.threshold, "num_perm": conf.num_perm, "ngram": conf.ngram, "bands": bands, "rows": rows,
+        "threshold": conf.threshold, "num_perm": conf.num_perm, "shingle": conf.shingle, "ngram": conf.ngram,
+        "bands": bands, "rows": rows,
         "candidate_pairs": candidates, "verified_pairs": len(verified), "clusters": clusters,
         "docs_without_shingles": int((n_shingles == 0).sum()), "step_seconds": steps.get("step_seconds", {})})

@@ -19,6 +19,8 @@ import numpy as np
 # "Hello,  world!" == "hello world". A lookup table over all code points keeps this vectorized.
 _SEPARATOR = np.array([unicodedata.category(chr(cp))[0] in "PSZ" or unicodedata.category(chr(cp)) == "Cc"
                        for cp in range(sys.maxunicode + 1)], dtype=bool)
+_WHITESPACE = np.array([unicodedata.category(chr(cp)) in ("Zs", "Zl", "Zp", "Cc")
+                        for cp in range(sys.maxunicode + 1)], dtype=bool)
 # Scripts written without spaces (Chinese, kana, hangul): every character is a token.
 _CJK = np.zeros(sys.maxunicode + 1, dtype=bool)
 for _lo, _hi in [(0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
@@ -33,15 +35,46 @@ _pow = np.ones(1, dtype=np.uint64)     # _P**i mod 2**64, grown on demand
 _inv = np.ones(1, dtype=np.uint64)     # _P**-i mod 2**64
 
 
-def normalized_codes(text: str) -> np.ndarray:
-    """Code points of the text with width (NFKC), case, punctuation and whitespace folded."""
+def _lower_nfkc_codes(text: str) -> np.ndarray:
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
-    codes = np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32)
-    sep = _SEPARATOR[codes]
-    first_of_run = ~np.concatenate([[True], sep[:-1]])       # a separator after a separator goes
-    out = np.where(sep, np.uint32(32), codes)[~sep | first_of_run]
+    return np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32)
+
+
+def _fold_runs(codes: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each run of folded characters becomes one space; no space at the end."""
+    first_of_run = ~np.concatenate([[True], fold[:-1]])       # a folded character after another goes
+    out = np.where(fold, np.uint32(32), codes)[~fold | first_of_run]
     return out[:-1] if len(out) and out[-1] == 32 else out
+
+
+def normalized_codes(text: str) -> np.ndarray:
+    """Code points of the text with width (NFKC), case, punctuation and whitespace folded."""
+    codes = _lower_nfkc_codes(text)
+    return _fold_runs(codes, _SEPARATOR[codes])
+
+
+def shingle_codes(text: str, keep_punctuation: bool = True) -> np.ndarray:
+    """The text the character shingles are taken on: width (NFKC) and case folded, whitespace runs
+    one space, no space next to a CJK character (Chinese is written without spaces, so re-wrapped
+    lines or a space before a command change nothing); punctuation kept or folded like whitespace."""
+    codes = _lower_nfkc_codes(text)
+    codes = _fold_runs(codes, (_SEPARATOR if not keep_punctuation else _WHITESPACE)[codes])
+    if len(codes) and codes[0] == 32:
+        codes = codes[1:]
+    space = codes == 32
+    cjk = _CJK[codes]
+    by_cjk = np.concatenate([[False], cjk[:-1]]) | np.concatenate([cjk[1:], [False]])
+    return codes[~(space & by_cjk)]
+
+
+def char_shingle_hashes(text: str, ngram: int, keep_punctuation: bool = True) -> np.ndarray:
+    """32-bit hashes of the character n-grams of `shingle_codes(text)` (one hash for shorter texts)."""
+    codes = shingle_codes(text, keep_punctuation)
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.uint32)
+    first = np.arange(max(1, len(codes) - ngram + 1))
+    return _span_hashes(codes, first, np.minimum(first + ngram, len(codes)))
 
 
 def normalize(text: str) -> str:
@@ -87,7 +120,11 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     if len(starts) == 0:
         return np.zeros(0, dtype=np.uint32)
     k = max(1, len(starts) - ngram + 1)
-    first, last = starts[:k], ends[np.minimum(np.arange(k) + ngram - 1, len(ends) - 1)]
+    return _span_hashes(codes, starts[:k], ends[np.minimum(np.arange(k) + ngram - 1, len(ends) - 1)])
+
+
+def _span_hashes(codes: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """32-bit hash of each substring codes[first[i]:last[i]] (polynomial prefix hashes)."""
     power, inverse = _powers(len(codes) + 1)
     with np.errstate(over="ignore"):
         prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
