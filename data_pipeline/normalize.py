@@ -1,5 +1,5 @@
 """Text normalization that only does what its settings name: line endings, invisible junk, NFC,
-runs of blank lines. It runs before the language is known, so it never touches the whitespace
+runs of blank lines, newlines at the start and end of the document. It runs before the language is known, so it never touches the whitespace
 inside a line (code alignment, TSV tabs, Markdown hard breaks) unless `collapse_spaces` is asked for.
 
 Every change is reported by reason, with the number of characters it removed; see
@@ -54,17 +54,12 @@ def fold_cjk_compat(text: str) -> str:
     return CJK_COMPAT_RE.sub(lambda m: unicodedata.normalize("NFC", m.group()), text)
 
 
-def blank_line_limiter(max_blank_lines: int):
+def blank_line_limiter(max_blank_lines: int) -> Callable[[str], str]:
     """Runs of more than `max_blank_lines` empty (or spaces/tabs only) lines are shortened to
-    `max_blank_lines` empty lines; newlines at the start and end of the document are dropped."""
+    `max_blank_lines` empty lines."""
     run = re.compile(r"\n(?:[ \t]*\n){%d,}" % (max_blank_lines + 1))
     keep = "\n" * (max_blank_lines + 1)
-
-    def limit(text: str) -> str:
-        if "\n" not in text:
-            return text
-        return run.sub(keep, text).strip("\n")
-    return limit
+    return lambda text: run.sub(keep, text) if "\n" in text else text
 
 
 def trim_edge_newlines(text: str) -> str:
@@ -86,8 +81,9 @@ def steps_for(cfg: NormalizeConfig) -> list[tuple[str, Callable[[str], str]]]:
         steps += [("cjk_compat_ideographs", fold_cjk_compat), ("nfc", nfc)]
     if cfg.collapse_spaces:
         steps.append(("collapse_spaces", lambda t: INNER_SPACES_RE.sub(" ", t)))
-    steps.append(("blank_lines", blank_line_limiter(cfg.max_blank_lines) if cfg.max_blank_lines >= 0
-                  else trim_edge_newlines))
+    if cfg.max_blank_lines >= 0:
+        steps.append(("blank_lines", blank_line_limiter(cfg.max_blank_lines)))
+    steps.append(("edge_newlines", trim_edge_newlines))   # documents are joined with EOS, not newlines
     return steps
 
 
