@@ -1,4 +1,4 @@
-"""`python -m checkpoints_tools {inspect,export-hf,import-hf,export-series,eval-series}`."""
+"""`python -m checkpoints_tools {inspect,export-hf,import-hf,export-series,eval-series,dynamics,...}`."""
 from __future__ import annotations
 
 import argparse
@@ -79,7 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-length", type=int, default=None)
     s.add_argument("--tasks", nargs="*", default=[], help="lm-eval task names (e.g. ceval-valid, mmlu, cmmlu)")
     s.add_argument("--include-path", help="directory of local lm-eval task YAMLs")
-    s.add_argument("--limit", type=float, default=None, help="lm-eval examples per task")
+    s.add_argument("--limit", type=float, default=None,
+                   help="lm-eval examples per task (a fraction when below 1)")
+    s.add_argument("--num-fewshot", type=int, default=None, help="lm-eval few-shot examples (default: the task's)")
+    s.add_argument("--batch-size", type=int, default=16, help="requests scored per forward pass")
+    s.add_argument("--compare", action="append", default=[], metavar="OTHER_SERIES_DIR",
+                   help="another eval-series output (another run, released checkpoints) drawn on the "
+                        "same axes; repeatable")
+    s.add_argument("--label", help="this series' name in legends (default: the run's directory name)")
+
+    s = sub.add_parser("make-task", help="a local lm-eval cloze task from held-out text")
+    s.add_argument("text_file")
+    s.add_argument("--out", required=True, help="task directory (eval-series --include-path)")
+    s.add_argument("--name", required=True, help="task name (letters, digits, _)")
+    s.add_argument("--items", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("dynamics", help="weight norms, changes, NormHead and embedding norms over a series")
+    s.add_argument("exports_dir")
+    s.add_argument("--out", help="default: EXPORTS/dynamics")
+    s.add_argument("--tensorboard", help="the run's TensorBoard directory (default: found from export_meta.json)")
+    s.add_argument("--data", nargs="*", default=None,
+                   help="encoded training data (.bin/.idx prefixes) for token frequencies "
+                        "(default: the run's data.paths; else the tokenizer's piece scores)")
     return p
 
 
@@ -136,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         limit = int(args.limit) if args.limit and args.limit >= 1 else args.limit
         rows = eval_series(args.exports_dir, args.out, text_files=args.text, data_prefixes=args.data,
                            tasks=args.tasks, include_path=args.include_path, limit=limit,
-                           max_tokens=args.max_tokens, seq_length=args.seq_length)
+                           num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                           max_tokens=args.max_tokens, seq_length=args.seq_length,
+                           compare=args.compare, label=args.label)
         from .series import metric_names
 
         names = metric_names(rows)
@@ -144,6 +168,15 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             print("\t".join([row["name"], str(row["tokens"]),
                              *(f"{row[n]:.4f}" if n in row else "" for n in names)]))
+    elif args.command == "make-task":
+        from .local_tasks import write_cloze_task
+
+        print(write_cloze_task(args.text_file, args.out, args.name, n_items=args.items, seed=args.seed))
+    elif args.command == "dynamics":
+        from .dynamics import format_summary, training_dynamics
+
+        print(format_summary(training_dynamics(args.exports_dir, args.out, tb_dir=args.tensorboard,
+                                               data=args.data)))
     else:  # argparse rejects unknown commands first
         raise UserError(f"unknown command {args.command}")
 

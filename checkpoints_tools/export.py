@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from stack_common.atomic import atomic_dir, atomic_write_json, sha256_file
+from stack_common.atomic import atomic_dir, atomic_path, atomic_write_json, sha256_file
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.progress import progress
@@ -24,6 +24,35 @@ log = get_logger("checkpoints_tools.export")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_META = "export_meta.json"
+# The output rows' L2 norms before NormHead's normalization (which the exported lm_head no
+# longer shows): read by `dynamics`. Not a `model*` file, so loaders and converters skip it.
+ROW_NORMS_FILE = "normhead_row_norms.safetensors"
+ROW_NORMS_KEY = "lm_head.row_norms"
+
+
+def trained_with_normhead(meta: dict) -> bool:
+    """model.normhead from the run's config (NormHead is on in every Baichuan 2 model)."""
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    return bool(model.get("normhead", True))
+
+
+def row_norms(weight: torch.Tensor, block_rows: int = 8192) -> torch.Tensor:
+    """L2 norm of each row in fp32, a block of rows at a time (no fp32 copy of a 125k-row head)."""
+    return torch.cat([weight[i:i + block_rows].float().norm(dim=-1)
+                      for i in range(0, weight.shape[0], block_rows)])
+
+
+def head_for_export(head: torch.Tensor, normhead: bool, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """lm_head as both formats store it: rows normalized when the model was trained with
+    NormHead (llama has no NormHead; llama.cpp's Baichuan converter and the official Baichuan 2
+    code would get the same logits, since normalizing twice changes nothing). Rows already of
+    unit norm (an export imported back) are kept bit for bit."""
+    if not normhead:
+        return head
+    norms = row_norms(head) if norms is None else norms
+    if (norms - 1).abs().max().item() <= 4 * torch.finfo(head.dtype).eps:
+        return head
+    return L.normalize_rows(head)
 
 
 class MegatronCheckpoint:
@@ -117,25 +146,32 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "llama", dty
     if fmt == "baichuan" and arch.num_query_groups != arch.num_heads:
         raise UserError("the baichuan format has multi-head attention only", file=ckpt.dir / META,
                         field="model.num_query_groups", expected="--format llama for GQA models")
+    normhead = trained_with_normhead(ckpt.meta)
+    if fmt == "baichuan" and not normhead:
+        raise UserError("the baichuan format always applies NormHead, but this model was trained without it",
+                        file=ckpt.dir / META, field="model.normhead", expected="--format llama")
     target = DTYPES.get(dtype) or ckpt.reader.dtypes[L.EMBEDDING]
     tokenizer = tokenizer or tokenizer_from_meta(ckpt.meta, ckpt.dir)
     start = time.time()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
-        for name, tensor in progress(_hf_tensors(ckpt, fmt, writer.make_room), total=3 + arch.num_layers * (9 if fmt == "llama" else 7),
+        for name, tensor in progress(_hf_tensors(ckpt, fmt, writer.make_room, normhead, tmp),
+                                     total=3 + arch.num_layers * (9 if fmt == "llama" else 7),
                                      desc=f"export {ckpt.dir.name}", unit="tensor"):
             writer.add(name, tensor.to(target))
         files = writer.close()
         write_config(tmp, fmt, arch, target, special_tokens(ckpt.meta))
-        tokenizer_files = copy_tokenizer(Path(tokenizer) if tokenizer else None, tmp)
+        tokenizer_files = copy_tokenizer(Path(tokenizer) if tokenizer else None, tmp,
+                                         model_max_length=arch.seq_length)
         atomic_write_json(tmp / EXPORT_META, {
             "source": str(Path(ckpt_dir).resolve()), "format": fmt, "dtype": str(target),
             "iteration": ckpt.meta.get("iteration"), "consumed_tokens": ckpt.meta.get("consumed_tokens"),
             "consumed_samples": ckpt.meta.get("consumed_samples"),
             "saved_layout": {k: ckpt.meta.get(k) for k in ("tp", "pp", "vpp", "dp")},
             "arch": arch.as_dict(), "files": files, "tokenizer_files": tokenizer_files,
-            "normhead": "folded into lm_head (rows normalized)" if fmt == "llama"
-                        else "applied in modeling_baichuan.NormHead", **(extra_meta or {})})
+            "normhead": ("lm_head rows stored normalized; raw row norms in " + ROW_NORMS_FILE)
+                        if normhead else "none (model.normhead: false): lm_head as trained",
+            **(extra_meta or {})})
         write_training_state(tmp, ckpt, with_optimizer)
     mb = writer.total_bytes / 2**20
     took = time.time() - start
@@ -164,9 +200,10 @@ def write_training_state(out_dir: Path, ckpt: MegatronCheckpoint, with_optimizer
     atomic_write_json(out_dir / TRAINING_STATE, state)
 
 
-def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str, make_room):
+def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str, make_room, normhead: bool, out_dir: Path):
     """Yield (hf name, tensor) in file order: embeddings, layers, final norm, head.
-    `make_room(nbytes)` is called before each large read (the vocabulary-sized tensors)."""
+    `make_room(nbytes)` is called before each large read (the vocabulary-sized tensors); the
+    head's raw row norms go to `out_dir`/ROW_NORMS_FILE."""
     arch = ckpt.arch
     make_room(ckpt.nbytes(L.EMBEDDING))
     yield "model.embed_tokens.weight", L.strip_vocab(ckpt.read(L.EMBEDDING), arch.vocab_size)
@@ -178,7 +215,13 @@ def _hf_tensors(ckpt: MegatronCheckpoint, fmt: str, make_room):
     yield "model.norm.weight", ckpt.read(L.FINAL_NORM)
     make_room(ckpt.nbytes(L.OUTPUT))
     head = L.strip_vocab(ckpt.read(L.OUTPUT), arch.vocab_size)
-    yield "lm_head.weight", L.normalize_rows(head) if fmt == "llama" else head
+    norms = row_norms(head)
+    if normhead:
+        from safetensors.torch import save_file
+
+        with atomic_path(out_dir / ROW_NORMS_FILE) as tmp:
+            save_file({ROW_NORMS_KEY: norms}, str(tmp))
+    yield "lm_head.weight", head_for_export(head, normhead, norms)
 
 
 def special_tokens(meta: dict) -> dict:

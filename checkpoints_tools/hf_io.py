@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pretrain.checkpointing import TOKENIZER_DIR  # noqa: F401  (re-exported for the tools)
-from stack_common.atomic import atomic_write_json
+from stack_common.atomic import atomic_write_json, read_json_file
 from stack_common.errors import UserError
 
 from .layout import Arch
@@ -219,9 +219,10 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "tokenization_baichuan.py")
 
 
-def copy_tokenizer(src: Path | None, out_dir: Path) -> list[str]:
+def copy_tokenizer(src: Path | None, out_dir: Path, model_max_length: int | None = None) -> list[str]:
     """Put the tokenizer next to the weights. `src` is a HF tokenizer directory, or a
-    SentencePiece .model that the tokenizer package converts (its `export_hf_tokenizer`)."""
+    SentencePiece .model that the tokenizer package converts (its `export_hf_tokenizer`).
+    `model_max_length` (the training sequence length) is set where the tokenizer has none."""
     if src is None:
         return []
     src = Path(src)
@@ -233,15 +234,30 @@ def copy_tokenizer(src: Path | None, out_dir: Path) -> list[str]:
                 copied.append(name)
         if not copied:
             raise UserError("no tokenizer files found", file=src, expected=", ".join(TOKENIZER_FILES))
+        complete_tokenizer_config(out_dir / "tokenizer_config.json", model_max_length)
         return copied
     if not src.is_file():
         raise UserError("tokenizer not found", file=src)
     from tokenizer_training.export_hf import export_hf_tokenizer
 
     staging = out_dir / "tokenizer.staging"   # inside the export's temp dir: removed with it on failure
-    export_hf_tokenizer(src, staging)
+    export_hf_tokenizer(src, staging, model_max_length=model_max_length)
     copied = sorted(p.name for p in staging.iterdir())
     for name in copied:
         (staging / name).rename(out_dir / name)
     staging.rmdir()
     return copied
+
+
+def complete_tokenizer_config(path: Path, model_max_length: int | None) -> None:
+    """A copied tokenizer_config.json keeps its values; what it lacks is added: model_max_length,
+    and split_special_tokens (control-symbol strings in text are plain text, as SentencePiece
+    encoded the training data: tokenizer_training/export_hf.py)."""
+    if not path.is_file():
+        return
+    config = read_json_file(path)
+    added = {"split_special_tokens": True}
+    if model_max_length is not None:
+        added["model_max_length"] = int(model_max_length)
+    if any(key not in config for key in added):
+        atomic_write_json(path, {**config, **{k: v for k, v in added.items() if k not in config}})

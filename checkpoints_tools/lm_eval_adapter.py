@@ -1,69 +1,84 @@
-"""An lm-eval `LM` over an exported model loaded with transformers, on CPU or GPU.
-
-lm-eval's own "hf" backend needs `accelerate`; this small adapter needs only what the stack
-already has, and scores exactly as the harness defines it (sum of continuation log-probs,
-greedy flag, rolling windows for perplexity tasks)."""
+"""lm-eval's own Hugging Face backend (`lm_eval.models.huggingface.HFLM`) on one model directory:
+an export of this project or a released Baichuan 2 checkpoint (its own modeling code through
+trust_remote_code). Batched scoring; bf16 on a GPU, fp32 on CPU."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
-import torch.nn.functional as F
-from lm_eval.api.model import TemplateLM
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from stack_common.errors import UserError
+
+DEFAULT_BATCH_SIZE = 16
 
 
-class ExportedCausalLM(TemplateLM):
-    def __init__(self, model, tokenizer, max_length: int | None = None, batch_size: int = 8):
-        super().__init__()
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
-        self.batch_size = batch_size
-        self.torch_device = next(model.parameters()).device
+def eval_device() -> tuple[str, torch.dtype]:
+    """bf16 on a GPU (as Baichuan 2 was evaluated), fp32 on CPU (bf16 matmuls are slow there)."""
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
 
-    @property
-    def eot_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
 
-    def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
-        return self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"]
+def hf_lm(model_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
+          device: str | None = None, dtype: torch.dtype | None = None):
+    """HFLM over `model_dir` (weights, config and tokenizer all read from it)."""
+    from lm_eval.models.huggingface import HFLM
 
-    def tok_decode(self, ids) -> str:
-        return self.tokenizer.decode(ids)
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError("not a Hugging Face model directory: config.json is missing", file=model_dir)
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise UserError("lm-eval needs the tokenizer in the model directory", file=model_dir,
+                        expected="tokenizer.model or tokenizer.json")
+    auto_device, auto_dtype = eval_device()
+    return HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), trust_remote_code=True,
+                device=device or auto_device, dtype=dtype or auto_dtype, batch_size=batch_size,
+                max_length=max_length)
 
-    @torch.no_grad()
-    def _score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-        tokens = (context + continuation)[-(self.max_length + 1):]
-        inp = torch.tensor(tokens[:-1], device=self.torch_device)[None]
-        logprobs = F.log_softmax(self.model(inp).logits[0].float(), dim=-1)
-        n = len(continuation)
-        cont_logprobs = logprobs[-n:]
-        target = torch.tensor(tokens[-n:], device=self.torch_device)
-        greedy = bool((cont_logprobs.argmax(-1) == target).all())
-        return float(cont_logprobs.gather(1, target[:, None]).sum()), greedy
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        return [self._score(ctx, cont) for _, ctx, cont in requests]
+def task_identity(task: str, include_path: str | None) -> dict:
+    """What a cached result of `task` depends on besides the model: the lm-eval version and the
+    text of the task's YAML (local tasks included)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        results = []
-        for (text,) in [r.args for r in requests]:
-            windows = map(make_disjoint_window, get_rolling_token_windows(
-                self.tok_encode(text), self.prefix_token_id, self.max_length, context_len=1))
-            results.append(sum(self._score(ctx, cont)[0] for ctx, cont in windows))
-        return results
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    entry = manager.task_index.get(task)
+    if entry is None:
+        raise UserError(f"unknown lm-eval task {task!r}", field="--tasks",
+                        expected="a task name lm-eval knows (local ones through --include-path)")
+    yaml_path = getattr(entry, "yaml_path", None)
+    digest = (hashlib.sha256(Path(yaml_path).read_bytes()).hexdigest()
+              if yaml_path and Path(yaml_path).is_file() else None)
+    return {"lm_eval_version": lm_eval.__version__, "yaml": str(yaml_path) if yaml_path else None,
+            "yaml_sha256": digest}
 
-    @torch.no_grad()
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for context, gen_kwargs in [r.args for r in requests]:
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else until
-            max_new = int(gen_kwargs.get("max_gen_toks", 64))
-            ids = torch.tensor(self.tok_encode(context)[-(self.max_length - max_new):], device=self.torch_device)[None]
-            gen = self.model.generate(ids, max_new_tokens=max_new, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id or 0)
-            text = self.tok_decode(gen[0, ids.shape[1]:].tolist())
-            for stop in until:
-                text = text.split(stop)[0]
-            out.append(text)
-        return out
+
+def run_task(lm, task: str, include_path: str | None, num_fewshot: int | None, limit) -> dict:
+    """One task (or group) through lm_eval.simple_evaluate: {"metrics": {task/metric: value},
+    "configs", "versions", "n_shot"} as the harness reports them."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
+                                      num_fewshot=num_fewshot, limit=limit, log_samples=False)
+    metrics = {}
+    for name, values in results["results"].items():
+        for key, value in values.items():
+            if "," in key and "stderr" not in key and isinstance(value, (int, float)):
+                metrics[f"{name}/{key.split(',')[0]}"] = float(value)
+    return {"metrics": metrics, "configs": _jsonable(results.get("configs", {})),
+            "versions": _jsonable(results.get("versions", {})), "n_shot": _jsonable(results.get("n-shot", {}))}
+
+
+def _jsonable(value):
+    """Task configs hold functions and other objects: keep what JSON can say, name the rest."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)

@@ -7,6 +7,13 @@ Writes tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_ma
 tokenizer adds no BOS/EOS and no prefix space (transformers 5 would otherwise prepend "▁"),
 matching `SentencePieceProcessor.encode`; the export is checked against SentencePiece before
 it is published.
+
+Control-symbol strings in raw text (`</s>`, `<s>`, `<unk>`, `<reserved_106>`, ...) are plain
+text: SentencePiece encodes them piece by piece (`<`, `/`, `s`, `>`), and that is how the
+training data was encoded, so a document quoting "</s>" never ended a document in training.
+The HF tokenizer does the same (`split_special_tokens: true`), so evaluation sees the ids
+training saw. Special ids are inserted as ids (`tokenizer.eos_token_id`,
+`convert_tokens_to_ids("<reserved_106>")`), never by writing their names into the text.
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ log = get_logger("tokenizer_training.export_hf")
 # Mixed text that exercises what usually breaks parity: digits, tabs, runs of spaces, leading
 # spaces, newlines, emoji, rare CJK (byte fallback) and code.
 PARITY_PROBE = ("  Baichuan 2 在2023年9月发布，词表125696个。\tTabs\t\tand    spaces\n"
-                "def f(x):\n        return x ** 2  # 平方 😀🚀 𠀀𪚥 龘 ﬁ Ａ１\n\n")
+                "def f(x):\n        return x ** 2  # 平方 😀🚀 𠀀𪚥 龘 ﬁ Ａ１\n\n"
+                "<s>a</s> <unk> x<reserved_106>y <reserved_107> <unused_3>\n")
 
 
 def read_pad_id(model_path: Path) -> int:
@@ -63,8 +71,10 @@ def check_parity(sp: spm.SentencePieceProcessor, hf_dir: Path, texts: list[str])
             raise RuntimeError(f"HF export decodes {text[:40]!r} differently from SentencePiece")
 
 
-def export_hf_tokenizer(model_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Export the SentencePiece model at `model_path` as a Hugging Face tokenizer directory `out_dir`."""
+def export_hf_tokenizer(model_path: str | Path, out_dir: str | Path, overwrite: bool = False,
+                        model_max_length: int | None = None) -> Path:
+    """Export the SentencePiece model at `model_path` as a Hugging Face tokenizer directory `out_dir`
+    (`model_max_length`: the model's sequence length, when the tokenizer goes with a model)."""
     model_path = Path(model_path)
     sp = load_sentencepiece(model_path)
     if Path(out_dir).exists() and not overwrite:
@@ -77,7 +87,9 @@ def export_hf_tokenizer(model_path: str | Path, out_dir: str | Path, overwrite: 
         tokenizer.save_pretrained(str(tmp))
         config = read_json(tmp / "tokenizer_config.json")
         config.update(add_bos_token=False, add_eos_token=False, add_prefix_space=False, legacy=False,
-                      tokenizer_class="LlamaTokenizer", **specials)
+                      tokenizer_class="LlamaTokenizer", split_special_tokens=True, **specials)
+        if model_max_length is not None:
+            config["model_max_length"] = int(model_max_length)
         atomic_write_json(tmp / "tokenizer_config.json", config)
         atomic_write_json(tmp / "special_tokens_map.json", specials)
         check_parity(sp, tmp, [PARITY_PROBE])
