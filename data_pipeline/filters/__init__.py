@@ -19,6 +19,7 @@ RULE_FAMILIES = {
     "en": (english.EnglishText, {**generic.RULES, **english.RULES}),
     "zh": (chinese.ChineseText, chinese.RULES),
     "code": (generic.PlainText, generic.RULES),
+    "docs": (generic.PlainText, generic.RULES),
     "other": (generic.PlainText, generic.RULES),
 }
 

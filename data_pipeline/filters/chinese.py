@@ -31,6 +31,7 @@ class CharactersParams:
 
 @dataclass
 class RepetitionParams:
+    min_dup_line_chars: int = 0          # shorter lines never count as repeats (see common.duplicate_fractions)
     max_char_run: Optional[int] = None
     max_dup_line_ratio: Optional[float] = None
     max_dup_line_char_ratio: Optional[float] = None
@@ -95,7 +96,7 @@ def repetition(doc: ChineseText, p: dict) -> str | None:
         longest = max((len(m.group(0)) for m in CHAR_RUN_RE.finditer(doc.chars)), default=1)
         if longest > p["max_char_run"]:
             return "repetition.max_char_run"
-    line_dup, line_char_dup = duplicate_fractions(doc.lines)
+    line_dup, line_char_dup = duplicate_fractions(doc.lines, p.get("min_dup_line_chars") or 0)
     if _over(line_dup, p.get("max_dup_line_ratio")):
         return "repetition.max_dup_line_ratio"
     if _over(line_char_dup, p.get("max_dup_line_char_ratio")):

@@ -10,14 +10,21 @@ from collections import Counter
 from typing import Sequence
 
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
+ALNUM_RE = re.compile(r"[^\W_]")
 
 
-def duplicate_fractions(items: Sequence[str]) -> tuple[float, float]:
-    """(share of items that repeat an earlier one, share of characters in those repeats)."""
+def duplicate_fractions(items: Sequence[str], min_chars: int = 0) -> tuple[float, float]:
+    """(share of items that repeat an earlier one, share of characters in those repeats).
+
+    Layout (items without a letter or digit: table rulings, `* * *`) and items shorter than
+    `min_chars` (a play's speaker names, headings such as "Note") may repeat: they never count
+    as repeats, only in the totals."""
     seen: set[str] = set()
     dup_items = dup_chars = total_chars = 0
     for item in items:
         total_chars += len(item)
+        if len(item) < min_chars or not ALNUM_RE.search(item):
+            continue
         if item in seen:
             dup_items += 1
             dup_chars += len(item)

@@ -17,6 +17,12 @@ WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
 ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
 BULLETS = ("•", "-", "*", "●", "·", "‣", "◦", "▪", "➢", "–")
 ELLIPSES = ("...", "…")
+# Residue of scripts and templates in extracted web text: JavaScript functions, variables and DOM
+# calls, jQuery, arrow functions, `});`, script tags, and unrendered {{ }}, {% %}, ${ } templates.
+# Any "{" (C4's rule) would also remove every code sample, C struct and LaTeX formula.
+CODE_LEFTOVER_RE = re.compile(
+    r"\bfunction\s*[\w$]*\s*\([^)]*\)\s*\{|\b(?:var|let|const)\s+[\w$]+\s*=\s*[^=]|\b(?:document|window)\.\w+"
+    r"|\$\(\s*['\"\w]|=>\s*\{|\}\s*\)\s*;|</?script\b|\{\{[^{}\n]*\}\}|\{%[^%\n]*%\}|\$\{[^}\n]*\}")
 TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ")", ":", ";", "…")
 
 
@@ -76,6 +82,7 @@ class GopherQualityParams:
 
 @dataclass
 class GopherRepetitionParams:
+    min_dup_line_chars: int = 0          # shorter lines (speaker names, headings) never count as repeats
     max_dup_line_ratio: Optional[float] = None
     max_dup_para_ratio: Optional[float] = None
     max_dup_line_char_ratio: Optional[float] = None
@@ -90,7 +97,8 @@ class GopherRepetitionParams:
 @dataclass
 class C4Params:
     lorem_ipsum: bool = False
-    curly_braces: bool = False
+    curly_braces: bool = False           # C4's rule: any "{" (also every code sample and formula)
+    code_leftovers: bool = False         # what the brace rule was after: JavaScript and template residue
     min_sentences: Optional[int] = None
 
 
@@ -99,6 +107,7 @@ class FinewebParams:
     min_line_punct_ratio: Optional[float] = None
     max_short_line_ratio: Optional[float] = None
     short_line_chars: int = 30
+    min_dup_line_chars: int = 0          # as in GopherRepetitionParams
     max_dup_line_char_ratio: Optional[float] = None
     max_newline_word_ratio: Optional[float] = None
 
@@ -149,7 +158,7 @@ def _has_stop_words(words: list[str], stop_words: set[str], needed: int) -> bool
 
 
 def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
-    line_dup, line_char_dup = duplicate_fractions(doc.lines)
+    line_dup, line_char_dup = duplicate_fractions(doc.lines, p.get("min_dup_line_chars") or 0)
     if _over(line_dup, p.get("max_dup_line_ratio")):
         return "gopher_repetition.max_dup_line_ratio"
     if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
@@ -184,6 +193,8 @@ def c4(doc: EnglishText, p: dict) -> str | None:
         return "c4.lorem_ipsum"
     if p.get("curly_braces") and "{" in doc.text:
         return "c4.curly_braces"
+    if p.get("code_leftovers") and CODE_LEFTOVER_RE.search(doc.text):
+        return "c4.code_leftovers"
     if p.get("min_sentences") is not None:
         sentences = len(re.findall(r"[.!?]+(?:\s|$)", doc.text))
         if sentences < p["min_sentences"]:
@@ -199,7 +210,7 @@ def fineweb(doc: EnglishText, p: dict) -> str | None:
     if _over(sum(len(line) <= short for line in lines) / len(lines), p.get("max_short_line_ratio")):
         return "fineweb.max_short_line_ratio"
     if p.get("max_dup_line_char_ratio") is not None:
-        _, dup_chars = duplicate_fractions(lines)
+        _, dup_chars = duplicate_fractions(lines, p.get("min_dup_line_chars") or 0)
         if dup_chars > p["max_dup_line_char_ratio"]:
             return "fineweb.max_dup_line_char_ratio"
     if _over(doc.text.count("\n") / (len(doc.words) or 1), p.get("max_newline_word_ratio")):
