@@ -99,7 +99,7 @@ class Cld2Detector:
 
     def __call__(self, text: str) -> tuple[str, float]:
         sample = CLD2_REFUSED.sub(" ", text[:self.max_chars])
-        _, _, top = self.detect_cld2(sample, bestEffort=True)
+        _, _, top = self.detect_cld2(sample)
         _, code, percent, _ = top[0]
         return code, percent / 100
 
