@@ -1,9 +1,13 @@
 """Text normalization, shingling and unit splitting shared by the dedup stages.
 
-Shingles are n-grams of *tokens*: a token is one CJK character (Chinese, kana, hangul) or a
-maximal run of other non-space characters (a word). So Chinese gets character n-grams, English
-word n-grams, and mixed text a mix of both, without any word segmenter. Each shingle is hashed
-as the substring it spans in the normalized text (polynomial hash, vectorized with numpy), so
+Two kinds of MinHash shingles:
+  * character n-grams (the default) of `shingle_codes(text)`: width and case folded, whitespace
+    runs one space, no space next to a CJK character, punctuation kept. The same measure for
+    Chinese, commands inside Chinese text and English, with no word segmenter.
+  * token n-grams (`shingle_hashes`, the older setting): a token is one CJK character or a maximal
+    run of other non-space characters, punctuation folded away. A Latin run weighs as much as one
+    Chinese character, so edited Chinese and mixed zh + Latin copies score low.
+Each shingle is hashed as the substring it spans (polynomial hash, vectorized with numpy), so
 hashing costs no Python call per shingle.
 """
 from __future__ import annotations
@@ -15,17 +19,20 @@ import unicodedata
 
 import numpy as np
 
-# Punctuation, symbols, separators and control characters all fold to one space:
-# "Hello,  world!" == "hello world". A lookup table over all code points keeps this vectorized.
-_SEPARATOR = np.array([unicodedata.category(chr(cp))[0] in "PSZ" or unicodedata.category(chr(cp)) == "Cc"
-                       for cp in range(sys.maxunicode + 1)], dtype=bool)
-_WHITESPACE = np.array([unicodedata.category(chr(cp)) in ("Zs", "Zl", "Zp", "Cc")
-                        for cp in range(sys.maxunicode + 1)], dtype=bool)
+# Lookup tables over all code points keep the folding vectorized. Whitespace: separators (Z*) and
+# control characters. Separators for `normalize`: whitespace, punctuation and symbols all fold to
+# one space: "Hello,  world!" == "hello world".
+_CATEGORY = np.array([unicodedata.category(chr(cp)) for cp in range(sys.maxunicode + 1)])
+_WHITESPACE = (_CATEGORY.view("<U1")[::2] == "Z") | (_CATEGORY == "Cc")
+_SEPARATOR = _WHITESPACE | np.isin(_CATEGORY.view("<U1")[::2], ["P", "S"])
+del _CATEGORY
 # Scripts written without spaces (Chinese, kana, hangul): every character is a token.
 _CJK = np.zeros(sys.maxunicode + 1, dtype=bool)
 for _lo, _hi in [(0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
                  (0x20000, 0x3134F)]:
     _CJK[_lo:_hi + 1] = True
+_NO_SPACE_BESIDE = _CJK.copy()
+_NO_SPACE_BESIDE[0x3000:0x3040] = True                 # CJK symbols and punctuation (。、「」)
 # Sentence ends: Chinese full stops always, Latin ones only before whitespace (not in "3.14").
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?])|(?<=\.)(?=\s)")
 
@@ -54,23 +61,20 @@ def normalized_codes(text: str) -> np.ndarray:
     return _fold_runs(codes, _SEPARATOR[codes])
 
 
-def shingle_codes(text: str, keep_punctuation: bool = True) -> np.ndarray:
+def shingle_codes(text: str) -> np.ndarray:
     """The text the character shingles are taken on: width (NFKC) and case folded, whitespace runs
-    one space, no space next to a CJK character (Chinese is written without spaces, so re-wrapped
-    lines or a space before a command change nothing); punctuation kept or folded like whitespace."""
+    one space, no space next to a CJK character or CJK punctuation (Chinese is written without
+    spaces, so re-wrapped lines or a space before a command change nothing), punctuation kept."""
     codes = _lower_nfkc_codes(text)
-    codes = _fold_runs(codes, (_SEPARATOR if not keep_punctuation else _WHITESPACE)[codes])
-    if len(codes) and codes[0] == 32:
-        codes = codes[1:]
-    space = codes == 32
-    cjk = _CJK[codes]
-    by_cjk = np.concatenate([[False], cjk[:-1]]) | np.concatenate([cjk[1:], [False]])
-    return codes[~(space & by_cjk)]
+    codes = _fold_runs(codes, _WHITESPACE[codes])
+    space, tight = codes == 32, _NO_SPACE_BESIDE[codes]
+    beside = np.concatenate([[True], tight[:-1]]) | np.concatenate([tight[1:], [False]])
+    return codes[~(space & beside)]                          # [True]: a leading space goes too
 
 
-def char_shingle_hashes(text: str, ngram: int, keep_punctuation: bool = True) -> np.ndarray:
+def char_shingle_hashes(text: str, ngram: int) -> np.ndarray:
     """32-bit hashes of the character n-grams of `shingle_codes(text)` (one hash for shorter texts)."""
-    codes = shingle_codes(text, keep_punctuation)
+    codes = shingle_codes(text)
     if len(codes) == 0:
         return np.zeros(0, dtype=np.uint32)
     first = np.arange(max(1, len(codes) - ngram + 1))
