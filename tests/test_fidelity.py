@@ -234,3 +234,40 @@ def test_old_whitespace_collapsing_is_opt_in_and_spares_indentation_and_tabs():
     assert normalize_text(tsv, NormalizeConfig(collapse_spaces=True)) == tsv
     indented = "def f():\n        return  1"
     assert normalize_text(indented, NormalizeConfig(collapse_spaces=True)) == "def f():\n        return 1"
+
+
+@pytest.mark.parametrize("line,removed", [
+    ("Home | About | Contact | Privacy Policy", True),
+    ("Share on Facebook | Share on Twitter | Email", True),
+    ("Login | Register | Forgot password?", True),
+    ("Please enable JavaScript to view the comments.", True),
+    ("JavaScript seems to be disabled in your browser.", True),
+    ("Your browser does not support JavaScript!", True),
+    # content the plain C4 / "anything between pipes" rules used to remove
+    ("[ -V | --version ] [ -h | --help ]", False),
+    ("kill [-s sigspec | -n signum | -sigspec] [pid | jobspec] ...", False),
+    ('cache_metadata_mode := "fail" | "ro" | "rw"', False),
+    ("WHITE = RED | BLUE | GREEN", False),
+    ("METH_METHOD | METH_FASTCALL | METH_KEYWORDS", False),
+    ("grep -v foo access.log | sort | uniq -c", False),
+    ("postfix | sendmail | exim4 | …", False),
+    ("| tool | lines | notes |", False),
+    ("JavaScript is a programming language used on most websites.", False),
+    ("TypeScript adds static types to JavaScript.", False),
+])
+def test_en_boilerplate_rules_on_both_sides(cfg, line, removed):
+    cleaner = LineCleaner(cfg.rules["en"]["clean_lines"])
+    doc = "A first line of text.\n" + line
+    assert cleaner(doc) == ("A first line of text." if removed else doc)
+
+
+@pytest.mark.parametrize("line,removed", [
+    ("首页 | 关于我们 | 联系我们 | 隐私政策", True),
+    ("上一篇：活字印刷的传播　下一篇：宣纸", True),
+    ("-a on|1|off|0", False),
+    ("kill [-s 信号 | -n 信号编号] [进程号 | 作业号] ...", False),
+])
+def test_zh_navigation_rule_on_both_sides(cfg, line, removed):
+    cleaner = LineCleaner(cfg.rules["zh"]["clean_lines"])
+    doc = "第一行正文。\n" + line
+    assert cleaner(doc) == ("第一行正文。" if removed else doc)
