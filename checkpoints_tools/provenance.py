@@ -15,6 +15,7 @@ trainer built (RUN/data_cache) or, when those are gone, build the same ones agai
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,25 @@ def load_run_data(run_dir: str | Path, step: int, dp: Optional[int] = None,
                 raise UserError("data file of the run does not exist (run from the directory the run was "
                                 "started in, or restore the file)", file=strip_ext(path) + ext,
                                 field=f"data.paths[{i}]")
-    train, _ = build_datasets(run)
+    with lone_process_group():
+        train, _ = build_datasets(run)
     return RunData(run=run, train=train, dp=dp or recorded_dp)
+
+
+@contextlib.contextmanager
+def lone_process_group():
+    """megatron-core's BlendedDataset asks for the rank when it must (re)build its indices: give
+    it a one-process gloo group (in memory) unless one exists."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def blend(data: RunData) -> list[dict]:
