@@ -391,7 +391,7 @@ def plot_summary(report: Report, out_dir: Path, xlabel: str, scale: int) -> None
         ax.plot(x, series("embed_norm_all"), ":", label="all tokens")
         ax.set(xlabel=xlabel, ylabel="mean embedding row norm", title="embedding norms by token frequency")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title=report.frequency_source, title_fontsize=6)
+        ax.legend(fontsize=8, title=report.frequency_source, title_fontsize=6, loc="center right")
         _save(fig, out_dir / "embedding_norms.png")
     if any(v is not None for v in series("train_loss")):
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -3,6 +3,7 @@ an export of this project or a released Baichuan 2 checkpoint (its own modeling 
 trust_remote_code). Batched scoring; bf16 on a GPU, fp32 on CPU."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -37,13 +38,26 @@ def hf_lm(model_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, max_lengt
                 max_length=max_length)
 
 
-def task_identity(task: str, include_path: str | None) -> dict:
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None, tasks: tuple[str, ...]):
+    """lm-eval's task index. Indexing its thousands of built-in YAMLs takes ~15 s, so when
+    `include_path` holds every task asked for, only that directory is indexed; built once per
+    (include_path, tasks)."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(task in local.task_index for task in tasks):
+            return local
+        return TaskManager(include_path=include_path)
+    return TaskManager()
+
+
+def task_identity(task: str, manager) -> dict:
     """What a cached result of `task` depends on besides the model: the lm-eval version and the
     text of the task's YAML (local tasks included)."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     entry = manager.task_index.get(task)
     if entry is None:
         raise UserError(f"unknown lm-eval task {task!r}", field="--tasks",
@@ -55,13 +69,11 @@ def task_identity(task: str, include_path: str | None) -> dict:
             "yaml_sha256": digest}
 
 
-def run_task(lm, task: str, include_path: str | None, num_fewshot: int | None, limit) -> dict:
+def run_task(lm, task: str, manager, num_fewshot: int | None, limit) -> dict:
     """One task (or group) through lm_eval.simple_evaluate: {"metrics": {task/metric: value},
     "configs", "versions", "n_shot"} as the harness reports them."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
                                       num_fewshot=num_fewshot, limit=limit, log_samples=False)
     metrics = {}

@@ -246,7 +246,8 @@ def heldout_key(plan: EvalPlan, kind: str, path: str, model: dict) -> dict:
             "max_tokens": plan.max_tokens, "seq_length": plan.seq_length}
 
 
-def evaluate_model(model_dir: Path, plan: EvalPlan, cache: ResultCache, task_ids: dict) -> tuple[dict, dict]:
+def evaluate_model(model_dir: Path, plan: EvalPlan, cache: ResultCache, task_ids: dict,
+                   manager) -> tuple[dict, dict]:
     """Metrics of one model directory (cached ones reused; the model loaded only when something
     is new), and the harness's report per task."""
     model = model_identity(model_dir)
@@ -266,13 +267,14 @@ def evaluate_model(model_dir: Path, plan: EvalPlan, cache: ResultCache, task_ids
         else:
             pending.append(("task", task, None, key))
     if pending:
-        row_new, reports_new = _run_pending(model_dir, plan, cache, pending)
+        row_new, reports_new = _run_pending(model_dir, plan, cache, pending, manager)
         row.update(row_new)
         reports.update(reports_new)
     return row, reports
 
 
-def _run_pending(model_dir: Path, plan: EvalPlan, cache: ResultCache, pending: list) -> tuple[dict, dict]:
+def _run_pending(model_dir: Path, plan: EvalPlan, cache: ResultCache, pending: list,
+                 manager) -> tuple[dict, dict]:
     import gc
 
     import torch
@@ -289,7 +291,7 @@ def _run_pending(model_dir: Path, plan: EvalPlan, cache: ResultCache, pending: l
             row[name] = perplexity(lm.model, ids, window, plan.batch_size)
             cache.put(model_dir, name, key, row[name])
         else:
-            report = run_task(lm, name, plan.include_path, plan.num_fewshot, plan.limit)
+            report = run_task(lm, name, manager, plan.num_fewshot, plan.limit)
             cache.put(model_dir, f"task_{name}", key, report)
             row.update(report["metrics"])
             reports[name] = report
@@ -306,7 +308,7 @@ def eval_series(exports_dir: str | Path, out_dir: str | Path | None = None, plan
     the series of `compare` on the same axes) and TensorBoard scalars under `out_dir`."""
     import lm_eval
 
-    from .lm_eval_adapter import eval_device, task_identity
+    from .lm_eval_adapter import eval_device, task_identity, task_manager
 
     plan = plan or EvalPlan(**plan_fields)
     exports_dir = Path(exports_dir)
@@ -314,11 +316,12 @@ def eval_series(exports_dir: str | Path, out_dir: str | Path | None = None, plan
     exports = list_exports(exports_dir)
     plan.check_inputs()
     others = [read_series(path) for path in compare]
-    task_ids = {task: task_identity(task, plan.include_path) for task in plan.tasks}
+    manager = task_manager(plan.include_path, tuple(plan.tasks)) if plan.tasks else None
+    task_ids = {task: task_identity(task, manager) for task in plan.tasks}
     cache = ResultCache(out_dir)
     rows, task_reports = [], {}
     for tokens, export in exports:
-        metrics, reports = evaluate_model(export, plan, cache, task_ids)
+        metrics, reports = evaluate_model(export, plan, cache, task_ids, manager)
         task_reports.update(reports)
         row = {"name": export.name, "tokens": tokens, **metrics}
         log.info(f"{export.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -403,26 +406,30 @@ def token_axis(all_series: list[dict]) -> tuple[str, int]:
     return (f"tokens ({unit})" if unit else "tokens"), scale
 
 
-def plot(all_series: list[dict], out_dir: Path) -> None:
+def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
     """One PNG per metric (every series on the same axes), and the Baichuan-2-style chart:
-    all benchmark metrics against tokens on one figure, one line style per series."""
+    all benchmark metrics against tokens on one figure, one line style per series.
+    Returns what was drawn: {png name: {line label: [(x, y), ...]}}."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xlabel, scale = token_axis(all_series)
     styles = ["-", "--", ":", "-."]
+    drawn: dict[str, dict[str, list]] = {}
     for metric in metric_names(all_series[0]["rows"]):
         fig, ax = plt.subplots(figsize=(6, 4))
+        name = f"plot_{metric.replace('/', '_')}.png"
         for i, series in enumerate(all_series):
             points = [(r["tokens"] / scale, r[metric]) for r in series["rows"] if metric in r]
             if points:
                 ax.plot(*zip(*points), styles[i % len(styles)], marker="o", label=series["label"])
+                drawn.setdefault(name, {})[series["label"]] = points
         ax.set(xlabel=xlabel, ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
         if len(all_series) > 1:
             ax.legend()
-        _save(fig, out_dir / f"plot_{metric.replace('/', '_')}.png")
+        _save(fig, out_dir / name)
     benchmarks = [m for m in metric_names(all_series[0]["rows"]) if not m.startswith("ppl/")]
     if benchmarks:
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -431,12 +438,15 @@ def plot(all_series: list[dict], out_dir: Path) -> None:
             for i, series in enumerate(all_series):
                 points = [(r["tokens"] / scale, r[metric]) for r in series["rows"] if metric in r]
                 if points:
+                    label = metric if len(all_series) == 1 else f"{metric} ({series['label']})"
                     ax.plot(*zip(*points), styles[i % len(styles)], marker="o", color=colors[j % len(colors)],
-                            label=metric if len(all_series) == 1 else f"{metric} ({series['label']})")
+                            label=label)
+                    drawn.setdefault("benchmarks.png", {})[label] = points
         ax.set(xlabel=xlabel, ylabel="score", title="benchmarks against tokens")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, out_dir / "benchmarks.png")
+    return drawn
 
 
 def tensorboard(rows: list[dict], tb_dir: Path) -> None:
