@@ -1,0 +1,81 @@
+"""The milestone schedule and the two seeds, without training: 220e9-style token counts, the
+checks on them, which steps are kept (token milestones, every-N-tokens, log-spaced), and which
+seed reaches megatron's dataset config and the process-group seeding."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
+from pretrain.checkpointing import TrainState
+from pretrain.config import CheckpointConfig, load_run_config, milestone_token_targets
+from stack_common.config import config_dir, to_dataclass
+from stack_common.errors import ConfigError
+
+
+def composed(tmp_path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="pretrain", overrides=[f"checkpoint.dir={tmp_path / 'run'}",
+                                                          "training.dry_run=true", "optimizer=tiny", *overrides])
+
+
+def test_documented_220e9_milestones_type_check(tmp_path):
+    (tmp_path / "ck.yaml").write_text("milestone_tokens: [220e9, 440e9]\nmilestone_every_tokens: 1.1e12\n")
+    ck = to_dataclass(OmegaConf.load(tmp_path / "ck.yaml"), CheckpointConfig, where="checkpoint")
+    assert milestone_token_targets(ck) == [220_000_000_000, 440_000_000_000]
+    run = load_run_config(composed(tmp_path, "checkpoint.milestone_tokens=[220e9,2420e9]",
+                                   "checkpoint.milestone_every_tokens=20e9"), world_size=1, model_given=True)
+    assert milestone_token_targets(run.checkpoint) == [220 * 10**9, 2420 * 10**9]
+    assert int(run.checkpoint.milestone_every_tokens) == 20 * 10**9
+
+
+def test_fractional_or_negative_milestones_are_one_line_each(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(composed(tmp_path, "checkpoint.milestone_tokens=[220e9,2.5,-1e9]",
+                                 "checkpoint.milestone_every_tokens=0.5", "checkpoint.milestone_log_steps=-1"),
+                        world_size=1, model_given=True)
+    assert err.value.problems == [
+        "checkpoint.milestone_tokens[1]=2.5 must be a whole number of tokens > 0",
+        "checkpoint.milestone_tokens[2]=-1000000000.0 must be a whole number of tokens > 0",
+        "checkpoint.milestone_every_tokens=0.5 must be a whole number of tokens >= 0",
+        "checkpoint.milestone_log_steps=-1 must be >= 0"]
+
+
+def kept_steps(checkpoint: CheckpointConfig, steps: int, tokens_per_step: int) -> list[int]:
+    """The steps the trainer keeps as milestones (its own rule), stepping its counters."""
+    from pretrain.train import Trainer
+
+    trainer = SimpleNamespace(run=SimpleNamespace(checkpoint=checkpoint), state=TrainState())
+    kept = []
+    for step in range(1, steps + 1):
+        trainer.state.iteration, trainer.state.consumed_tokens = step, step * tokens_per_step
+        if Trainer._milestone_reached(trainer):
+            kept.append(step)
+    return kept
+
+
+def test_kept_steps_combine_token_milestones_every_n_tokens_and_log_spacing():
+    ck = CheckpointConfig(milestone_tokens=[2500.0, 7e3], milestone_every_tokens=5e3, milestone_log_steps=8)
+    # 1000 tokens a step: 2,500 is passed at step 3, 7,000 at 7; every 5,000 at 5, 10, 15, 20;
+    # log-spaced 1, 2, 4, 8.
+    assert kept_steps(ck, 20, 1000) == [1, 2, 3, 4, 5, 7, 8, 10, 15, 20]
+    assert kept_steps(CheckpointConfig(milestone_log_steps=100), 130, 1) == [1, 2, 4, 8, 16, 32, 64]
+    assert kept_steps(CheckpointConfig(), 50, 1000) == []
+
+
+@pytest.mark.parametrize("seeds, data, init", [
+    ([], 1234, 1234),                                             # old configs: one seed for both
+    (["training.seed=5"], 5, 5),
+    (["training.seed=5", "training.data_seed=11"], 11, 5),
+    (["training.data_seed=11", "training.init_seed=7"], 11, 7),
+])
+def test_data_seed_and_init_seed(tmp_path, seeds, data, init):
+    from pretrain.data import dataset_config
+
+    run = load_run_config(composed(tmp_path, "data.weights=[1.0]", f"data.paths=[{tmp_path}/x_text_document]",
+                                   "data.tokenizer.vocab_size=1000", *seeds), world_size=1, model_given=True)
+    assert (run.data_seed, run.init_seed) == (data, init)
+    assert dataset_config(run).random_seed == data
