@@ -103,9 +103,6 @@ class Cld2Detector:
         _, code, percent, _ = top[0]
         return code, percent / 100
 
-    def identity(self) -> dict:
-        return cld2_identity()
-
 
 @lru_cache(maxsize=1)
 def cld2_identity() -> dict:
@@ -121,17 +118,12 @@ class FastTextDetector:
     name = "fasttext"
 
     def __init__(self, path: str, max_chars: int):
-        self.path = path
         self.model = load_fasttext(path)
         self.max_chars = max_chars
 
     def __call__(self, text: str) -> tuple[str, float]:
         labels, scores = self.model.predict(" ".join(text[:self.max_chars].split()), k=1)
         return (labels[0] if labels else ""), (float(scores[0]) if len(scores) else 0.0)
-
-    def identity(self) -> dict:
-        return {"model": "fasttext", "package": f"fasttext-numpy2=={version('fasttext-numpy2')}",
-                "file": self.path, "sha256": fasttext_sha256(self.path)}
 
 
 @lru_cache(maxsize=2)
@@ -145,6 +137,16 @@ def load_fasttext(path: str):
 @lru_cache(maxsize=2)
 def fasttext_sha256(path: str) -> str:
     return sha256_file(path)
+
+
+def lang_model_identity(cfg: LangConfig) -> dict | None:
+    """What labels the languages: model, package, file and its sha256 (None for model=script)."""
+    if cfg.model == "cld2":
+        return cld2_identity()
+    if cfg.model == "fasttext":
+        return {"model": "fasttext", "package": f"fasttext-numpy2=={version('fasttext-numpy2')}",
+                "file": cfg.fasttext_model, "sha256": fasttext_sha256(cfg.fasttext_model)}
+    return None
 
 
 def build_detector(cfg: LangConfig) -> Cld2Detector | FastTextDetector | None:

@@ -10,7 +10,7 @@ from collections import Counter
 from .clean_lines import LineCleaner
 from .config import PipelineConfig
 from .filters import build_rule_sets, rule_family
-from .lang import annotate_language, build_detector, kept
+from .lang import annotate_language, build_detector, kept, lang_model_identity
 from .normalize import Normalizer
 from .quality import hq_probability, load_model, model_sha256, model_text
 from .readers import Document
@@ -109,7 +109,7 @@ class Annotate(Step):
         return None if kept(doc.lang, self.cfg) else f"{doc.lang}:lang.not_kept"
 
     def extras(self) -> dict:
-        identity = self.detector.identity() if self.detector else {"model": "script"}
+        identity = lang_model_identity(self.cfg) or {"model": "script"}
         return {"langs": dict(sorted(self.langs.items())), "lang_by": dict(sorted(self.decided_by.items())),
                 "keep_langs": list(self.cfg.keep_langs), "lang_model": " ".join(
                     v for k, v in identity.items() if k in ("model", "package")),
