@@ -76,8 +76,9 @@ class SafetensorsModel:
     def shape(self, name: str) -> list[int]:
         return list(self._handle(self.weight_map[name]).get_slice(name).get_shape())
 
-    def blocks(self, name: str, block_rows: int = BLOCK_ROWS):
+    def blocks(self, name: str, block_rows: int | None = None):
         """The tensor as fp32 blocks of rows (a 1-D tensor is one block)."""
+        block_rows = block_rows or BLOCK_ROWS
         view = self._handle(self.weight_map[name]).get_slice(name)
         rows = view.get_shape()[0]
         if len(view.get_shape()) == 1:
