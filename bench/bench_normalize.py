@@ -1,6 +1,6 @@
 """What `normalize` and `clean_lines` change on real text, per source and reason, and their speed.
 
-    python bench/bench_normalize.py [--corpus ../shared/corpus] [--mb 2] [--exclude peoplesdaily1998-zh]
+    python bench/bench_normalize.py [--corpus ../shared/corpus] [--mb 2] [--baseline 140e862]
 
 For every Parquet file of the corpus (up to --mb MB of text each, the corpus's own `lang` column
 choosing the rule set), runs the default-config Normalize and CleanLines stages and prints, per
@@ -8,19 +8,25 @@ source: documents, documents changed per normalize reason, lines removed per cle
 then CPU seconds and MB/s of each stage on one core. As an independent check of the old default
 (`collapse_spaces` with trailing-space stripping), it also counts documents with a run of 2+
 spaces/tabs after a non-space character or a line ending in a space or tab: text the old default
-rewrote and the current one keeps.
+rewrote and the current one keeps. With --baseline COMMIT, the normalize and clean_lines code and
+default rules of that commit (read with `git show`) run on the same documents: documents and
+characters each version changes, and CPU seconds of each.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import importlib
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,6 +66,61 @@ def run_source(docs: list[dict], cfg) -> dict:
     return {"normalize": normalize.stats(), "clean_lines": clean.stats(), "old_collapse": old_collapse}
 
 
+def git_show(commit: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def baseline_functions(commit: str, workdir: Path):
+    """normalize_text, its default config and the per-language line cleaners as of `commit`."""
+    package = workdir / "baseline_pipeline"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("config", "normalize", "clean_lines"):
+        (package / f"{name}.py").write_text(git_show(commit, f"data_pipeline/{name}.py"))
+    sys.path.insert(0, str(workdir))
+    config, normalize = (importlib.import_module(f"baseline_pipeline.{m}") for m in ("config", "normalize"))
+    clean_lines = importlib.import_module("baseline_pipeline.clean_lines")
+    rules = {lang: yaml.safe_load(git_show(commit, f"configs/data/rules/{lang}.yaml"))["clean_lines"]
+             for lang in ("en", "zh")}
+    cleaners = {lang: clean_lines.LineCleaner(rules[lang]) for lang in rules}
+    return normalize.normalize_text, config.NormalizeConfig(), cleaners
+
+
+def compare(sources: dict[str, list[dict]], commit: str) -> None:
+    from data_pipeline.__main__ import load_config
+    from data_pipeline.clean_lines import LineCleaner
+    from data_pipeline.normalize import Normalizer
+
+    rules = load_config([]).rules
+    with tempfile.TemporaryDirectory() as tmp:
+        old_normalize, old_cfg, old_cleaners = baseline_functions(commit, Path(tmp))
+        versions = {
+            commit: (lambda text: old_normalize(text, old_cfg), old_cleaners),
+            "now": (lambda text, n=Normalizer(load_config([]).normalize): n(text)[0],
+                    {lang: LineCleaner(rules[lang]["clean_lines"]) for lang in ("en", "zh")}),
+        }
+        print(f"\n| version | docs changed by normalize | chars it removed | docs changed by clean_lines | "
+              "chars it removed | normalize CPU s | clean_lines CPU s |")
+        print("|---|---|---|---|---|---|---|")
+        for name, (normalize, cleaners) in versions.items():
+            n_docs = n_chars = c_docs = c_chars = 0
+            n_sec = c_sec = 0.0
+            for docs in sources.values():
+                for row in docs:
+                    start = time.process_time()
+                    text = normalize(row["text"])
+                    middle = time.process_time()
+                    cleaned = cleaners[row["lang"]](text)
+                    c_sec += time.process_time() - middle
+                    n_sec += middle - start
+                    n_docs += text != row["text"]
+                    n_chars += len(row["text"]) - len(text)
+                    c_docs += cleaned != text
+                    c_chars += len(text) - len(cleaned)
+            print(f"| {name} | {n_docs} | {n_chars} | {c_docs} | {c_chars} | {n_sec:.2f} | {c_sec:.2f} |")
+
+
 def fmt(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
 
@@ -69,6 +130,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus"))
     parser.add_argument("--mb", type=float, default=2.0, help="MB of text per source file")
     parser.add_argument("--exclude", nargs="*", default=[])
+    parser.add_argument("--baseline", help="a commit whose normalize and clean_lines to compare with")
     args = parser.parse_args()
     from data_pipeline.__main__ import load_config
 
@@ -101,6 +163,8 @@ def main() -> None:
     for stage, key in (("normalize", "normalize_s"), ("clean_lines", "clean_s")):
         print(f"{stage:12s} {totals[key]:7.2f} s  {totals['mb'] / totals[key]:7.1f} MB/s  "
               f"{totals['docs'] / totals[key]:9.0f} docs/s (one core, wall time inside the stage)")
+    if args.baseline:
+        compare(sources, args.baseline)
 
 
 if __name__ == "__main__":
