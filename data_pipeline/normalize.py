@@ -1,6 +1,7 @@
 """Text normalization that only does what its settings name: line endings, invisible junk, NFC,
-runs of blank lines, newlines at the start and end of the document. It runs before the language is known, so it never touches the whitespace
-inside a line (code alignment, TSV tabs, Markdown hard breaks) unless `collapse_spaces` is asked for.
+runs of blank lines, newlines at the start and end of the document. It runs before the language
+is known, so it never touches the whitespace inside a line (code alignment, TSV tabs, Markdown
+hard breaks) unless `collapse_spaces` is asked for.
 
 Every change is reported by reason, with the number of characters it removed; see
 `normalize_counted`."""

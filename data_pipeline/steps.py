@@ -149,7 +149,8 @@ class CleanLines(Step):
 
     def extras(self) -> dict:
         return {"docs_changed": self.docs_changed, "lines_removed": dict(sorted(self.lines_removed.items())),
-                "changes": dict(sorted(self.changes.items())), "chars_removed": dict(sorted(self.chars_removed.items()))}
+                "changes": dict(sorted(self.changes.items())),
+                "chars_removed": dict(sorted(self.chars_removed.items()))}
 
 
 class Filter(Step):

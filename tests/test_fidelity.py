@@ -52,7 +52,8 @@ WEB_PAGES = {
         "copyright": ["© 2024 Example Tokenizer Project. All rights reserved."],
     },
     ("zh_web_page.txt", "zh"): {
-        "navigation": ["首页 | 新闻 | 科技 | 文化 | 联系我们", "上一篇：活字印刷在朝鲜半岛的传播　下一篇：宣纸是怎样制成的"],
+        "navigation": ["首页 | 新闻 | 科技 | 文化 | 联系我们",
+                       "上一篇：活字印刷在朝鲜半岛的传播　下一篇：宣纸是怎样制成的"],
         "social": ["扫描二维码关注我们的微信公众号，获取更多精彩内容"],
         "takedown": ["本站部分内容来自网络，如有侵权请联系删除"],
         "copyright": ["版权所有 © 2024 某某文化网 保留所有权利"],
@@ -139,7 +140,7 @@ def test_long_cjk_and_thai_lines_are_judged_by_characters():
     cleaner = LineCleaner({"max_word_chars": 1000})
     zh = read_doc("zh_long_paragraph.txt")
     ja = "日本語の文章は単語の間に空白を入れずに書かれます。" * 60          # 1,500 characters
-    thai = "ภาษาไทยเขียนคำติดกันโดยไม่เว้นวรรคระหว่างคำ" * 30                # 1,260 characters
+    thai = "ภาษาไทยเขียนคำติดกันโดยไม่เว้นวรรคระหว่างคำ" * 30     # 1,290 characters
     latin_run = "x" * 1001
     assert cleaner(zh) == zh and cleaner(ja) == ja and cleaner(thai) == thai
     # a garbage run inside a CJK line still counts, on its own: 1,001 Latin letters between Han characters
