@@ -71,9 +71,9 @@ def config_for_step(run_dir: Path, step: int) -> tuple[dict, int, str]:
     """(resolved config, data-parallel size, where from) of the run that trained `step`: the first
     checkpoint at or after it, else the latest, else RUN/config.yaml (dp 1)."""
     rows = [r for r in checkpoint_rows(run_dir) if isinstance(r[2].get("config"), dict)]
-    after = [r for r in rows if r[0] >= step]
-    if after or rows:
-        _, ckpt, meta = (after or rows)[0] if after else rows[-1]
+    if rows:
+        after = [r for r in rows if r[0] >= step]
+        _, ckpt, meta = after[0] if after else rows[-1]
         return meta["config"], int(meta.get("dp") or 1), str(ckpt / "meta.json")
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -241,18 +241,39 @@ def covered_tokens(starts: np.ndarray, width: int, bounds: np.ndarray) -> np.nda
     return np.diff(below)
 
 
-def tokens_per_document(ds, samples: np.ndarray, width: int) -> np.ndarray:
-    """Tokens of each document of the .bin fed as model input (`width` = seq_length per sample)."""
+def tokens_per_document(ds, samples: np.ndarray, width: int, window: int = 1 << 22) -> np.ndarray:
+    """Tokens of each document of the .bin fed as model input (`width` = seq_length per sample).
+
+    The document order is walked `window` positions at a time (its token offsets for a long run
+    would not fit in memory at once); samples that began in an earlier window and reach into the
+    current one are carried over."""
     lengths = np.asarray(ds.dataset.sequence_lengths, dtype=np.int64)
+    per_doc = np.zeros(len(lengths), dtype=np.int64)
     if len(samples) == 0:
-        return np.zeros(len(lengths), dtype=np.int64)
+        return per_doc
     order = np.asarray(ds.shuffle_index[samples], dtype=np.int64)
     begin = np.asarray(ds.sample_index[order], dtype=np.int64)          # (position, offset) of each start
+    begin = begin[np.argsort(begin[:, 0], kind="stable")]
     last = int(np.asarray(ds.sample_index[order + 1], dtype=np.int64)[:, 0].max())   # no sample reaches past it
-    docs = np.asarray(ds.document_index[: last + 1], dtype=np.int64)
-    cum = np.concatenate([[0], np.cumsum(lengths[docs])])               # token stream position of each document
-    fed = covered_tokens(cum[begin[:, 0]] + begin[:, 1], width, cum)
-    return np.bincount(docs, weights=fed, minlength=len(lengths)).astype(np.int64)
+    base, carry = 0, np.empty(0, dtype=np.int64)
+    for lo in range(0, last + 1, window):
+        docs = np.asarray(ds.document_index[lo: min(lo + window, last + 1)], dtype=np.int64)
+        cum = base + np.concatenate([[0], np.cumsum(lengths[docs])])   # token offsets of these positions
+        a, b = np.searchsorted(begin[:, 0], [lo, lo + len(docs)])
+        starts = np.concatenate([carry, cum[begin[a:b, 0] - lo] + begin[a:b, 1]])
+        np.add.at(per_doc, docs, covered_tokens(starts, width, cum))
+        carry, base = starts[starts > cum[-1] - width], int(cum[-1])
+    return per_doc
+
+
+def samples_by_dataset(data: RunData, n: int, chunk: int = 1 << 24) -> list[np.ndarray]:
+    """The samples (within each dataset) that the first `n` global samples are, per dataset."""
+    parts: list[list[np.ndarray]] = [[] for _ in data.datasets]
+    for lo in range(0, n, chunk):
+        ids, within = dataset_of_samples(data, np.arange(lo, min(lo + chunk, n), dtype=np.int64))
+        for d, part in enumerate(parts):
+            part.append(within[ids == d])
+    return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]
 
 
 def tokens_seen(data: RunData, step: int) -> dict:
@@ -263,15 +284,14 @@ def tokens_seen(data: RunData, step: int) -> dict:
     if n > len(data.train):
         raise UserError(f"step {step} is beyond the run's train dataset ({len(data.train)} samples)",
                         field="--step")
-    ids, within = dataset_of_samples(data, np.arange(n, dtype=np.int64))
     width = data.run.seq_length
     names = DocNames(data.datasets)
     per_dataset, by = [], {"source": {}, "lang": {}, "source_lang": {}}
-    for d, ds in enumerate(data.datasets):
-        per_doc = tokens_per_document(ds, within[ids == d], width)
+    for d, (ds, samples) in enumerate(zip(data.datasets, samples_by_dataset(data, n))):
+        per_doc = tokens_per_document(ds, samples, width)
         per_dataset.append({"dataset": ds.dataset.path_prefix, "tokens": int(per_doc.sum()),
                             "documents_seen": int((per_doc > 0).sum()), "documents": len(per_doc),
-                            "samples": int((ids == d).sum())})
+                            "samples": len(samples)})
         for key, labels in group_labels(names.tables[d], len(per_doc)).items():
             for label, tokens in grouped_sum(labels, per_doc).items():
                 by[key][label] = by[key].get(label, 0) + tokens

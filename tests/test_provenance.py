@@ -161,7 +161,7 @@ def test_batches_and_seen_match_what_the_trainer_fed(corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout) == json.loads(P.to_json(reports[4]))
     names = {d["id"] for mb in reports[4]["micro_batches"] for s in mb["samples"] for d in s["documents"]}
-    text = cli("checkpoints_tools", "batches", run, "--step", 5).stdout
+    text = P.format_batches(reports[4])
     assert "dp1 micro1:" in text and all(f"id={i}" in text for i in names)
 
     # The order is training.data_seed's: seed 1234 (training.seed) would have fed other documents.
@@ -177,6 +177,10 @@ def test_batches_and_seen_match_what_the_trainer_fed(corpus, tmp_path):
     assert seen["tokens"] == metas["iter_0000006"]["consumed_tokens"] == STEPS * GLOBAL * SEQ
     assert seen["by_lang"] == brute["lang"] and set(brute["lang"]) == set(LANGS)
     assert {d["dataset"]: d["tokens"] for d in seen["datasets"]} == brute["dataset"]
+    # The walk over the document order a window at a time (for long runs) counts the same.
+    for ds, samples in zip(data_run.datasets, P.samples_by_dataset(data_run, STEPS * GLOBAL, chunk=5)):
+        whole = P.tokens_per_document(ds, samples, SEQ)
+        assert all((P.tokens_per_document(ds, samples, SEQ, window=w) == whole).all() for w in (1, 3))
 
     # The step-0 checkpoint holds the initial weights of training.init_seed (7), not of seed 1234.
     built = launch(1, initial_embeddings, metas["iter_0000000"]["model"], [7, 1234])[0]
