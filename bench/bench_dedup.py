@@ -61,6 +61,26 @@ def our_members(out_dir: Path) -> list[list]:
     return members
 
 
+def our_pairs(out_dir: Path) -> list[tuple[str, str]]:
+    """Every pair the stage verified (Jaccard of its shingles >= its threshold), as document ids."""
+    import numpy as np
+    import pyarrow as pa
+
+    def arrow(path: Path) -> pa.Table:
+        with pa.memory_map(str(path)) as src:
+            return pa.ipc.open_file(src).read_all()
+    work = out_dir / "work"
+    names = sorted(p.name for p in (work / "signatures").glob("*.arrow"))
+    ids = [i for n in names for i in arrow(work / "signatures" / n).column("id").to_pylist()]
+    by_rank = np.argsort(arrow(work / "order.arrow").column("rank").to_numpy())
+    pairs = []
+    for path in sorted((work / "verified").glob("chunk-*.arrow")):
+        t = arrow(path)
+        a, b = by_rank[t.column("a").to_numpy()], by_rank[t.column("b").to_numpy()]
+        pairs += [(ids[x], ids[y]) for x, y in zip(a, b)]
+    return pairs
+
+
 class Truth:
     """Ground-truth Jaccard of any two benchmark documents (character 5-gram sets, cached)."""
 
@@ -135,6 +155,9 @@ def quality(args) -> None:
         seconds, cpu, stdout = _measured(cmd)
         stats = json.loads(stdout.strip().splitlines()[-1])
         results[name] = (seconds, cpu, evaluate(our_members(out), labels, info, truth))
+        pairs = our_pairs(out)
+        print(f"{name}: {sum(truth.duplicate(a, b) for a, b in pairs)} of the {len(pairs)} pairs it verified are "
+              f"near duplicates by the ground truth")
         print(f"{name}: {seconds:.1f}s wall, {cpu:.1f}s CPU, shingle={stats['shingle']} bands={stats['bands']}x"
               f"{stats['rows']} candidates={stats['candidate_pairs']} verified={stats['verified_pairs']} "
               f"removed={stats['excluded'].get('near_duplicate', 0)} steps={stats['step_seconds']}")
@@ -156,11 +179,14 @@ def quality(args) -> None:
 
 def _print_table(results: dict, n_docs: int) -> None:
     print(f"\n{'system':20s} {'split':5s} {'lang':6s} {'pairs/families':>15s} {'removed':>7s} "
-          f"{'precision':>9s} {'recall':>6s} {'F1':>6s} {'docs/s':>7s} {'CPU s':>6s}")
+          f"{'precision':>9s} {'recall':>6s} {'F1':>6s} {'docs/s':>7s} {'docs/CPU s':>10s}")
     for name, (seconds, cpu, evals) in results.items():
         for (split, lang), m in evals.items():
             print(f"{name:20s} {split:5s} {lang:6s} {m['pairs']:>8d}/{m['families']:<6d} {m['removed']:7d} "
-                  f"{m['precision']:9.3f} {m['recall']:6.3f} {m['f1']:6.3f} {n_docs / seconds:7.0f} {cpu:6.1f}")
+                  f"{m['precision']:9.3f} {m['recall']:6.3f} {m['f1']:6.3f} {n_docs / seconds:7.0f} "
+                  f"{n_docs / cpu:10.0f}")
+    print("pairs/families: near-duplicate family pairs (ground truth) and the families they are in; removed: "
+          "documents the system removed; docs/s: wall clock, docs/CPU s: all its processes' CPU time.")
 
 
 RUN_MINHASH = """
@@ -253,13 +279,17 @@ def _export_jsonl(docs: dict, out: Path, files_per_lang: int) -> None:
 # ---- scale run ------------------------------------------------------------------------------------------
 
 RUN_STAGES = """
-import json, sys
+import json, resource, sys
 from pathlib import Path
 from data_pipeline.dedup import GLOBAL_STAGES
 src, out, workers, minhash = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+def cpu():  # this process and its pool workers (each pool is joined when its step ends)
+    return sum(t for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for t in resource.getrusage(who)[:2])
 for stage in ("exact_dedup", "minhash_dedup", "line_dedup"):
+    before = cpu()
     stats = GLOBAL_STAGES[stage](src, out / stage, minhash if stage == "minhash_dedup" else {}, workers, "local", None)
-    print(json.dumps(stats), flush=True)
+    print(json.dumps({**stats, "cpu_seconds": cpu() - before}), flush=True)
     src = out / stage / "kept"
 """
 
@@ -313,9 +343,11 @@ def scale(args) -> None:
             print(f"{n} docs ({mb:.0f} MB), {name}: {seconds:.0f}s, peak RSS {peak / 2**30:.2f} GiB (all processes), "
                   f"stages { {s['stage']: round(s['seconds'], 1) for s in stats} }, minhash removed {mh['excluded']}, "
                   f"pairs {mh['candidate_pairs']}/{mh['verified_pairs']}, steps {mh['step_seconds']}")
-    print(f"\n   docs {'minhash settings':20s}     MB  wall s  docs/s  minhash docs/s  peak RSS GiB")
+    print(f"\n   docs {'minhash settings':20s}     MB  wall s  docs/s  peak RSS GiB  minhash: wall s  CPU s  "
+          "docs/s  docs/CPU s")
     for n, name, mb, seconds, rss, mh in rows:
-        print(f"{n:7d} {name:20s} {mb:6.0f} {seconds:7.0f} {n / seconds:7.0f} {n / mh['seconds']:15.0f} {rss:13.2f}")
+        print(f"{n:7d} {name:20s} {mb:6.0f} {seconds:7.0f} {n / seconds:7.0f} {rss:13.2f} {mh['seconds']:16.1f} "
+              f"{mh['cpu_seconds']:6.1f} {n / mh['seconds']:7.0f} {n / mh['cpu_seconds']:11.0f}")
 
 
 def main() -> None:
