@@ -29,7 +29,7 @@ from stack_common.errors import UserError
 from stack_common.logging import get_logger
 
 from .export import EXPORT_META, ROW_NORMS_FILE, ROW_NORMS_KEY
-from .series import list_exports, series_unit
+from .series import list_exports, series_unit, set_token_scale
 
 log = get_logger("checkpoints_tools.dynamics")
 
@@ -357,6 +357,7 @@ def plot_per_layer(report: Report, key: str, title: str, path: Path, xlabel: str
                         label=f"layer {layer}")
         ax.set_title(module, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
+        set_token_scale(ax, [r["tokens"] / scale for r in report.tensors])
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(modules):]:
         ax.axis("off")
@@ -382,6 +383,7 @@ def plot_summary(report: Report, out_dir: Path, xlabel: str, scale: int) -> None
         ax.plot(x, series("head_row_norm_min"), "--", label="min")
         ax.plot(x, series("head_row_norm_max"), "--", label="max")
         ax.set(xlabel=xlabel, ylabel="L2 norm of an lm_head row", title="NormHead: raw output row norms")
+        set_token_scale(ax, x)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, out_dir / "normhead_row_norms.png")
@@ -391,6 +393,7 @@ def plot_summary(report: Report, out_dir: Path, xlabel: str, scale: int) -> None
         ax.plot(x, series("embed_norm_rare"), marker="o", label="rare tokens (bottom 10%)")
         ax.plot(x, series("embed_norm_all"), ":", label="all tokens")
         ax.set(xlabel=xlabel, ylabel="mean embedding row norm", title="embedding norms by token frequency")
+        set_token_scale(ax, x)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title=report.frequency_source, title_fontsize=6, loc="center right")
         _save(fig, out_dir / "embedding_norms.png")
@@ -398,6 +401,7 @@ def plot_summary(report: Report, out_dir: Path, xlabel: str, scale: int) -> None
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(x, series("train_loss"), marker="o", color="C0")
         ax.set(xlabel=xlabel, title="train loss and max logit at the checkpoints")
+        set_token_scale(ax, x)
         ax.set_ylabel("train lm loss", color="C0")
         twin = ax.twinx()
         twin.plot(x, series("max_logit"), marker="s", color="C3")

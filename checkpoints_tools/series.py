@@ -406,6 +406,14 @@ def token_axis(all_series: list[dict]) -> tuple[str, int]:
     return (f"tokens ({unit})" if unit else "tokens"), scale
 
 
+def set_token_scale(ax, tokens: list[float]) -> None:
+    """Log-spaced early checkpoints (steps 1, 2, 4, ...) spread out on a symlog axis, linear near
+    zero so that the step-0 checkpoint stays on it."""
+    positive = [t for t in tokens if t > 0]
+    if positive and max(positive) / min(positive) > 50:
+        ax.set_xscale("symlog", linthresh=min(positive))
+
+
 def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
     """One PNG per metric (every series on the same axes), and the Baichuan-2-style chart:
     all benchmark metrics against tokens on one figure, one line style per series.
@@ -415,6 +423,7 @@ def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
     import matplotlib.pyplot as plt
 
     xlabel, scale = token_axis(all_series)
+    xs = [r["tokens"] / scale for series in all_series for r in series["rows"]]
     styles = ["-", "--", ":", "-."]
     drawn: dict[str, dict[str, list]] = {}
     for metric in metric_names(all_series[0]["rows"]):
@@ -426,6 +435,7 @@ def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
                 ax.plot(*zip(*points), styles[i % len(styles)], marker="o", label=series["label"])
                 drawn.setdefault(name, {})[series["label"]] = points
         ax.set(xlabel=xlabel, ylabel=metric, title=metric)
+        set_token_scale(ax, xs)
         ax.grid(alpha=0.3)
         if len(all_series) > 1:
             ax.legend()
@@ -443,6 +453,7 @@ def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
                             label=label)
                     drawn.setdefault("benchmarks.png", {})[label] = points
         ax.set(xlabel=xlabel, ylabel="score", title="benchmarks against tokens")
+        set_token_scale(ax, xs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, out_dir / "benchmarks.png")
