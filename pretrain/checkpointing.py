@@ -325,14 +325,17 @@ class CheckpointManager:
         meta = read_meta(ckpt_dir)
         check_vocab(meta, model_chunks)
         check_loadable(ckpt_dir)
-        if load_optimizer and optimizer is not None:
+        # A step-0 checkpoint holds no AdamW state (the first step creates it): the freshly built
+        # optimizer and schedule are that state exactly.
+        with_optimizer = load_optimizer and optimizer is not None and meta.get("iteration", 0) > 0
+        if with_optimizer:
             init_distributed_optimizer_state(optimizer)
         same_layout = all(meta.get(k) == layout[k] for k in ("tp", "pp", "vpp", "dp"))
         sd = full_state(model_chunks, optimizer, scheduler, TrainState(), is_loading=True,
-                        with_optimizer=load_optimizer, with_rng=same_layout)
+                        with_optimizer=with_optimizer, with_rng=same_layout)
         loaded = dist_checkpointing.load(sd, str(ckpt_dir), sharded_strategy=None)
         _load_model(model_chunks, loaded)
-        if load_optimizer and optimizer is not None:
+        if with_optimizer:
             with torch.no_grad():
                 optimizer.load_state_dict(loaded["optimizer"])
             restore_adam_steps(optimizer)

@@ -12,6 +12,7 @@ from pretrain.checkpointing import TrainState
 from pretrain.config import CheckpointConfig, load_run_config, milestone_token_targets
 from stack_common.config import config_dir, to_dataclass
 from stack_common.errors import ConfigError
+from test_pretrain_run import base_args, data_dir, latest, ok, pretrain, scalars  # noqa: F401 (data_dir: fixture)
 
 
 def composed(tmp_path, *overrides: str):
@@ -79,3 +80,18 @@ def test_data_seed_and_init_seed(tmp_path, seeds, data, init):
                                    "data.tokenizer.vocab_size=1000", *seeds), world_size=1, model_given=True)
     assert (run.data_seed, run.init_seed) == (data, init)
     assert dataset_config(run).random_seed == data
+
+
+def test_a_run_resumes_from_its_step0_checkpoint_exactly(data_dir, tmp_path):
+    """The step-0 checkpoint has no AdamW state yet; a run killed before its next save resumes
+    from it and repeats steps 1-2 bit for bit."""
+    run = tmp_path / "run"
+    args = base_args(data_dir, run, 3) + ["training.eval_interval=0", "checkpoint.save_interval=0",
+                                          "checkpoint.milestone_step0=true"]
+    proc = pretrain(1, args + ["training.inject_sigkill_after_iter=2"])
+    assert proc.returncode != 0 and latest(run) == "iter_0000000", proc.stderr[-3000:]
+    first = scalars(run, "train/lm_loss")
+    ok(pretrain(1, args))
+    again = scalars(run, "train/lm_loss")
+    assert sorted(first) == [1, 2] and sorted(again) == [1, 2, 3]
+    assert (again[1], again[2]) == (first[1], first[2])
