@@ -22,6 +22,7 @@ import sysconfig
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,7 +59,8 @@ def throughput_docs() -> tuple[str, list[str]]:
         for path in sorted(SHARED.glob("*.parquet")):
             texts += pq.read_table(path, columns=["text"]).column("text").to_pylist()[:150]
         return f"../shared/corpus, {len(texts)} docs", texts
-    texts = [t for lang in ("en", "zh", "code") for t in pq.read_table(SAMPLE / f"{lang}.parquet").column("text").to_pylist()]
+    texts = [t for lang in ("en", "zh", "code")
+             for t in pq.read_table(SAMPLE / f"{lang}.parquet").column("text").to_pylist()]
     return f"data/sample, {len(texts)} docs", texts
 
 
@@ -67,11 +69,13 @@ def old_heuristic(lang: str) -> str:
     return "other" if lang in ("ja", "ko") else lang
 
 
-def detectors(fasttext_model: str | None) -> list[tuple[str, LangConfig, object, float, callable]]:
+def detectors(fasttext_model: str | None) -> list[tuple[str, LangConfig, object, float, Callable]]:
     out = []
-    specs = [("old script heuristic", LangConfig(model="script"), old_heuristic), ("cld2 (default)", LangConfig(), None)]
+    specs = [("old script heuristic", LangConfig(model="script"), old_heuristic),
+             ("cld2 (default)", LangConfig(), None)]
     if fasttext_model:
-        specs.append((f"fasttext {Path(fasttext_model).name}", LangConfig(model="fasttext", fasttext_model=fasttext_model), None))
+        specs.append((f"fasttext {Path(fasttext_model).name}",
+                      LangConfig(model="fasttext", fasttext_model=fasttext_model), None))
     for name, cfg, post in specs:
         start = time.perf_counter()
         detector = build_detector(cfg)

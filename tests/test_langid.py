@@ -20,7 +20,8 @@ from stack_common.atomic import sha256_file
 from stack_common.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = [json.loads(line) for line in (REPO / "tests/data/langid/samples.jsonl").read_text(encoding="utf-8").splitlines()]
+SAMPLES = [json.loads(line)
+           for line in (REPO / "tests/data/langid/samples.jsonl").read_text(encoding="utf-8").splitlines()]
 UDHR = [s for s in SAMPLES if s["kind"] in ("paragraph", "sentence")]
 # Indonesian and Malay share most of their vocabulary; every detector confuses them on this text.
 MIN_ACCURACY = defaultdict(lambda: 0.9, {"id": 0.4})
@@ -78,9 +79,11 @@ def test_short_ui_strings_mostly_right_and_never_guessed_english_on_abstention(d
 def test_chinese_manuals_with_latin_commands_are_zh(default):
     cfg, detector = default
     docs = pq.read_table(REPO / "data/sample/zh.parquet").to_pylist()
-    manuals = [d["text"] for d in docs if d["source"] == "manpages-zh" and script_stats(d["text"])["latin_ratio"] >= 0.4]
+    manuals = [d["text"] for d in docs
+               if d["source"] == "manpages-zh" and script_stats(d["text"])["latin_ratio"] >= 0.4]
     # handbook pages: Chinese prose around untranslated commands, paths and English passages
-    handbook = [d["text"] for d in docs if d["source"] == "debian-handbook-zh" and script_stats(d["text"])["han_share"] >= 0.5]
+    handbook = [d["text"] for d in docs
+                if d["source"] == "debian-handbook-zh" and script_stats(d["text"])["han_share"] >= 0.5]
     assert len(manuals) >= 10 and len(handbook) >= 10
     assert [annotate_language(t, cfg, detector)[0] for t in manuals + handbook] == ["zh"] * len(manuals + handbook)
     # the model alone calls some of them English, confidently: the Han share is what keeps them zh
