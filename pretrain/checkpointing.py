@@ -258,7 +258,10 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
-        sd = full_state(model_chunks, optimizer, scheduler, state, is_loading=False)
+        # Before the first step there is no AdamW state to save (megatron's DistributedOptimizer
+        # cannot even describe it): a step-0 checkpoint holds weights, progress and RNG.
+        sd = full_state(model_chunks, optimizer, scheduler, state, is_loading=False,
+                        with_optimizer=state.iteration > 0)
         meta = self.meta_fn(state, keep)
         request = dist_save(sd, tmp, async_save=self.async_queue is not None,
                             content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
@@ -325,8 +328,8 @@ class CheckpointManager:
         meta = read_meta(ckpt_dir)
         check_vocab(meta, model_chunks)
         check_loadable(ckpt_dir)
-        # A step-0 checkpoint holds no AdamW state (the first step creates it): the freshly built
-        # optimizer and schedule are that state exactly.
+        # A step-0 checkpoint holds no optimizer state (see save): the freshly built optimizer and
+        # schedule are that state exactly.
         with_optimizer = load_optimizer and optimizer is not None and meta.get("iteration", 0) > 0
         if with_optimizer:
             init_distributed_optimizer_state(optimizer)

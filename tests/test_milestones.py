@@ -83,15 +83,16 @@ def test_data_seed_and_init_seed(tmp_path, seeds, data, init):
 
 
 def test_a_run_resumes_from_its_step0_checkpoint_exactly(data_dir, tmp_path):
-    """The step-0 checkpoint has no AdamW state yet; a run killed before its next save resumes
-    from it and repeats steps 1-2 bit for bit."""
+    """The step-0 checkpoint holds no optimizer state (megatron's DistributedOptimizer has none to
+    describe before the first step); a run killed before its next save resumes from it and
+    repeats steps 1-2 bit for bit."""
     run = tmp_path / "run"
     args = base_args(data_dir, run, 3) + ["training.eval_interval=0", "checkpoint.save_interval=0",
-                                          "checkpoint.milestone_step0=true"]
-    proc = pretrain(1, args + ["training.inject_sigkill_after_iter=2"])
+                                          "checkpoint.milestone_step0=true", "optimizer.distributed=true"]
+    proc = pretrain(2, args + ["training.inject_sigkill_after_iter=2"])
     assert proc.returncode != 0 and latest(run) == "iter_0000000", proc.stderr[-3000:]
     first = scalars(run, "train/lm_loss")
-    ok(pretrain(1, args))
+    ok(pretrain(2, args))
     again = scalars(run, "train/lm_loss")
     assert sorted(first) == [1, 2] and sorted(again) == [1, 2, 3]
     assert (again[1], again[2]) == (first[1], first[2])
