@@ -1,8 +1,10 @@
 """datatrove's 4-stage MinHash dedup on the benchmark, run in datatrove's own venv.
 
     /work/venvs/datatrove/bin/python bench/dedup_datatrove.py IN_DIR WORK_DIR --workers 2
-IN_DIR holds <lang>-NNN.jsonl files (id, text). Prints one JSON line: seconds per language and
-stage, and for every document in a cluster its id, cluster id and whether it was removed.
+IN_DIR holds <lang>-NNN.jsonl files (id, text): en, and zh for Chinese and mixed zh + Latin documents
+(datatrove's `cmn` word tokenizer). Each language is deduplicated on its own with datatrove's 5-gram
+word shingles. Prints one JSON line: seconds per language and stage, and for every document in a
+cluster its id, cluster id and whether it was removed.
 """
 import argparse
 import glob
