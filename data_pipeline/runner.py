@@ -84,7 +84,7 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
     if cfg.lang.fasttext_model:
         checks.path_exists(cfg.lang.fasttext_model, "lang.fasttext_model")
     checks.raise_if_any()
-    if "filter" in stages:
+    if "filter" in stages or "clean_lines" in stages:
         check_rules(cfg.rules)
 
 

@@ -101,3 +101,12 @@ def test_misspelt_threshold_fails_the_run_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="rules.en.filter.gopher_quality.min_word"):
         execute(cfg)
     assert not (tmp_path / "out" / "stages").exists()
+
+
+def test_misspelt_clean_lines_key_fails_at_start_up(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": TEXT}) + "\n")
+    cfg = load_config([f"input={tmp_path}/in.jsonl", f"output={tmp_path}/out", "stages=[normalize,annotate,clean_lines]",
+                       "+rules.en.clean_lines.max_word_char=10"])
+    with pytest.raises(ConfigError, match="rules.en.clean_lines.max_word_char"):
+        execute(cfg)
+    assert not (tmp_path / "out" / "stages").exists()

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from stack_common.config import to_dataclass
 from stack_common.errors import ConfigError
 
+from ..clean_lines import LineCleaner
 from . import chinese, english, generic
 
 # Which rules (and which view of the text) each language's YAML may use.
@@ -67,6 +68,8 @@ def check_rules(rules_cfg: dict) -> None:
                      for name in (sections or {}) if name not in RULE_SECTIONS]
     if problems:
         raise ConfigError(problems)
+    for lang, sections in rules_cfg.items():
+        LineCleaner((sections or {}).get("clean_lines"), f"rules.{lang}.clean_lines")
     build_rule_sets(rules_cfg)
 
 
