@@ -17,6 +17,7 @@ from functools import lru_cache
 from importlib.metadata import version
 
 from stack_common.atomic import sha256_file
+from stack_common.errors import UserError
 
 from .config import LangConfig
 
@@ -92,8 +93,11 @@ class Cld2Detector:
     name = "cld2"
 
     def __init__(self, max_chars: int):
-        import pycld2
-
+        try:
+            import pycld2
+        except ImportError:
+            raise UserError("lang.model=cld2 needs the pycld2 package, which is not installed", field="lang.model",
+                            expected="pip install 'pycld2>=0.42', or lang.model=script") from None
         self.detect_cld2 = pycld2.detect
         self.max_chars = max_chars
 
