@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from _helpers import cli, train_sentencepiece
+from stack_common.errors import UserError
 from test_pretrain_run import ok, pretrain, scalars
 
 LANGS = ("en", "zh", "code")
@@ -48,7 +49,6 @@ def corpus(tmp_path_factory):
 def test_encode_sidecar_names_every_document_in_order(corpus, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from stack_common.errors import UserError
     from tokenizer_training.encode import docs_path, read_docs
 
     data, rows = corpus
@@ -163,6 +163,9 @@ def test_batches_and_seen_match_what_the_trainer_fed(corpus, tmp_path):
     names = {d["id"] for mb in reports[4]["micro_batches"] for s in mb["samples"] for d in s["documents"]}
     text = P.format_batches(reports[4])
     assert "dp1 micro1:" in text and all(f"id={i}" in text for i in names)
+
+    with pytest.raises(UserError, match=r"field '--step': step 7 needs samples up to 56, the run's train dataset has 49"):
+        P.step_batches(data_run, 7)
 
     # The order is training.data_seed's: seed 1234 (training.seed) would have fed other documents.
     config = json.loads(json.dumps(metas["iter_0000001"]["config"]))
