@@ -338,6 +338,10 @@ class CheckpointManager:
                         with_optimizer=with_optimizer, with_rng=same_layout)
         loaded = dist_checkpointing.load(sd, str(ckpt_dir), sharded_strategy=None)
         _load_model(model_chunks, loaded)
+        if optimizer is not None and not with_optimizer:
+            # bf16: the fp32 main weights were copied from the initial weights when the optimizer
+            # was built; without this the first step would write those back over the loaded ones.
+            optimizer.reload_model_params()
         if with_optimizer:
             with torch.no_grad():
                 optimizer.load_state_dict(loaded["optimizer"])

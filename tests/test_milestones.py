@@ -96,3 +96,17 @@ def test_a_run_resumes_from_its_step0_checkpoint_exactly(data_dir, tmp_path):
     again = scalars(run, "train/lm_loss")
     assert sorted(first) == [1, 2] and sorted(again) == [1, 2, 3]
     assert (again[1], again[2]) == (first[1], first[2])
+
+
+def test_weights_loaded_without_optimizer_survive_the_first_bf16_step(data_dir, tmp_path):
+    """bf16 keeps fp32 main weights in the optimizer, copied when it is built: a run that loads
+    weights only (here the step-0 checkpoint of another run, under another init_seed) must
+    train from the loaded weights, the same losses as the run that wrote them."""
+    bf16 = ["training.precision=bf16", "training.eval_interval=0", "checkpoint.save_on_exit=false"]
+    first = tmp_path / "first"
+    ok(pretrain(1, base_args(data_dir, first, 3) + bf16 + ["checkpoint.milestone_step0=true"]))
+    loaded = tmp_path / "loaded"
+    ok(pretrain(1, base_args(data_dir, loaded, 3) + bf16 + [
+        "training.init_seed=99", f"checkpoint.load={first}/checkpoints/iter_0000000"]))
+    assert scalars(loaded, "train/lm_loss") == scalars(first, "train/lm_loss")
+    assert sorted(scalars(first, "train/lm_loss")) == [1, 2, 3]
