@@ -129,7 +129,8 @@ def evaluate(members: list[list], labels: list[dict], info: dict, truth: Truth, 
 
 def load_benchmark(root: Path, convert_python: str) -> tuple[Path, list[dict], dict, dict]:
     bench = root / "benchmark"
-    if not (bench / "labels.parquet").is_file():
+    if not (bench / "members.parquet").is_file():          # written last: the benchmark is complete
+        shutil.rmtree(bench, ignore_errors=True)
         t = time.time()
         print(f"built benchmark: {build_benchmark(bench, convert_python)} in {time.time() - t:.0f}s")
     labels = pq.read_table(bench / "labels.parquet").to_pylist()

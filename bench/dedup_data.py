@@ -274,8 +274,8 @@ def build_benchmark(out_dir: Path, convert_python: str, seed: int = 0) -> dict:
                                    "source": m["source"], "quality_score": None, "annotations": "{}"}
                                   for m in members], schema=DOC_SCHEMA)
     write_table(out_dir / "docs", table, target_bytes=16 << 20)
-    for name, rows in (("members", [{k: v for k, v in m.items() if k != "text"} for m in members]),
-                       ("labels", labels)):
+    # members.parquet last: its presence marks a complete benchmark
+    for name, rows in (("labels", labels), ("members", [{k: v for k, v in m.items() if k != "text"} for m in members])):
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
     return {"docs": len(members), "families": len({m["family"] for m in members}), "pairs": len(labels)}

@@ -111,6 +111,15 @@ def test_chinese_is_shingled_by_character_and_english_by_word():
     assert len(mixed) == 4
 
 
+def test_character_shingles_are_every_window_of_the_folded_text():
+    text = "Use  LS -l，列出\n文件"
+    assert shingle_codes(text).tobytes().decode("utf-32-le") == "use ls -l,列出文件"   # width, case, spaces
+    assert len(char_shingle_hashes(text, 5)) == len("use ls -l,列出文件") - 4
+    windows = char_shingle_hashes("abcabc", 3)                          # abc bca cab abc
+    assert windows[0] == windows[3] and len(set(windows.tolist())) == 3
+    assert len(char_shingle_hashes("你好", 5)) == 1 and len(char_shingle_hashes(" \n\t", 5)) == 0
+
+
 def test_sentence_units_handle_chinese_punctuation_and_join_back():
     text = "第一句。第二句！Third one. Pi is 3.14 here?\n下一行；还有\n"
     units = split_units(text, "sentence")
