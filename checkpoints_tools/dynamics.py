@@ -43,48 +43,69 @@ DECILE = 0.1
 # ----------------------------------------------------------------------------- streamed reading
 
 class SafetensorsModel:
-    """A model directory's tensors by name, opened lazily with safe_open (memory-mapped)."""
+    """A model directory's tensors by name, opened lazily: safetensors shards with safe_open, the
+    `pytorch_model-*.bin` shards of released Baichuan 2 checkpoints memory-mapped (torch.load
+    mmap=True); either way only the rows asked for are read. One shard open at a time."""
+
+    INDEXES = (("model.safetensors.index.json", "model.safetensors"),
+               ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 
     def __init__(self, model_dir: Path):
         self.dir = model_dir
-        index = model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            self.weight_map = read_json_file(index).get("weight_map") or {}
-        elif (model_dir / "model.safetensors").is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(model_dir / "model.safetensors"), framework="pt") as handle:
-                self.weight_map = dict.fromkeys(handle.keys(), "model.safetensors")
-        else:
-            raise UserError("no safetensors weights", file=model_dir,
-                            expected="model.safetensors[.index.json] (export-hf writes them)")
         self._handles: dict = {}
+        for index, single in self.INDEXES:
+            if (model_dir / index).is_file():
+                self.weight_map = read_json_file(model_dir / index).get("weight_map") or {}
+                return
+            if (model_dir / single).is_file():
+                self.weight_map = dict.fromkeys(self._keys(self._handle(single)), single)
+                return
+        raise UserError("no weights found", file=model_dir,
+                        expected="model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
+
+    @staticmethod
+    def _keys(handle) -> list[str]:
+        return list(handle.keys())
 
     def names(self) -> list[str]:
         return sorted(self.weight_map)
 
     def _handle(self, file: str):
         if file not in self._handles:
-            from safetensors import safe_open
-
             path = self.dir / file
             if not path.is_file():
                 raise UserError("weight file listed in the index is missing", file=path)
-            self._handles = {file: safe_open(str(path), framework="pt")}  # one shard open at a time
+            try:
+                if file.endswith(".safetensors"):
+                    from safetensors import safe_open
+
+                    handle = safe_open(str(path), framework="pt")
+                else:
+                    handle = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as err:
+                raise UserError(f"cannot read weights: {err}", file=path) from err
+            self._handles = {file: handle}
         return self._handles[file]
 
+    def _view(self, name: str):
+        """(shape, an object sliced by rows without reading the rest)."""
+        handle = self._handle(self.weight_map[name])
+        if hasattr(handle, "get_slice"):
+            view = handle.get_slice(name)
+            return list(view.get_shape()), view
+        return list(handle[name].shape), handle[name]
+
     def shape(self, name: str) -> list[int]:
-        return list(self._handle(self.weight_map[name]).get_slice(name).get_shape())
+        return self._view(name)[0]
 
     def blocks(self, name: str, block_rows: int | None = None):
         """The tensor as fp32 blocks of rows (a 1-D tensor is one block)."""
         block_rows = block_rows or BLOCK_ROWS
-        view = self._handle(self.weight_map[name]).get_slice(name)
-        rows = view.get_shape()[0]
-        if len(view.get_shape()) == 1:
+        shape, view = self._view(name)
+        if len(shape) == 1:
             yield view[:].float()
             return
-        for start in range(0, rows, block_rows):
+        for start in range(0, shape[0], block_rows):
             yield view[start:start + block_rows].float()
 
 
@@ -395,7 +416,7 @@ def plot_summary(report: Report, out_dir: Path, xlabel: str, scale: int) -> None
         ax.set(xlabel=xlabel, ylabel="mean embedding row norm", title="embedding norms by token frequency")
         set_token_scale(ax, x)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title=report.frequency_source, title_fontsize=6, loc="center right")
+        ax.legend(fontsize=8, title=report.frequency_source, title_fontsize=6, loc="upper left")
         _save(fig, out_dir / "embedding_norms.png")
     if any(v is not None for v in series("train_loss")):
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -436,13 +436,15 @@ def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
                 drawn.setdefault(name, {})[series["label"]] = points
         ax.set(xlabel=xlabel, ylabel=metric, title=metric)
         set_token_scale(ax, xs)
+        if metric.startswith("ppl/"):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if len(all_series) > 1:
             ax.legend()
         _save(fig, out_dir / name)
     benchmarks = [m for m in metric_names(all_series[0]["rows"]) if not m.startswith("ppl/")]
     if benchmarks:
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig, ax = plt.subplots(figsize=(10, 5))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for j, metric in enumerate(benchmarks):
             for i, series in enumerate(all_series):
@@ -455,7 +457,7 @@ def plot(all_series: list[dict], out_dir: Path) -> dict[str, dict[str, list]]:
         ax.set(xlabel=xlabel, ylabel="score", title="benchmarks against tokens")
         set_token_scale(ax, xs)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
         _save(fig, out_dir / "benchmarks.png")
     return drawn
 

@@ -151,3 +151,27 @@ def test_cli_finds_tensorboard_and_falls_back_to_piece_scores(series, tmp_path):
     assert set(freq.frequent) <= set(ordinary_ids(series["tok"]))
     bad = cli("checkpoints_tools", "dynamics", series["exports"], "--tensorboard", tmp_path / "none", timeout=None)
     assert bad.returncode == 2 and "field '--tensorboard'" in bad.stderr
+
+
+def test_released_bin_shards_read_as_the_safetensors_export(series, tmp_path):
+    """Released Baichuan 2 revisions ship pytorch_model-*.bin shards (raw lm_head rows): read
+    memory-mapped, they give the numbers of the same tensors in safetensors."""
+    from safetensors.torch import load_file
+
+    from checkpoints_tools.dynamics import SafetensorsModel, row_norms, tensor_norm
+
+    export = sorted(series["exports"].glob("train_*"))[0]
+    tensors = load_file(str(export / "model.safetensors"))
+    names = sorted(tensors)
+    released = tmp_path / "train_00220B"
+    released.mkdir()
+    weight_map = {}
+    for i, part in enumerate([names[: len(names) // 2], names[len(names) // 2:]], start=1):
+        torch.save({n: tensors[n] for n in part}, released / f"pytorch_model-0000{i}-of-00002.bin")
+        weight_map.update(dict.fromkeys(part, f"pytorch_model-0000{i}-of-00002.bin"))
+    (released / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ours, theirs = SafetensorsModel(export), SafetensorsModel(released)
+    assert theirs.names() == ours.names()
+    for name in names:
+        assert tensor_norm(theirs, name) == pytest.approx(tensor_norm(ours, name), rel=1e-12)
+    assert torch.equal(row_norms(theirs, "lm_head.weight"), row_norms(ours, "lm_head.weight"))
