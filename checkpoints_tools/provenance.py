@@ -31,6 +31,7 @@ from stack_common.logging import get_logger
 log = get_logger("checkpoints_tools.provenance")
 
 UNKNOWN = "(unknown)"
+NAME_COLUMNS = ("id", "source", "lang")
 
 
 @dataclass
@@ -177,17 +178,26 @@ def sample_documents(ds, sample: int) -> list[dict]:
 
 
 class DocNames:
-    """id, source and lang of documents from each dataset's encode sidecar (None without one)."""
+    """id, source and lang of documents from each dataset's encode sidecar (None without one),
+    read a row group at a time (the sidecar of a large corpus does not fit in memory)."""
 
     def __init__(self, datasets: list):
-        from tokenizer_training.encode import read_docs
+        from tokenizer_training.encode import open_docs
 
-        self.tables = [read_docs(ds.dataset.path_prefix, len(ds.dataset.sequence_lengths)) for ds in datasets]
+        self.files = [open_docs(ds.dataset.path_prefix, len(ds.dataset.sequence_lengths)) for ds in datasets]
+        self.ends = [np.cumsum([f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)])
+                     if f is not None else None for f in self.files]
+        self.groups: dict[tuple[int, int], object] = {}
 
     def names(self, dataset: int, document: int) -> dict:
-        table = self.tables[dataset]
-        return {c: table.column(c)[document].as_py() if table is not None else None
-                for c in ("id", "source", "lang")}
+        sidecar, ends = self.files[dataset], self.ends[dataset]
+        if sidecar is None:
+            return dict.fromkeys(NAME_COLUMNS)
+        group = int(np.searchsorted(ends, document, side="right"))
+        if (dataset, group) not in self.groups:
+            self.groups[(dataset, group)] = sidecar.read_row_group(group)
+        row = document - (int(ends[group - 1]) if group else 0)
+        return {c: self.groups[(dataset, group)].column(c)[row].as_py() for c in NAME_COLUMNS}
 
 
 def step_samples(data: RunData, step: int) -> range:
@@ -285,40 +295,52 @@ def tokens_seen(data: RunData, step: int) -> dict:
         raise UserError(f"step {step} is beyond the run's train dataset ({len(data.train)} samples)",
                         field="--step")
     width = data.run.seq_length
-    names = DocNames(data.datasets)
     per_dataset, by = [], {"source": {}, "lang": {}, "source_lang": {}}
     for d, (ds, samples) in enumerate(zip(data.datasets, samples_by_dataset(data, n))):
         per_doc = tokens_per_document(ds, samples, width)
         per_dataset.append({"dataset": ds.dataset.path_prefix, "tokens": int(per_doc.sum()),
                             "documents_seen": int((per_doc > 0).sum()), "documents": len(per_doc),
                             "samples": len(samples)})
-        for key, labels in group_labels(names.tables[d], len(per_doc)).items():
-            for label, tokens in grouped_sum(labels, per_doc).items():
+        for key, sums in tokens_by_label(ds, per_doc).items():
+            for label, tokens in sums.items():
                 by[key][label] = by[key].get(label, 0) + tokens
     return {"step": step, "samples": n, "tokens": int(sum(r["tokens"] for r in per_dataset)),
             "seq_length": width, "datasets": per_dataset,
             **{f"by_{k}": dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in by.items()}}
 
 
-def group_labels(table, documents: int) -> dict:
-    """Per document: its source, its language and "source/lang" as Arrow arrays (UNKNOWN where
-    the encode kept none)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def tokens_by_label(ds, per_doc: np.ndarray) -> dict[str, dict[str, int]]:
+    """`per_doc` summed per source, language and "source/lang" of the documents, from the
+    sidecar's dictionary codes (UNKNOWN without a sidecar, or where a value is missing)."""
+    from tokenizer_training.encode import read_docs
 
+    table = read_docs(ds.dataset.path_prefix, len(per_doc), columns=("source", "lang"))
     if table is None:
-        unknown = pa.array([UNKNOWN] * documents, pa.string())
-        return {"source": unknown, "lang": unknown, "source_lang": unknown}
-    source, lang = (pc.fill_null(table.column(c).combine_chunks(), UNKNOWN) for c in ("source", "lang"))
-    return {"source": source, "lang": lang, "source_lang": pc.binary_join_element_wise(source, lang, "/")}
+        total = int(per_doc.sum())
+        return {key: {UNKNOWN: total} if total else {} for key in ("source", "lang", "source_lang")}
+    (source, sources), (lang, langs) = (label_codes(table, c) for c in ("source", "lang"))
+    pairs = source * len(langs) + lang
+    pair_labels = [f"{s}/{l}" for s in sources for l in langs]
+    return {key: summed(codes, labels, per_doc) for key, codes, labels in
+            (("source", source, sources), ("lang", lang, langs), ("source_lang", pairs, pair_labels))}
 
 
-def grouped_sum(labels, values: np.ndarray) -> dict[str, int]:
-    """Sum of `values` per distinct label (labels with nothing are left out)."""
-    encoded = labels.dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    sums = np.bincount(codes, weights=values, minlength=len(encoded.dictionary))
-    return {str(k): int(v) for k, v in zip(encoded.dictionary.to_pylist(), sums) if v > 0}
+def label_codes(table, column: str) -> tuple[np.ndarray, list[str]]:
+    """A dictionary column as one code per document and the labels of the codes (nulls get the
+    last code, labelled UNKNOWN)."""
+    values = table.unify_dictionaries().column(column).combine_chunks()
+    labels = [str(v) for v in values.dictionary.to_pylist()] + [UNKNOWN]
+    codes = values.indices.fill_null(len(labels) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, labels
+
+
+def summed(codes: np.ndarray, labels: list[str], values: np.ndarray) -> dict[str, int]:
+    """`values` summed per label (labels with nothing left out; equal labels merged)."""
+    out: dict[str, int] = {}
+    for label, total in zip(labels, np.bincount(codes, weights=values, minlength=len(labels))):
+        if total > 0:
+            out[label] = out.get(label, 0) + int(total)
+    return out
 
 
 # ----------------------------------------------------------------------------- exports

@@ -49,7 +49,7 @@ def corpus(tmp_path_factory):
 def test_encode_sidecar_names_every_document_in_order(corpus, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from tokenizer_training.encode import docs_path, read_docs
+    from tokenizer_training.encode import docs_path, open_docs, read_docs
 
     data, rows = corpus
     summary = json.loads((data / "encode_summary.json").read_text())
@@ -61,6 +61,7 @@ def test_encode_sidecar_names_every_document_in_order(corpus, tmp_path):
         assert table.column("source").to_pylist() == [r["source"] for r in kept]
         assert set(table.column("lang").to_pylist()) == {lang}
         assert summary["outputs"][lang]["documents_file"] == docs_path(prefix).name
+    assert open_docs(data / "en_text_document", len(rows["en"]) - 1).metadata.num_row_groups > 1  # one per unit
     assert "empty-1" not in read_docs(data / "en_text_document", len(rows["en"]) - 1).column("id").to_pylist()
     short = tmp_path / "en_text_document"
     pq.write_table(pq.read_table(docs_path(data / "en_text_document")).slice(1), docs_path(short))
@@ -140,7 +141,7 @@ def test_batches_and_seen_match_what_the_trainer_fed(corpus, tmp_path):
     from checkpoints_tools import provenance as P
     from checkpoints_tools.dist_reader import DistCheckpointReader
 
-    data, _ = corpus
+    data, rows = corpus
     run, cont, export = tmp_path / "run", tmp_path / "cont", tmp_path / "export"
     ok(pretrain(2, run_args(data, run)))
     ckpts = run / "checkpoints"
@@ -160,6 +161,15 @@ def test_batches_and_seen_match_what_the_trainer_fed(corpus, tmp_path):
     proc = cli("checkpoints_tools", "batches", run, "--step", 5, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout) == json.loads(P.to_json(reports[4]))
+    # Each document is named after the input row it was encoded from (the sidecar is read a row
+    # group, i.e. an encode work unit, at a time).
+    kept = {lang: [r for r in rows[lang] if r["text"]] for lang in LANGS}
+    pieces = [(Path(s["dataset"]).name.split("_")[0], d) for r in reports for mb in r["micro_batches"]
+              for s in mb["samples"] for d in s["documents"]]
+    assert all((d["id"], d["source"], d["lang"]) == (kept[lang][d["document"]]["id"],
+                                                     kept[lang][d["document"]]["source"], lang)
+               for lang, d in pieces)
+    assert len({d["id"] for _, d in pieces}) > 20
     names = {d["id"] for mb in reports[4]["micro_batches"] for s in mb["samples"] for d in s["documents"]}
     text = P.format_batches(reports[4])
     assert "dp1 micro1:" in text and all(f"id={i}" in text for i in names)

@@ -165,21 +165,31 @@ def write_docs(prefix: Path, docs: list[dict]) -> None:
         pq.write_table(pa.Table.from_pylist(docs, schema=DOCS_SCHEMA), tmp)
 
 
-def read_docs(prefix: str | Path, documents: int) -> pa.Table | None:
-    """The sidecar of `prefix` (None when the encode kept none); its rows must be the dataset's
-    `documents`, else a UserError naming the file."""
+def open_docs(prefix: str | Path, documents: int) -> pq.ParquetFile | None:
+    """The sidecar of `prefix`, opened (None when the encode kept none; source and lang read as
+    dictionaries); its rows must be the dataset's `documents`, else a UserError naming the file."""
     path = docs_path(prefix)
     if not path.is_file():
         return None
+    expected = f"parquet with columns {', '.join(DOC_COLUMNS)}"
     try:
-        table = pq.read_table(path, columns=list(DOC_COLUMNS))
-    except (pa.ArrowInvalid, KeyError, OSError) as err:
+        sidecar = pq.ParquetFile(path, read_dictionary=["source", "lang"])
+    except (pa.ArrowInvalid, OSError) as err:
         raise UserError(f"unreadable document sidecar: {str(err).splitlines()[0]}", file=path,
-                        expected=f"parquet with columns {', '.join(DOC_COLUMNS)}") from None
-    if table.num_rows != documents:
-        raise UserError(f"document sidecar has {table.num_rows} rows for {documents} documents in the dataset",
-                        file=path, expected="the sidecar written with this .bin/.idx")
-    return table
+                        expected=expected) from None
+    missing = [c for c in DOC_COLUMNS if c not in sidecar.schema_arrow.names]
+    if missing:
+        raise UserError(f"document sidecar lacks columns {missing}", file=path, expected=expected)
+    if sidecar.metadata.num_rows != documents:
+        raise UserError(f"document sidecar has {sidecar.metadata.num_rows} rows for {documents} documents "
+                        "in the dataset", file=path, expected="the sidecar written with this .bin/.idx")
+    return sidecar
+
+
+def read_docs(prefix: str | Path, documents: int, columns=DOC_COLUMNS) -> pa.Table | None:
+    """`columns` of the sidecar of `prefix` (see open_docs)."""
+    sidecar = open_docs(prefix, documents)
+    return sidecar.read(columns=list(columns)) if sidecar is not None else None
 
 
 def dataset_files(prefix: Path) -> tuple[Path, Path]:
@@ -262,10 +272,12 @@ def run_units(pending: Sequence[Unit], model_path: Path, enc: EncodeConfig, dtyp
 
 
 def merge_group(out: Path, group: str, units: Sequence[Unit], parts: Path, dtype) -> None:
-    """Concatenate a group's parts, in unit order, into OUT/<group>_text_document.{bin,idx}."""
+    """Concatenate a group's parts, in unit order, into OUT/<group>_text_document.{bin,idx} and
+    its document sidecar (one row group per part)."""
     idx_path, bin_path = dataset_files(out / f"{group}{SUFFIX}")
-    docs = []
-    with atomic_path(idx_path) as idx_tmp, atomic_path(bin_path) as bin_tmp:
+    with atomic_path(idx_path) as idx_tmp, atomic_path(bin_path) as bin_tmp, \
+            atomic_path(docs_path(out / f"{group}{SUFFIX}")) as docs_tmp, \
+            pq.ParquetWriter(docs_tmp, DOCS_SCHEMA) as docs:
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
         for unit in units:
             listed = read_json(parts / f"{unit.index:07d}.done.json")["groups"]
@@ -277,10 +289,8 @@ def merge_group(out: Path, group: str, units: Sequence[Unit], parts: Path, dtype
                                 "delete the .done.json marker next to it and rerun to redo the unit",
                                 file=dataset_files(part)[0])
             builder.add_index(str(part))
-            docs.append(pq.read_table(docs_path(part)))
+            docs.write_table(pq.read_table(docs_path(part)))
         builder.finalize(str(idx_tmp))
-        with atomic_path(docs_path(out / f"{group}{SUFFIX}")) as docs_tmp:
-            pq.write_table(pa.concat_tables(docs) if docs else DOCS_SCHEMA.empty_table(), docs_tmp)
 
 
 def prepare_out(out: Path, fingerprint: dict, overwrite: bool) -> bool:
