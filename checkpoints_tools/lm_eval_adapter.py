@@ -24,7 +24,11 @@ def eval_device() -> tuple[str, torch.dtype]:
 def hf_lm(model_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
           device: str | None = None, dtype: torch.dtype | None = None):
     """HFLM over `model_dir` (weights, config and tokenizer all read from it)."""
-    from lm_eval.models.huggingface import HFLM
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as err:   # lm-eval's HF backend needs accelerate (lm-eval's "hf" extra)
+        raise UserError(f"lm-eval's Hugging Face backend cannot be imported ({err})",
+                        expected="pip install 'lm-eval[hf]' (accelerate)") from None
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
