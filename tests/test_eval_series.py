@@ -168,3 +168,29 @@ def test_released_layout_is_evaluated_and_compared(setup, tok_model, tmp_path):
     bad = cli("checkpoints_tools", "eval-series", setup["exports"], "--out", run_series, "--tasks", "tiny_arith",
               "--include-path", setup["tasks"], "--compare", tmp_path / "nowhere", timeout=None)
     assert bad.returncode == 2 and "field '--compare': no series.json found" in bad.stderr
+
+
+def test_make_task_writes_a_cloze_lm_eval_loads(tmp_path):
+    from checkpoints_tools.local_tasks import write_cloze_task
+    from checkpoints_tools.lm_eval_adapter import task_manager
+    from stack_common.errors import UserError
+
+    lines = [f"line number {i} has a beginning and then a distinct ending {i * 7}" for i in range(30)]
+    text = tmp_path / "heldout.txt"
+    text.write_text("\n".join(lines + ["short", "x" * 500]), encoding="utf-8")
+    yaml_path = write_cloze_task(text, tmp_path / "tasks", "cloze_t", n_items=10, seed=3)
+    items = [json.loads(line) for line in (tmp_path / "tasks" / "cloze_t.jsonl").read_text().splitlines()]
+    assert len(items) == 10
+    for item in items:
+        whole = item["context"] + item["choices"][item["label"]]
+        assert whole in lines                                   # the true ending completes its line
+        assert all(item["context"] + c not in lines for i, c in enumerate(item["choices"]) if i != item["label"])
+        assert len(set(item["choices"])) == 4
+    assert sorted({item["label"] for item in items}) != [0]     # the answer's position varies
+    again = write_cloze_task(text, tmp_path / "again", "cloze_t", n_items=10, seed=3)
+    assert (tmp_path / "again" / "cloze_t.jsonl").read_text() == (tmp_path / "tasks" / "cloze_t.jsonl").read_text()
+    manager = task_manager(str(yaml_path.parent), ("cloze_t",))
+    assert "cloze_t" in manager.task_index
+    with pytest.raises(UserError, match="3 usable lines, need at least 4"):
+        (tmp_path / "few.txt").write_text("\n".join(lines[:3]))
+        write_cloze_task(tmp_path / "few.txt", tmp_path / "few", "few")
