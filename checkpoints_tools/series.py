@@ -306,9 +306,7 @@ def eval_series(exports_dir: str | Path, out_dir: str | Path | None = None, plan
                 compare=(), label: str | None = None, **plan_fields) -> list[dict]:
     """Evaluate every model directory of `exports_dir`; write series.{json,csv,md}, plots (with
     the series of `compare` on the same axes) and TensorBoard scalars under `out_dir`."""
-    import lm_eval
-
-    from .lm_eval_adapter import eval_device, task_identity, task_manager
+    from .lm_eval_adapter import task_identity, task_manager
 
     plan = plan or EvalPlan(**plan_fields)
     exports_dir = Path(exports_dir)
@@ -326,17 +324,26 @@ def eval_series(exports_dir: str | Path, out_dir: str | Path | None = None, plan
         row = {"name": export.name, "tokens": tokens, **metrics}
         log.info(f"{export.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         rows.append(row)
-    device, dtype = eval_device()
     series = {"label": label or series_label(exports_dir), "exports": str(exports_dir.resolve()),
-              "lm_eval_version": lm_eval.__version__, "device": device, "dtype": str(dtype),
-              "num_fewshot": plan.num_fewshot, "limit": plan.limit, "batch_size": plan.batch_size,
-              "heldout": {name: path for name, _, path in heldout_sources(plan.text_files, plan.data_prefixes)},
-              "tasks": {task: {"identity": task_ids[task], **{k: task_reports.get(task, {}).get(k)
-                                                              for k in ("configs", "versions", "n_shot")}}
-                        for task in plan.tasks},
-              "rows": rows}
+              **harness_record(plan, task_ids, task_reports), "rows": rows}
     write_tables(series, out_dir, others)
     return rows
+
+
+def harness_record(plan: EvalPlan, task_ids: dict, task_reports: dict) -> dict:
+    """How the numbers were made: lm-eval version, device and dtype, settings, and per task its
+    identity (YAML sha256) and the configs, versions and shot counts the harness reported."""
+    import lm_eval
+
+    from .lm_eval_adapter import eval_device
+
+    device, dtype = eval_device()
+    return {"lm_eval_version": lm_eval.__version__, "device": device, "dtype": str(dtype),
+            "num_fewshot": plan.num_fewshot, "limit": plan.limit, "batch_size": plan.batch_size,
+            "heldout": {name: path for name, _, path in heldout_sources(plan.text_files, plan.data_prefixes)},
+            "tasks": {task: {"identity": task_ids[task],
+                             **{k: task_reports.get(task, {}).get(k) for k in ("configs", "versions", "n_shot")}}
+                      for task in plan.tasks}}
 
 
 def series_label(exports_dir: Path) -> str:
