@@ -49,8 +49,6 @@ class LangConfig:
     keep_langs: list[str] = field(default_factory=lambda: ["zh", "en", "code"])  # "*": keep every language
     zh_min_han_share: float = 0.3          # Han chars / (Han chars + Latin letters / 4): zh even if the model says en
     en_min_latin_ratio: float = 0.7        # Latin letters / letters (lang.model=script only)
-    code_min_line_ratio: float = 0.35      # lines that look like code
-    code_min_symbol_ratio: float = 0.04    # {}[]();=<> among non-space characters
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,6 +62,16 @@ class LangConfig:
             problems.append("lang.keep_langs: name the languages to keep, or [\"*\"] for all")
         if problems:
             raise ConfigError(problems)
+
+
+@dataclass
+class ContentTypeConfig:
+    """code / docs / prose (data_pipeline/content_type.py): which rule family judges a document."""
+    code_min_line_ratio: float = 0.4     # lines that look like code / non-empty lines
+    code_min_symbol_ratio: float = 0.01  # {}[]();=<> / non-space characters outside comments
+    code_min_lines: int = 3              # shorter texts (quotes, titles) are never code
+    docs_min_markup_lines: int = 2       # documentation markup lines needed to call a text docs
+    docs_min_markup_ratio: float = 0.06  # markup lines / lines that make docs even of code-heavy text
 
 
 @dataclass
@@ -105,6 +113,7 @@ class PipelineConfig:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     lang: LangConfig = field(default_factory=LangConfig)
+    content_type: ContentTypeConfig = field(default_factory=ContentTypeConfig)
     rules: dict[str, Any] = field(default_factory=dict)    # per language: configs/data/rules/<lang>.yaml
     quality: QualityConfig = field(default_factory=QualityConfig)
     quality_train: QualityTrainConfig = field(default_factory=QualityTrainConfig)

@@ -5,15 +5,20 @@ the per-language prose rules), because rules made for web pages misfire on the r
 brace rule removes every C example in a manual, FineWeb's duplicate-line rule removes plays.
 
 Both detectors look at lines, so they work without a file name and in any natural language:
-* code: the share of non-empty lines that look like code (a keyword or preprocessor directive at
-  the start, an assignment, a call, or a line ending in `; { } ( [ , : \\`), with enough symbols;
+* code: the share of non-empty lines that look like code (a comment; a keyword or preprocessor
+  directive at the start, an assignment, a call, a line ending in `; { } ( [ \\`, or in `, :` after
+  code punctuation; never a line of Chinese prose), with enough symbols;
 * docs: lines of markup that only documentation uses (reST titles and directives, Markdown
-  headings and fences, POD commands, man-page section names, LaTeX and Texinfo commands).
+  headings (between blank lines: a `# comment` block is not one) and fences, POD commands, man-page
+  section names, LaTeX and Texinfo commands).
+Dense markup (a README, a reST page of examples) makes docs first; then enough code lines make
+code; then any markup makes docs; the rest is prose.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from .config import ContentTypeConfig
 
 CODE_KEYWORD_RE = re.compile(
     r"^\s*(?:(?:def|class|import|from|return|if|elif|else|for|while|try|except|finally|with|raise|yield|assert|"
@@ -22,7 +27,11 @@ CODE_KEYWORD_RE = re.compile(
     r"public|private|protected|template|typename|namespace|using|virtual|override|fn|let|mut|impl|pub|var|function|"
     r"package|func|interface|sub|my|our|local|end|module|require|include|export|throw|new|delete)\b"
     r"|#\s*(?:include|define|if|ifdef|ifndef|endif|else|elif|pragma|undef)\b|@\w|#!/)")
-CODE_END_RE = re.compile(r"[;{}(\[,:\\]\s*$|^\s*[})\]]")
+CODE_END_RE = re.compile(r"[;{}(\[\\]\s*$|^\s*[})\]]")
+# "," and ":" also end wrapped prose: they count only on a line with code punctuation
+# (arguments, dict entries, Python block headers).
+CODE_SOFT_END_RE = re.compile(r"^(?=.*[=(\[\]\"'_]).*[,:]\s*$")
+HAN_RUN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]{3}")
 CODE_ASSIGN_RE = re.compile(r"^\s*[\w.\[\]\"'*]+\s*(?:[-+*/|&%^]|<<|>>|:)?=(?!=)\s*\S")
 CODE_CALL_RE = re.compile(r"\w\([^()]*\)\s*;?\s*$")
 CODE_COMMENT_RE = re.compile(r"^\s*(?://|/\*|\*(?:\s|/|$)|#(?![#!])\S?|--\s|;;)")
@@ -31,7 +40,7 @@ CODE_SYMBOL_RE = re.compile(r"[{}\[\]();=<>]")
 _TITLE_UNDERLINE = r"(?:={3,}|-{3,}|~{3,}|\^{3,}|\*{3,}|\+{3,}|#{3,})"
 DOC_MARKUP_RE = re.compile(
     r"^(?:\s*\.\. [\w:-]+::|\.\. _[^:]+:|" + _TITLE_UNDERLINE + r"\s*$"          # reST directives, targets, titles
-    r"|#{1,6} \S|\s*```|\s*~~~"                                                  # Markdown headings, fences
+    r"|(?<=\n\n)#{1,6} \S[^\n]*(?=\n\n)|\s*```|\s*~~~"                              # Markdown headings, fences
     r"|=(?:head[1-6]|item|over|back|pod|cut|encoding|begin|end|for)\b"           # POD
     r"|(?:NAME|SYNOPSIS|DESCRIPTION|OPTIONS|SEE ALSO|EXIT STATUS|ENVIRONMENT|FILES|BUGS|AUTHORS?)\s*$"  # man
     r"|(?:名称|总览|描述|选项|参见|名稱|總覽|選項|參見)\s*$"
@@ -41,28 +50,31 @@ DOC_MARKUP_RE = re.compile(
     re.MULTILINE)
 
 
-@dataclass
-class ContentTypeConfig:
-    code_min_line_ratio: float = 0.4     # lines that look like code / non-empty lines
-    code_min_symbol_ratio: float = 0.02  # {}[]();=<> / non-space characters
-    code_min_lines: int = 3              # shorter texts (quotes, titles) are never code
-    docs_min_markup_lines: int = 2       # documentation markup lines needed to call a text docs
+def looks_like_code(line: str) -> bool:
+    if CODE_COMMENT_RE.match(line):
+        return True
+    if HAN_RUN_RE.search(line):       # Chinese prose that mentions a function() or ends in ";"
+        return False
+    return bool(CODE_KEYWORD_RE.match(line) or CODE_END_RE.search(line) or CODE_SOFT_END_RE.match(line)
+                or CODE_ASSIGN_RE.match(line) or CODE_CALL_RE.search(line))
 
 
 def code_line_ratio(lines: list[str]) -> float:
-    hits = sum(1 for line in lines if CODE_KEYWORD_RE.match(line) or CODE_END_RE.search(line)
-               or CODE_ASSIGN_RE.match(line) or CODE_COMMENT_RE.match(line) or CODE_CALL_RE.search(line))
-    return hits / (len(lines) or 1)
+    return sum(map(looks_like_code, lines)) / (len(lines) or 1)
 
 
 def detect_content_type(text: str, cfg: ContentTypeConfig) -> tuple[str, dict]:
     """The document's content type and the facts it was decided on (kept in annotations)."""
     lines = [line for line in text.split("\n") if line.strip()]
-    nonspace = len(text) - text.count(" ") - text.count("\n") - text.count("\t")
     line_ratio = code_line_ratio(lines)
-    symbol_ratio = len(CODE_SYMBOL_RE.findall(text)) / (nonspace or 1)
+    # Symbols outside comments: a licence header does not make a file less code.
+    code_text = "\n".join(line for line in lines if not CODE_COMMENT_RE.match(line))
+    nonspace = len(code_text) - code_text.count(" ") - code_text.count("\n") - code_text.count("\t")
+    symbol_ratio = len(CODE_SYMBOL_RE.findall(code_text)) / (nonspace or 1)
     markup = len(DOC_MARKUP_RE.findall(text))
     facts = {"code_line_ratio": round(line_ratio, 3), "markup_lines": markup}
+    if markup >= cfg.docs_min_markup_lines and markup / len(lines) >= cfg.docs_min_markup_ratio:
+        return "docs", facts       # a README or manual page full of examples is still documentation
     if (len(lines) >= cfg.code_min_lines and line_ratio >= cfg.code_min_line_ratio
             and symbol_ratio >= cfg.code_min_symbol_ratio):
         return "code", facts

@@ -1,12 +1,13 @@
-"""Language annotation: a language-ID model names natural languages, script statistics decide code.
+"""Language annotation: a language-ID model names natural languages; code is a content type.
 
 The model labels a document with its language's ISO 639 code (en, zh, fr, ja, ...). The default is
 CLD2 through pycld2, whose tables are compiled into the extension module: nothing is downloaded and
 it runs offline. `lang.model=fasttext` uses a fastText LID file instead (lid.176.bin / .ftz), and
 `lang.model=script` the script statistics alone (zh / ja / ko / en / other).
 
-Script statistics always decide `code` (code stays line- and symbol-based), and stand in where the
-model has nothing to go on: no letters, or a verdict below `lang.min_score`. In that case they only
+A document whose content type is code (data_pipeline/content_type.py: line- and symbol-based) gets
+the language `code`. Script statistics stand in where the model has nothing to go on: no letters,
+or a verdict below `lang.min_score`. In that case they only
 name languages that their script identifies (zh, ja, ko); Latin text without a confident verdict is
 `other`, never assumed to be English.
 """
@@ -19,23 +20,18 @@ from importlib.metadata import version
 from stack_common.atomic import sha256_file
 from stack_common.errors import UserError
 
-from .config import LangConfig
+from .config import ContentTypeConfig, LangConfig
+from .content_type import detect_content_type
 
 HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 KANA_RE = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
 HANGUL_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 LATIN_RE = re.compile(r"[A-Za-z\u00c0-\u024f]")
 LETTER_RE = re.compile(r"[^\W\d_]")
-CODE_SYMBOL_RE = re.compile(r"[{}\[\]();=<>]")
-CODE_LINE_RE = re.compile(
-    r"^\s*(?:#include|#define|import |from \S+ import|def |class |return\b|if \(|for \(|while \(|"
-    r"function\b|var |let |const |public |private |package |@\w+|elif\b|else:|try:|except\b|finally:|"
-    r"raise\b|yield\b|assert\b|self\.|[\w.\[\]]+\s*[-+*/|&]?=\s*\S)|[;{}]\s*$|\)\s*:\s*$|^\s*[}\])]",
-    re.MULTILINE)
 # A script share above this names the language by itself (kana: ja, hangul: ko).
 SCRIPT_SHARE = 0.05
 # Languages script statistics can name without a model (Latin script could be any of dozens).
-NAMED_BY_SCRIPT = ("zh", "ja", "ko", "code")
+NAMED_BY_SCRIPT = ("zh", "ja", "ko")
 
 # Model labels that mean no language, and labels folded into the language whose rules apply.
 # Cantonese and Wu written in Han characters get the Chinese rules; the model's own label stays
@@ -51,8 +47,6 @@ CLD2_REFUSED = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\
 def script_stats(text: str) -> dict:
     letters = len(LETTER_RE.findall(text))
     han, latin = len(HAN_RE.findall(text)), len(LATIN_RE.findall(text))
-    nonspace = len(text) - sum(text.count(c) for c in " \n\t") or 1
-    lines = sum(1 for line in text.split("\n") if line.strip()) or 1
     return {
         "letters": letters,
         # A Han character carries about as much as four Latin letters (one short word).
@@ -60,15 +54,11 @@ def script_stats(text: str) -> dict:
         "latin_ratio": latin / (letters or 1),
         "kana_ratio": len(KANA_RE.findall(text)) / (letters or 1),
         "hangul_ratio": len(HANGUL_RE.findall(text)) / (letters or 1),
-        "code_line_ratio": len(CODE_LINE_RE.findall(text)) / lines,
-        "code_symbol_ratio": len(CODE_SYMBOL_RE.findall(text)) / nonspace,
     }
 
 
 def language_from_scripts(stats: dict, cfg: LangConfig) -> str:
-    """code / ja / ko / zh / en / other from script statistics alone (`lang.model=script`)."""
-    if stats["code_line_ratio"] >= cfg.code_min_line_ratio and stats["code_symbol_ratio"] >= cfg.code_min_symbol_ratio:
-        return "code"
+    """ja / ko / zh / en / other from script statistics alone (`lang.model=script`)."""
     if stats["kana_ratio"] > SCRIPT_SHARE:
         return "ja"
     if stats["hangul_ratio"] > SCRIPT_SHARE:
@@ -175,12 +165,17 @@ def decide_language(label: str, score: float, stats: dict, by_script: str, cfg: 
     return lang
 
 
-def annotate_language(text: str, cfg: LangConfig, detector=None) -> tuple[str, dict]:
-    """The document's language and the facts it was decided on (kept in annotations)."""
+def annotate_language(text: str, cfg: LangConfig, detector=None,
+                      content_cfg: ContentTypeConfig | None = None) -> tuple[str, dict]:
+    """The document's language (`code` for code) and the facts it was decided on, its content type
+    among them (kept in annotations)."""
+    content_type, _ = detect_content_type(text, content_cfg or ContentTypeConfig())
+    if content_type == "code":
+        return "code", {"content_type": content_type, "lang_by": "content_type"}
     stats = script_stats(text)
     by_script = language_from_scripts(stats, cfg)
-    facts = {"han_share": round(stats["han_share"], 4), "lang_by": "script"}
-    if detector is None or by_script == "code" or not stats["letters"]:
+    facts = {"content_type": content_type, "han_share": round(stats["han_share"], 4), "lang_by": "script"}
+    if detector is None or not stats["letters"]:
         return by_script, facts
     label, score = detector(text)
     facts.update(lang_by=detector.name, lang_label=label, lang_score=round(score, 4))

@@ -6,6 +6,7 @@ precision, recall and AUC; `QualityScorer` turns a document into P(high quality)
 """
 from __future__ import annotations
 
+import multiprocessing
 import random
 import re
 import tempfile
@@ -75,18 +76,36 @@ def heldout_report(model, pos: list[str], neg: list[str], max_chars: int, thresh
 
 
 def train_fasttext(train_file: Path, attempts: int = 4, **params):
-    """fastText supervised training, retried when it reports NaN: the fasttext-numpy2 build
-    occasionally diverges on small files (seen even at low learning rates) and a rerun succeeds."""
+    """fastText supervised training, retried in a fresh interpreter when it reports NaN.
+
+    fasttext-numpy2 sometimes diverges to NaN in a process that has already done other work (it
+    depends on what was allocated before, not on the data: the same file and seed train cleanly
+    in a new process), so the retries run in a spawned child and the parent loads its model."""
     import fasttext
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return fasttext.train_supervised(input=str(train_file), verbose=0, **params)
-        except RuntimeError as err:
-            if "NaN" not in str(err) or attempt == attempts:
-                raise UserError(f"fastText training failed ({err}); try a lower quality_train.lr",
-                                file=train_file) from None
-            log.warning("fastText training hit NaN (attempt %d of %d); retrying", attempt, attempts)
+    try:
+        return fasttext.train_supervised(input=str(train_file), verbose=0, **params)
+    except RuntimeError as err:
+        if "NaN" not in str(err):
+            raise UserError(f"fastText training failed ({err})", file=train_file) from None
+    for attempt in range(2, attempts + 1):
+        log.warning("fastText training hit NaN; retrying in a fresh process (attempt %d of %d)", attempt, attempts)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / "model.bin"
+            child = multiprocessing.get_context("spawn").Process(target=_train_and_save,
+                                                                 args=(str(train_file), str(model_path), params))
+            child.start()
+            child.join()
+            if child.exitcode == 0 and model_path.is_file():
+                return fasttext.load_model(str(model_path))
+    raise UserError(f"fastText training diverged (NaN) in {attempts} attempts; try a lower quality_train.lr",
+                    file=train_file)
+
+
+def _train_and_save(train_file: str, model_path: str, params: dict) -> None:
+    import fasttext
+
+    fasttext.train_supervised(input=train_file, verbose=0, **params).save_model(model_path)
 
 
 def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig) -> dict:

@@ -32,12 +32,13 @@ from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConf
 from .executors import run_units
 from .filters import check_rules
 from .funnel import plot_funnel
+from .lang import lang_model_identity
 from .readers import expand_inputs, input_id_names
 from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
 
 log = get_logger("data_pipeline.run")
-DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "rules", "quality", "dedup")
+DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "content_type", "rules", "quality", "dedup")
 
 
 @dataclass
@@ -103,18 +104,25 @@ def plan(stages: list[str], cfg: PipelineConfig) -> list[Segment]:
     return segments
 
 
+def model_paths(cfg: PipelineConfig, stages: list[str]) -> dict[str, str]:
+    """Config key -> file of every model the run's stages load (the language model: its file, or the
+    extension module CLD2's tables are compiled into)."""
+    lang_model = lang_model_identity(cfg.lang) if "annotate" in stages else None
+    files = {"lang.model": lang_model["file"] if lang_model else None,
+             "quality.model": cfg.quality.model if "quality" in stages else None}
+    return {key: path for key, path in files.items() if path}
+
+
 def model_files(cfg: PipelineConfig, stages: list[str]) -> dict[str, str]:
     """Config key -> content hash of every model file the run's stages load."""
-    files = {"lang.fasttext_model": cfg.lang.fasttext_model if "annotate" in stages else None,
-             "quality.model": cfg.quality.model if "quality" in stages else None}
-    return {key: sha256_file(path) for key, path in files.items() if path}
+    return {key: sha256_file(path) for key, path in model_paths(cfg, stages).items()}
 
 
-def check_models_unchanged(previous: dict, current: dict, cfg: PipelineConfig) -> None:
+def check_models_unchanged(previous: dict, current: dict, cfg: PipelineConfig, stages: list[str]) -> None:
     """A model file replaced under the same path would silently mix two models' outputs in one run."""
     for key, digest in (previous.get("model_sha256") or {}).items():
         if key in current and current[key] != digest and not cfg.overwrite:
-            path = cfg.lang.fasttext_model if key == "lang.fasttext_model" else cfg.quality.model
+            path = model_paths(cfg, stages)[key]
             raise UserError(f"{key} changed since this run started (sha256 {digest[:12]}... when it started, "
                             f"{current[key][:12]}... now): a resumed run must use the same model", file=path,
                             expected="the original model file, a new output directory, or overwrite=true")
@@ -129,7 +137,7 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
     if path.is_file():
         previous = read_json(path)
         models = decisive["model_sha256"]
-        check_models_unchanged(previous, models, cfg)
+        check_models_unchanged(previous, models, cfg, stages)
         before = previous.get("model_sha256", {})
         # Models of stages appended to the run (or unrecorded by an older run) are new, not changed.
         comparable = {**previous, "stages": stages,

@@ -91,26 +91,31 @@ class Normalize(Step):
 class Annotate(Step):
     """Labels each document's language (see data_pipeline.lang) and excludes the languages not in
     `lang.keep_langs` as `<lang>:lang.not_kept`. Reports every language seen (`langs`), what
-    decided (`lang_by`: the model or the script statistics) and the model's identity."""
+    decided (`lang_by`: the content type, the model or the script statistics), the content types
+    (`content_types`: code / docs / prose) and the model's identity."""
     name = "annotate"
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__()
         self.cfg = cfg.lang
+        self.content_cfg = cfg.content_type
         self.detector = build_detector(self.cfg)
         self.langs: Counter = Counter()
         self.decided_by: Counter = Counter()
+        self.content_types: Counter = Counter()
 
     def apply(self, doc: Document) -> str | None:
-        doc.lang, facts = annotate_language(doc.text, self.cfg, self.detector)
+        doc.lang, facts = annotate_language(doc.text, self.cfg, self.detector, self.content_cfg)
         doc.annotations.update(facts)
         self.langs[doc.lang] += 1
         self.decided_by[facts["lang_by"]] += 1
+        self.content_types[facts["content_type"]] += 1
         return None if kept(doc.lang, self.cfg) else f"{doc.lang}:lang.not_kept"
 
     def extras(self) -> dict:
         identity = lang_model_identity(self.cfg) or {"model": "script"}
         return {"langs": dict(sorted(self.langs.items())), "lang_by": dict(sorted(self.decided_by.items())),
+                "content_types": dict(sorted(self.content_types.items())),
                 "keep_langs": list(self.cfg.keep_langs), "lang_model": " ".join(
                     v for k, v in identity.items() if k in ("model", "package")),
                 "lang_model_sha256": identity.get("sha256")}
@@ -161,7 +166,7 @@ class Filter(Step):
         self.rule_sets = build_rule_sets(cfg.rules)
 
     def apply(self, doc: Document) -> str | None:
-        rule_set = self.rule_sets[rule_family(doc.lang)]
+        rule_set = self.rule_sets[rule_family(doc.lang, doc.annotations.get("content_type"))]
         reason = rule_set(doc.text)
         return f"{doc.lang}:{reason}" if reason else None
 

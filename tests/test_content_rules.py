@@ -74,9 +74,9 @@ def test_prose_and_verse_are_prose(lang, source):
 
 @pytest.fixture(scope="module")
 def prose(rule_sets) -> str:
-    """A real English page that the web rules keep (Python documentation prose, no braces)."""
-    pages = [text for text in sample("en", "python-doc") + sample("en", "shakespeare")
-             if "{" not in text and rule_sets["en"](text) is None]
+    """A real English page of web-page size that the web rules keep (a GNOME help page, no braces)."""
+    pages = [text for text in sample("en", "gnome-help-en")
+             if "{" not in text and rule_sets["en"](text) is None and 50 <= text.count("\n") < 100]
     return pages[0]
 
 
@@ -91,11 +91,12 @@ def with_snippet(page: str, snippet: str) -> str:
     "The set is written {1, 2, 3} and its power set has eight members.",
     r"Euler's identity, $e^{i\pi} + 1 = 0$, links five constants.",
     'Format it with "{:>10}".format(name) to right-align the column.',
+    "Run make -C ${HOME}/src V=$(nproc) to build it, then export PATH=${PATH}:/opt/bin.",
 ])
 def test_braces_in_prose_are_kept(snippet, rule_sets, prose):
     text = with_snippet(prose, snippet)
     assert en.c4(en.EnglishText(text), {"curly_braces": True}) == "c4.curly_braces"      # C4's rule: removed
-    assert en.c4(en.EnglishText(text), {"code_leftovers": True}) is None                 # now kept
+    assert en.c4(en.EnglishText(text), {"max_code_leftover_line_ratio": 0.0}) is None    # now kept
     assert rule_sets["en"](text) is None
 
 
@@ -105,12 +106,19 @@ def test_braces_in_prose_are_kept(snippet, rule_sets, prose):
     "$(document).ready(function(){ $('.menu').hide(); });",
     "Hello {{ user.first_name }}, your order {{ order.id }} has shipped.",
     "{% if user.is_authenticated %} Welcome back! {% endif %}",
-    "Total: ${cart.total} (incl. VAT)",
+    "gtag('config', 'G-12345'); window.dataLayer = window.dataLayer || [];",
 ])
 def test_script_and_template_residue_is_removed(snippet, rule_sets, prose):
     text = with_snippet(prose, snippet)
-    assert en.c4(en.EnglishText(text), {"code_leftovers": True}) == "c4.code_leftovers"
-    assert rule_sets["en"](text) == "c4.code_leftovers"
+    assert en.c4(en.EnglishText(text), {"max_code_leftover_line_ratio": 0.0}) == "c4.max_code_leftover_line_ratio"
+    assert rule_sets["en"](text) == "c4.max_code_leftover_line_ratio"
+
+
+def test_a_book_quoting_a_few_lines_of_script_is_kept(rule_sets):
+    book = "\n\n".join(sample("en", "shakespeare") + sample("en", "python-doc"))
+    quoted = with_snippet(book, "$(document).ready(function(){ $('.menu').hide(); });")
+    assert en.c4(en.EnglishText(quoted), {"max_code_leftover_line_ratio": 0.0}) == "c4.max_code_leftover_line_ratio"
+    assert rule_sets["en"](quoted) is None
 
 
 # --- repeated lines: speaker names and table rulings are not boilerplate ---------------------------

@@ -2,6 +2,7 @@
 resume, and rule thresholds that are typed (a misspelt key is an error, not a disabled check)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def test_changed_model_file_is_refused_on_resume(tmp_path):
     stages = ["normalize", "annotate", "quality"]
     check_run_config(tmp_path / "out", cfg, [tmp_path / "in.jsonl"], stages)
     recorded = json.loads((tmp_path / "out" / "run_config.json").read_text())["model_sha256"]
-    assert list(recorded) == ["quality.model"] and len(recorded["quality.model"]) == 64
+    assert sorted(recorded) == ["lang.model", "quality.model"]
+    assert recorded["quality.model"] == hashlib.sha256(b"model version one").hexdigest()
 
     check_run_config(tmp_path / "out", cfg, [tmp_path / "in.jsonl"], stages)       # same file: resumes
     model.write_bytes(b"model version two")                                       # same path, other model
@@ -110,3 +112,17 @@ def test_misspelt_clean_lines_key_fails_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match="rules.en.clean_lines.max_word_char"):
         execute(cfg)
     assert not (tmp_path / "out" / "stages").exists()
+
+
+def test_changed_language_model_file_is_refused_on_resume(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": TEXT}) + "\n")
+    lid = tmp_path / "lid.bin"
+    lid.write_bytes(b"language model one")
+    cfg = load_config([f"input={tmp_path}/in.jsonl", f"output={tmp_path}/out", "lang.model=fasttext",
+                       f"lang.fasttext_model={lid}"])
+    stages = ["normalize", "annotate"]
+    check_run_config(tmp_path / "out", cfg, [tmp_path / "in.jsonl"], stages)
+    lid.write_bytes(b"language model two")
+    with pytest.raises(UserError, match="lang.model changed since this run started") as err:
+        check_run_config(tmp_path / "out", cfg, [tmp_path / "in.jsonl"], stages)
+    assert str(lid) in str(err.value)

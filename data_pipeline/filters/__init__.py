@@ -73,8 +73,11 @@ def check_rules(rules_cfg: dict) -> None:
     build_rule_sets(rules_cfg)
 
 
-def rule_family(lang: str) -> str:
-    """The rule set a document is judged by: its language's own, else `other` (fr, de, ja, ...)."""
+def rule_family(lang: str, content_type: str | None = None) -> str:
+    """The rule set a document is judged by: `docs` for documentation and markup, else its
+    language's own (`code` for code), else `other` (fr, de, ja, ...)."""
+    if content_type == "docs" and lang != "code":
+        return "docs"
     return lang if lang in RULE_FAMILIES else "other"
 
 

@@ -17,12 +17,16 @@ WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
 ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
 BULLETS = ("•", "-", "*", "●", "·", "‣", "◦", "▪", "➢", "–")
 ELLIPSES = ("...", "…")
-# Residue of scripts and templates in extracted web text: JavaScript functions, variables and DOM
-# calls, jQuery, arrow functions, `});`, script tags, and unrendered {{ }}, {% %}, ${ } templates.
-# Any "{" (C4's rule) would also remove every code sample, C struct and LaTeX formula.
+# Residue of scripts and templates in extracted web text: JavaScript functions, variables, DOM and
+# jQuery calls, arrow functions, `});`, script tags, analytics snippets, unrendered {{ }} and {% %}
+# templates. Any "{" (C4's rule) would also remove every code sample, C struct and LaTeX formula;
+# shell's ${VAR} and $(cmd) are not residue either.
 CODE_LEFTOVER_RE = re.compile(
-    r"\bfunction\s*[\w$]*\s*\([^)]*\)\s*\{|\b(?:var|let|const)\s+[\w$]+\s*=\s*[^=]|\b(?:document|window)\.\w+"
-    r"|\$\(\s*['\"\w]|=>\s*\{|\}\s*\)\s*;|</?script\b|\{\{[^{}\n]*\}\}|\{%[^%\n]*%\}|\$\{[^}\n]*\}")
+    r"\bfunction\s*[\w$]*\s*\([^)]*\)\s*\{|\b(?:var|let|const)\s+[\w$]+\s*=\s*[^=\s]"
+    r"|\bdocument\.(?:getElement|querySelector|write|cookie|location|createElement|addEventListener)"
+    r"|\bwindow\.(?:location|onload|open|addEventListener|dataLayer|setTimeout)"
+    r"|\$\(\s*(?:document|window|this|function|['\"][.#]?[\w-]+['\"])\s*\)|=>\s*\{|\}\s*\)\s*;|</?script\b"
+    r"|\bdataLayer\.push|\bgtag\(|_gaq\.push|\{\{[^{}\n]*\}\}|\{%[^%\n]*%\}")
 TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ")", ":", ";", "…")
 
 
@@ -98,7 +102,9 @@ class GopherRepetitionParams:
 class C4Params:
     lorem_ipsum: bool = False
     curly_braces: bool = False           # C4's rule: any "{" (also every code sample and formula)
-    code_leftovers: bool = False         # what the brace rule was after: JavaScript and template residue
+    # What the brace rule was after: lines with JavaScript or template residue / non-empty lines.
+    # 0.0 removes a page for one such line (C4's strictness); a book quoting code is not a web page.
+    max_code_leftover_line_ratio: Optional[float] = None
     min_sentences: Optional[int] = None
 
 
@@ -193,8 +199,10 @@ def c4(doc: EnglishText, p: dict) -> str | None:
         return "c4.lorem_ipsum"
     if p.get("curly_braces") and "{" in doc.text:
         return "c4.curly_braces"
-    if p.get("code_leftovers") and CODE_LEFTOVER_RE.search(doc.text):
-        return "c4.code_leftovers"
+    if p.get("max_code_leftover_line_ratio") is not None and CODE_LEFTOVER_RE.search(doc.text):
+        residue = sum(1 for line in doc.lines if CODE_LEFTOVER_RE.search(line))
+        if residue / (len(doc.lines) or 1) > p["max_code_leftover_line_ratio"]:
+            return "c4.max_code_leftover_line_ratio"
     if p.get("min_sentences") is not None:
         sentences = len(re.findall(r"[.!?]+(?:\s|$)", doc.text))
         if sentences < p["min_sentences"]:
