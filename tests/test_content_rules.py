@@ -4,6 +4,7 @@ Chinese man pages) and files of packages installed from the lock (protobuf's gen
 grpc's licence-only __init__ files, numpy's reST README, tqdm's man page, lm-eval's Markdown)."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -181,3 +182,40 @@ def test_long_documents_are_not_removed_for_length(rule_sets):
     book = "\n\n".join(sample("en", "shakespeare") + sample("en", "python-doc"))   # an anthology, 1.2 MB
     assert len(book.split()) > 100_000
     assert rule_sets["en"](book) is None
+
+
+def test_json_data_file_is_removed(rule_sets):
+    """A real CycloneDX SBOM (JSON) that installed wheels carry: it looks like code by its lines."""
+    dist = importlib.metadata.distribution("filelock")
+    sbom = next(f for f in dist.files if str(f).endswith(".cdx.json"))
+    text = Path(dist.locate_file(sbom)).read_text(encoding="utf-8")
+    assert content_type(text) == "code"
+    assert code_reason(text, rule_sets) == "code.max_data_line_ratio"
+
+
+def test_numbered_sections_make_a_manual_docs():
+    chapter = "\n\n".join(["2.4. Create HTML Files", "Once XML files have been validated, run make html-en.",
+                           "2.5. Sending your files", "Report a bug in GIMP."])
+    assert content_type(chapter) == "docs"
+    news = "\n\n".join(["Prices rose 2.4 percent in May.", "Analysts expect 3.1 percent next year."])
+    assert content_type(news) == "prose"
+
+
+def test_repeated_labels_are_not_spam(rule_sets):
+    """API reference pages repeat "Syntax:", "Example:", "Yes"; repeated sentences still count."""
+    labels = ["Syntax:", "Example:", "Parameters:", "Yes", "No"] * 6
+    assert duplicate_fractions(labels, min_chars=15) == (0.0, 0.0)
+    spam = ["Buy cheap watches online today, free shipping!"] * 6 + ["Contact us."]
+    assert duplicate_fractions(spam, min_chars=15)[0] == pytest.approx(5 / 7)
+
+
+def test_chinese_table_rulings_are_not_repeated_phrases():
+    from data_pipeline.filters import chinese as zh
+
+    cells = [("ls", "列出目录内容"), ("cp", "复制文件和目录"), ("mv", "移动或重命名文件"), ("rm", "删除文件"),
+             ("cat", "连接并显示文件"), ("grep", "按模式搜索文本"), ("chmod", "改变文件权限"), ("ps", "报告进程状态")]
+    rows = [line for cmd, what in cells for line in ("├────────┼────────────────┤", f"│ {cmd:6} │ {what} │")]
+    table = "\n".join(["1.2.5. 常用命令", "下表列出最常用的文件命令。"] + rows)
+    params = {"max_top_ngram_char_ratio": [[2, 0.25]]}
+    assert zh.repetition(zh.ChineseText(table), params) is None
+    assert zh.repetition(zh.ChineseText("免费领取" * 10), params) == "repetition.max_top_ngram_char_ratio"

@@ -15,6 +15,7 @@ from .english import NgramLimits, _over, _under, check_ngram_limits, ngram_repet
 from .generic import LengthParams
 
 SPACE_RE = re.compile(r"\s+")
+NON_CONTENT_RE = re.compile(r"[\W_]+")
 DIGIT_RE = re.compile(r"[0-9０-９]")
 PUNCT_RE = re.compile(r"[，。！？；：、“”‘’（）《》〈〉【】「」『』…—～·,.!?;:()\"'\[\]<>\-~]")
 CHAR_RUN_RE = re.compile(r"([^\W\d_])\1+")   # a letter or Han character repeated ("啊啊啊")
@@ -68,6 +69,12 @@ class ChineseText:
     def lines(self) -> list[str]:
         return nonempty_lines(self.text)
 
+    @cached_property
+    def content_chars(self) -> str:
+        """Letters, digits and Han characters only: repeated table rulings (─┼─) and punctuation
+        are layout, not repeated phrases."""
+        return NON_CONTENT_RE.sub("", self.text)
+
 
 def length(doc: ChineseText, p: dict) -> str | None:
     if _under(len(doc.chars), p.get("min_chars")):
@@ -101,7 +108,7 @@ def repetition(doc: ChineseText, p: dict) -> str | None:
         return "repetition.max_dup_line_ratio"
     if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
         return "repetition.max_dup_line_char_ratio"
-    chars = doc.chars
+    chars = doc.content_chars
     return ngram_repetition(chars, None, len(chars), p, "repetition")
 
 

@@ -86,7 +86,7 @@ class GopherQualityParams:
 
 @dataclass
 class GopherRepetitionParams:
-    min_dup_line_chars: int = 0          # shorter lines (speaker names, headings) never count as repeats
+    min_dup_line_chars: int = 0          # shorter lines and paragraphs (speaker names, labels) never count as repeats
     max_dup_line_ratio: Optional[float] = None
     max_dup_para_ratio: Optional[float] = None
     max_dup_line_char_ratio: Optional[float] = None
@@ -169,7 +169,7 @@ def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
         return "gopher_repetition.max_dup_line_ratio"
     if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
         return "gopher_repetition.max_dup_line_char_ratio"
-    para_dup, para_char_dup = duplicate_fractions(paragraphs(doc.text))
+    para_dup, para_char_dup = duplicate_fractions(paragraphs(doc.text), p.get("min_dup_line_chars") or 0)
     if _over(para_dup, p.get("max_dup_para_ratio")):
         return "gopher_repetition.max_dup_para_ratio"
     if _over(para_char_dup, p.get("max_dup_para_char_ratio")):
