@@ -219,3 +219,12 @@ def test_chinese_table_rulings_are_not_repeated_phrases():
     params = {"max_top_ngram_char_ratio": [[2, 0.25]]}
     assert zh.repetition(zh.ChineseText(table), params) is None
     assert zh.repetition(zh.ChineseText("免费领取" * 10), params) == "repetition.max_top_ngram_char_ratio"
+
+
+def test_docs_rules_keep_manual_pages_and_remove_an_embedded_blob(rule_sets):
+    """The Python documentation sample (reST with code samples, which C4's brace rule and FineWeb's
+    repeated-line rule used to remove) passes the docs rules; a minified script pasted in does not."""
+    pages = [text for text in sample("en", "python-doc") if content_type(text) == "docs"]
+    assert len(pages) >= 40 and [rule_sets["docs"](text) for text in pages] == [None] * len(pages)
+    minified = "var a=" + ",".join(f"b{i}=function(c){{return c*{i}}}" for i in range(400)) + ";"
+    assert rule_sets["docs"](with_snippet(pages[0], minified)) == "docs.max_line_chars"
