@@ -33,7 +33,7 @@ from .series import list_exports, series_unit, set_token_scale
 
 log = get_logger("checkpoints_tools.dynamics")
 
-BLOCK_ROWS = 4096
+BLOCK_ROWS = 2048   # 32 MiB of fp32 for a 4096-wide row block
 EMBED = "model.embed_tokens.weight"
 HEAD = "lm_head.weight"
 LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight$")
@@ -110,14 +110,15 @@ class SafetensorsModel:
 
 
 def tensor_norm(model: SafetensorsModel, name: str) -> float:
-    return float(np.sqrt(sum(float(b.double().pow(2).sum()) for b in model.blocks(name))))
+    """Squares in fp32 (exact enough for bf16/fp32 weights), summed in fp64: no fp64 block copy."""
+    return float(np.sqrt(sum(float(b.square().sum(dtype=torch.float64)) for b in model.blocks(name))))
 
 
 def change_norm(model: SafetensorsModel, previous: SafetensorsModel, name: str) -> float:
     """||W - W_prev|| over the same blocks of rows of both checkpoints."""
     total = 0.0
     for a, b in zip(model.blocks(name), previous.blocks(name)):
-        total += float((a.double() - b.double()).pow(2).sum())
+        total += float((a - b).square_().sum(dtype=torch.float64))
     return float(np.sqrt(total))
 
 
