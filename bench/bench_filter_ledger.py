@@ -120,7 +120,7 @@ def run_steps(docs: list[Document]) -> dict:
 
 def print_table(title: str, sources: dict) -> None:
     print(f"\n{title}")
-    print(f"| source | kind | docs | MB in | bytes kept | docs kept | langs | main reasons (MB removed) |")
+    print("| source | kind | docs | MB in | bytes kept | docs kept | langs | main reasons (MB removed) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, row in sorted(sources.items()):
         kept = row["bytes_kept"] / (row["bytes_in"] or 1)

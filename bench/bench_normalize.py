@@ -100,7 +100,7 @@ def compare(sources: dict[str, list[dict]], commit: str) -> None:
             "now": (lambda text, n=Normalizer(load_config([]).normalize): n(text)[0],
                     {lang: LineCleaner(rules[lang]["clean_lines"]) for lang in ("en", "zh")}),
         }
-        print(f"\n| version | docs changed by normalize | chars it removed | docs changed by clean_lines | "
+        print("\n| version | docs changed by normalize | chars it removed | docs changed by clean_lines | "
               "chars it removed | normalize CPU s | clean_lines CPU s |")
         print("|---|---|---|---|---|---|---|")
         for name, (normalize, cleaners) in versions.items():

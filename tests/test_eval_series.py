@@ -187,7 +187,7 @@ def test_make_task_writes_a_cloze_lm_eval_loads(tmp_path):
         assert all(item["context"] + c not in lines for i, c in enumerate(item["choices"]) if i != item["label"])
         assert len(set(item["choices"])) == 4
     assert sorted({item["label"] for item in items}) != [0]     # the answer's position varies
-    again = write_cloze_task(text, tmp_path / "again", "cloze_t", n_items=10, seed=3)
+    write_cloze_task(text, tmp_path / "again", "cloze_t", n_items=10, seed=3)
     assert (tmp_path / "again" / "cloze_t.jsonl").read_text() == (tmp_path / "tasks" / "cloze_t.jsonl").read_text()
     manager = task_manager(str(yaml_path.parent), ("cloze_t",))
     assert "cloze_t" in manager.task_index

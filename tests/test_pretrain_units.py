@@ -62,7 +62,7 @@ def test_loss_watch_counts_skipped_steps_in_a_row_and_spikes():
 
 def test_parallel_group_rejects_unknown_keys():
     from pretrain.config import parallel_from_cfg
-    from stack_common.errors import ConfigError, UserError
+    from stack_common.errors import ConfigError
 
     assert parallel_from_cfg({"tp": 2, "pp": 2, "vpp": 2}).vpp == 2
     with pytest.raises(ConfigError, match="sequence_paralel"):
