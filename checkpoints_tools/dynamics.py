@@ -29,6 +29,7 @@ from stack_common.errors import UserError
 from stack_common.logging import get_logger
 
 from .export import EXPORT_META, ROW_NORMS_FILE, ROW_NORMS_KEY
+from .hf_io import WeightFiles
 from .series import list_exports, series_unit, set_token_scale
 
 log = get_logger("checkpoints_tools.dynamics")
@@ -42,54 +43,16 @@ DECILE = 0.1
 
 # ----------------------------------------------------------------------------- streamed reading
 
-class SafetensorsModel:
-    """A model directory's tensors by name, opened lazily: safetensors shards with safe_open, the
-    `pytorch_model-*.bin` shards of released Baichuan 2 checkpoints memory-mapped (torch.load
-    mmap=True); either way only the rows asked for are read. One shard open at a time."""
-
-    INDEXES = (("model.safetensors.index.json", "model.safetensors"),
-               ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+class SafetensorsModel(WeightFiles):
+    """An export's tensors read a block of rows at a time (safetensors get_slice, or the
+    memory-mapped `.bin` shards of released checkpoints), one shard open at a time."""
 
     def __init__(self, model_dir: Path):
-        self.dir = model_dir
-        self._handles: dict = {}
-        for index, single in self.INDEXES:
-            if (model_dir / index).is_file():
-                self.weight_map = read_json_file(model_dir / index).get("weight_map") or {}
-                return
-            if (model_dir / single).is_file():
-                self.weight_map = dict.fromkeys(self._keys(self._handle(single)), single)
-                return
-        raise UserError("no weights found", file=model_dir,
-                        expected="model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
-
-    @staticmethod
-    def _keys(handle) -> list[str]:
-        return list(handle.keys())
-
-    def names(self) -> list[str]:
-        return sorted(self.weight_map)
-
-    def _handle(self, file: str):
-        if file not in self._handles:
-            path = self.dir / file
-            if not path.is_file():
-                raise UserError("weight file listed in the index is missing", file=path)
-            try:
-                if file.endswith(".safetensors"):
-                    from safetensors import safe_open
-
-                    handle = safe_open(str(path), framework="pt")
-                else:
-                    handle = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as err:
-                raise UserError(f"cannot read weights: {err}", file=path) from err
-            self._handles = {file: handle}
-        return self._handles[file]
+        super().__init__(model_dir, max_open=1)
 
     def _view(self, name: str):
         """(shape, an object sliced by rows without reading the rest)."""
-        handle = self._handle(self.weight_map[name])
+        handle = self.handle_of(name)
         if hasattr(handle, "get_slice"):
             view = handle.get_slice(name)
             return list(view.get_shape()), view

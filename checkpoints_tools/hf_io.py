@@ -55,7 +55,63 @@ def write_config(out_dir: Path, fmt: str, arch: Arch, dtype: torch.dtype, specia
 
 # ----------------------------------------------------------------------------- reading HF dirs
 
-class HFCheckpoint:
+class WeightFiles:
+    """A model directory's weight shards by tensor name, opened lazily: safetensors with safe_open,
+    `pytorch_model-*.bin` (released Baichuan 2 checkpoints) memory-mapped, so only the tensors asked
+    for are read. `max_open` shards stay open (None: all; 1 for streaming a series)."""
+
+    INDEXES = (("model.safetensors.index.json", "model.safetensors"),
+               ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+
+    def __init__(self, model_dir: str | Path, max_open: int | None = None):
+        self.dir = Path(model_dir)
+        self.max_open = max_open
+        self._open: dict[str, object] = {}
+        self.weight_map = self._weight_map()
+
+    def _weight_map(self) -> dict[str, str]:
+        for index_name, single in self.INDEXES:
+            if (self.dir / index_name).is_file():
+                return read_json_file(self.dir / index_name).get("weight_map") or {}
+            if (self.dir / single).is_file():
+                return dict.fromkeys(self.handle(single).keys(), single)
+        raise UserError("no weights found", file=self.dir,
+                        expected="model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
+
+    def handle(self, file: str):
+        if file not in self._open:
+            path = self.dir / file
+            if not path.is_file():
+                raise UserError("weight file listed in the index is missing", file=path)
+            try:
+                if file.endswith(".safetensors"):
+                    from safetensors import safe_open
+
+                    handle = safe_open(str(path), framework="pt")
+                else:  # memory-mapped: only the tensors asked for are paged in
+                    handle = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as err:
+                raise UserError(f"cannot read weights: {err}", file=path) from err
+            if self.max_open is not None and len(self._open) >= self.max_open:
+                self._open.clear()
+            self._open[file] = handle
+        return self._open[file]
+
+    def handle_of(self, name: str):
+        file = self.weight_map.get(name)
+        if file is None:
+            raise UserError("tensor missing from the checkpoint", file=self.dir, field=name)
+        return self.handle(file)
+
+    def get(self, name: str) -> torch.Tensor:
+        handle = self.handle_of(name)
+        return handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.weight_map)
+
+
+class HFCheckpoint(WeightFiles):
     """Lazy, tensor-by-tensor access to a Hugging Face model directory."""
 
     def __init__(self, path: str | Path, position: str | None = None):
@@ -70,49 +126,7 @@ class HFCheckpoint:
         self.format = detect_format(self.config, config_path)
         self.position_source = position_source(self.config, self.dir, position)
         self.arch = arch_from_hf_config(self.config, config_path, self.position_source[0])
-        self._open: dict[str, object] = {}
-        self.weight_map = self._weight_map()
-
-    def _weight_map(self) -> dict[str, str]:
-        for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                                   ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-            index = self.dir / index_name
-            if index.is_file():
-                return json.loads(index.read_text())["weight_map"]
-            if (self.dir / single).is_file():
-                return {name: single for name in self._names_in(single)}
-        raise UserError("no weights found", file=self.dir,
-                        expected="model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
-
-    def _names_in(self, file: str) -> list[str]:
-        return list(self._handle(file).keys())
-
-    def _handle(self, file: str):
-        if file not in self._open:
-            path = self.dir / file
-            if not path.is_file():
-                raise UserError("weight file listed in the index is missing", file=path)
-            try:
-                if file.endswith(".safetensors"):
-                    from safetensors import safe_open
-
-                    self._open[file] = safe_open(str(path), framework="pt")
-                else:  # memory-mapped: only the tensors asked for are paged in
-                    self._open[file] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as err:
-                raise UserError(f"cannot read weights: {err}", file=path) from err
-        return self._open[file]
-
-    def get(self, name: str) -> torch.Tensor:
-        file = self.weight_map.get(name)
-        if file is None:
-            raise UserError("tensor missing from the checkpoint", file=self.dir, field=name)
-        handle = self._handle(file)
-        tensor = handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
-        return tensor
-
-    def names(self) -> list[str]:
-        return sorted(self.weight_map)
+        super().__init__(self.dir)
 
 
 def detect_format(config: dict, where) -> str:
