@@ -113,18 +113,26 @@ def pretrain(demo: Demo) -> None:
               f"checkpoint.dir={demo.path('run')}", f"training.train_iters={demo.train_iters}",
               f"training.eval_interval={demo.train_iters // 4}",
               f"checkpoint.save_interval={demo.train_iters // 4}",
-              f"checkpoint.milestone_every_tokens={demo.train_iters // 4 * tokens_per_iter}"],
+              f"checkpoint.milestone_every_tokens={demo.train_iters // 4 * tokens_per_iter}",
+              "checkpoint.milestone_step0=true", "checkpoint.milestone_log_steps=8"],
              env={"OMP_NUM_THREADS": "1"})
 
 
 def checkpoints(demo: Demo) -> None:
     run, exports = demo.path("run"), demo.path("exports")
-    demo.run("checkpoints: inspect the run", [PY, "-m", "checkpoints_tools", "inspect", str(run)])
+    demo.run("checkpoints: inspect the run (step 0, steps 1-8 log-spaced, then every quarter of the run)",
+             [PY, "-m", "checkpoints_tools", "inspect", str(run)])
+    demo.run("checkpoints: the documents in each micro-batch of step 4",
+             [PY, "-m", "checkpoints_tools", "batches", str(run), "--step", "4"])
+    demo.run("checkpoints: tokens seen per source and language by the end of the run",
+             [PY, "-m", "checkpoints_tools", "seen", str(run), "--step", str(demo.train_iters)])
     demo.run("checkpoints: export the milestone series to Hugging Face (llama format)",
              [PY, "-m", "checkpoints_tools", "export-series", str(run), "--out", str(exports)])
     demo.run("checkpoints: evaluate the series on held-out text (perplexity vs tokens, plot)",
              [PY, "-m", "checkpoints_tools", "eval-series", str(exports),
               "--text", str(demo.path("raw", "heldout-en.txt")), str(demo.path("raw", "heldout-zh.txt"))])
+    demo.run("checkpoints: training dynamics across the series (weight norms, changes, NormHead, embeddings)",
+             [PY, "-m", "checkpoints_tools", "dynamics", str(exports), "--tensorboard", str(run / "tensorboard")])
 
 
 def generate(demo: Demo) -> None:

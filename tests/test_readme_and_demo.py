@@ -91,3 +91,10 @@ def test_demo_small_runs_end_to_end(tmp_path):
     for key in (k for k in first if k.startswith("ppl/")):
         assert last[key] < first[key], f"held-out {key} should fall during training: {first[key]} -> {last[key]}"
     assert proc.stdout.count("generate      :") == 2
+    # the series a researcher studies: step 0 and log-spaced steps kept, batches named, dynamics drawn
+    kept = sorted(p.name for p in (out / "run" / "checkpoints").glob("iter_*"))
+    assert {"iter_0000000", "iter_0000001", "iter_0000002", "iter_0000004", "iter_0000008"} <= set(kept)
+    assert first["tokens"] == 0 and all("training_state.json" in {f.name for f in e.iterdir()}
+                                         for e in (out / "exports").iterdir() if (e / "config.json").is_file())
+    assert "step 4" in proc.stdout and "source=" in proc.stdout
+    assert (out / "exports" / "dynamics" / "dynamics.csv").is_file()
