@@ -228,3 +228,15 @@ def test_docs_rules_keep_manual_pages_and_remove_an_embedded_blob(rule_sets):
     assert len(pages) >= 40 and [rule_sets["docs"](text) for text in pages] == [None] * len(pages)
     minified = "var a=" + ",".join(f"b{i}=function(c){{return c*{i}}}" for i in range(400)) + ";"
     assert rule_sets["docs"](with_snippet(pages[0], minified)) == "docs.max_line_chars"
+
+
+def test_table_rows_are_not_judged_as_sentences():
+    from data_pipeline.filters import chinese as zh
+
+    rows = ["┌────────┬────────────────┐", "│ 快捷键 │ 键绑定功能     │", "├────────┼────────────────┤",
+            "│ F1     │ 帮助菜单       │", "│ F3     │ 内部文件查看器 │", "└────────┴────────────────┘"]
+    page = "\n".join(["默认的两个目录面板里包含了文件列表。", "接下来是一些必要的快捷键。", *rows])
+    params = {"min_line_punct_ratio": 0.5}
+    assert zh.lines(zh.ChineseText(page), params) is None          # 2 of 2 sentences end in 。
+    menu = "\n".join(["首页", "产品中心", "新闻动态", "联系我们", "默认的两个目录面板里包含了文件列表。", *rows])
+    assert zh.lines(zh.ChineseText(menu), params) == "lines.min_line_punct_ratio"   # 1 of 5 does

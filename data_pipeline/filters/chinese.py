@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Optional
 
 from ..lang import HAN_RE
-from .common import duplicate_fractions, nonempty_lines
+from .common import duplicate_fractions, nonempty_lines, sentence_lines
 from .english import NgramLimits, _over, _under, check_ngram_limits, ngram_repetition
 from .generic import LengthParams
 
@@ -133,7 +133,7 @@ def _keyword_re(keywords: tuple) -> re.Pattern:
 
 
 def lines(doc: ChineseText, p: dict) -> str | None:
-    lines_ = doc.lines or [""]
+    lines_ = sentence_lines(doc.lines or [""])
     if _under(sum(line.endswith(ZH_TERMINAL) for line in lines_) / len(lines_), p.get("min_line_punct_ratio")):
         return "lines.min_line_punct_ratio"
     short = p.get("short_line_chars", 5)

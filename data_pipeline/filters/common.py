@@ -74,6 +74,15 @@ def duplicated_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence
     return sum(c for c, hit in zip(unit_chars, covered) if hit) / (total_chars or 1)
 
 
+TABLE_ROW_RE = re.compile(r"^[\u2500-\u257f|+]")   # box drawing, | cell | rows, +---+ rulings
+
+
+def sentence_lines(lines: list[str]) -> list[str]:
+    """The lines that may be judged as sentences: table rows and rulings are cells, not sentences
+    (all lines when every one is a table row)."""
+    return [line for line in lines if not TABLE_ROW_RE.match(line)] or lines
+
+
 def nonempty_lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
-from .common import duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, top_ngram_char_fraction
+from .common import (duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, sentence_lines,
+                     top_ngram_char_fraction)
 
 WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
 ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
@@ -212,10 +213,11 @@ def c4(doc: EnglishText, p: dict) -> str | None:
 
 def fineweb(doc: EnglishText, p: dict) -> str | None:
     lines = doc.lines or [""]
-    if _under(sum(line.endswith(TERMINAL_PUNCT) for line in lines) / len(lines), p.get("min_line_punct_ratio")):
+    sentences = sentence_lines(lines)
+    if _under(sum(line.endswith(TERMINAL_PUNCT) for line in sentences) / len(sentences), p.get("min_line_punct_ratio")):
         return "fineweb.min_line_punct_ratio"
     short = p.get("short_line_chars", 30)
-    if _over(sum(len(line) <= short for line in lines) / len(lines), p.get("max_short_line_ratio")):
+    if _over(sum(len(line) <= short for line in sentences) / len(sentences), p.get("max_short_line_ratio")):
         return "fineweb.max_short_line_ratio"
     if p.get("max_dup_line_char_ratio") is not None:
         _, dup_chars = duplicate_fractions(lines, p.get("min_dup_line_chars") or 0)
