@@ -10,7 +10,8 @@ Both detectors look at lines, so they work without a file name and in any natura
   code punctuation; never a line of Chinese prose), with enough symbols;
 * docs: lines of markup that only documentation uses (reST titles and directives, Markdown
   headings (between blank lines: a `# comment` block is not one) and fences, POD commands, man-page
-  section names, LaTeX and Texinfo commands, numbered section titles such as "10.8. DHCP").
+  section names, LaTeX and Texinfo commands, numbered section titles such as "10.8. DHCP", API
+  reference labels on a line of their own: "Syntax:", "Parameters:", "Example:").
 Dense markup (a README, a reST page of examples) makes docs first; then enough code lines make
 code; then any markup makes docs; the rest is prose.
 """
@@ -47,7 +48,9 @@ DOC_MARKUP_RE = re.compile(
     r"|\.(?:TH|SH|SS|TP|PP|IP|BR|RB|IR|nf|fi)\b"                                # groff man source
     r"|\\(?:section|subsection|chapter|begin|end|item)\b"                        # LaTeX
     r"|@(?:node|chapter|section|subsection|deffn|example|end)\b"                 # Texinfo
-    r"|\d+\.\d+(?:\.\d+)*\.?[ \u00a0]+[^\n]{1,80}(?<![.。!?:;,])$)",                # "2.4. Create HTML Files": a manual's section
+    r"|\d+\.\d+(?:\.\d+)*\.?[ \u00a0]+[^\n]{1,80}(?<![.。!?:;,])$"                 # "2.4. Create HTML Files": a manual's section
+    r"|(?:Syntax|Parameters|Arguments|Return value|Returns|Example|Examples|Usage|"     # API reference labels
+    r"语法|參數|参数|返回值|示例|範例)[:：]?[ \t]*$)",
     re.MULTILINE)
 
 

@@ -240,3 +240,14 @@ def test_table_rows_are_not_judged_as_sentences():
     assert zh.lines(zh.ChineseText(page), params) is None          # 2 of 2 sentences end in 。
     menu = "\n".join(["首页", "产品中心", "新闻动态", "联系我们", "默认的两个目录面板里包含了文件列表。", *rows])
     assert zh.lines(zh.ChineseText(menu), params) == "lines.min_line_punct_ratio"   # 1 of 5 does
+
+
+def test_api_reference_labels_make_docs():
+    reference = "\n\n".join(["SF_Array.Append", "Appends the items to the end of the array.", "Syntax:",
+                             "svc.Append(array_1d: any[0..*], arg0: any, [arg1: any] ...): any[0..*]",
+                             "Parameters:", "array_1d: The pre-existing array.", "Example:",
+                             "Dim a As Variant", "a = SF_Array.Append(Array(1, 2, 3), 4, 5)"])
+    assert content_type(reference) == "docs"
+    article = "\n\n".join(["For example: the council approved the budget on Monday.",
+                           "The syntax of the new law was criticised by several members."])
+    assert content_type(article) == "prose"
