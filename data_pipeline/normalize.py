@@ -4,7 +4,7 @@ is known, so it never touches the whitespace inside a line (code alignment, TSV 
 hard breaks) unless `collapse_spaces` is asked for.
 
 Every change is reported by reason, with the number of characters it removed; see
-`normalize_counted`."""
+`Normalizer`."""
 from __future__ import annotations
 
 import re
