@@ -11,9 +11,11 @@ Both detectors look at lines, so they work without a file name and in any natura
 * docs: lines of markup that only documentation uses (reST titles and directives, Markdown
   headings (between blank lines: a `# comment` block is not one) and fences, POD commands, man-page
   section names, LaTeX and Texinfo commands, numbered section titles such as "10.8. DHCP", API
-  reference labels on a line of their own: "Syntax:", "Parameters:", "Example:").
+  reference labels on a line of their own: "Syntax:", "Parameters:", "Example:"); and the steps of
+  a procedure, as help pages write them: a line that starts with a UI action ("Click Print.",
+  "Choose Format - Styles.", "Open the Activities overview", "点击“确定”", optionally numbered).
 Dense markup (a README, a reST page of examples) makes docs first; then enough code lines make
-code; then any markup makes docs; the rest is prose.
+code; then any markup or procedure steps make docs; the rest is prose.
 """
 from __future__ import annotations
 
@@ -52,6 +54,12 @@ DOC_MARKUP_RE = re.compile(
     r"|(?:Syntax|Parameters|Arguments|Return value|Returns|Example|Examples|Usage|"     # API reference labels
     r"语法|參數|参数|返回值|示例|範例)[:：]?[ \t]*$)",
     re.MULTILINE)
+# "Click here" / "Select this" are web calls to action, not a step in a procedure.
+PROCEDURE_STEP_RE = re.compile(
+    r"^[ \t]*(?:\d{1,2}[.)][ \t]+)?(?:(?:Click|Double-click|Right-click|Choose|Select|Press|Tap|Drag|Go to|Open the)"
+    r"[ \t]+(?!here\b|this\b|now\b|the link\b)\S"
+    r"|(?:点击|单击|双击|右击|右键单击|选择|选取|按下|打开|轻点|點擊|點選|按一下|選擇|選取|開啟)\S)",
+    re.MULTILINE)
 
 
 def looks_like_code(line: str) -> bool:
@@ -76,12 +84,13 @@ def detect_content_type(text: str, cfg: ContentTypeConfig) -> tuple[str, dict]:
     nonspace = len(code_text) - code_text.count(" ") - code_text.count("\n") - code_text.count("\t")
     symbol_ratio = len(CODE_SYMBOL_RE.findall(code_text)) / (nonspace or 1)
     markup = len(DOC_MARKUP_RE.findall(text))
-    facts = {"code_line_ratio": round(line_ratio, 3), "markup_lines": markup}
+    steps = len(PROCEDURE_STEP_RE.findall(text))
+    facts = {"code_line_ratio": round(line_ratio, 3), "markup_lines": markup, "procedure_steps": steps}
     if markup >= cfg.docs_min_markup_lines and markup / len(lines) >= cfg.docs_min_markup_ratio:
         return "docs", facts       # a README or manual page full of examples is still documentation
     if (len(lines) >= cfg.code_min_lines and line_ratio >= cfg.code_min_line_ratio
             and symbol_ratio >= cfg.code_min_symbol_ratio):
         return "code", facts
-    if markup >= cfg.docs_min_markup_lines:
+    if markup + steps >= cfg.docs_min_markup_lines:
         return "docs", facts
     return "prose", facts

@@ -251,3 +251,77 @@ def test_api_reference_labels_make_docs():
     article = "\n\n".join(["For example: the council approved the budget on Monday.",
                            "The syntax of the new law was criticised by several members."])
     assert content_type(article) == "prose"
+
+
+# --- help pages: procedures, hard-wrapped prose, function references (tests/data/help_pages) -------
+
+HELP_PAGES = REPO / "tests" / "data" / "help_pages"
+
+
+def help_page(name: str) -> str:
+    return (HELP_PAGES / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["gnome_appearance.txt", "gnome_printers_jobs.txt"])
+def test_procedure_steps_make_a_help_page_docs(name, rule_sets):
+    """Help pages repeat a step for each alternative ("Open the Activities overview and start typing
+    Printers."); judged as web prose they failed FineWeb's repeated-line rule."""
+    page = help_page(name)
+    assert rule_sets["en"](page) == "fineweb.max_dup_line_char_ratio"    # the old routing
+    assert content_type(page) == "docs"
+    assert rule_sets["docs"](page) is None
+
+
+def test_calls_to_action_are_not_procedure_steps():
+    page = "\n\n".join(["Best deals of the week on phones and laptops, updated daily by our editors.",
+                        "Click here to see all offers.", "Click here to subscribe to our newsletter.",
+                        "Select this to get a coupon.", "Press now and win a prize!"])
+    assert content_type(page) == "prose"
+    steps = "\n\n".join(["To print a page:", "Click the menu button.", "Select Print."])
+    assert content_type(steps) == "docs"
+
+
+def test_hard_wrapped_fragments_are_not_repeated_lines(rule_sets):
+    """Line rules judge the lines of hard-wrapped prose joined back into sentences."""
+    page = help_page("gnome_processes.txt")
+    fragment = "For extended information, see the man page for"
+    assert page.count(fragment + "\n") == 5
+    text = en.EnglishText(page)
+    assert duplicate_fractions(text.lines, 30)[1] > 0.01           # physical lines: 5 repeats
+    assert duplicate_fractions(text.logical_lines, 30)[1] == 0.0    # each joined to its daemon's name
+    assert "For extended information, see the man page for dbus-daemon." in text.logical_lines
+    assert content_type(page) == "prose" and rule_sets["en"](page) is None
+
+
+def test_verse_and_headings_are_not_joined():
+    from data_pipeline.filters.common import logical_lines
+
+    verse = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+             "The slings and arrows")
+    assert logical_lines(verse) == verse.split("\n")        # short lines starting in upper case stay apart
+    wrapped = ("Even though the wireless adapter is connected to the computer, it may not\n"
+               "have been recognized as a network device.\n\nCheck the adapter\nIt should be listed.")
+    assert logical_lines(wrapped) == [
+        "Even though the wireless adapter is connected to the computer, it may not have been recognized as a "
+        "network device.", "Check the adapter", "It should be listed."]
+
+
+def test_repeated_line_of_a_hard_wrapped_spam_page_still_fails(prose):
+    line = "Subscribe to our newsletter for the latest deals and offers every week!"
+    wrapped = "\n".join([line, "Our prices are the lowest on the web and we ship to every country in the",
+                         "world within two days.", prose, line])
+    assert en.fineweb(en.EnglishText(wrapped), {"min_dup_line_chars": 30, "max_dup_line_char_ratio": 0.01}) \
+        == "fineweb.max_dup_line_char_ratio"
+
+
+def test_function_reference_page_passes_the_docs_rules(rule_sets):
+    """A reference page repeats each parameter's description per function (43% of its characters);
+    a page that is mostly one repeated block still fails."""
+    page = help_page("libreoffice_statistical_functions.txt")
+    assert content_type(page) == "docs"
+    ratio = duplicate_fractions(generic.nonempty_lines(page), 30)[1]
+    assert 0.4 < ratio < 0.5
+    assert rule_sets["docs"](page) is None
+    paragraph = max(page.split("\n\n"), key=len)
+    spammed = "\n\n".join([page[:3000]] + [paragraph] * 60)
+    assert rule_sets["docs"](spammed) == "docs.max_dup_line_char_ratio"

@@ -49,7 +49,7 @@ EN_CASES = [
     (en.gopher_repetition, "one two three four five one two three four five six", "max_dup_ngram_char_ratio", 19 / 41,
      "max", {"pairs": [5]}),
     # 1 of 4 lines ends with terminal punctuation
-    (en.fineweb, lines("A line that ends well.", "A heading", "Another heading here", "no end"), "min_line_punct_ratio",
+    (en.fineweb, lines("A line that ends well.", "A heading", "Another heading here", "No end"), "min_line_punct_ratio",
      1 / 4, "min"),
     # 2 of 4 lines have at most 30 characters
     (en.fineweb, lines("Short line.", "Also short.", "This line is clearly longer than thirty characters.",

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
-from .common import (duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, sentence_lines,
-                     top_ngram_char_fraction)
+from .common import (SENTENCE_END, duplicate_fractions, duplicated_ngram_char_fraction, logical_lines, nonempty_lines,
+                     paragraphs, sentence_lines, top_ngram_char_fraction)
 
 WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
 ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
@@ -28,7 +28,6 @@ CODE_LEFTOVER_RE = re.compile(
     r"|\bwindow\.(?:location|onload|open|addEventListener|dataLayer|setTimeout)"
     r"|\$\(\s*(?:document|window|this|function|['\"][.#]?[\w-]+['\"])\s*\)|=>\s*\{|\}\s*\)\s*;|</?script\b"
     r"|\bdataLayer\.push|\bgtag\(|_gaq\.push|\{\{[^{}\n]*\}\}|\{%[^%\n]*%\}")
-TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ")", ":", ";", "…")
 
 
 class EnglishText:
@@ -52,6 +51,10 @@ class EnglishText:
     @cached_property
     def lines(self) -> list[str]:
         return nonempty_lines(self.text)
+
+    @cached_property
+    def logical_lines(self) -> list[str]:
+        return logical_lines(self.text)
 
     @cached_property
     def tokens(self) -> int:
@@ -165,7 +168,7 @@ def _has_stop_words(words: list[str], stop_words: set[str], needed: int) -> bool
 
 
 def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
-    line_dup, line_char_dup = duplicate_fractions(doc.lines, p.get("min_dup_line_chars") or 0)
+    line_dup, line_char_dup = duplicate_fractions(doc.logical_lines, p.get("min_dup_line_chars") or 0)
     if _over(line_dup, p.get("max_dup_line_ratio")):
         return "gopher_repetition.max_dup_line_ratio"
     if _over(line_char_dup, p.get("max_dup_line_char_ratio")):
@@ -212,9 +215,9 @@ def c4(doc: EnglishText, p: dict) -> str | None:
 
 
 def fineweb(doc: EnglishText, p: dict) -> str | None:
-    lines = doc.lines or [""]
+    lines = doc.logical_lines or [""]
     sentences = sentence_lines(lines)
-    if _under(sum(line.endswith(TERMINAL_PUNCT) for line in sentences) / len(sentences), p.get("min_line_punct_ratio")):
+    if _under(sum(line.endswith(SENTENCE_END) for line in sentences) / len(sentences), p.get("min_line_punct_ratio")):
         return "fineweb.min_line_punct_ratio"
     short = p.get("short_line_chars", 30)
     if _over(sum(len(line) <= short for line in sentences) / len(sentences), p.get("max_short_line_ratio")):
