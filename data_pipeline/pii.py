@@ -4,9 +4,12 @@ Each kind is a pattern plus a check that the match really is one, so that number
 look alike stay: Chinese resident IDs need a valid birth date and the ISO 7064 MOD 11-2 check
 character, bank cards a card-network prefix and the Luhn checksum, IPv4/IPv6 a valid address
 that is globally routed (loopback, private, link-local and documentation ranges are no one's
-personal data and fill technical manuals), phone numbers a Chinese mobile or landline shape or
-an explicit international "+" prefix. An IPv4-looking number right after the word "version"
-(v, ver., 版本) is a version and stays, as do dates, timestamps, hex constants, UUIDs and ISBNs.
+personal data and fill technical manuals; so are multicast groups), phone numbers a Chinese mobile or landline shape or
+an explicit international "+" prefix. An IPv4-looking number right after "version" (v, ver.,
+release, kernel, 版本, 内核) or "section" (§, 第, 节) is a version or section number and stays, as
+does one whose first two parts are both below 10 (2.6.22.16, 3.1.4.1: a version far more often
+than an address; 1.1.1.1 and 8.8.8.8 are public resolvers, not anyone's address), and so do dates,
+timestamps, hex constants, UUIDs and ISBNs.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ IPV6_RE = re.compile(r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-
                      r"(?![0-9A-Za-z_:])")
 # What makes an IPv4-looking number something else: a version or section before it, a heading
 # number ("1.3.2.1. Title" at the start of a line), a Chinese section reference (第 1.3.2.3 节).
-NOT_IP_BEFORE_RE = re.compile(r"(?:\bversion|\bver\.?|\bv|\brelease|\bsection|\bsect?\.?|§|版本号?|版|第)[\s:：=]*$"
+NOT_IP_BEFORE_RE = re.compile(r"(?:\bversion|\bver\.?|\bv|\brelease|\bkernel|\bsection|\bsect?\.?|§|版本号?|版|内核|"
+                              r"第|[节節章条條])[\s:：=]*$"
                               r"|(?:^|\n)[ \t]*$", re.I)
 NOT_IP_AFTER_RE = re.compile(r"\.?\s*[节章条]")
 MAY_HOLD_PII_RE = re.compile(r"[0-9@]")
@@ -119,6 +123,9 @@ class PiiScrubber:
             return False
         if NOT_IP_AFTER_RE.match(text, end, end + 4):
             return False
+        first, second = match.group().split(".")[:2]
+        if int(first) < 10 and int(second) < 10:   # 2.6.22.16, 3.1.4.1: read as a version number
+            return False
         return self._reportable(ipaddress.IPv4Address(match.group()))
 
     def _ipv6_valid(self, match: re.Match) -> bool:
@@ -134,4 +141,4 @@ class PiiScrubber:
             return False
 
     def _reportable(self, address) -> bool:
-        return address.is_global or not self.keep_private_ip
+        return (address.is_global and not address.is_multicast) or not self.keep_private_ip

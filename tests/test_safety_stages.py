@@ -41,13 +41,13 @@ PII_REPLACED = [
     ("身份证号：11010519491231002X，另一个 44030419900307123x。", "身份证号：<ID_CN>，另一个 <ID_CN>。"),
     ("Visa 4111 1111 1111 1111, UnionPay 6222021234567890128, Amex 3782-822463-10005",
      "Visa <CARD>, UnionPay <CARD>, Amex <CARD>"),
-    ("from 8.8.8.8 and 2001:4860:4860::8888.", "from <IP> and <IP>."),
+    ("PING www.debian.org (130.89.148.77) from 2603:400a:ffff:bb8::801f:3e.", "PING www.debian.org (<IP>) from <IP>."),
     ("Written by Shaun McCance <shaunm@gnome.org>", "Written by Shaun McCance <<EMAIL>>"),
 ]
 
 PII_KEPT = [
-    "version 1.2.3.4, v1.2.3.4, 版本 2.0.1.3, release 10.0.0.1",        # versions
-    "1.3.2.1. 反馈缺陷\n参见 第\u00a01.3.2.3\u00a0节",                        # heading and section numbers
+    "version 1.2.3.4, v1.2.3.4, 版本 2.0.1.3, release 10.0.0.1, 内核 2.6.22.16, 3.1.4.1",   # versions
+    "1.3.2.1. 反馈缺陷\n参见 第\u00a01.3.2.3\u00a0节，(見 節\u00a012.2.2.4, “網路”)",   # headings, sections
     "OID 1.3.6.1.4.1.311, python 3.11.4, pi 3.14159265358979",
     "2024-01-15, 2024/01/15, 20240115, 2024-01-15T10:20:30Z, 12:30:45",   # dates and times
     "epoch 1700000000, ms 1700000000123, us 1700000000123456",           # timestamps
@@ -55,7 +55,7 @@ PII_KEPT = [
     "INT_MAX 2147483647, LLONG_MAX 9223372036854775807",                 # code constants
     "ISBN 978-7-111-54742-6, 9787111547426, 0-306-40615-2",
     "std::vector, a::b, dead::beef, MAC 00:1A:2B:3C:4D:5E, f9:2a:c2:77:29:f9:5c:00",
-    "127.0.0.1, 192.168.1.1, 10.0.0.254, ::1, fe80::1, 2001:db8::1",     # not anyone's address
+    "127.0.0.1, 192.168.1.1, 10.0.0.254, ::1, fe80::1, 2001:db8::1, mDNS 224.0.0.251",   # no one's address
     "4111 1111 1111 1112 fails Luhn; 110105194912310021 fails the check digit; 110105194913310023 month 13",
     "git@ and @property and user@localhost",
 ]
