@@ -27,13 +27,20 @@ _P = np.uint64(0x100000001B3)
 _Q = np.uint64(0x9E3779B97F4A7C15)
 
 
+_POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _powers(base: np.uint64, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """base**i and base**-i mod 2**64 for i < n (base is odd, so it has an inverse)."""
-    inverse = np.uint64(pow(int(base), -1, 1 << 64))
-    with np.errstate(over="ignore"):
-        power = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n - 1, base, np.uint64)]), dtype=np.uint64)
-        inv = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n - 1, inverse, np.uint64)]), dtype=np.uint64)
-    return power, inv
+    """base**i and base**-i mod 2**64 for i < n (base is odd, so it has an inverse); grown on demand."""
+    power, inv = _POWERS.get(int(base), (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
+    if len(power) < n:
+        size = max(n, 2 * len(power), 4096)
+        inverse = np.uint64(pow(int(base), -1, 1 << 64))
+        with np.errstate(over="ignore"):
+            power = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, base, np.uint64)]), dtype=np.uint64)
+            inv = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, inverse, np.uint64)]), dtype=np.uint64)
+        _POWERS[int(base)] = power, inv
+    return power[:n], inv[:n]
 
 
 def _spans(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: np.uint64) -> np.ndarray:
