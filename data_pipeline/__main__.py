@@ -53,9 +53,9 @@ def execute(cfg: PipelineConfig) -> dict:
         from .quality import train_quality_model
 
         report = train_quality_model(cfg.quality_train, cfg.reader)
-        log.info("quality model %s (%d bytes, sha256 %s): held-out precision %.3f recall %.3f AUC %.3f",
+        log.info("quality model %s (%d bytes, sha256 %s): held-out precision %.3f recall %.3f AUC %.3f (AUC against %s)",
                  report["model"], report["bytes"], report["sha256"][:12], report["precision"], report["recall"],
-                 report["auc"])
+                 report["auc"], ", ".join(f"{k} {v:.3f}" for k, v in report["heldout_auc"].items()))
         print(json.dumps(report, indent=2))
         return report
     if cfg.task == "harmful_train":

@@ -25,6 +25,7 @@ from .dedup.text import normalized_codes, token_bounds
 
 _P = np.uint64(0x100000001B3)
 _Q = np.uint64(0x9E3779B97F4A7C15)
+_SEPARATOR = "\ue000"   # a private-use character: a token of its own between texts hashed together
 
 
 _POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -62,13 +63,26 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def ngram_hashes(text: str, n: int) -> np.ndarray:
     """64-bit hashes of the token n-grams of a text (empty when it has fewer than n tokens)."""
-    codes = normalized_codes(text)
+    return batch_ngram_hashes([text], n)[0]
+
+
+def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
+    """`ngram_hashes` of many short texts at numpy speed: they are hashed as one text with a
+    separator token between them, and n-grams that span a separator are dropped."""
+    codes = normalized_codes(f" {_SEPARATOR} ".join(texts))
     starts, ends = token_bounds(codes)
     if len(starts) < n:
-        return np.zeros(0, dtype=np.uint64)
+        return [np.zeros(0, dtype=np.uint64) for _ in texts]
     tokens = _mix(_spans(codes.astype(np.uint64) + np.uint64(1), starts, ends, _P))
     first = np.arange(len(tokens) - n + 1)
-    return _mix(_spans(tokens, first, first + n, _Q))
+    hashes = _mix(_spans(tokens, first, first + n, _Q))
+    is_sep = (ends - starts == 1) & (codes[starts] == ord(_SEPARATOR))
+    seps_before = np.concatenate([[0], np.cumsum(is_sep)])          # separators among tokens [0, i)
+    whole = seps_before[first + n] == seps_before[first]              # no separator inside the n-gram
+    owner = seps_before[first][whole]                                 # which text the n-gram is in
+    hashes = hashes[whole]
+    cuts = np.searchsorted(owner, np.arange(len(texts) + 1))
+    return [hashes[cuts[i]:cuts[i + 1]] for i in range(len(texts))]
 
 
 @dataclass(frozen=True)
@@ -133,13 +147,15 @@ def load_eval_set(name: str, files: list[str], fields: list[str], n: int) -> Eva
         path = Path(file)
         if not path.is_file():
             raise UserError("evaluation file does not exist", file=file, field=f"decontaminate.eval_sets.{name}")
+        texts = []
         for location, record in _records(path, fields):
             items += 1
-            for field in fields:
-                for text in _field_texts(record.get(field), path, location, field):
-                    hashes = ngram_hashes(text, n)
-                    short += len(hashes) == 0
-                    chunks.append(hashes)
+            texts += [t.replace(_SEPARATOR, " ") for field in fields
+                      for t in _field_texts(record.get(field), path, location, field)]
+        for begin in range(0, len(texts), 1000):
+            for hashes in batch_ngram_hashes(texts[begin:begin + 1000], n):
+                short += len(hashes) == 0
+                chunks.append(hashes)
     hashes = np.unique(np.concatenate(chunks)) if chunks else np.zeros(0, dtype=np.uint64)
     if len(hashes) == 0:
         raise UserError(f"no item has a field of {n} or more tokens", field=f"decontaminate.eval_sets.{name}",

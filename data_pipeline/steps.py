@@ -226,8 +226,8 @@ class Harmful(Step):
         return "harmful.model" if score >= self.cfg.threshold else None
 
     def extras(self) -> dict:
-        return {"docs_scored": self.scored, "model_sha256": model_sha256(self.cfg.model) if self.cfg.model else None,
-                "lists": sorted(set(self.cfg.word_lists) | set(self.cfg.url_lists))}
+        return {"docs_scored": self.scored, "lists": sorted(set(self.cfg.word_lists) | set(self.cfg.url_lists)),
+                "harmful_model_sha256": model_sha256(self.cfg.model) if self.cfg.model else None}
 
 
 class Pii(Step):

@@ -264,6 +264,31 @@ def test_pipeline_new_stages_same_output_for_any_worker_count(safety_run):
     assert shard_digest(tmp / "out1") == shard_digest(tmp / "out2")
 
 
+def test_pipeline_resumes_and_refuses_a_changed_eval_set(safety_run):
+    tmp, stats, inputs, overrides = safety_run
+    again = run(f"{inputs}/in-*.jsonl", tmp / "out1", *overrides, "workers=1")   # complete: nothing redone
+    assert again["docs_kept"] == stats["docs_kept"] and again["reconciled"]
+    eval_file = Path(overrides[1].split("[")[1].rstrip("]}"))
+    original = eval_file.read_text(encoding="utf-8")
+    try:
+        eval_file.write_text(original + '{"prompt": "one more item of thirteen or more words to change the '
+                             'evaluation set file"}\n', encoding="utf-8")
+        with pytest.raises(UserError, match=r"decontaminate.eval_sets.poems\[0\] changed since this run started"):
+            run(f"{inputs}/in-*.jsonl", tmp / "out1", *overrides)
+    finally:   # the other tests of the module share the file
+        eval_file.write_text(original, encoding="utf-8")
+
+
+def test_stage_configs_reject_unknown_keys():
+    from data_pipeline.__main__ import to_config
+
+    for section in ("harmful", "pii", "decontaminate", "harmful_train"):
+        with pytest.raises(ConfigError, match=f"{section}.bogus"):
+            to_config({section: {"bogus": 1}})
+    with pytest.raises(ConfigError, match="pii.kinds: unknown"):
+        to_config({"pii": {"kinds": ["email", "passport"]}})
+
+
 def test_decontaminate_mark_keeps_the_document_and_says_why(tmp_path):
     from data_pipeline.config import PipelineConfig
     from data_pipeline.readers import Document
