@@ -31,7 +31,8 @@ PHONE_RE = re.compile(
     r"(?:\+|(?<![0-9A-Za-z_.\-/])00)(?:86[ \-]?)?1[3-9]\d[ \-]?\d{4}[ \-]?\d{4}" + _E  # CN mobile with country code
     + r"|(?<![0-9A-Za-z_.\-+/])1[3-9]\d(?:\d{8}|[ \-]\d{4}[ \-]\d{4})" + _E           # CN mobile
     + r"|(?<![0-9A-Za-z_.\-+/])(?:\(0\d{2,3}\)|（0\d{2,3}）|0\d{2,3}-)[ ]?[2-9]\d{2,3}[ \-]?\d{4}" + _E  # CN landline
-    + r"|\+[1-9]\d{0,2}(?:[ \-]?\(\d{1,4}\))?(?:[ \-]?\d{2,5}){2,5}" + _E)            # international, +CC
+    + r"|\+[1-9]\d{0,2}(?:[ \-]?\(\d{1,4}\))?(?:[ \-]?\d{2,5}+){2,5}+" + _E)         # international, +CC
+# (possessive groups: a long digit run after "+" fails at once instead of trying every split)
 IPV4_RE = re.compile(r"(?<![0-9A-Za-z_.\-])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)"
                      r"(?![0-9A-Za-z_\-]|\.\d)")
 IPV6_RE = re.compile(r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|\d+\.\d+\.\d+\.\d+)"
