@@ -149,9 +149,7 @@ def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig, labels: t
     negatives = {"rejects": load_texts(cfg.negative, reader) if cfg.negative else [],
                  "raw_sample": sample_texts(cfg.raw_sample, reader, cfg.raw_sample_docs, cfg.seed)
                  if cfg.raw_sample else []}
-    used = needs[cfg.train_negatives]
-    train_kinds = ["rejects" if key == "negative" else key for key in used]
-    neg = [t for kind in train_kinds for t in negatives[kind]]
+    neg = [t for kind in ("rejects", "raw_sample") if cfg.train_negatives in (kind, "both") for t in negatives[kind]]
     if not pos or not neg:
         raise UserError(f"no documents read (positive {len(pos)}, negative {len(neg)})", field=where)
     pos_train, pos_held = _split(pos, cfg.heldout_fraction)
