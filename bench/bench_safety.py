@@ -1,6 +1,6 @@
 """Speed, peak memory and what they remove: the harmful, pii and decontaminate stages on real text.
 
-    python bench/bench_safety.py [--corpus ../shared/corpus] [--mb 0.5] [--eval-items 14000]
+    python bench/bench_safety.py [--corpus ../shared/corpus] [--mb 0.5] [--eval-items 14000] [--harmful-model M]
 
 Takes up to --mb MB of text from each Parquet file of the corpus (its `lang` column is the
 language) and runs each stage with the default config, one stage per fresh process (spawned),
@@ -125,13 +125,14 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus"))
     parser.add_argument("--mb", type=float, default=0.5, help="MB of text per corpus file")
     parser.add_argument("--eval-items", type=int, default=14000, help="made-up evaluation items (MMLU test: 14,042)")
+    parser.add_argument("--harmful-model", help="a model from task=harmful_train: the harmful stage also scores")
     args = parser.parse_args()
     inside, outside = load_slice(Path(args.corpus), args.mb)
     mb = sum(len(d["text"].encode("utf-8")) for d in inside) / 1e6
     print(f"slice: {len(inside):,} documents, {mb:.1f} MB from {args.corpus} ({args.mb} MB per file)")
     with tempfile.TemporaryDirectory() as tmp:
         eval_path, planted = make_eval_set(inside, outside, args.eval_items, Path(tmp))
-        runs = {"harmful": [], "pii": [],
+        runs = {"harmful": [f"harmful.model={args.harmful_model}"] if args.harmful_model else [], "pii": [],
                 "decontaminate": [f"decontaminate.eval_sets={{made_up: [{eval_path}], "
                                   f"demo: [{REPO}/data/sample/eval_demo.jsonl]}}"]}
         results = [measure(stage, inside, overrides) for stage, overrides in runs.items()]

@@ -232,7 +232,8 @@ class Harmful(Step):
 
 class Pii(Step):
     """Replaces personal data by typed placeholders (data_pipeline.pii); removes nothing. Reports
-    the replacements per kind (`replaced`) and the documents changed."""
+    the replacements per kind (`replaced`) and the documents changed; a changed document carries
+    its own counts in annotations.pii_replaced."""
     name = "pii"
 
     def __init__(self, cfg: PipelineConfig):
@@ -248,6 +249,7 @@ class Pii(Step):
         if counts:
             self.docs_changed += 1
             self.replaced.update(counts)
+            doc.annotations["pii_replaced"] = dict(sorted(counts.items()))
             doc.text = text
         return None
 

@@ -131,6 +131,19 @@ def test_harmful_domains(tmp_path):
     assert lists("see http://bet.test/a") == ("harmful.list:gambling", ["bet.test"])
 
 
+def test_harmful_stage_reads_the_documents_url_from_its_annotations():
+    from data_pipeline.__main__ import load_config
+    from data_pipeline.readers import Document
+    from data_pipeline.steps import build_steps
+
+    step, = build_steps(["harmful"], load_config(["harmful.url_field=url"]))
+    page = Document("p", sample("en")["shakespeare/33#4"], "web", "en", annotations={"url": "https://cn.pornhub.com/v/1"})
+    assert step(page, 0)[0] == "harmful.url:porn" and page.annotations["harmful_terms"] == ["pornhub.com"]
+    other = Document("q", page.text, "web", "en", annotations={"url": "https://www.gutenberg.org/1"})
+    assert step(other, 0)[0] is None and "harmful_terms" not in other.annotations
+    assert step.stats()["excluded"] == {"harmful.url:porn": 1} and step.stats()["docs_scored"] == 0
+
+
 def test_harmful_list_errors(tmp_path):
     with pytest.raises(UserError, match="missing.txt.*list file does not exist"):
         HarmfulLists(HarmfulConfig(word_lists={"x": [str(tmp_path / "missing.txt")]}))
@@ -253,6 +266,11 @@ def test_pipeline_run_with_the_new_stages(safety_run):
 
     final = {r["id"]: r["text"] for r in read_table(out / "final", columns=["id", "text"]).to_pylist()}
     assert final["pii"].endswith("\nMail <EMAIL> or call <PHONE>.")
+    annotations = {r["id"]: json.loads(r["annotations"]) for r in
+                   read_table(out / "final", columns=["id", "annotations"]).to_pylist()}
+    assert annotations["pii"]["pii_replaced"] == {"email": 1, "phone": 1}
+    assert annotations["huge"]["pii_replaced"] == {"email": 1}
+    assert sum("pii_replaced" in a for a in annotations.values()) == 3
     assert final["huge"].endswith("Reach me at <EMAIL> please.") and len(final["huge"]) > 2_000_000
     assert reasons["scripts"] == "other:lang.not_kept"   # cuneiform, Javanese, Mongolian: not lost, routed
     assert len(final) == 25 and stats["docs_kept"] == 25
