@@ -4,6 +4,8 @@
         quality.model=quality.bin workers=4 [executor=ray ray_address=auto]
     python -m data_pipeline task=quality_train quality_train.positive=[clean/*.parquet] \
         quality_train.negative=[spam/*.jsonl] quality_train.output=quality.bin
+    python -m data_pipeline task=harmful_train harmful_train.positive=[harmful.jsonl] \
+        harmful_train.negative=[safe.jsonl] harmful_train.output=harmful.bin
 """
 from __future__ import annotations
 
@@ -27,9 +29,13 @@ def to_config(cfg: DictConfig | dict) -> PipelineConfig:
     for key in ("input",):
         if isinstance(plain.get(key), str):
             plain[key] = [plain[key]]
-    for key in ("positive", "negative"):
-        if isinstance(plain.get("quality_train", {}).get(key), str):
-            plain["quality_train"][key] = [plain["quality_train"][key]]
+    for section in ("quality_train", "harmful_train"):
+        for key in ("positive", "negative", "raw_sample"):
+            if isinstance(plain.get(section, {}).get(key), str):
+                plain[section][key] = [plain[section][key]]
+    for section, key in (("harmful", "word_lists"), ("harmful", "url_lists"), ("decontaminate", "eval_sets")):
+        named = plain.get(section, {}).get(key) or {}
+        plain.setdefault(section, {})[key] = {k: [v] if isinstance(v, str) else v for k, v in named.items()}
     plain["dedup"] = plain.get("dedup") or {}
     return to_dataclass(plain, PipelineConfig)
 
@@ -47,15 +53,24 @@ def execute(cfg: PipelineConfig) -> dict:
         from .quality import train_quality_model
 
         report = train_quality_model(cfg.quality_train, cfg.reader)
-        log.info("quality model %s (%d bytes, sha256 %s): held-out precision %.3f recall %.3f AUC %.3f",
+        log.info("quality model %s (%d bytes, sha256 %s): held-out precision %.3f recall %.3f AUC %.3f (AUC against %s)",
                  report["model"], report["bytes"], report["sha256"][:12], report["precision"], report["recall"],
-                 report["auc"])
+                 report["auc"], ", ".join(f"{k} {v:.3f}" for k, v in report["heldout_auc"].items()))
+        print(json.dumps(report, indent=2))
+        return report
+    if cfg.task == "harmful_train":
+        from .harmful import HARMFUL, SAFE
+        from .quality import train_quality_model
+
+        report = train_quality_model(cfg.harmful_train, cfg.reader, labels=(HARMFUL, SAFE), where="harmful_train")
+        log.info("harmful-content model %s: held-out precision %.3f recall %.3f AUC %.3f", report["model"],
+                 report["precision"], report["recall"], report["auc"])
         print(json.dumps(report, indent=2))
         return report
     if cfg.task != "run":
         from stack_common.errors import ConfigError
 
-        raise ConfigError([f"task: 'run' or 'quality_train', got '{cfg.task}'"])
+        raise ConfigError([f"task: 'run', 'quality_train' or 'harmful_train', got '{cfg.task}'"])
     from .runner import run_pipeline
 
     stats = run_pipeline(cfg)

@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from stack_common.errors import ConfigError
 
-PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "quality")
+PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "harmful", "pii", "decontaminate", "quality")
 GLOBAL_STAGE_NAMES = ("exact_dedup", "minhash_dedup", "line_dedup")
-NEEDS_LANG = ("clean_lines", "filter", "quality")
+NEEDS_LANG = ("clean_lines", "filter", "harmful", "quality")
 
 
 @dataclass
@@ -84,10 +84,16 @@ class QualityConfig:
     max_chars: int = 4000                  # characters of a document the classifier sees
 
 
+TRAIN_NEGATIVES = ("rejects", "raw_sample", "both")
+
+
 @dataclass
 class QualityTrainConfig:
     positive: list[str] = field(default_factory=list)   # files, globs or shard dirs
-    negative: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)   # heuristic rejects, e.g. OUT/stages/*_filter/excluded
+    raw_sample: list[str] = field(default_factory=list)  # raw input: a random sample of it as negatives
+    raw_sample_docs: int = 5000            # documents drawn from raw_sample (uniform, seeded)
+    train_negatives: str = "rejects"       # rejects | raw_sample | both: what the model trains on
     output: str = "quality_model.bin"
     heldout_fraction: float = 0.2
     epoch: int = 10
@@ -99,10 +105,72 @@ class QualityTrainConfig:
     seed: int = 0
     max_chars: int = 4000
 
+    def __post_init__(self) -> None:
+        if self.train_negatives not in TRAIN_NEGATIVES:
+            raise ConfigError([f"train_negatives: one of {', '.join(TRAIN_NEGATIVES)}, got '{self.train_negatives}'"])
+        if self.raw_sample_docs < 1:
+            raise ConfigError([f"raw_sample_docs: must be >= 1, got {self.raw_sample_docs}"])
+
+
+@dataclass
+class HarmfulConfig:
+    """Word and domain lists per category (files of one entry a line, `#` comments; relative paths
+    are looked up from the working directory, then from configs/), and an optional fastText model."""
+    word_lists: dict[str, list[str]] = field(default_factory=dict)   # category -> files of terms (zh and en)
+    url_lists: dict[str, list[str]] = field(default_factory=dict)    # category -> files of domains
+    min_terms: int = 2                     # distinct list terms (or linked listed domains) of one category
+    url_field: Optional[str] = None        # annotation holding the document's own URL (reader.metadata_fields)
+    model: Optional[str] = None            # fastText model from `task=harmful_train`
+    threshold: float = 0.5                 # P(harmful) at or above which the model removes a document
+    langs: list[str] = field(default_factory=lambda: ["zh", "en"])  # languages the model judges
+    max_chars: int = 4000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_terms < 1:
+            problems.append(f"harmful.min_terms: must be >= 1, got {self.min_terms}")
+        if not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"harmful.threshold: in [0, 1], got {self.threshold}")
+        if problems:
+            raise ConfigError(problems)
+
+
+PII_KINDS = ("email", "phone", "id_cn", "ip", "card")
+
+
+@dataclass
+class PiiConfig:
+    kinds: list[str] = field(default_factory=lambda: list(PII_KINDS))  # what is replaced
+    keep_private_ip: bool = True           # loopback, private, link-local and documentation addresses stay
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in PII_KINDS]
+        if unknown:
+            raise ConfigError([f"pii.kinds: unknown {unknown} (known: {', '.join(PII_KINDS)})"])
+
+
+@dataclass
+class DecontaminateConfig:
+    eval_sets: dict[str, list[str]] = field(default_factory=dict)   # benchmark -> JSONL / Parquet files
+    fields: list[str] = field(default_factory=lambda: ["prompt", "answer"])  # text fields of an eval item
+    ngram: int = 13                        # tokens: a word (Latin, digits) or one CJK character
+    action: str = "remove"                 # remove | mark (annotations.contamination)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.action not in ("remove", "mark"):
+            problems.append(f"decontaminate.action: remove | mark, got '{self.action}'")
+        if self.ngram < 1:
+            problems.append(f"decontaminate.ngram: must be >= 1, got {self.ngram}")
+        if not self.fields:
+            problems.append("decontaminate.fields: name the text fields of an eval item, e.g. [prompt, answer]")
+        if problems:
+            raise ConfigError(problems)
+
 
 @dataclass
 class PipelineConfig:
-    task: str = "run"                      # run | quality_train
+    task: str = "run"                      # run | quality_train | harmful_train
     input: list[str] = field(default_factory=list)
     output: str = ""
     stages: list[str] = field(default_factory=lambda: ["normalize", "annotate", "clean_lines", "filter"])
@@ -117,4 +185,8 @@ class PipelineConfig:
     rules: dict[str, Any] = field(default_factory=dict)    # per language: configs/data/rules/<lang>.yaml
     quality: QualityConfig = field(default_factory=QualityConfig)
     quality_train: QualityTrainConfig = field(default_factory=QualityTrainConfig)
+    harmful: HarmfulConfig = field(default_factory=HarmfulConfig)
+    harmful_train: QualityTrainConfig = field(default_factory=lambda: QualityTrainConfig(output="harmful_model.bin"))
+    pii: PiiConfig = field(default_factory=PiiConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     dedup: dict[str, Any] = field(default_factory=dict)    # owned by data_pipeline/dedup

@@ -1,8 +1,10 @@
 """Quality model: a fastText supervised classifier (high vs low quality text).
 
 `train_quality_model(cfg)` learns from positive and negative documents the user supplies
-(files, globs or shard directories), holds out a deterministic fraction and reports
-precision, recall and AUC; `QualityScorer` turns a document into P(high quality).
+(files, globs or shard directories; negatives may also be a random sample of the raw input),
+holds out a deterministic fraction and reports precision, recall and AUC; `hq_probability`
+turns a document into P(high quality). The harmful-content model is trained by the same code
+with its own labels.
 """
 from __future__ import annotations
 
@@ -31,17 +33,22 @@ def model_text(text: str, max_chars: int) -> str:
     return " ".join(HAN_CHAR_RE.sub(r" \1 ", text[:max_chars].lower()).split())
 
 
-def load_texts(patterns: list[str], reader: ReaderConfig) -> list[str]:
-    texts, bad = [], 0
+def load_texts(patterns: list[str], reader: ReaderConfig, lazy: bool = False):
+    """The texts of the documents in the inputs (a list, or an iterator when `lazy`)."""
+    texts = _iter_texts(patterns, reader)
+    return texts if lazy else list(texts)
+
+
+def _iter_texts(patterns: list[str], reader: ReaderConfig):
+    bad = 0
     for path in expand_inputs(patterns):
         for record in read_unit(path, reader):
             if isinstance(record, Document):
-                texts.append(record.text)
+                yield record.text
             else:
                 bad += 1
     if bad:
         log.warning("%d unreadable records skipped in %s", bad, patterns)
-    return texts
 
 
 def _is_heldout(text: str, fraction: float) -> bool:
@@ -65,9 +72,10 @@ def auc(scores_pos: list[float], scores_neg: list[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def heldout_report(model, pos: list[str], neg: list[str], max_chars: int, threshold: float = 0.5) -> dict:
-    sp = [hq_probability(model, model_text(t, max_chars)) for t in pos]
-    sn = [hq_probability(model, model_text(t, max_chars)) for t in neg]
+def heldout_report(model, pos: list[str], neg: list[str], max_chars: int, threshold: float = 0.5,
+                   label: str = HQ) -> dict:
+    sp = [hq_probability(model, model_text(t, max_chars), label) for t in pos]
+    sn = [hq_probability(model, model_text(t, max_chars), label) for t in neg]
     tp = sum(s >= threshold for s in sp)
     fp = sum(s >= threshold for s in sn)
     return {"heldout_positive": len(pos), "heldout_negative": len(neg), "threshold": threshold,
@@ -108,16 +116,47 @@ def _train_and_save(train_file: str, model_path: str, params: dict) -> None:
     fasttext.train_supervised(input=train_file, verbose=0, **params).save_model(model_path)
 
 
-def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig) -> dict:
-    if not cfg.positive or not cfg.negative:
-        raise UserError("quality_train needs both positive and negative inputs", field="quality_train.positive/negative",
-                        expected="lists of files, globs or shard directories")
-    pos, neg = load_texts(cfg.positive, reader), load_texts(cfg.negative, reader)
+def sample_texts(patterns: list[str], reader: ReaderConfig, size: int, seed: int) -> list[str]:
+    """A uniform random sample of `size` documents of the inputs (reservoir sampling: one pass,
+    `size` texts in memory), in input order."""
+    rng, reservoir, seen = random.Random(seed), [], 0
+    for index, text in enumerate(load_texts(patterns, reader, lazy=True)):
+        seen += 1
+        if len(reservoir) < size:
+            reservoir.append((index, text))
+        else:
+            slot = rng.randrange(seen)
+            if slot < size:
+                reservoir[slot] = (index, text)
+    return [text for _, text in sorted(reservoir)]
+
+
+def _split(texts: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    return [t for t in texts if not _is_heldout(t, fraction)], [t for t in texts if _is_heldout(t, fraction)]
+
+
+def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig, labels: tuple[str, str] = (HQ, LQ),
+                        where: str = "quality_train") -> dict:
+    """Train on positives vs the negatives `train_negatives` names (heuristic rejects, a random
+    sample of the raw input, or both); report held-out precision, recall and AUC against the
+    training negatives, and the AUC against each kind of negative given (`heldout_auc`)."""
+    needs = {"rejects": ("negative",), "raw_sample": ("raw_sample",), "both": ("negative", "raw_sample")}
+    missing = [key for key in ("positive", *needs[cfg.train_negatives]) if not getattr(cfg, key)]
+    if missing:
+        raise UserError(f"{where} needs {' and '.join(missing)} inputs (train_negatives={cfg.train_negatives})",
+                        field=f"{where}.{missing[0]}", expected="lists of files, globs or shard directories")
+    pos = load_texts(cfg.positive, reader)
+    negatives = {"rejects": load_texts(cfg.negative, reader) if cfg.negative else [],
+                 "raw_sample": sample_texts(cfg.raw_sample, reader, cfg.raw_sample_docs, cfg.seed)
+                 if cfg.raw_sample else []}
+    neg = [t for kind in ("rejects", "raw_sample") if cfg.train_negatives in (kind, "both") for t in negatives[kind]]
     if not pos or not neg:
-        raise UserError(f"no documents read (positive {len(pos)}, negative {len(neg)})", field="quality_train")
-    split = {label: ([t for t in texts if not _is_heldout(t, cfg.heldout_fraction)],
-                     [t for t in texts if _is_heldout(t, cfg.heldout_fraction)]) for label, texts in ((HQ, pos), (LQ, neg))}
-    lines = [f"{label} {model_text(t, cfg.max_chars)}\n" for label, (train, _) in split.items() for t in train]
+        raise UserError(f"no documents read (positive {len(pos)}, negative {len(neg)})", field=where)
+    pos_train, pos_held = _split(pos, cfg.heldout_fraction)
+    neg_train, neg_held = _split(neg, cfg.heldout_fraction)
+    hq, lq = labels
+    lines = [f"{label} {model_text(t, cfg.max_chars)}\n" for label, texts in ((hq, pos_train), (lq, neg_train))
+             for t in texts]
     random.Random(cfg.seed).shuffle(lines)
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.txt"
@@ -127,8 +166,12 @@ def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig) -> dict:
     with atomic_path(cfg.output) as tmp_model:
         model.save_model(str(tmp_model))
     report = {"model": str(cfg.output), "sha256": sha256_file(cfg.output), "bytes": Path(cfg.output).stat().st_size,
-              "train_positive": len(split[HQ][0]), "train_negative": len(split[LQ][0]),
-              **heldout_report(model, split[HQ][1], split[LQ][1], cfg.max_chars)}
+              "labels": list(labels), "train_negatives": cfg.train_negatives,
+              "train_positive": len(pos_train), "train_negative": len(neg_train),
+              **heldout_report(model, pos_held, neg_held, cfg.max_chars, label=hq),
+              "heldout_auc": {kind: heldout_report(model, pos_held, _split(texts, cfg.heldout_fraction)[1],
+                                                   cfg.max_chars, label=hq)["auc"]
+                              for kind, texts in negatives.items() if texts}}
     atomic_write_json(report_path(cfg.output), report)
     return report
 
@@ -137,10 +180,11 @@ def report_path(model_path: str | Path) -> Path:
     return Path(f"{model_path}.report.json")
 
 
-def hq_probability(model, text: str) -> float:
+def hq_probability(model, text: str, positive: str = HQ) -> float:
+    """P(positive label): high quality for the quality model, harmful for the harmful model."""
     labels, probs = model.predict(text, k=2)
     for label, prob in zip(labels, probs):
-        if label == HQ:
+        if label == positive:
             return float(min(1.0, prob))
     return 0.0
 
@@ -152,10 +196,10 @@ def _load(path: str):
     return fasttext.load_model(path)
 
 
-def load_model(path: str):
+def load_model(path: str, task: str = "quality_train"):
     if not Path(path).is_file():
-        raise UserError("quality model file does not exist", file=path,
-                        expected="a model from `python -m data_pipeline task=quality_train`")
+        raise UserError("model file does not exist", file=path,
+                        expected=f"a model from `python -m data_pipeline task={task}`")
     return _load(str(Path(path).resolve()))
 
 

@@ -38,7 +38,8 @@ from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
 
 log = get_logger("data_pipeline.run")
-DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "content_type", "rules", "quality", "dedup")
+DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "content_type", "rules", "quality", "dedup",
+                 "harmful", "pii", "decontaminate")
 
 
 @dataclass
@@ -84,9 +85,16 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
             checks.require(0.0 < fraction <= 1.0, f"quality.top_fraction.{lang}: in (0, 1], got {fraction}")
     if cfg.lang.fasttext_model:
         checks.path_exists(cfg.lang.fasttext_model, "lang.fasttext_model")
+    for key, path in stage_data_files(cfg, stages).items():
+        checks.path_exists(path, key)
+    checks.require("decontaminate" not in stages or bool(cfg.decontaminate.eval_sets),
+                   "decontaminate.eval_sets: name the evaluation sets, e.g. {gsm8k: [gsm8k_test.jsonl]}")
     checks.raise_if_any()
     if "filter" in stages or "clean_lines" in stages:
         check_rules(cfg.rules)
+    if "decontaminate" in stages:   # a bad evaluation file is reported before any work starts
+        from .decontaminate import load_eval_sets
+        load_eval_sets(cfg.decontaminate)
 
 
 def plan(stages: list[str], cfg: PipelineConfig) -> list[Segment]:
@@ -109,7 +117,24 @@ def model_paths(cfg: PipelineConfig, stages: list[str]) -> dict[str, str]:
     extension module CLD2's tables are compiled into)."""
     lang_model = lang_model_identity(cfg.lang) if "annotate" in stages else None
     files = {"lang.model": lang_model["file"] if lang_model else None,
-             "quality.model": cfg.quality.model if "quality" in stages else None}
+             "quality.model": cfg.quality.model if "quality" in stages else None, **stage_data_files(cfg, stages)}
+    return {key: path for key, path in files.items() if path}
+
+
+def stage_data_files(cfg: PipelineConfig, stages: list[str]) -> dict[str, str]:
+    """Config key -> file of the harmful stage's model and lists and the evaluation sets: replacing
+    one under the same path mid-run is refused like a changed model."""
+    from .harmful import list_path
+
+    files = {}
+    if "harmful" in stages:
+        files["harmful.model"] = cfg.harmful.model
+        for kind in ("word_lists", "url_lists"):
+            for category, paths in getattr(cfg.harmful, kind).items():
+                files.update({f"harmful.{kind}.{category}[{i}]": str(list_path(p)) for i, p in enumerate(paths)})
+    if "decontaminate" in stages:
+        for name, paths in cfg.decontaminate.eval_sets.items():
+            files.update({f"decontaminate.eval_sets.{name}[{i}]": p for i, p in enumerate(paths)})
     return {key: path for key, path in files.items() if path}
 
 

@@ -196,7 +196,96 @@ class Quality(Step):
                 "model_sha256": model_sha256(self.cfg.model) if self.cfg.model else None}
 
 
-STEP_TYPES = {cls.name: cls for cls in (Normalize, Annotate, CleanLines, Filter, Quality)}
+class Harmful(Step):
+    """Word / domain lists (reason `harmful.list:<category>`, `harmful.url:<category>`; the terms
+    found go into annotations.harmful_terms) and, with `harmful.model`, the fastText classifier
+    (`harmful.model`; its P(harmful) goes into annotations.harmful_score)."""
+    name = "harmful"
+
+    def __init__(self, cfg: PipelineConfig):
+        from .harmful import HARMFUL, HarmfulLists
+
+        super().__init__()
+        self.cfg = cfg.harmful
+        self.lists = HarmfulLists(self.cfg)
+        self.model = load_model(self.cfg.model, "harmful_train") if self.cfg.model else None
+        self.label = HARMFUL
+        self.scored = 0
+
+    def apply(self, doc: Document) -> str | None:
+        url = doc.annotations.get(self.cfg.url_field) if self.cfg.url_field else None
+        reason, terms = self.lists(doc.text, url if isinstance(url, str) else None)
+        if reason:
+            doc.annotations["harmful_terms"] = terms
+            return reason
+        if self.model is None or doc.lang not in self.cfg.langs:
+            return None
+        score = hq_probability(self.model, model_text(doc.text, self.cfg.max_chars), self.label)
+        doc.annotations["harmful_score"] = round(score, 4)
+        self.scored += 1
+        return "harmful.model" if score >= self.cfg.threshold else None
+
+    def extras(self) -> dict:
+        return {"docs_scored": self.scored, "lists": sorted(set(self.cfg.word_lists) | set(self.cfg.url_lists)),
+                "harmful_model_sha256": model_sha256(self.cfg.model) if self.cfg.model else None}
+
+
+class Pii(Step):
+    """Replaces personal data by typed placeholders (data_pipeline.pii); removes nothing. Reports
+    the replacements per kind (`replaced`) and the documents changed; a changed document carries
+    its own counts in annotations.pii_replaced."""
+    name = "pii"
+
+    def __init__(self, cfg: PipelineConfig):
+        from .pii import PiiScrubber
+
+        super().__init__()
+        self.scrubber = PiiScrubber(cfg.pii.kinds, cfg.pii.keep_private_ip)
+        self.docs_changed = 0
+        self.replaced: Counter = Counter()
+
+    def apply(self, doc: Document) -> str | None:
+        text, counts = self.scrubber.scrub(doc.text)
+        if counts:
+            self.docs_changed += 1
+            self.replaced.update(counts)
+            doc.annotations["pii_replaced"] = dict(sorted(counts.items()))
+            doc.text = text
+        return None
+
+    def extras(self) -> dict:
+        return {"docs_changed": self.docs_changed, "replaced": dict(sorted(self.replaced.items()))}
+
+
+class Decontaminate(Step):
+    """Documents sharing an n-gram with an evaluation set: removed as `decontaminate:<benchmark>`
+    (the one with the most shared n-grams) or, with `action: mark`, kept with
+    annotations.contamination = {benchmark: shared n-grams}. `hits` counts documents per benchmark."""
+    name = "decontaminate"
+
+    def __init__(self, cfg: PipelineConfig):
+        from .decontaminate import Decontaminator
+
+        super().__init__()
+        self.action = cfg.decontaminate.action
+        self.matcher = Decontaminator(cfg.decontaminate)
+        self.hits: Counter = Counter()
+
+    def apply(self, doc: Document) -> str | None:
+        hits = self.matcher.hits(doc.text)
+        if not hits:
+            return None
+        self.hits.update(hits.keys())
+        if self.action == "mark":
+            doc.annotations["contamination"] = hits
+            return None
+        return "decontaminate:" + min(hits, key=lambda name: (-hits[name], name))
+
+    def extras(self) -> dict:
+        return {"hits": dict(sorted(self.hits.items())), "action": self.action, "eval_sets": self.matcher.describe()}
+
+
+STEP_TYPES = {cls.name: cls for cls in (Normalize, Annotate, CleanLines, Filter, Harmful, Pii, Decontaminate, Quality)}
 
 
 def build_steps(names: list[str], cfg: PipelineConfig) -> list[Step]:

@@ -77,15 +77,18 @@ def data_pipeline(demo: Demo) -> None:
     raw = f"input={demo.path('raw')}/raw-*.jsonl*"
     demo.run("data pipeline: heuristic pass (negatives for the quality model)",
              [PY, "-m", "data_pipeline", raw, f"output={demo.path('heuristic')}", "workers=2"])
-    demo.run("data pipeline: train the fastText quality model",
+    demo.run("data pipeline: train the fastText quality model (held-out AUC vs rejects and vs a raw sample)",
              [PY, "-m", "data_pipeline", "task=quality_train",
               f"quality_train.positive=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
               f"quality_train.negative=[{demo.path('heuristic')}/stages/*_filter/excluded]",
+              f"quality_train.raw_sample=[{demo.path('raw')}/raw-*.jsonl*]", "quality_train.raw_sample_docs=300",
               f"quality_train.output={demo.path('quality.bin')}"])
-    demo.run("data pipeline: all stages (filters, quality, exact / MinHash / line dedup)",
+    demo.run("data pipeline: all stages (harmful, filters, PII, decontamination, quality, exact / MinHash / line dedup)",
              [PY, "-m", "data_pipeline", raw, f"output={demo.path('clean')}", "workers=2",
               f"quality.model={demo.path('quality.bin')}",
-              "stages=[normalize,clean_lines,filter,quality,exact_dedup,minhash_dedup,line_dedup]"])
+              f"decontaminate.eval_sets={{demo: [{REPO}/data/sample/eval_demo.jsonl]}}",
+              "stages=[normalize,harmful,clean_lines,filter,pii,decontaminate,quality,exact_dedup,minhash_dedup,"
+              "line_dedup]"])
 
 
 def tokenizer(demo: Demo) -> None:
@@ -169,6 +172,7 @@ def print_summary(demo: Demo, seconds: float) -> None:
     print(f"  data pipeline : {data['records_read']} records -> {data['docs_kept']} kept, "
           f"{data['docs_excluded']} excluded (per stage and reason in clean/stats.json), "
           f"{data['quarantined']} quarantined;  funnel: clean/funnel.png")
+    print(f"  safety stages : {summarize_safety(data)}")
     print(f"  tokenizer     : {summarize_report(report)};  report: tokenizer_report/eval_report.md")
     print("  encoded       : " + ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in tok["outputs"].items())
           + ";  indexed datasets: tokens/")
@@ -179,6 +183,15 @@ def print_summary(demo: Demo, seconds: float) -> None:
         print(f"  generate      : {prompt!r} -> {text!r}")
     print(f"  TensorBoard   : tensorboard --logdir {demo.path('run', 'tensorboard')}")
     print("  stage times   : " + ", ".join(f"{secs:.0f}s" for _, secs in demo.results) + " (in the order run)")
+
+
+def summarize_safety(data: dict) -> str:
+    stages = {s["stage"]: s for s in data["stages"]}
+    harmful, pii, decon = stages["harmful"], stages["pii"], stages["decontaminate"]
+    return (f"harmful removed {sum(harmful['excluded'].values())}, PII replaced "
+            + (", ".join(f"{v} {k}" for k, v in pii["replaced"].items()) or "nothing")
+            + f" in {pii['docs_changed']} docs, decontaminate removed "
+            + (", ".join(f"{v} ({k})" for k, v in decon["hits"].items()) or "0"))
 
 
 def summarize_report(report: dict) -> str:

@@ -1,0 +1,206 @@
+"""Benchmark decontamination: training documents that share an n-gram (13 by default) with an
+item of a user-supplied evaluation set.
+
+Tokens are the dedup stages' (data_pipeline.dedup.text): text width- and case-folded, punctuation
+folded away, each CJK character one token and each run of other characters one token, so English
+is compared by words and Chinese by characters, whatever the spacing. An n-gram is hashed to 64
+bits (a false hit is about one in 10^8 at a million evaluation n-grams and 10^11 training ones).
+Each text field of an item is taken on its own; a field shorter than n tokens cannot be matched
+and is counted as `short_fields`.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from stack_common.errors import UserError
+
+from .config import DecontaminateConfig
+from .dedup.text import normalized_codes, token_bounds
+
+_P = np.uint64(0x100000001B3)
+_Q = np.uint64(0x9E3779B97F4A7C15)
+_SEPARATOR = "\ue000"   # a private-use character: a token of its own between texts hashed together
+
+
+_POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _powers(base: np.uint64, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """base**i and base**-i mod 2**64 for i < n (base is odd, so it has an inverse); grown on demand."""
+    power, inv = _POWERS.get(int(base), (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
+    if len(power) < n:
+        size = max(n, 2 * len(power), 4096)
+        inverse = np.uint64(pow(int(base), -1, 1 << 64))
+        with np.errstate(over="ignore"):
+            power = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, base, np.uint64)]), dtype=np.uint64)
+            inv = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, inverse, np.uint64)]), dtype=np.uint64)
+        _POWERS[int(base)] = power, inv
+    return power[:n], inv[:n]
+
+
+def _spans(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: np.uint64) -> np.ndarray:
+    """Position-free polynomial hash of values[starts[i]:ends[i]] for each i."""
+    power, inv = _powers(base, len(values) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
+        np.cumsum(values * power[:len(values)], dtype=np.uint64, out=prefix[1:])
+        return (prefix[ends] - prefix[starts]) * inv[starts]
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: nearby inputs give unrelated outputs."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """64-bit hashes of the token n-grams of a text (empty when it has fewer than n tokens)."""
+    return batch_ngram_hashes([text], n)[0]
+
+
+def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
+    """`ngram_hashes` of many short texts at numpy speed: they are hashed as one text with a
+    separator token between them, and n-grams that span a separator are dropped."""
+    codes = normalized_codes(f" {_SEPARATOR} ".join(texts))
+    starts, ends = token_bounds(codes)
+    if len(starts) < n:
+        return [np.zeros(0, dtype=np.uint64) for _ in texts]
+    tokens = _mix(_spans(codes.astype(np.uint64) + np.uint64(1), starts, ends, _P))
+    first = np.arange(len(tokens) - n + 1)
+    hashes = _mix(_spans(tokens, first, first + n, _Q))
+    is_sep = (ends - starts == 1) & (codes[starts] == ord(_SEPARATOR))
+    seps_before = np.concatenate([[0], np.cumsum(is_sep)])          # separators among tokens [0, i)
+    whole = seps_before[first + n] == seps_before[first]              # no separator inside the n-gram
+    owner = seps_before[first][whole]                                 # which text the n-gram is in
+    hashes = hashes[whole]
+    cuts = np.searchsorted(owner, np.arange(len(texts) + 1))
+    return [hashes[cuts[i]:cuts[i + 1]] for i in range(len(texts))]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    hashes: np.ndarray        # sorted, unique
+    items: int
+    short_fields: int
+
+    def hits(self, doc_hashes: np.ndarray) -> int:
+        if len(self.hashes) == 0 or len(doc_hashes) == 0:
+            return 0
+        at = np.minimum(np.searchsorted(self.hashes, doc_hashes), len(self.hashes) - 1)
+        return int(np.count_nonzero(self.hashes[at] == doc_hashes))
+
+
+def _records(path: Path, fields: list[str]):
+    """(location, record) of a JSONL (plain or .gz) or Parquet evaluation file."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        columns = [f for f in fields if f in pq.read_schema(path).names]
+        if not columns:
+            raise UserError(f"none of the fields {fields} is a column", file=path, field="decontaminate.fields")
+        for i, row in enumerate(pq.read_table(path, columns=columns).to_pylist()):
+            yield f"row {i}", row
+        return
+    if not name.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")):
+        raise UserError("unsupported evaluation file", file=path, expected=".jsonl, .jsonl.gz or .parquet")
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise UserError(f"not JSON ({err})", file=path, record=f"line {number}") from None
+            if not isinstance(record, dict):
+                raise UserError("not a JSON object", file=path, record=f"line {number}")
+            yield f"line {number}", record
+
+
+def _field_texts(value, path: Path, location: str, field: str) -> list[str]:
+    """A field's texts: a string, the strings of a list (e.g. MMLU choices), or a number."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return [str(v) for v in value]
+    raise UserError(f"a {type(value).__name__} is not text", file=path, record=location, field=field,
+                    expected="a string, a number or a list of strings")
+
+
+def load_eval_set(name: str, files: list[str], fields: list[str], n: int) -> EvalSet:
+    chunks, items, short = [], 0, 0
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise UserError("evaluation file does not exist", file=file, field=f"decontaminate.eval_sets.{name}")
+        texts = []
+        for location, record in _records(path, fields):
+            items += 1
+            texts += [t.replace(_SEPARATOR, " ") for field in fields
+                      for t in _field_texts(record.get(field), path, location, field)]
+        for begin in range(0, len(texts), 1000):
+            for hashes in batch_ngram_hashes(texts[begin:begin + 1000], n):
+                short += len(hashes) == 0
+                chunks.append(hashes)
+    hashes = np.unique(np.concatenate(chunks)) if chunks else np.zeros(0, dtype=np.uint64)
+    if len(hashes) == 0:
+        raise UserError(f"no item has a field of {n} or more tokens", field=f"decontaminate.eval_sets.{name}",
+                        expected=f"items with the fields {fields} (decontaminate.fields)")
+    return EvalSet(name, hashes, items, short)
+
+
+@lru_cache(maxsize=2)
+def _load_cached(key: tuple) -> tuple[EvalSet, ...]:
+    sets, fields, n = key
+    return tuple(load_eval_set(name, list(files), list(fields), n) for name, files, _ in sets)
+
+
+def load_eval_sets(cfg: DecontaminateConfig) -> tuple[EvalSet, ...]:
+    """Every evaluation set, loaded once per process (the files' sizes and times are in the key)."""
+    sets = tuple((name, tuple(files), tuple(_stamp(f) for f in files)) for name, files in sorted(cfg.eval_sets.items()))
+    return _load_cached((sets, tuple(cfg.fields), cfg.ngram))
+
+
+def _stamp(file: str) -> tuple:
+    try:
+        st = Path(file).stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return ()
+
+
+class Decontaminator:
+    """`hits(text) -> {benchmark: matching n-grams}` (benchmarks with none left out)."""
+
+    def __init__(self, cfg: DecontaminateConfig):
+        self.n = cfg.ngram
+        self.sets = load_eval_sets(cfg)
+        self.all = np.unique(np.concatenate([s.hashes for s in self.sets])) if self.sets else np.zeros(0, np.uint64)
+
+    def hits(self, text: str) -> dict[str, int]:
+        hashes = ngram_hashes(text, self.n)
+        if len(hashes) == 0 or len(self.all) == 0:
+            return {}
+        at = np.minimum(np.searchsorted(self.all, hashes), len(self.all) - 1)
+        candidates = hashes[self.all[at] == hashes]
+        if len(candidates) == 0:
+            return {}
+        return {s.name: k for s in self.sets if (k := s.hits(candidates))}
+
+    def describe(self) -> list[dict]:
+        return [{"benchmark": s.name, "items": s.items, "ngrams": len(s.hashes), "short_fields": s.short_fields}
+                for s in self.sets]

@@ -1,0 +1,365 @@
+"""The harmful, pii and decontaminate stages and the quality model's raw-sample negatives: exact
+outcomes on real text (the bundled sample corpus), look-alikes that must stay, bad input that
+is neither crashed on nor lost, and a pipeline run that reconciles and does not depend on the
+worker count."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.config import DecontaminateConfig, HarmfulConfig
+from data_pipeline.decontaminate import Decontaminator, ngram_hashes
+from data_pipeline.harmful import HarmfulLists
+from data_pipeline.pii import PiiScrubber, id_cn_valid, luhn_valid
+from stack_common.errors import ConfigError, UserError
+from test_data_pipeline_run import raw_records, run, shard_digest
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_PII = ["email", "phone", "id_cn", "ip", "card"]
+
+
+def sample(lang: str) -> dict[str, str]:
+    return {r["id"]: r["text"] for r in pq.read_table(REPO / "data" / "sample" / f"{lang}.parquet").to_pylist()}
+
+
+def write_list(path: Path, *entries: str) -> str:
+    path.write_text("# test list\n" + "\n".join(entries) + "\n", encoding="utf-8")
+    return str(path)
+
+
+# --- PII ---------------------------------------------------------------------------------------
+
+PII_REPLACED = [
+    ("联系人：张三，手机 13812345678，邮箱 zhang.san@example.com。", "联系人：张三，手机 <PHONE>，邮箱 <EMAIL>。"),
+    ("Call +1 415-555-0100 or +44 20 7946 0958.", "Call <PHONE> or <PHONE>."),
+    ("办公电话 (010) 62345678 转 123，传真 021-5432 1234", "办公电话 <PHONE> 转 123，传真 <PHONE>"),
+    ("tel:+8613812345678 / 0086 138 1234 5678", "tel:<PHONE> / <PHONE>"),
+    ("身份证号：11010519491231002X，另一个 44030419900307123x。", "身份证号：<ID_CN>，另一个 <ID_CN>。"),
+    ("Visa 4111 1111 1111 1111, UnionPay 6222021234567890128, Amex 3782-822463-10005",
+     "Visa <CARD>, UnionPay <CARD>, Amex <CARD>"),
+    ("PING www.debian.org (130.89.148.77) from 2603:400a:ffff:bb8::801f:3e.", "PING www.debian.org (<IP>) from <IP>."),
+    ("Written by Shaun McCance <shaunm@gnome.org>", "Written by Shaun McCance <<EMAIL>>"),
+]
+
+PII_KEPT = [
+    "version 1.2.3.4, v1.2.3.4, 版本 2.0.1.3, release 10.0.0.1, 内核 2.6.22.16, 3.1.4.1",   # versions
+    "1.3.2.1. 反馈缺陷\n参见 第\u00a01.3.2.3\u00a0节，(見 節\u00a012.2.2.4, “網路”)",   # headings, sections
+    "OID 1.3.6.1.4.1.311, python 3.11.4, pi 3.14159265358979",
+    "2024-01-15, 2024/01/15, 20240115, 2024-01-15T10:20:30Z, 12:30:45",   # dates and times
+    "epoch 1700000000, ms 1700000000123, us 1700000000123456",           # timestamps
+    "0xDEADBEEF 0x4111111111111111 uuid 123e4567-e89b-12d3-a456-426614174000",
+    "INT_MAX 2147483647, LLONG_MAX 9223372036854775807",                 # code constants
+    "ISBN 978-7-111-54742-6, 9787111547426, 0-306-40615-2",
+    "std::vector, a::b, dead::beef, MAC 00:1A:2B:3C:4D:5E, f9:2a:c2:77:29:f9:5c:00",
+    "127.0.0.1, 192.168.1.1, 10.0.0.254, ::1, fe80::1, 2001:db8::1, mDNS 224.0.0.251",   # no one's address
+    "4111 1111 1111 1112 fails Luhn; 110105194912310021 fails the check digit; 110105194913310023 month 13",
+    "git@ and @property and user@localhost",
+]
+
+
+@pytest.mark.parametrize("text,expected", PII_REPLACED)
+def test_pii_replaced_by_typed_placeholders(text, expected):
+    assert PiiScrubber(ALL_PII).scrub(text)[0] == expected
+
+
+@pytest.mark.parametrize("text", PII_KEPT)
+def test_pii_look_alikes_stay(text):
+    assert PiiScrubber(ALL_PII).scrub(text) == (text, {})
+
+
+def test_pii_checksums_and_counts():
+    assert id_cn_valid("11010519491231002X") and not id_cn_valid("110105194912310021")
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    text, counts = PiiScrubber(ALL_PII).scrub(" ".join(t for t, _ in PII_REPLACED))
+    assert counts == {"email": 2, "phone": 7, "id_cn": 2, "card": 3, "ip": 2}
+    only_mail = PiiScrubber(["email"]).scrub(PII_REPLACED[0][0])
+    assert only_mail == ("联系人：张三，手机 13812345678，邮箱 <EMAIL>。", {"email": 1})
+    assert PiiScrubber(["ip"], keep_private_ip=False).scrub("at 192.168.1.1")[0] == "at <IP>"
+
+
+def test_pii_real_documentation_keeps_its_section_numbers():
+    """debian-handbook-zh numbers its sections 1.3.2.1. and refers to 第 1.3.2.3 节: no IP there;
+    gnome-help pages credit their authors by e-mail: replaced."""
+    zh = sample("zh")
+    scrubber = PiiScrubber(ALL_PII)
+    counts = {}
+    for doc_id, text in zh.items():
+        for kind, n in scrubber.scrub(text)[1].items():
+            counts[kind] = counts.get(kind, 0) + n
+    assert "ip" not in counts and "card" not in counts and "id_cn" not in counts
+    assert counts["email"] > 0
+
+
+# --- harmful lists -----------------------------------------------------------------------------
+
+def test_harmful_terms_match_chinese_without_spaces_and_english_at_word_boundaries(tmp_path):
+    cfg = HarmfulConfig(word_lists={"test": [write_list(tmp_path / "t.txt", "ass", "porn*", "赌博", "cat fight")]},
+                        min_terms=1)
+    lists = HarmfulLists(cfg)
+    assert lists("The class passed the grass to the bass player.") == (None, [])
+    assert lists("A CLASSIC case: ASS.") == ("harmful.list:test", ["ass"])
+    assert lists("pornography and porn") == ("harmful.list:test", ["porn"])
+    assert lists("a cat fighting") == (None, [])
+    assert lists("网上赌博网站") == ("harmful.list:test", ["赌博"])
+    assert lists("") == (None, [])
+
+
+def test_harmful_starter_lists_on_real_text():
+    """Not one document of the bundled corpus (poems, manuals, Shakespeare) is hit; the same
+    text with two gambling terms added is, with the terms named."""
+    from data_pipeline.__main__ import load_config
+
+    lists = HarmfulLists(load_config([]).harmful)
+    texts = {**sample("en"), **sample("zh"), **sample("code")}
+    assert [doc_id for doc_id, text in texts.items() if lists(text)[0]] == []
+    poem = texts["fortunes-zh/3301"]
+    assert lists(poem + "\n网上赌场，百家乐，注册就送。")[0:2] == ("harmful.list:gambling", ["百家乐", "网上赌场"])
+    assert lists(poem + "\n百家乐")[0] is None                              # one term: min_terms is 2
+    assert lists(poem + " https://www.bet365.com/x 百家乐")[1] == ["bet365.com", "百家乐"]
+
+
+def test_harmful_domains(tmp_path):
+    cfg = HarmfulConfig(url_lists={"gambling": [write_list(tmp_path / "d.txt", "casino.example", "www.bet.test")]},
+                        min_terms=1)
+    lists = HarmfulLists(cfg)
+    assert lists("about us", url="https://m.casino.example/page?x=1") == ("harmful.url:gambling", ["casino.example"])
+    assert lists("about us", url="https://notcasino.example/") == (None, [])
+    assert lists("see http://bet.test/a") == ("harmful.list:gambling", ["bet.test"])
+
+
+def test_harmful_stage_reads_the_documents_url_from_its_annotations():
+    from data_pipeline.__main__ import load_config
+    from data_pipeline.readers import Document
+    from data_pipeline.steps import build_steps
+
+    step, = build_steps(["harmful"], load_config(["harmful.url_field=url"]))
+    page = Document("p", sample("en")["shakespeare/33#4"], "web", "en", annotations={"url": "https://cn.pornhub.com/v/1"})
+    assert step(page, 0)[0] == "harmful.url:porn" and page.annotations["harmful_terms"] == ["pornhub.com"]
+    other = Document("q", page.text, "web", "en", annotations={"url": "https://www.gutenberg.org/1"})
+    assert step(other, 0)[0] is None and "harmful_terms" not in other.annotations
+    assert step.stats()["excluded"] == {"harmful.url:porn": 1} and step.stats()["docs_scored"] == 0
+
+
+def test_harmful_list_errors(tmp_path):
+    with pytest.raises(UserError, match="missing.txt.*list file does not exist"):
+        HarmfulLists(HarmfulConfig(word_lists={"x": [str(tmp_path / "missing.txt")]}))
+    with pytest.raises(ConfigError, match="min_terms"):
+        HarmfulConfig(min_terms=0)
+
+
+# --- decontamination ---------------------------------------------------------------------------
+
+POEM_ITEM = "下面这首词的作者是谁？“东南形胜，三吴都会，钱塘自古繁华。”"       # 14 Han characters of 柳永《望海潮》
+LEAR_ITEM = "Who speaks: Time shall vnfold what plighted cunning hides, Who couers faults, at last with shame derides"
+
+
+def eval_files(tmp_path: Path) -> dict[str, list[str]]:
+    (tmp_path / "zh.jsonl").write_text(
+        json.dumps({"prompt": POEM_ITEM, "answer": "柳永"}, ensure_ascii=False) + "\n\n"
+        + json.dumps({"prompt": "一加一等于几？", "answer": 2}, ensure_ascii=False) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"prompt": [LEAR_ITEM, "What is two plus two?"], "answer": ["Cordelia", "four"],
+                             "choices": [["a", "b"], ["c", "d"]]}), tmp_path / "en.parquet")
+    return {"poems": [str(tmp_path / "zh.jsonl")], "lear": [str(tmp_path / "en.parquet")]}
+
+
+def test_decontaminate_words_for_english_and_characters_for_chinese(tmp_path):
+    matcher = Decontaminator(DecontaminateConfig(eval_sets=eval_files(tmp_path)))
+    en, zh = sample("en"), sample("zh")
+    assert matcher.hits(zh["fortunes-zh/3301"]) == {"poems": 2}       # 14 characters: two 13-grams
+    lear = next(t for t in en.values() if "plighted cunning hides" in t)
+    assert matcher.hits(lear) == {"lear": 3}
+    # spacing, case, width and punctuation do not hide a copy; 12 shared tokens are not a hit
+    assert matcher.hits("东 南 形 胜 三 吴 都 会 ， 钱 塘 自 古 繁 华") == {"poems": 2}
+    assert matcher.hits("TIME SHALL VNFOLD what plighted cunning hides; who COUERS faults -- at LAST with shame") \
+        == {"lear": 2}
+    assert matcher.hits("东南形胜，三吴都会，钱塘自古繁") == {"poems": 1}
+    assert matcher.hits("东南形胜，三吴都会，钱塘自古") == {}
+    hit = [doc_id for doc_id, text in {**en, **zh}.items() if matcher.hits(text)]
+    assert sorted(hit) == sorted(["fortunes-zh/3301", next(k for k, t in en.items() if t == lear)])
+    assert [(s["benchmark"], s["items"], s["short_fields"]) for s in matcher.describe()] == \
+        [("lear", 2, 3), ("poems", 2, 3)]
+
+
+def test_decontaminate_bad_input(tmp_path):
+    matcher = Decontaminator(DecontaminateConfig(eval_sets=eval_files(tmp_path)))
+    assert matcher.hits("") == {} and matcher.hits("🙂" * 50) == {}
+    huge = "தமிழ் எழுத்து " * 150_000 + "东南形胜，三吴都会，钱塘自古繁华"          # 2.1 M characters, Tamil
+    assert matcher.hits(huge) == {"poems": 2}
+    assert len(ngram_hashes("a b c", 13)) == 0
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "fine text here"}\n{"prompt": oops}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad.jsonl, record line 2: not JSON"):
+        Decontaminator(DecontaminateConfig(eval_sets={"bad": [str(tmp_path / "bad.jsonl")]}))
+    (tmp_path / "obj.jsonl").write_text('{"prompt": {"text": "x"}}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"obj.jsonl, record line 1, field .prompt.: a dict is not text"):
+        Decontaminator(DecontaminateConfig(eval_sets={"obj": [str(tmp_path / "obj.jsonl")]}))
+    with pytest.raises(UserError, match="no item has a field of 13 or more tokens"):
+        Decontaminator(DecontaminateConfig(eval_sets={"zh": eval_files(tmp_path)["poems"]}, fields=["answer"]))
+    with pytest.raises(ConfigError, match="decontaminate.action"):
+        DecontaminateConfig(action="drop")
+
+
+# --- the stages in a pipeline run --------------------------------------------------------------
+
+def pipeline_input(tmp_path: Path) -> Path:
+    """Two JSONL files of real documents, some with harmful terms, personal data or an evaluation
+    item added, and bad input: empty text, a 2 MB document, unusual scripts, a broken line."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    en, zh = sample("en"), sample("zh")
+    poem = zh["fortunes-zh/3301"]   # among the first 12 zh documents: a hit as written
+    docs = [{"id": k, "text": t} for k, t in list(en.items())[:12] + list(zh.items())[:12]]
+    docs += [
+        {"id": "gambling", "text": zh["fortunes-zh/3352"] + "\n网上赌场，百家乐，时时彩，注册就送。"},
+        {"id": "pii", "text": en["shakespeare/33#4"] + "\nMail zhang.san@example.com or call 13812345678."},
+        {"id": "contaminated", "text": en["shakespeare/33#5"] + "\n\n" + poem.splitlines()[0]},
+        {"id": "empty", "text": "  \n\n "},
+        {"id": "huge", "text": ("A plain sentence of English prose about nothing at all, written to fill space. "
+                                "It goes on. ") * 22_000 + "Reach me at big.doc@example.org please."},
+        {"id": "scripts", "text": "𒀭𒂗𒆠 ꦲꦏ꧀ꦱꦫ ᠮᠣᠩᠭᠣᠯ " * 40},
+    ]
+    for i, part in enumerate((docs[::2], docs[1::2])):
+        lines = [json.dumps(d, ensure_ascii=False) for d in part] + (['{"id": "broken", "text": '] if i else [])
+        (tmp_path / f"in-{i}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+STAGES = "stages=[normalize,harmful,pii,decontaminate]"
+
+
+@pytest.fixture(scope="module")
+def safety_run(tmp_path_factory) -> tuple[Path, dict, Path]:
+    tmp = tmp_path_factory.mktemp("safety")
+    evals = eval_files(tmp)
+    inputs = pipeline_input(tmp / "in")
+    overrides = [STAGES, f"decontaminate.eval_sets={{poems: [{evals['poems'][0]}]}}"]
+    stats = run(f"{inputs}/in-*.jsonl", tmp / "out1", *overrides, "workers=1")
+    return tmp, stats, inputs, overrides
+
+
+def excluded_reasons(out: Path) -> dict[str, str]:
+    from stack_common.shards import read_table
+
+    reasons = {}
+    for stage_dir in sorted((out / "stages").iterdir()):
+        table = read_table(stage_dir / "excluded", columns=["id", "reason"])
+        reasons.update(zip(table.column("id").to_pylist(), table.column("reason").to_pylist()))
+    return reasons
+
+
+def test_pipeline_run_with_the_new_stages(safety_run):
+    tmp, stats, _, _ = safety_run
+    out = tmp / "out1"
+    assert stats["reconciled"] and stats["quarantined"] == 1 and stats["docs_read"] == 30
+    reasons = excluded_reasons(out)
+    assert {k: v for k, v in reasons.items() if v.startswith(("harmful", "decontaminate"))} == \
+        {"gambling": "harmful.list:gambling", "contaminated": "decontaminate:poems",
+         "fortunes-zh/3301": "decontaminate:poems"}
+    assert reasons["empty"] == "normalize.empty"
+    by_stage = {s["stage"]: s for s in stats["stages"]}
+    # fortunes-zh/249 (a mutt config quoted in a fortune) holds "Name Surname <username@example.dom>"
+    assert by_stage["pii"]["replaced"] == {"email": 3, "phone": 1} and by_stage["pii"]["docs_changed"] == 3
+    assert by_stage["decontaminate"]["hits"] == {"poems": 2}
+    from stack_common.shards import read_table
+
+    final = {r["id"]: r["text"] for r in read_table(out / "final", columns=["id", "text"]).to_pylist()}
+    assert final["pii"].endswith("\nMail <EMAIL> or call <PHONE>.")
+    annotations = {r["id"]: json.loads(r["annotations"]) for r in
+                   read_table(out / "final", columns=["id", "annotations"]).to_pylist()}
+    assert annotations["pii"]["pii_replaced"] == {"email": 1, "phone": 1}
+    assert annotations["huge"]["pii_replaced"] == {"email": 1}
+    assert sum("pii_replaced" in a for a in annotations.values()) == 3
+    assert final["huge"].endswith("Reach me at <EMAIL> please.") and len(final["huge"]) > 2_000_000
+    assert reasons["scripts"] == "other:lang.not_kept"   # cuneiform, Javanese, Mongolian: not lost, routed
+    assert len(final) == 25 and stats["docs_kept"] == 25
+
+
+def test_pipeline_new_stages_same_output_for_any_worker_count(safety_run):
+    tmp, _, inputs, overrides = safety_run
+    run(f"{inputs}/in-*.jsonl", tmp / "out2", *overrides, "workers=2")
+    assert shard_digest(tmp / "out1") == shard_digest(tmp / "out2")
+
+
+def test_pipeline_resumes_and_refuses_a_changed_eval_set(safety_run):
+    tmp, stats, inputs, overrides = safety_run
+    again = run(f"{inputs}/in-*.jsonl", tmp / "out1", *overrides, "workers=1")   # complete: nothing redone
+    assert again["docs_kept"] == stats["docs_kept"] and again["reconciled"]
+    eval_file = Path(overrides[1].split("[")[1].rstrip("]}"))
+    original = eval_file.read_text(encoding="utf-8")
+    try:
+        eval_file.write_text(original + '{"prompt": "one more item of thirteen or more words to change the '
+                             'evaluation set file"}\n', encoding="utf-8")
+        with pytest.raises(UserError, match=r"decontaminate.eval_sets.poems\[0\] changed since this run started"):
+            run(f"{inputs}/in-*.jsonl", tmp / "out1", *overrides)
+    finally:   # the other tests of the module share the file
+        eval_file.write_text(original, encoding="utf-8")
+
+
+def test_stage_configs_reject_unknown_keys():
+    from data_pipeline.__main__ import to_config
+
+    for section in ("harmful", "pii", "decontaminate", "harmful_train"):
+        with pytest.raises(ConfigError, match=f"{section}.bogus"):
+            to_config({section: {"bogus": 1}})
+    with pytest.raises(ConfigError, match="pii.kinds: unknown"):
+        to_config({"pii": {"kinds": ["email", "passport"]}})
+
+
+def test_decontaminate_mark_keeps_the_document_and_says_why(tmp_path):
+    from data_pipeline.config import PipelineConfig
+    from data_pipeline.readers import Document
+    from data_pipeline.steps import build_steps
+
+    cfg = PipelineConfig(decontaminate=DecontaminateConfig(eval_sets=eval_files(tmp_path), action="mark"))
+    step, = build_steps(["decontaminate"], cfg)
+    doc = Document("d", sample("zh")["fortunes-zh/3301"], "fortunes-zh")
+    assert step(doc, 0)[0] is None and doc.annotations == {"contamination": {"poems": 2}}
+    assert step(Document("e", "", "x"), 0)[0] is None
+    assert step.stats()["hits"] == {"poems": 1} and step.stats()["docs_out"] == 2
+
+
+def test_harmful_model_trained_like_the_quality_model(raw_web, tmp_path):
+    """harmful_train reuses the quality trainer; here spam pages stand in for harmful text."""
+    from data_pipeline.__main__ import execute, load_config
+
+    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam),
+                                        encoding="utf-8")
+    report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{tmp_path}/bad.jsonl]",
+                                  f"harmful_train.negative=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
+                                  f"harmful_train.output={tmp_path}/harmful.bin"]))
+    assert report["labels"] == ["__label__harmful", "__label__safe"] and report["auc"] > 0.9
+    stats = run(f"{raw_web}/raw-*.jsonl*", tmp_path / "out", "stages=[normalize,harmful]",
+                f"harmful.model={tmp_path}/harmful.bin")
+    harmful = next(s for s in stats["stages"] if s["stage"] == "harmful")
+    # exactly the spam pages go: the English ones offer "casino bonus" and "free spins" (the
+    # starter gambling list), the Chinese ones only the model recognises
+    reasons = excluded_reasons(tmp_path / "out")
+    assert stats["reconciled"] and {k for k, v in reasons.items() if v.startswith("harmful")} == {r["id"] for r in spam}
+    assert {reasons[r["id"]] for r in spam if r["id"].startswith("spam/en/")} == {"harmful.list:gambling"}
+    assert {reasons[r["id"]] for r in spam if r["id"].startswith("spam/zh/")} == {"harmful.model"}
+    langs = next(s for s in stats["stages"] if s["stage"] == "annotate")["langs"]   # code is not scored
+    assert harmful["docs_scored"] == langs["zh"] + langs["en"] - harmful["excluded"]["harmful.list:gambling"]
+
+
+def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, tmp_path):
+    from data_pipeline.__main__ import execute, load_config
+
+    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
+    (tmp_path / "spam.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam),
+                                         encoding="utf-8")
+    common = [f"quality_train.positive=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
+              f"quality_train.negative=[{tmp_path}/spam.jsonl]", f"quality_train.raw_sample=[{raw_web}/raw-*.jsonl*]",
+              "quality_train.raw_sample_docs=400"]
+    reports = {kind: execute(load_config(["task=quality_train", *common, f"quality_train.train_negatives={kind}",
+                                          f"quality_train.output={tmp_path}/{kind}.bin"]))
+               for kind in ("rejects", "raw_sample")}
+    for kind, report in reports.items():
+        assert report["train_negatives"] == kind and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
+        assert json.loads(Path(f"{tmp_path}/{kind}.bin.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
+    assert reports["rejects"]["heldout_auc"]["rejects"] > 0.9
+    assert reports["raw_sample"]["train_negative"] + reports["raw_sample"]["heldout_negative"] == 400
+    with pytest.raises(UserError, match="quality_train needs raw_sample inputs"):
+        execute(load_config(["task=quality_train", *common[:2], "quality_train.train_negatives=raw_sample"]))
