@@ -47,7 +47,7 @@ class SemanticConfig:
     ngram_min: int = 2              # character n-grams of the TF-IDF (text.shingle_codes: no word segmenter)
     ngram_max: int = 4
     max_features: int = 100_000     # TF-IDF vocabulary: the n-grams found in most fitted documents
-    max_chars: int = 20_000         # characters of a document embedded (its start)
+    max_chars: int = 10_000         # characters of a document embedded (its start)
     fit_docs: int = 20_000          # documents the TF-IDF and SVD are fitted on, evenly spread over the input
     n_clusters: int = 0             # k-means clusters; 0: sqrt(documents with an embedding)
     kmeans_iter: int = 20
@@ -94,57 +94,67 @@ def fit_sample(shards: list[Shard], fit_docs: int, max_chars: int) -> list[str]:
 
 
 class Embedder:
-    """TF-IDF of hashed character n-grams (the `text.shingle_codes` form: width, case and whitespace
-    folded) -> truncated SVD -> unit length. Vocabulary: the `max_features` n-gram hashes found in
-    most fitted documents (at least two)."""
+    """Character n-grams (hashed, of the `text.shingle_codes` form: width, case and whitespace folded)
+    weighted (1 + log tf) x idf. A document is the unit-length vector over all its n-grams, compared
+    as is (an n-gram the fitted documents lack gets the idf of a one-document n-gram, so rare text
+    weighs in even when it cannot match); its part over the `max_features` n-grams found in most
+    fitted documents goes through a truncated SVD to the dense, unit-length embedding."""
 
     def __init__(self, conf: SemanticConfig, texts: list[str]):
         from sklearn.decomposition import TruncatedSVD
 
         self.max_chars, self.sizes = conf.max_chars, range(conf.ngram_min, conf.ngram_max + 1)
-        rows = [self._counts(t) for t in texts]
-        hashes, df = np.unique(np.concatenate([h for h, _ in rows] or [np.zeros(0, np.uint32)]), return_counts=True)
-        keep = np.flatnonzero(df >= min(2, len(texts)))
-        keep = np.sort(keep[np.lexsort((hashes[keep], -df[keep]))][:conf.max_features])
-        dim = min(conf.dim, len(keep) - 1, len(texts) - 1)
+        counts = [self._counts(t) for t in texts]
+        hashes, df = np.unique(np.concatenate([h for h, _ in counts] or [np.zeros(0, np.uint32)]), return_counts=True)
+        shared = np.flatnonzero(df >= min(2, len(texts)))
+        self.idf_hashes = hashes[shared]                         # sorted
+        self.idf = (np.log((1 + len(texts)) / (1 + df[shared])) + 1).astype(np.float32)
+        self.idf_unseen = np.float32(np.log((1 + len(texts)) / 2) + 1)
+        top = np.sort(shared[np.lexsort((hashes[shared], -df[shared]))][:conf.max_features])
+        self.vocabulary = hashes[top]                            # sorted: column i of the SVD input
+        dim = min(conf.dim, len(top) - 1, len(texts) - 1)
         if dim < 2:
-            raise UserError(f"semantic_dedup: {len(texts)} documents with {len(keep)} shared character n-grams "
+            raise UserError(f"semantic_dedup: {len(texts)} documents with {len(top)} shared character n-grams "
                             "are too few to fit an embedding", expected="a larger input")
-        self.vocabulary = hashes[keep]                       # sorted: column i is n-gram hash vocabulary[i]
-        self.idf = (np.log((1 + len(texts)) / (1 + df[keep])) + 1).astype(np.float32)
         self.svd = TruncatedSVD(n_components=dim, algorithm="randomized", random_state=conf.seed)
-        self.svd.fit(self._tfidf(rows))
+        self.svd.fit(self._svd_input([self._weights(h, c) for h, c in counts]))
 
     def _counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         return np.unique(char_ngram_hashes(text[:self.max_chars], self.sizes), return_counts=True)
 
-    def _tfidf(self, rows: list[tuple[np.ndarray, np.ndarray]]):
-        """Unit-length rows of (1 + log tf) x idf over the vocabulary."""
+    def _weights(self, hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted n-gram hashes, their unit-length TF-IDF weights)."""
+        pos = np.minimum(np.searchsorted(self.idf_hashes, hashes), max(0, len(self.idf_hashes) - 1))
+        seen = self.idf_hashes[pos] == hashes if len(self.idf_hashes) else np.zeros(len(hashes), bool)
+        weight = (1 + np.log(counts)) * np.where(seen, self.idf[pos] if len(self.idf) else 0, self.idf_unseen)
+        norm = np.linalg.norm(weight)
+        return hashes, (weight / norm if norm > 0 else weight).astype(np.float32)
+
+    def _svd_input(self, rows: list[tuple[np.ndarray, np.ndarray]]):
         from scipy.sparse import csr_matrix
 
         cols, vals, indptr = [], [], [0]
-        for hashes, counts in rows:
+        for hashes, weight in rows:
             pos = np.minimum(np.searchsorted(self.vocabulary, hashes), len(self.vocabulary) - 1)
             known = self.vocabulary[pos] == hashes
-            weight = (1 + np.log(counts[known])) * self.idf[pos[known]]
-            norm = np.linalg.norm(weight)
             cols.append(pos[known])
-            vals.append((weight / norm if norm > 0 else weight).astype(np.float32))
+            vals.append(weight[known])
             indptr.append(indptr[-1] + int(known.sum()))
         return csr_matrix((np.concatenate(vals or [np.zeros(0, np.float32)]),
                            np.concatenate(cols or [np.zeros(0, np.int64)]), np.array(indptr)),
-                          shape=(len(rows), len(self.idf)))
+                          shape=(len(rows), len(self.vocabulary)))
 
     @property
     def dim(self) -> int:
         return self.svd.n_components
 
-    def __call__(self, texts: list[str]):
-        """(TF-IDF rows as a CSR matrix, unit-length embeddings; zero rows: no known n-gram)."""
-        tfidf = self._tfidf([self._counts(t) for t in texts])
-        vectors = self.svd.transform(tfidf).astype(np.float32)
+    def __call__(self, texts: list[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """(per text: sorted n-gram hashes and TF-IDF weights; unit-length embeddings, zero when no
+        n-gram of the text is in the SVD vocabulary)."""
+        rows = [self._weights(*self._counts(t)) for t in texts]
+        vectors = self.svd.transform(self._svd_input(rows)).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return tfidf, np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 1e-6)
+        return rows, np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 1e-6)
 
 
 def save_model(path: Path, model: Embedder) -> None:
@@ -163,50 +173,51 @@ def _embed_shard(shard: Shard, work: Path) -> None:
     model = load_model(work / "model.pkl")
     metas, vectors, rows = [], [], []
     for batch in iter_shard(shard, ["id", "text", "quality_score"]):
-        tfidf, dense = model([t or "" for t in batch.column("text").to_pylist()])
+        weighted, dense = model([t or "" for t in batch.column("text").to_pylist()])
         vectors.append(dense)
-        rows.append(tfidf)
+        rows += weighted
         metas.append(pa.table(doc_meta(batch)))
-    from scipy.sparse import csr_matrix, vstack
-
-    tfidf = vstack(rows, format="csr") if rows else csr_matrix((0, len(model.idf)), dtype=np.float32)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(h) for h, _ in rows], out=offsets[1:])
+    flat = [np.concatenate([r[k] for r in rows]) if rows else np.zeros(0, t) for k, t in ((0, np.uint32), (1, np.float32))]
     write_arrow(work / "tfidf" / f"{shard.name}.arrow", pa.table({
-        "cols": pa.ListArray.from_arrays(pa.array(tfidf.indptr.astype(np.int32)), pa.array(tfidf.indices.astype(np.int32))),
-        "vals": pa.ListArray.from_arrays(pa.array(tfidf.indptr.astype(np.int32)), pa.array(tfidf.data.astype(np.float32)))}),
+        "hashes": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[0], pa.uint32())),
+        "weights": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[1], pa.float32()))}),
         compression=None)
-    flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
+    dense = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
     table = pa.concat_tables(metas) if metas else pa.table(
         {"id": pa.array([], pa.string()), "quality_score": pa.array([], pa.float32()),
          "n_chars": pa.array([], pa.int64())})
-    table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(flat), model.dim))
+    table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(dense), model.dim))
     write_arrow(work / "embeddings" / f"{shard.name}.arrow", table)      # last: marks the shard done
 
 
 class TfidfRows:
     """TF-IDF rows by global document index, memory-mapped from the per-shard files."""
 
-    def __init__(self, work: Path, shards: list[Shard], n_features: int):
+    def __init__(self, work: Path, shards: list[Shard]):
         self.first = np.array([s.first_doc for s in shards], dtype=np.int64)
-        self.n_features, self.parts = n_features, []
+        self.parts = []
         for shard in shards:
             table = read_arrow(work / "tfidf" / f"{shard.name}.arrow")
-            cols, vals = table.column("cols").combine_chunks(), table.column("vals").combine_chunks()
-            self.parts.append((cols.offsets.to_numpy(), cols.values.to_numpy(), vals.values.to_numpy()))
+            hashes, weights = table.column("hashes").combine_chunks(), table.column("weights").combine_chunks()
+            self.parts.append((hashes.offsets.to_numpy(), hashes.values.to_numpy(), weights.values.to_numpy()))
 
     def rows(self, docs: np.ndarray):
+        """The documents' rows as a CSR matrix over the n-grams they hold (columns numbered locally)."""
         from scipy.sparse import csr_matrix
 
-        cols, vals, indptr = [], [], [0]
+        hashes, weights, indptr = [], [], [0]
         for doc in docs:
             s = int(np.searchsorted(self.first, doc, side="right") - 1)
-            offsets, c, v = self.parts[s]
+            offsets, h, w = self.parts[s]
             lo, hi = offsets[doc - self.first[s]], offsets[doc - self.first[s] + 1]
-            cols.append(c[lo:hi])
-            vals.append(v[lo:hi])
+            hashes.append(h[lo:hi])
+            weights.append(w[lo:hi])
             indptr.append(indptr[-1] + hi - lo)
-        return csr_matrix((np.concatenate(vals or [np.zeros(0, np.float32)]),
-                           np.concatenate(cols or [np.zeros(0, np.int32)]), np.array(indptr)),
-                          shape=(len(docs), self.n_features))
+        columns, local = np.unique(np.concatenate(hashes or [np.zeros(0, np.uint32)]), return_inverse=True)
+        return csr_matrix((np.concatenate(weights or [np.zeros(0, np.float32)]), local, np.array(indptr)),
+                          shape=(len(docs), len(columns)))
 
 
 # ---- 3. cluster, 4. dedup ------------------------------------------------------------------------------
@@ -283,7 +294,7 @@ def decide(work: Path, shards: list[Shard], conf: SemanticConfig) -> dict:
     vectors = np.concatenate([t.column("embedding").combine_chunks().values.to_numpy().reshape(-1, dim)
                               for t in tables])
     del tables
-    tfidf = TfidfRows(work, shards, len(load_model(work / "model.pkl").idf))
+    tfidf = TfidfRows(work, shards)
     rank = survivor_rank(meta)
     has = np.linalg.norm(vectors, axis=1) > 0.5
     n_valid = int(has.sum())
