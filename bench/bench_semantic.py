@@ -106,17 +106,27 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus"))
     parser.add_argument("--per-source", type=int, default=3000)
     parser.add_argument("--out", default="/tmp/bench_semantic")
+    parser.add_argument("--start-at", choices=STAGES, help="reuse the outputs of the stages before this one "
+                        "from a previous run into --out (their rows show no timing)")
     args = parser.parse_args()
     out = Path(args.out)
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    n = build_input(Path(args.corpus), args.per_source, out / "input")
-    print(f"input: {n} documents, up to {args.per_source} per source of {args.corpus}")
+    first = STAGES.index(args.start_at) if args.start_at else 0
+    if not first:
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        n = build_input(Path(args.corpus), args.per_source, out / "input")
+        print(f"input: {n} documents, up to {args.per_source} per source of {args.corpus}")
     rows, src = [], out / "input"
     for i, stage in enumerate(STAGES):
         dst = out / f"{i:02d}_{stage}"
-        seconds, rss = timed_child(stage, src, dst)
+        if i < first:
+            seconds, rss = float("nan"), float("nan")
+        else:
+            if dst.exists():
+                import shutil
+                shutil.rmtree(dst)
+            seconds, rss = timed_child(stage, src, dst)
         stats = json.loads((dst / "stats.json").read_text())
         removed = sum(stats["excluded"].values())
         rows.append((stage, stats["docs_in"], removed, stats["docs_in"] / seconds, rss, stats))

@@ -82,10 +82,12 @@ def data_pipeline(demo: Demo) -> None:
               f"quality_train.positive=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
               f"quality_train.negative=[{demo.path('heuristic')}/stages/*_filter/excluded]",
               f"quality_train.output={demo.path('quality.bin')}"])
-    demo.run("data pipeline: all stages (filters, quality, exact / MinHash / line dedup)",
+    demo.run("data pipeline: all stages (filters, quality; document, paragraph, sentence and semantic dedup; "
+             "cluster balancing)",
              [PY, "-m", "data_pipeline", raw, f"output={demo.path('clean')}", "workers=2",
               f"quality.model={demo.path('quality.bin')}",
-              "stages=[normalize,clean_lines,filter,quality,exact_dedup,minhash_dedup,line_dedup]"])
+              "stages=[normalize,clean_lines,filter,quality,exact_dedup,minhash_dedup,line_dedup@paragraph,"
+              "line_dedup@sentence,semantic_dedup,cluster_balance]"])
 
 
 def tokenizer(demo: Demo) -> None:

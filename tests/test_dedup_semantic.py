@@ -260,3 +260,61 @@ def test_instances_are_configured_and_unknown_ones_are_refused(tmp_path):
     assert "dedup.instances.line_dedup.word" in text and "line_dedup@paragraph, line_dedup@sentence" in text
     assert "'filter@strict': only global stages have instances" in text
     assert "dedup.semantc: unknown settings" in text
+
+
+# ---- resume after SIGKILL -------------------------------------------------------------------------------
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from data_pipeline.dedup import GLOBAL_STAGES, balance, common, semantic
+src, out, stage, target, after = sys.argv[1:6]
+owner_name, attr = target.split(".", 1)
+owner = {"common": common, "semantic": semantic, "balance": balance}[owner_name]
+if "." in attr:
+    cls_name, attr = attr.split(".")
+    owner = getattr(owner, cls_name)
+original, calls = getattr(owner, attr), [0]
+def killing(*args, **kwargs):
+    result = original(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(owner, attr, killing)
+GLOBAL_STAGES[stage](Path(src), Path(out), {}, 1, "local", None)
+"""
+KILL_POINTS = [("semantic_dedup", "semantic._embed_shard", 2), ("semantic_dedup", "semantic.decide", 1),
+               ("semantic_dedup", "common.ShardOutput.keep", 2), ("cluster_balance", "balance._scan_shard", 1),
+               ("cluster_balance", "common.ShardOutput.keep", 2)]
+
+
+def _digests(out):
+    return {sub: [f["sha256"] for f in read_manifest(out / sub)["files"]] for sub in ("kept", "excluded")}
+
+
+@pytest.mark.slow
+def test_killed_semantic_and_balance_stages_resume_to_identical_output(sample, tmp_path):
+    import subprocess
+    import sys
+
+    en, zh = sample
+    docs = [_doc(f"en{i:02d}", r["text"], "en", 0.5) for i, r in enumerate(en[:8])]
+    docs += [_doc(f"zh{i:02d}", r["text"], "zh", 0.5) for i, r in enumerate(zh[:8])]
+    docs.append(_doc("zh03-para", _paraphrase(zh[3]["text"], "zh"), "zh", 0.9))
+    src = _write(tmp_path / "in", docs, target_bytes=15_000)
+    assert len(read_manifest(src)["files"]) >= 3
+    GLOBAL_STAGES["semantic_dedup"](src, tmp_path / "ref-semantic", {}, 1, "local", None)
+    GLOBAL_STAGES["cluster_balance"](tmp_path / "ref-semantic" / "kept", tmp_path / "ref-balance", {}, 1, "local", None)
+    reference = {"semantic_dedup": _digests(tmp_path / "ref-semantic"),
+                 "cluster_balance": _digests(tmp_path / "ref-balance")}
+    for k, (stage, target, after) in enumerate(KILL_POINTS):
+        stage_src = src if stage == "semantic_dedup" else tmp_path / "ref-semantic" / "kept"
+        out = tmp_path / f"killed-{k}"
+        proc = subprocess.run([sys.executable, "-c", KILLER, str(stage_src), str(out), stage, target, str(after)],
+                              cwd=REPO, capture_output=True, text=True, env={"BC_NO_PROGRESS": "1",
+                                                                            "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == -9, (target, proc.stderr[-2000:])
+        assert not (out / "stats.json").exists()
+        GLOBAL_STAGES[stage](stage_src, out, {}, 1, "local", None)
+        assert _digests(out) == reference[stage], target

@@ -46,9 +46,9 @@ class SemanticConfig:
     dim: int = 128                  # embedding size (SVD components); smaller for tiny corpora
     ngram_min: int = 2              # character n-grams of the TF-IDF (text.shingle_codes: no word segmenter)
     ngram_max: int = 4
-    max_features: int = 100_000     # TF-IDF vocabulary: the n-grams found in most fitted documents
+    max_features: int = 30_000      # SVD input: the n-grams found in most fitted documents
     max_chars: int = 10_000         # characters of a document embedded (its start)
-    fit_docs: int = 20_000          # documents the TF-IDF and SVD are fitted on, evenly spread over the input
+    fit_docs: int = 5_000           # documents the idf and SVD are fitted on, evenly spread over the input
     n_clusters: int = 0             # k-means clusters; 0: sqrt(documents with an embedding)
     kmeans_iter: int = 20
     # What two documents of a cluster are compared by: `tfidf`, the cosine of their TF-IDF vectors,
