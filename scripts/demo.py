@@ -87,7 +87,9 @@ def data_pipeline(demo: Demo) -> None:
              [PY, "-m", "data_pipeline", raw, f"output={demo.path('clean')}", "workers=2",
               f"quality.model={demo.path('quality.bin')}",
               "stages=[normalize,clean_lines,filter,quality,exact_dedup,minhash_dedup,line_dedup@paragraph,"
-              "line_dedup@sentence,semantic_dedup,cluster_balance]"])
+              "line_dedup@sentence,semantic_dedup,cluster_balance]",
+              # the sample is small and topical (Shakespeare is one cluster): cap at 4x the median, not 2x
+              "dedup.balance.cap_factor=4"])
 
 
 def tokenizer(demo: Demo) -> None:
