@@ -7,7 +7,7 @@ from typing import Any, Optional
 from stack_common.errors import ConfigError
 
 PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "harmful", "pii", "decontaminate", "quality")
-GLOBAL_STAGE_NAMES = ("exact_dedup", "minhash_dedup", "line_dedup")
+GLOBAL_STAGE_NAMES = ("exact_dedup", "minhash_dedup", "line_dedup", "semantic_dedup", "cluster_balance")  # also <stage>@<instance>
 NEEDS_LANG = ("clean_lines", "filter", "harmful", "quality")
 
 

@@ -29,6 +29,7 @@ from stack_common.logging import get_logger
 from stack_common.shards import ShardFile, read_manifest, read_table, write_manifest
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
+from .dedup.instances import check_stages as check_global_stages, split_stage, stage_settings
 from .executors import run_units
 from .filters import check_rules
 from .funnel import plot_funnel
@@ -68,7 +69,11 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
     checks = Checks()
     known = PER_DOC_STAGES + GLOBAL_STAGE_NAMES
     for stage in stages:
-        checks.require(stage in known, f"stages: unknown stage '{stage}' (known: {', '.join(known)})")
+        base = stage.partition("@")[0]
+        checks.require(base in known, f"stages: unknown stage '{stage}' (known: {', '.join(known)})")
+        checks.require(base == stage or base in GLOBAL_STAGE_NAMES,
+                       f"stages: '{stage}': only global stages have instances (<stage>@<name>)")
+    checks.problems += check_global_stages(stages, cfg.dedup)
     checks.require(len(set(stages)) == len(stages), f"stages: a stage is listed twice: {stages}")
     checks.require(bool(cfg.input), "input: give input files, e.g. input='raw/*.jsonl.gz'")
     checks.require(bool(cfg.output), "output: give an output directory, e.g. output=out/")
@@ -326,12 +331,12 @@ def single_shard_dir(patterns: list[str], segment: Segment) -> Path:
 def run_global_stage(segment: Segment, input_dir: Path, cfg: PipelineConfig, out: Path) -> None:
     stage = segment.stages[0]
     registry = global_stages()
-    if stage not in registry:
+    if split_stage(stage)[0] not in registry:
         raise UserError(f"data_pipeline.dedup has no stage '{stage}' (it has {', '.join(registry)})", field="stages")
-    key = stage.removesuffix("_dedup")
     log.info("stage %s (global) on %s", stage, input_dir)
     stage_dir = segment.stage_dirs(out)[0]
-    registry[stage](input_dir, stage_dir, dict(cfg.dedup.get(key) or {}), cfg.workers, cfg.executor, cfg.ray_address)
+    registry[split_stage(stage)[0]](input_dir, stage_dir, stage_settings(stage, cfg.dedup), cfg.workers, cfg.executor,
+                                    cfg.ray_address, stage=stage)
     if not (stage_dir / "stats.json").is_file():
         raise RuntimeError(f"stage {stage} returned without writing {stage_dir / 'stats.json'}")
 

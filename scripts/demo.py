@@ -83,12 +83,15 @@ def data_pipeline(demo: Demo) -> None:
               f"quality_train.negative=[{demo.path('heuristic')}/stages/*_filter/excluded]",
               f"quality_train.raw_sample=[{demo.path('raw')}/raw-*.jsonl*]", "quality_train.raw_sample_docs=300",
               f"quality_train.output={demo.path('quality.bin')}"])
-    demo.run("data pipeline: all stages (harmful, filters, PII, decontamination, quality, exact / MinHash / line dedup)",
+    demo.run("data pipeline: all stages (harmful, filters, PII, decontamination, quality; document, paragraph, "
+             "sentence and semantic dedup; cluster balancing)",
              [PY, "-m", "data_pipeline", raw, f"output={demo.path('clean')}", "workers=2",
               f"quality.model={demo.path('quality.bin')}",
               f"decontaminate.eval_sets={{demo: [{REPO}/data/sample/eval_demo.jsonl]}}",
               "stages=[normalize,harmful,clean_lines,filter,pii,decontaminate,quality,exact_dedup,minhash_dedup,"
-              "line_dedup]"])
+              "line_dedup@paragraph,line_dedup@sentence,semantic_dedup,cluster_balance]",
+              # the sample is small and topical (Shakespeare is one cluster): cap at 4x the median, not 2x
+              "dedup.balance.cap_factor=4"])
 
 
 def tokenizer(demo: Demo) -> None:

@@ -55,17 +55,17 @@ def _group_roots(digests: np.ndarray, rank: np.ndarray) -> np.ndarray:
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None) -> dict:
+        ray_address: str | None = None, stage: str = STAGE) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, ExactConfig, "dedup.exact")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
-    prepare_work(input_dir, output_dir, STAGE, conf)
+    prepare_work(input_dir, output_dir, stage, conf)
     steps: dict = {}
     todo = [s for s in shards if not (work / "hashes" / f"{s.name}.arrow").is_file()]
     run_tasks(_hash_shard, [(s, work, conf.digest_bytes) for s in todo], workers=workers, executor=executor,
-              ray_address=ray_address, desc=f"{STAGE}: hash")
+              ray_address=ray_address, desc=f"{stage}: hash")
     t0 = timed(steps, "hash", t0)
 
     decisions = work / "decisions.arrow"
@@ -79,9 +79,9 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         write_arrow(decisions, cluster_decisions(meta, rank, _group_roots(digests, rank)))
     t0 = timed(steps, "group", t0)
 
-    records = run_apply(STAGE, output_dir, shards, apply_cluster_decisions, (str(decisions), STAGE, REASON),
+    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (str(decisions), stage, REASON),
                         workers=workers, executor=executor, ray_address=ray_address)
     timed(steps, "write", t0)
     table = read_arrow(decisions)
     clusters = len(np.unique(table.column("cluster_id").to_numpy())) if len(table) else 0
-    return finish_stage(STAGE, output_dir, records, started, {"clusters": clusters, **steps})
+    return finish_stage(stage, output_dir, records, started, {"clusters": clusters, **steps})

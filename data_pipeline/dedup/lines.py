@@ -137,9 +137,9 @@ def _too_short_shard(shard: Shard, work: Path, conf: LineConfig) -> None:
     write_arrow(work / "too_short" / f"{shard.name}.arrow", pa.table({"doc": pa.array(short, pa.int64())}))
 
 
-def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig) -> dict:
+def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig, stage: str) -> dict:
     rep_keys, rep_keeper, affected = _read_keepers(output_dir / "work", "")
-    out = ShardOutput(output_dir, shard, STAGE)
+    out = ShardOutput(output_dir, shard, stage)
     out.stats.update(removed_units=0, removed_chars=0, docs_modified=0)
     try:
         doc = shard.first_doc
@@ -155,7 +155,7 @@ def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig) -> dict:
                         out.stats["removed_units"] += removed
                         out.stats["removed_chars"] += len(text) - len(new_text)
                         out.stats["docs_modified"] += 1
-                        note = {"line_dedup": {"removed_units": removed, "removed_chars": len(text) - len(new_text)}}
+                        note = {stage: {"removed_units": removed, "removed_chars": len(text) - len(new_text)}}
                         cols["annotations"][i] = add_annotations(cols["annotations"][i], note)
                         if len(normalize(new_text)) < conf.min_doc_chars:
                             excluded[i] = True     # excluded with its original text, for inspection
@@ -186,19 +186,19 @@ def _strip_repeated(text: str, doc: int, conf: LineConfig, rep_keys: np.ndarray,
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None) -> dict:
+        ray_address: str | None = None, stage: str = STAGE) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, LineConfig, "dedup.line")
     check_config(conf)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
-    prepare_work(input_dir, output_dir, STAGE, conf)
+    prepare_work(input_dir, output_dir, stage, conf)
     par = dict(workers=workers, executor=executor, ray_address=ray_address)
     steps: dict = {}
 
     todo = [s for s in shards if not (work / "docs" / f"{s.name}.arrow").is_file()]
-    run_tasks(_unit_shard, [(s, work, conf) for s in todo], desc=f"{STAGE}: units", **par)
+    run_tasks(_unit_shard, [(s, work, conf) for s in todo], desc=f"{stage}: units", **par)
     t0 = timed(steps, "units", t0)
 
     if not (work / "repeated.arrow").is_file():
@@ -209,14 +209,14 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
             _write_keepers(work, "first_", units, *choose_keepers(units, rank, conf.min_count))
         t0 = timed(steps, "count", t0)
         todo = [s for s in shards if not (work / "too_short" / f"{s.name}.arrow").is_file()]
-        run_tasks(_too_short_shard, [(s, work, conf) for s in todo], desc=f"{STAGE}: keepers", **par)
+        run_tasks(_too_short_shard, [(s, work, conf) for s in todo], desc=f"{stage}: keepers", **par)
         too_short = np.concatenate([np.zeros(0, np.int64)] + [
             read_arrow(work / "too_short" / f"{s.name}.arrow").column("doc").to_numpy() for s in shards])
         _write_keepers(work, "", units, *choose_keepers(units, rank, conf.min_count, too_short))
     t0 = timed(steps, "keepers", t0)
 
-    records = run_apply(STAGE, output_dir, shards, _apply_shard, (conf,), **par)
+    records = run_apply(stage, output_dir, shards, _apply_shard, (conf, stage), **par)
     timed(steps, "write", t0)
     extra = {k: sum(r[k] for r in records) for k in ("removed_units", "removed_chars", "docs_modified")}
     extra["repeated_units"] = read_arrow(work / "repeated.arrow").num_rows
-    return finish_stage(STAGE, output_dir, records, started, {"unit": conf.unit, **extra, **steps})
+    return finish_stage(stage, output_dir, records, started, {"unit": conf.unit, **extra, **steps})

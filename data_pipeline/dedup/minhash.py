@@ -253,7 +253,7 @@ def _candidate_chunks(work: Path, bands: int, n_docs: int, per_task: int) -> tup
 # ---- the stage ---------------------------------------------------------------------------------------
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None) -> dict:
+        ray_address: str | None = None, stage: str = STAGE) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, MinHashConfig, "dedup.minhash")
     check_config(conf)
@@ -261,14 +261,14 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
-    prepare_work(input_dir, output_dir, STAGE, conf)
+    prepare_work(input_dir, output_dir, stage, conf)
     names, firsts = [s.name for s in shards], [s.first_doc for s in shards]
     n_docs = sum(s.rows for s in shards)
     par = dict(workers=workers, executor=executor, ray_address=ray_address)
     steps: dict = {}
 
     todo = [s for s in shards if not (work / "signatures" / f"{s.name}.arrow").is_file()]
-    run_tasks(_signature_shard, [(s, work, conf, bands, rows) for s in todo], desc=f"{STAGE}: signatures", **par)
+    run_tasks(_signature_shard, [(s, work, conf, bands, rows) for s in todo], desc=f"{stage}: signatures", **par)
     t0 = timed(steps, "signatures", t0)
 
     meta = pa.concat_tables([read_arrow(work / "signatures" / f"{n}.arrow").drop_columns(["signature"])
@@ -278,13 +278,13 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
 
     todo = [j for j in range(bands) if not (work / "edges" / f"band-{j:03d}.arrow").is_file()]
-    run_tasks(_band_edges, [(j, work, names, conf.bucket_window) for j in todo], desc=f"{STAGE}: bands", **par)
+    run_tasks(_band_edges, [(j, work, names, conf.bucket_window) for j in todo], desc=f"{stage}: bands", **par)
     t0 = timed(steps, "bands", t0)
 
     candidates, chunks = _candidate_chunks(work, bands, n_docs, conf.pairs_per_task)
     todo = [i for i in range(chunks) if not (work / "verified" / f"chunk-{i:05d}.arrow").is_file()]
     run_tasks(_verify_chunk, [(i, work, names, firsts, conf.threshold) for i in todo],
-              desc=f"{STAGE}: verify", **par)
+              desc=f"{stage}: verify", **par)
     t0 = timed(steps, "verify", t0)
 
     decisions = work / "decisions.arrow"
@@ -294,12 +294,12 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         write_arrow(decisions, cluster_decisions(meta, rank, roots))
     t0 = timed(steps, "clusters", t0)
 
-    records = run_apply(STAGE, output_dir, shards, apply_cluster_decisions, (str(decisions), STAGE, REASON), **par)
+    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (str(decisions), stage, REASON), **par)
     timed(steps, "write", t0)
     table = read_arrow(decisions)
     clusters = len(np.unique(table.column("cluster_id").to_numpy())) if len(table) else 0
     n_shingles = meta.column("n_shingles").to_numpy()
-    return finish_stage(STAGE, output_dir, records, started, {
+    return finish_stage(stage, output_dir, records, started, {
         "threshold": conf.threshold, "num_perm": conf.num_perm, "shingle": conf.shingle, "ngram": conf.ngram,
         "bands": bands, "rows": rows,
         "candidate_pairs": candidates, "verified_pairs": len(verified), "clusters": clusters,

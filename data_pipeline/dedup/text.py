@@ -81,6 +81,19 @@ def char_shingle_hashes(text: str, ngram: int) -> np.ndarray:
     return _span_hashes(codes, first, np.minimum(first + ngram, len(codes)))
 
 
+def char_ngram_hashes(text: str, sizes: range) -> np.ndarray:
+    """32-bit hashes of the character n-grams of every size in `sizes` of `shingle_codes(text)`
+    (semantic dedup's features; a text shorter than n gives one hash of its whole self)."""
+    codes = shingle_codes(text)
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.uint32)
+    parts = []
+    for n in sizes:
+        first = np.arange(max(1, len(codes) - n + 1))
+        parts.append(_span_hashes(codes, first, np.minimum(first + n, len(codes))))
+    return np.concatenate(parts)
+
+
 def normalize(text: str) -> str:
     """The form every hash is taken on (see normalized_codes)."""
     return normalized_codes(text).tobytes().decode("utf-32-le")

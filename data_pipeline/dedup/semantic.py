@@ -1,0 +1,401 @@
+"""Semantic dedup (SemDeDup, as in NeMo-Curator) with embeddings trained on the corpus itself.
+
+Steps, each resumable (an artifact under work/ that exists is not recomputed):
+  1. model     TF-IDF of hashed character n-grams (no word segmenter: the same for Chinese and
+               English) and a truncated SVD (scikit-learn), fitted on up to `fit_docs` documents
+               spread evenly over the input. Nothing is downloaded: the model is the corpus's own.
+  2. embed     per input shard, in parallel: the first `max_chars` characters of each document ->
+               unit-length vector. A text with no n-gram the model knows has no embedding.
+  3. cluster   spherical k-means (faiss, seeded, one thread); each document goes to its nearest
+               centroid. Cluster ids number clusters by size (largest first).
+  4. dedup     per cluster, documents in survivor order (highest quality_score, longest, smallest
+               id): a document whose cosine similarity to an already kept one is above `threshold`
+               is removed as a duplicate of the most similar kept one.
+  5. write     every kept document gets `cluster_id` and `cluster_distance` (1 - cosine to its
+               centroid; cluster_id -1: no embedding) in its annotations; removed ones also
+               `duplicate_of` and `similarity`.
+The output does not depend on the number of workers: the model, k-means and decisions run in the
+driver, the per-shard steps are independent per document.
+"""
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from stack_common.atomic import atomic_path, atomic_write_json, read_json
+from stack_common.config import Checks
+from stack_common.errors import UserError
+
+from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
+                     load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed, write_arrow)
+from .parallel import run_tasks
+from .text import char_ngram_hashes
+
+STAGE = "semantic_dedup"
+REASON = "semantic_duplicate"
+COMPARE = ("tfidf", "embedding")
+
+
+@dataclass
+class SemanticConfig:
+    dim: int = 128                  # embedding size (SVD components); smaller for tiny corpora
+    ngram_min: int = 2              # character n-grams of the TF-IDF (text.shingle_codes: no word segmenter)
+    ngram_max: int = 4
+    max_features: int = 30_000      # SVD input: the n-grams found in most fitted documents
+    max_chars: int = 10_000         # characters of a document embedded (its start)
+    fit_docs: int = 5_000           # documents the idf and SVD are fitted on, evenly spread over the input
+    n_clusters: int = 0             # k-means clusters; 0: sqrt(documents with an embedding)
+    kmeans_iter: int = 20
+    # What two documents of a cluster are compared by: `tfidf`, the cosine of their TF-IDF vectors,
+    # or `embedding`, the cosine of the dense embeddings (the
+    # SemDeDup paper's measure; with an embedding fitted on the corpus it scores documents of one
+    # genre alike, see the data_pipeline README).
+    compare: str = "tfidf"
+    threshold: float = 0.85         # similarity to a kept document above which a document is removed
+    seed: int = 0
+
+
+def check_config(conf: SemanticConfig) -> None:
+    checks = Checks()
+    checks.require(conf.dim >= 2, "dedup.semantic.dim: must be at least 2")
+    checks.require(1 <= conf.ngram_min <= conf.ngram_max, "dedup.semantic.ngram_min/ngram_max: 1 <= min <= max")
+    checks.require(conf.max_features >= conf.dim, "dedup.semantic.max_features: must be at least dim")
+    checks.require(conf.max_chars >= 1, "dedup.semantic.max_chars: must be positive")
+    checks.require(conf.fit_docs >= 2, "dedup.semantic.fit_docs: must be at least 2")
+    checks.require(conf.n_clusters >= 0, "dedup.semantic.n_clusters: 0 (automatic) or a positive number")
+    checks.require(conf.kmeans_iter >= 1, "dedup.semantic.kmeans_iter: must be positive")
+    checks.require(0.0 < conf.threshold <= 1.0, "dedup.semantic.threshold: cosine similarity in (0, 1]")
+    checks.require(conf.compare in COMPARE, f"dedup.semantic.compare: {conf.compare!r} is not one of {', '.join(COMPARE)}")
+    checks.raise_if_any()
+
+
+# ---- 1. model ------------------------------------------------------------------------------------------
+
+def fit_sample(shards: list[Shard], fit_docs: int, max_chars: int) -> list[str]:
+    """Texts of up to `fit_docs` documents at evenly spaced positions of the input."""
+    n = sum(s.rows for s in shards)
+    wanted = np.unique(np.linspace(0, n - 1, min(n, fit_docs)).astype(np.int64)) if n else np.zeros(0, np.int64)
+    texts = []
+    for shard in shards:
+        mine = wanted[(wanted >= shard.first_doc) & (wanted < shard.first_doc + shard.rows)] - shard.first_doc
+        if len(mine) == 0:
+            continue
+        row = 0
+        for batch in iter_shard(shard, ["text"]):
+            local = mine[(mine >= row) & (mine < row + batch.num_rows)] - row
+            texts.extend((t or "")[:max_chars] for t in batch.column("text").take(pa.array(local)).to_pylist())
+            row += batch.num_rows
+    return texts
+
+
+class Embedder:
+    """Character n-grams (hashed, of the `text.shingle_codes` form: width, case and whitespace folded)
+    weighted (1 + log tf) x idf. A document is the unit-length vector over all its n-grams, compared
+    as is (an n-gram the fitted documents lack gets the idf of a one-document n-gram, so rare text
+    weighs in even when it cannot match); its part over the `max_features` n-grams found in most
+    fitted documents goes through a truncated SVD to the dense, unit-length embedding."""
+
+    def __init__(self, conf: SemanticConfig, texts: list[str]):
+        from sklearn.decomposition import TruncatedSVD
+
+        self.max_chars, self.sizes = conf.max_chars, range(conf.ngram_min, conf.ngram_max + 1)
+        counts = [self._counts(t) for t in texts]
+        hashes, df = np.unique(np.concatenate([h for h, _ in counts] or [np.zeros(0, np.uint32)]), return_counts=True)
+        shared = np.flatnonzero(df >= min(2, len(texts)))
+        self.idf_hashes = hashes[shared]                         # sorted
+        self.idf = (np.log((1 + len(texts)) / (1 + df[shared])) + 1).astype(np.float32)
+        self.idf_unseen = np.float32(np.log((1 + len(texts)) / 2) + 1)
+        top = np.sort(shared[np.lexsort((hashes[shared], -df[shared]))][:conf.max_features])
+        self.vocabulary = hashes[top]                            # sorted: column i of the SVD input
+        dim = min(conf.dim, len(top) - 1, len(texts) - 1)
+        if dim < 2:
+            raise UserError(f"semantic_dedup: {len(texts)} documents with {len(top)} shared character n-grams "
+                            "are too few to fit an embedding", expected="a larger input")
+        self.svd = TruncatedSVD(n_components=dim, algorithm="randomized", random_state=conf.seed)
+        self.svd.fit(self._svd_input([self._weights(h, c) for h, c in counts]))
+
+    def _counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        return np.unique(char_ngram_hashes(text[:self.max_chars], self.sizes), return_counts=True)
+
+    def _weights(self, hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted n-gram hashes, their unit-length TF-IDF weights)."""
+        pos = np.minimum(np.searchsorted(self.idf_hashes, hashes), max(0, len(self.idf_hashes) - 1))
+        seen = self.idf_hashes[pos] == hashes if len(self.idf_hashes) else np.zeros(len(hashes), bool)
+        weight = (1 + np.log(counts)) * np.where(seen, self.idf[pos] if len(self.idf) else 0, self.idf_unseen)
+        norm = np.linalg.norm(weight)
+        return hashes, (weight / norm if norm > 0 else weight).astype(np.float32)
+
+    def _svd_input(self, rows: list[tuple[np.ndarray, np.ndarray]]):
+        from scipy.sparse import csr_matrix
+
+        cols, vals, indptr = [], [], [0]
+        for hashes, weight in rows:
+            pos = np.minimum(np.searchsorted(self.vocabulary, hashes), len(self.vocabulary) - 1)
+            known = self.vocabulary[pos] == hashes
+            cols.append(pos[known])
+            vals.append(weight[known])
+            indptr.append(indptr[-1] + int(known.sum()))
+        return csr_matrix((np.concatenate(vals or [np.zeros(0, np.float32)]),
+                           np.concatenate(cols or [np.zeros(0, np.int64)]), np.array(indptr)),
+                          shape=(len(rows), len(self.vocabulary)))
+
+    @property
+    def dim(self) -> int:
+        return self.svd.n_components
+
+    def __call__(self, texts: list[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """(per text: sorted n-gram hashes and TF-IDF weights; unit-length embeddings, zero when no
+        n-gram of the text is in the SVD vocabulary)."""
+        rows = [self._weights(*self._counts(t)) for t in texts]
+        vectors = self.svd.transform(self._svd_input(rows)).astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return rows, np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 1e-6)
+
+
+def save_model(path: Path, model: Embedder) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(pickle.dumps(model))
+
+
+def load_model(path: Path) -> Embedder:
+    return pickle.loads(path.read_bytes())   # written by this stage into its own work directory
+
+
+# ---- 2. embed --------------------------------------------------------------------------------------------
+
+def _embed_shard(shard: Shard, work: Path) -> None:
+    """Embeddings beside ids (compressed), and the TF-IDF rows (uncompressed: memory-mapped later)."""
+    model = load_model(work / "model.pkl")
+    metas, vectors, rows = [], [], []
+    for batch in iter_shard(shard, ["id", "text", "quality_score"]):
+        weighted, dense = model([t or "" for t in batch.column("text").to_pylist()])
+        vectors.append(dense)
+        rows += weighted
+        metas.append(pa.table(doc_meta(batch)))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(h) for h, _ in rows], out=offsets[1:])
+    flat = [np.concatenate([r[k] for r in rows]) if rows else np.zeros(0, t) for k, t in ((0, np.uint32), (1, np.float32))]
+    write_arrow(work / "tfidf" / f"{shard.name}.arrow", pa.table({
+        "hashes": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[0], pa.uint32())),
+        "weights": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[1], pa.float32()))}),
+        compression=None)
+    dense = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
+    table = pa.concat_tables(metas) if metas else pa.table(
+        {"id": pa.array([], pa.string()), "quality_score": pa.array([], pa.float32()),
+         "n_chars": pa.array([], pa.int64())})
+    table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(dense), model.dim))
+    write_arrow(work / "embeddings" / f"{shard.name}.arrow", table)      # last: marks the shard done
+
+
+class TfidfRows:
+    """TF-IDF rows by global document index, memory-mapped from the per-shard files."""
+
+    def __init__(self, work: Path, shards: list[Shard]):
+        self.first = np.array([s.first_doc for s in shards], dtype=np.int64)
+        self.parts = []
+        for shard in shards:
+            table = read_arrow(work / "tfidf" / f"{shard.name}.arrow")
+            hashes, weights = table.column("hashes").combine_chunks(), table.column("weights").combine_chunks()
+            self.parts.append((hashes.offsets.to_numpy(), hashes.values.to_numpy(), weights.values.to_numpy()))
+
+    def rows(self, docs: np.ndarray):
+        """The documents' rows as a CSR matrix over the n-grams they hold (columns numbered locally)."""
+        from scipy.sparse import csr_matrix
+
+        hashes, weights, indptr = [], [], [0]
+        for doc in docs:
+            s = int(np.searchsorted(self.first, doc, side="right") - 1)
+            offsets, h, w = self.parts[s]
+            lo, hi = offsets[doc - self.first[s]], offsets[doc - self.first[s] + 1]
+            hashes.append(h[lo:hi])
+            weights.append(w[lo:hi])
+            indptr.append(indptr[-1] + hi - lo)
+        columns, local = np.unique(np.concatenate(hashes or [np.zeros(0, np.uint32)]), return_inverse=True)
+        return csr_matrix((np.concatenate(weights or [np.zeros(0, np.float32)]), local, np.array(indptr)),
+                          shape=(len(docs), len(columns)))
+
+
+# ---- 3. cluster, 4. dedup ------------------------------------------------------------------------------
+
+def kmeans(vectors: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
+    """Spherical k-means centroids (faiss), on one thread so the result is the same everywhere."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        km = faiss.Kmeans(vectors.shape[1], k, niter=iters, seed=seed, spherical=True, verbose=False)
+        km.train(np.ascontiguousarray(vectors))
+        return km.centroids
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def assign(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (cosine) of each vector and 1 - that cosine."""
+    units = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    cluster = np.empty(len(vectors), np.int64)
+    distance = np.empty(len(vectors), np.float32)
+    for lo in range(0, len(vectors), 65536):
+        sims = vectors[lo:lo + 65536] @ units.T
+        cluster[lo:lo + 65536] = sims.argmax(axis=1)
+        distance[lo:lo + 65536] = 1.0 - sims.max(axis=1)
+    return cluster, distance
+
+
+def renumber_by_size(cluster: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Cluster ids 0.. from the largest cluster down (ties: the cluster with the best-ranked document)."""
+    ids, inverse, sizes = np.unique(cluster, return_inverse=True, return_counts=True)
+    best = np.full(len(ids), np.iinfo(np.int64).max)
+    np.minimum.at(best, inverse, rank)
+    order = np.lexsort((best, -sizes))
+    new_id = np.empty(len(ids), np.int64)
+    new_id[order] = np.arange(len(ids))
+    return new_id[inverse]
+
+
+def greedy_dedup(n: int, block_sims, threshold: float, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Documents 0..n-1 in survivor order: for each, the most similar earlier kept document when
+    their similarity is above `threshold` (else -1), and that similarity. `block_sims(lo, hi)` gives
+    the similarities of documents lo..hi-1 to documents 0..hi-1."""
+    kept = np.zeros(n, dtype=bool)
+    dup_of = np.full(n, -1, np.int64)
+    sim_of = np.zeros(n, np.float32)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        sims = block_sims(lo, hi)
+        for i in range(lo, hi):
+            row = np.where(kept[:i], sims[i - lo, :i], -np.inf)
+            best = int(row.argmax()) if i else -1
+            if i and row[best] > threshold:
+                dup_of[i], sim_of[i] = best, row[best]
+            else:
+                kept[i] = True
+    return dup_of, sim_of
+
+
+def similarities(measure: str, vectors: np.ndarray, tfidf: TfidfRows, members: np.ndarray):
+    """block_sims for greedy_dedup: cosine of the embeddings, or of the TF-IDF rows."""
+    if measure == "embedding":
+        return lambda lo, hi: vectors[lo:hi] @ vectors[:hi].T
+    rows = tfidf.rows(members)
+    return lambda lo, hi: (rows[lo:hi] @ rows[:hi].T).toarray()
+
+
+def decide(work: Path, shards: list[Shard], conf: SemanticConfig) -> dict:
+    tables = [read_arrow(work / "embeddings" / f"{s.name}.arrow") for s in shards]
+    meta = pa.concat_tables([t.select(["id", "quality_score", "n_chars"]) for t in tables])
+    dim = tables[0].schema.field("embedding").type.list_size
+    vectors = np.concatenate([t.column("embedding").combine_chunks().values.to_numpy().reshape(-1, dim)
+                              for t in tables])
+    del tables
+    tfidf = TfidfRows(work, shards)
+    rank = survivor_rank(meta)
+    has = np.linalg.norm(vectors, axis=1) > 0.5
+    n_valid = int(has.sum())
+    cluster = np.full(len(meta), -1, np.int64)
+    distance = np.full(len(meta), np.nan, np.float32)
+    dup_doc = np.full(len(meta), -1, np.int64)
+    similarity = np.full(len(meta), np.nan, np.float32)
+    k = min(n_valid, conf.n_clusters or max(1, int(round(np.sqrt(n_valid)))))
+    if n_valid:
+        valid = np.flatnonzero(has)
+        centroids = kmeans(vectors[valid], k, conf.kmeans_iter, conf.seed)
+        c, d = assign(vectors[valid], centroids)
+        cluster[valid] = renumber_by_size(c, rank[valid])
+        distance[valid] = d
+        order = valid[np.lexsort((rank[valid], cluster[valid]))]        # by cluster, then survivor rank
+        bounds = np.flatnonzero(np.diff(cluster[order])) + 1
+        for members in np.split(order, bounds):
+            dup, sim = greedy_dedup(len(members), similarities(conf.compare, vectors[members], tfidf, members),
+                                    conf.threshold)
+            hit = dup >= 0
+            dup_doc[members[hit]] = members[dup[hit]]
+            similarity[members[hit]] = sim[hit]
+    ids = meta.column("id")
+    dup_ids = ids.take(pa.array(np.maximum(dup_doc, 0))).to_pylist()
+    write_arrow(work / "decisions.arrow", pa.table({
+        "cluster_id": pa.array(cluster), "distance": pa.array(distance),
+        "duplicate_of": pa.array([x if d >= 0 else None for x, d in zip(dup_ids, dup_doc)], pa.string()),
+        "similarity": pa.array(similarity)}))
+    sizes = np.bincount(cluster[has]) if n_valid else np.zeros(0, np.int64)
+    return {"clusters": int(k), "docs_without_embedding": int(len(meta) - n_valid),
+            "cluster_sizes": {"min": int(sizes.min()) if len(sizes) else 0,
+                              "median": float(np.median(sizes)) if len(sizes) else 0.0,
+                              "max": int(sizes.max()) if len(sizes) else 0}}
+
+
+# ---- 5. write --------------------------------------------------------------------------------------------
+
+def _apply_shard(shard: Shard, output_dir: Path, stage: str) -> dict:
+    decisions = read_arrow(output_dir / "work" / "decisions.arrow").slice(shard.first_doc, shard.rows).to_pydict()
+    out = ShardOutput(output_dir, shard, stage)
+    try:
+        row = 0
+        for batch in iter_shard(shard):
+            out.count_input(batch)
+            notes = batch.column("annotations").to_pylist()
+            drop = np.zeros(batch.num_rows, dtype=bool)
+            for i in range(batch.num_rows):
+                j = row + i
+                cluster, dist = decisions["cluster_id"][j], decisions["distance"][j]
+                facts = {"cluster_id": cluster, "cluster_distance": None if cluster < 0 else round(dist, 5)}
+                if decisions["duplicate_of"][j] is not None:
+                    drop[i] = True
+                    facts.update(duplicate_of=decisions["duplicate_of"][j],
+                                 similarity=round(decisions["similarity"][j], 5), dedup_stage=stage)
+                notes[i] = add_annotations(notes[i], facts)
+            row += batch.num_rows
+            batch = batch.set_column(batch.schema.get_field_index("annotations"), "annotations",
+                                     pa.array(notes, pa.string()))
+            out.keep(batch.filter(pa.array(~drop)))
+            out.exclude(batch.filter(pa.array(drop)), REASON)
+        return out.finish()
+    except BaseException:
+        out.abort()
+        raise
+
+
+# ---- the stage ---------------------------------------------------------------------------------------
+
+def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
+        ray_address: str | None = None, stage: str = STAGE) -> dict:
+    started = t0 = time.time()
+    conf = load_config(cfg, SemanticConfig, "dedup.semantic")
+    check_config(conf)
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    work = output_dir / "work"
+    shards = input_shards(input_dir)
+    prepare_work(input_dir, output_dir, stage, conf)
+    par = dict(workers=workers, executor=executor, ray_address=ray_address)
+    steps: dict = {}
+    n_docs = sum(s.rows for s in shards)
+
+    if not (work / "model.pkl").is_file() and n_docs:
+        save_model(work / "model.pkl", Embedder(conf, fit_sample(shards, conf.fit_docs, conf.max_chars)))
+    t0 = timed(steps, "model", t0)
+    summary = work / "decisions.json"
+    if not summary.is_file():
+        if n_docs:
+            todo = [s for s in shards if not (work / "embeddings" / f"{s.name}.arrow").is_file()]
+            run_tasks(_embed_shard, [(s, work) for s in todo], desc=f"{stage}: embed", **par)
+            t0 = timed(steps, "embed", t0)
+            model = load_model(work / "model.pkl")
+            facts = {"dim": model.dim, "explained_variance": round(float(model.svd.explained_variance_ratio_.sum()), 4),
+                     **decide(work, shards, conf)}
+        else:
+            write_arrow(work / "decisions.arrow", pa.table({
+                "cluster_id": pa.array([], pa.int64()), "distance": pa.array([], pa.float32()),
+                "duplicate_of": pa.array([], pa.string()), "similarity": pa.array([], pa.float32())}))
+            facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": 0}
+        atomic_write_json(summary, facts)
+    t0 = timed(steps, "cluster_dedup", t0)
+    extra = {"threshold": conf.threshold, **read_json(summary)}
+    records = run_apply(stage, output_dir, shards, _apply_shard, (stage,), **par)
+    timed(steps, "write", t0)
+    return finish_stage(stage, output_dir, records, started, {**extra, **steps})
