@@ -12,8 +12,10 @@ Both detectors look at lines, so they work without a file name and in any natura
   headings (between blank lines: a `# comment` block is not one) and fences, POD commands, man-page
   section names, LaTeX and Texinfo commands, numbered section titles such as "10.8. DHCP", API
   reference labels on a line of their own: "Syntax:", "Parameters:", "Example:"); and the steps of
-  a procedure, as help pages write them: a line that starts with a UI action ("Click Print.",
-  "Choose Format - Styles.", "Open the Activities overview", "点击“确定”", optionally numbered).
+  a procedure, as help pages write them: lines that start with a UI action ("Click Print.",
+  "Choose Format - Styles.", "Click on a color entry", "点击“确定”。", optionally numbered), at
+  least one of them a sentence (end punctuation, or five words or more): shop buttons alone
+  ("Select your size", "Choose your color", "Click Add to cart") are labels, not a procedure.
 Dense markup (a README, a reST page of examples) makes docs first; then enough code lines make
 code; then any markup or procedure steps make docs; the rest is prose.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import re
 
 from .config import ContentTypeConfig
+from .lines import SENTENCE_END
 
 CODE_KEYWORD_RE = re.compile(
     r"^\s*(?:(?:def|class|import|from|return|if|elif|else|for|while|try|except|finally|with|raise|yield|assert|"
@@ -60,6 +63,15 @@ PROCEDURE_STEP_RE = re.compile(
     r"[ \t]+(?!here\b|this\b|now\b|the link\b)\S"
     r"|(?:点击|单击|双击|右击|右键单击|选择|选取|按下|打开|轻点|點擊|點選|按一下|選擇|選取|開啟)\S)",
     re.MULTILINE)
+STEP_END = SENTENCE_END + ("。", "！", "：", "；")
+STEP_MIN_WORDS = 5
+
+
+def procedure_steps(lines: list[str]) -> int:
+    steps = [line.strip() for line in lines if PROCEDURE_STEP_RE.match(line)]
+    if any(step.endswith(STEP_END) or len(step.split()) >= STEP_MIN_WORDS for step in steps):
+        return len(steps)
+    return 0
 
 
 def looks_like_code(line: str) -> bool:
@@ -84,7 +96,7 @@ def detect_content_type(text: str, cfg: ContentTypeConfig) -> tuple[str, dict]:
     nonspace = len(code_text) - code_text.count(" ") - code_text.count("\n") - code_text.count("\t")
     symbol_ratio = len(CODE_SYMBOL_RE.findall(code_text)) / (nonspace or 1)
     markup = len(DOC_MARKUP_RE.findall(text))
-    steps = len(PROCEDURE_STEP_RE.findall(text))
+    steps = procedure_steps(lines)
     facts = {"code_line_ratio": round(line_ratio, 3), "markup_lines": markup, "procedure_steps": steps}
     if markup >= cfg.docs_min_markup_lines and markup / len(lines) >= cfg.docs_min_markup_ratio:
         return "docs", facts       # a README or manual page full of examples is still documentation

@@ -277,6 +277,9 @@ def test_calls_to_action_are_not_procedure_steps():
                         "Click here to see all offers.", "Click here to subscribe to our newsletter.",
                         "Select this to get a coupon.", "Press now and win a prize!"])
     assert content_type(page) == "prose"
+    shop = "\n\n".join(["Summer dress, cotton, blue", "Select your size", "Choose your color", "Click Add to cart",
+                         "Free shipping over $50"])
+    assert content_type(shop) == "prose"        # buttons, not sentences
     steps = "\n\n".join(["To print a page:", "Click the menu button.", "Select Print."])
     assert content_type(steps) == "docs"
 
@@ -294,7 +297,7 @@ def test_hard_wrapped_fragments_are_not_repeated_lines(rule_sets):
 
 
 def test_verse_and_headings_are_not_joined():
-    from data_pipeline.filters.common import logical_lines
+    from data_pipeline.lines import logical_lines
 
     verse = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
              "The slings and arrows")

@@ -9,6 +9,8 @@ import re
 from collections import Counter
 from typing import Sequence
 
+from ..lines import TABLE_ROW_RE
+
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
 ALNUM_RE = re.compile(r"[^\W_]")
 
@@ -74,7 +76,6 @@ def duplicated_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence
     return sum(c for c, hit in zip(unit_chars, covered) if hit) / (total_chars or 1)
 
 
-TABLE_ROW_RE = re.compile(r"^[\u2500-\u257f|+]")   # box drawing, | cell | rows, +---+ rulings
 
 
 def sentence_lines(lines: list[str]) -> list[str]:
@@ -85,28 +86,6 @@ def sentence_lines(lines: list[str]) -> list[str]:
 
 def nonempty_lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
-
-
-SENTENCE_END = (".", "!", "?", '"', "'", "”", "’", ")", ":", ";", "…")
-WRAPPED_LINE_CHARS = 60   # a line this long that stops mid-sentence was wrapped at a fixed width
-
-
-def logical_lines(text: str) -> list[str]:
-    """Non-empty lines, with hard-wrapped prose (manuals, books and mail wrapped at 72-80 columns)
-    joined back: a line that stops mid-sentence continues on the next line of its paragraph when
-    that starts in lower case or the line is long. Line rules then judge sentences, not fragments
-    ("see the man page for" repeated before each daemon's name is not a repeated line)."""
-    joined: list[str] = []
-    prev = ""            # the previous physical line of the same paragraph
-    for raw in text.split("\n"):
-        line = raw.strip()
-        if line and prev and not prev.endswith(SENTENCE_END) and not TABLE_ROW_RE.match(line) and (
-                line[0].islower() or len(prev) >= WRAPPED_LINE_CHARS):
-            joined[-1] = f"{joined[-1]} {line}"
-        elif line:
-            joined.append(line)
-        prev = line
-    return joined
 
 
 def paragraphs(text: str) -> list[str]:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
-from .common import (SENTENCE_END, duplicate_fractions, duplicated_ngram_char_fraction, logical_lines, nonempty_lines,
-                     paragraphs, sentence_lines, top_ngram_char_fraction)
+from ..lines import SENTENCE_END, logical_lines
+from .common import (duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, sentence_lines,
+                     top_ngram_char_fraction)
 
 WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
 ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
