@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from stack_common.atomic import atomic_path, atomic_write_json, read_json
 from stack_common.config import Checks
-from stack_common.errors import UserError
+from stack_common.logging import get_logger
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
                      load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed, write_arrow)
@@ -39,6 +39,11 @@ from .text import char_ngram_hashes
 STAGE = "semantic_dedup"
 REASON = "semantic_duplicate"
 COMPARE = ("tfidf", "embedding")
+log = get_logger("data_pipeline.dedup.semantic")
+
+
+class TooLittleText(Exception):
+    """The input has too few documents or shared n-grams to fit the embedding."""
 
 
 @dataclass
@@ -114,8 +119,8 @@ class Embedder:
         self.vocabulary = hashes[top]                            # sorted: column i of the SVD input
         dim = min(conf.dim, len(top) - 1, len(texts) - 1)
         if dim < 2:
-            raise UserError(f"semantic_dedup: {len(texts)} documents with {len(top)} shared character n-grams "
-                            "are too few to fit an embedding", expected="a larger input")
+            raise TooLittleText(f"{len(texts)} documents with {len(top)} shared character n-grams are too few "
+                                "to fit an embedding")
         self.svd = TruncatedSVD(n_components=dim, algorithm="randomized", random_state=conf.seed)
         self.svd.fit(self._svd_input([self._weights(h, c) for h, c in counts]))
 
@@ -376,23 +381,25 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     steps: dict = {}
     n_docs = sum(s.rows for s in shards)
 
-    if not (work / "model.pkl").is_file() and n_docs:
-        save_model(work / "model.pkl", Embedder(conf, fit_sample(shards, conf.fit_docs, conf.max_chars)))
-    t0 = timed(steps, "model", t0)
     summary = work / "decisions.json"
     if not summary.is_file():
-        if n_docs:
+        try:
+            if not (work / "model.pkl").is_file():
+                save_model(work / "model.pkl", Embedder(conf, fit_sample(shards, conf.fit_docs, conf.max_chars)))
+            t0 = timed(steps, "model", t0)
             todo = [s for s in shards if not (work / "embeddings" / f"{s.name}.arrow").is_file()]
             run_tasks(_embed_shard, [(s, work) for s in todo], desc=f"{stage}: embed", **par)
             t0 = timed(steps, "embed", t0)
             model = load_model(work / "model.pkl")
             facts = {"dim": model.dim, "explained_variance": round(float(model.svd.explained_variance_ratio_.sum()), 4),
                      **decide(work, shards, conf)}
-        else:
+        except TooLittleText as err:        # nothing to compare: every document passes, unclustered
+            log.warning("%s: %s; every document is kept without a cluster", stage, err)
             write_arrow(work / "decisions.arrow", pa.table({
-                "cluster_id": pa.array([], pa.int64()), "distance": pa.array([], pa.float32()),
-                "duplicate_of": pa.array([], pa.string()), "similarity": pa.array([], pa.float32())}))
-            facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": 0}
+                "cluster_id": pa.array(np.full(n_docs, -1, np.int64)), "distance": pa.array(np.zeros(n_docs, np.float32)),
+                "duplicate_of": pa.array([None] * n_docs, pa.string()), "similarity": pa.array(np.zeros(n_docs, np.float32))}))
+            facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": n_docs,
+                     "not_fitted": str(err)}
         atomic_write_json(summary, facts)
     t0 = timed(steps, "cluster_dedup", t0)
     extra = {"threshold": conf.threshold, **read_json(summary)}
