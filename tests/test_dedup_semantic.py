@@ -104,7 +104,9 @@ def test_every_kept_document_has_its_cluster_and_distance(semantic_run):
     ids = sorted({n["cluster_id"] for n in clustered.values()})
     assert ids == list(range(stats["clusters"])) and stats["clusters"] == round(np.sqrt(63))
     assert all(0.0 <= n["cluster_distance"] <= 1.0 for n in clustered.values())
-    assert kept["zh03-para"]["cluster_id"] == kept["zh03-para"]["cluster_id"]
+    removed = {r["id"]: json.loads(r["annotations"]) for r in read_table(out / "excluded").to_pylist()}
+    assert removed["zh03"]["cluster_id"] == kept["zh03-para"]["cluster_id"]     # a duplicate shares its cluster
+    assert removed["en00-para"]["cluster_id"] == kept["en00"]["cluster_id"]
     assert read_table(out / "kept").column("text").to_pylist()[-1].startswith("A long manual line")  # huge: kept whole
 
 
