@@ -101,7 +101,8 @@ def _scan_shard(shard: Shard, work: Path, conf: BalanceConfig) -> None:
     meta = pa.concat_tables(metas) if metas else pa.table({"id": pa.array([], pa.string()),
                                                            "quality_score": pa.array([], pa.float32()),
                                                            "n_chars": pa.array([], pa.int64())})
-    write_arrow(work / "clusters" / f"{shard.name}.arrow", meta.append_column("cluster", pa.array(clusters, pa.int64())))
+    write_arrow(work / "clusters" / f"{shard.name}.arrow",
+                meta.append_column("cluster", pa.array(clusters, pa.int64())))
 
 
 # ---- 2. decisions ---------------------------------------------------------------------------------------

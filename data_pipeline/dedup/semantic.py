@@ -5,12 +5,14 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed):
                English) and a truncated SVD (scikit-learn), fitted on up to `fit_docs` documents
                spread evenly over the input. Nothing is downloaded: the model is the corpus's own.
   2. embed     per input shard, in parallel: the first `max_chars` characters of each document ->
-               unit-length vector. A text with no n-gram the model knows has no embedding.
+               its TF-IDF row (all its n-grams; work/tfidf, memory-mapped later) and a unit-length
+               embedding. A text with no n-gram of the SVD vocabulary has no embedding.
   3. cluster   spherical k-means (faiss, seeded, one thread); each document goes to its nearest
                centroid. Cluster ids number clusters by size (largest first).
   4. dedup     per cluster, documents in survivor order (highest quality_score, longest, smallest
-               id): a document whose cosine similarity to an already kept one is above `threshold`
-               is removed as a duplicate of the most similar kept one.
+               id): a document whose cosine similarity (of TF-IDF rows, or of embeddings with
+               `compare: embedding`) to an already kept one is above `threshold` is removed as a
+               duplicate of the most similar kept one.
   5. write     every kept document gets `cluster_id` and `cluster_distance` (1 - cosine to its
                centroid; cluster_id -1: no embedding) in its annotations; removed ones also
                `duplicate_of` and `similarity`.
@@ -75,7 +77,8 @@ def check_config(conf: SemanticConfig) -> None:
     checks.require(conf.n_clusters >= 0, "dedup.semantic.n_clusters: 0 (automatic) or a positive number")
     checks.require(conf.kmeans_iter >= 1, "dedup.semantic.kmeans_iter: must be positive")
     checks.require(0.0 < conf.threshold <= 1.0, "dedup.semantic.threshold: cosine similarity in (0, 1]")
-    checks.require(conf.compare in COMPARE, f"dedup.semantic.compare: {conf.compare!r} is not one of {', '.join(COMPARE)}")
+    checks.require(conf.compare in COMPARE,
+                   f"dedup.semantic.compare: {conf.compare!r} is not one of {', '.join(COMPARE)}")
     checks.raise_if_any()
 
 
@@ -184,7 +187,8 @@ def _embed_shard(shard: Shard, work: Path) -> None:
         metas.append(pa.table(doc_meta(batch)))
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(h) for h, _ in rows], out=offsets[1:])
-    flat = [np.concatenate([r[k] for r in rows]) if rows else np.zeros(0, t) for k, t in ((0, np.uint32), (1, np.float32))]
+    flat = [np.concatenate([r[k] for r in rows]) if rows else np.zeros(0, t)
+            for k, t in ((0, np.uint32), (1, np.float32))]
     write_arrow(work / "tfidf" / f"{shard.name}.arrow", pa.table({
         "hashes": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[0], pa.uint32())),
         "weights": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[1], pa.float32()))}),
@@ -396,8 +400,10 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         except TooLittleText as err:        # nothing to compare: every document passes, unclustered
             log.warning("%s: %s; every document is kept without a cluster", stage, err)
             write_arrow(work / "decisions.arrow", pa.table({
-                "cluster_id": pa.array(np.full(n_docs, -1, np.int64)), "distance": pa.array(np.zeros(n_docs, np.float32)),
-                "duplicate_of": pa.array([None] * n_docs, pa.string()), "similarity": pa.array(np.zeros(n_docs, np.float32))}))
+                "cluster_id": pa.array(np.full(n_docs, -1, np.int64)),
+                "distance": pa.array(np.zeros(n_docs, np.float32)),
+                "duplicate_of": pa.array([None] * n_docs, pa.string()),
+                "similarity": pa.array(np.zeros(n_docs, np.float32))}))
             facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": n_docs,
                      "not_fitted": str(err)}
         atomic_write_json(summary, facts)
