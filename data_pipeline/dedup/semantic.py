@@ -333,7 +333,7 @@ def decide(work: Path, shards: list[Shard], conf: SemanticConfig) -> dict:
         "duplicate_of": pa.array([x if d >= 0 else None for x, d in zip(dup_ids, dup_doc)], pa.string()),
         "similarity": pa.array(similarity)}))
     sizes = np.bincount(cluster[has]) if n_valid else np.zeros(0, np.int64)
-    return {"clusters": int(k), "docs_without_embedding": int(len(meta) - n_valid),
+    return {"k": int(k), "clusters": len(sizes), "docs_without_embedding": int(len(meta) - n_valid),
             "cluster_sizes": {"min": int(sizes.min()) if len(sizes) else 0,
                               "median": float(np.median(sizes)) if len(sizes) else 0.0,
                               "max": int(sizes.max()) if len(sizes) else 0}}
