@@ -135,7 +135,8 @@ def main() -> None:
     for stage, docs_in, removed, rate, rss, stats in rows:
         notes = {k: stats[k] for k in ("unit", "removed_units", "docs_modified", "clusters", "cap", "clusters_over_cap",
                                        "explained_variance", "docs_without_embedding", "largest_cluster") if k in stats}
-        print(f"| {stage} | {docs_in} | {removed} | {rate:,.0f} | {rss:,.0f} | {json.dumps(notes, ensure_ascii=False)} |")
+        notes = json.dumps(notes, ensure_ascii=False)
+        print(f"| {stage} | {docs_in} | {removed} | {rate:,.0f} | {rss:,.0f} | {notes} |")
     semantic_report(out / f"{STAGES.index('semantic_dedup'):02d}_semantic_dedup")
     balance = out / f"{STAGES.index('cluster_balance'):02d}_cluster_balance"
     print(f"\ncluster table: {balance / 'clusters.tsv'}, plot: {balance / 'clusters.png'}; largest clusters:")

@@ -104,7 +104,9 @@ def test_every_kept_document_has_its_cluster_and_distance(semantic_run):
     ids = sorted({n["cluster_id"] for n in clustered.values()})
     assert ids == list(range(stats["clusters"])) and stats["clusters"] == round(np.sqrt(63))
     assert all(0.0 <= n["cluster_distance"] <= 1.0 for n in clustered.values())
-    assert kept["zh03-para"]["cluster_id"] == kept["zh03-para"]["cluster_id"]
+    removed = {r["id"]: json.loads(r["annotations"]) for r in read_table(out / "excluded").to_pylist()}
+    assert removed["zh03"]["cluster_id"] == kept["zh03-para"]["cluster_id"]     # a duplicate shares its cluster
+    assert removed["en00-para"]["cluster_id"] == kept["en00"]["cluster_id"]
     assert read_table(out / "kept").column("text").to_pylist()[-1].startswith("A long manual line")  # huge: kept whole
 
 
@@ -318,3 +320,18 @@ def test_killed_semantic_and_balance_stages_resume_to_identical_output(sample, t
         assert not (out / "stats.json").exists()
         GLOBAL_STAGES[stage](stage_src, out, {}, 1, "local", None)
         assert _digests(out) == reference[stage], target
+
+
+def test_too_little_text_passes_everything_unclustered_and_balance_keeps_it(sample, tmp_path):
+    en, _ = sample
+    docs = [_doc("broken", en[0]["text"], "en"), _doc("empty", "", "en")]      # two texts: no 2-d embedding
+    docs[0]["annotations"] = "{not json"
+    src = _write(tmp_path / "in", docs)
+    stats = GLOBAL_STAGES["semantic_dedup"](src, tmp_path / "sem", {}, 1, "local", None)
+    assert stats["docs_out"] == 2 and stats["clusters"] == 0 and "too few" in stats["not_fitted"]
+    kept = read_table(tmp_path / "sem" / "kept").to_pylist()
+    assert [json.loads(r["annotations"])["cluster_id"] for r in kept] == [-1, -1]
+    assert json.loads(kept[0]["annotations"])["unparsed_annotations"] == "{not json"
+    balanced = GLOBAL_STAGES["cluster_balance"](tmp_path / "sem" / "kept", tmp_path / "bal", {}, 1, "local", None)
+    assert balanced["docs_out"] == 2 and balanced["docs_without_cluster"] == 2 and balanced["clusters"] == 0
+    assert (tmp_path / "bal" / "clusters.tsv").read_text() == "cluster_id\tsize\tkept\ttop_terms\n"

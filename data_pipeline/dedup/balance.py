@@ -2,7 +2,8 @@
 downsampled. Every cluster of `semantic_dedup` (annotation `cluster_id`) keeps at most a cap of
 documents: `max_per_cluster`, or `cap_factor` x the median cluster size. Which documents stay:
 the best in survivor order (highest quality_score, longest, smallest id), or a seeded random
-sample (`keep: random`). Documents without a cluster (cluster_id -1 or none) all stay.
+sample (`keep: random`). Documents without a cluster (cluster_id -1 or none) all stay; an input
+where no document has a cluster_id is refused (semantic_dedup did not run before).
 
 Steps, each resumable: per shard, in parallel, cluster ids and the terms of each cluster's
 documents -> caps and decisions -> `clusters.tsv` (cluster, size, kept, top terms) and
@@ -66,12 +67,20 @@ def doc_terms(text: str) -> set[str]:
     return terms
 
 
+NO_ANNOTATION = -2
+
+
 def cluster_of(raw: str | None) -> int:
+    """The document's cluster_id; -1: none (semantic_dedup gave it no embedding, or the value is not
+    a cluster number); NO_ANNOTATION: the annotations have no cluster_id (or are not a JSON object)."""
     try:
-        value = json.loads(raw).get("cluster_id") if raw else None
-    except (json.JSONDecodeError, AttributeError):
-        return -1
-    return value if isinstance(value, int) and value >= 0 else -1
+        notes = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return NO_ANNOTATION
+    if not isinstance(notes, dict) or "cluster_id" not in notes:
+        return NO_ANNOTATION
+    value = notes["cluster_id"]
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
 
 
 # ---- 1. clusters and terms per shard ------------------------------------------------------------------
@@ -92,7 +101,8 @@ def _scan_shard(shard: Shard, work: Path, conf: BalanceConfig) -> None:
     meta = pa.concat_tables(metas) if metas else pa.table({"id": pa.array([], pa.string()),
                                                            "quality_score": pa.array([], pa.float32()),
                                                            "n_chars": pa.array([], pa.int64())})
-    write_arrow(work / "clusters" / f"{shard.name}.arrow", meta.append_column("cluster", pa.array(clusters, pa.int64())))
+    write_arrow(work / "clusters" / f"{shard.name}.arrow",
+                meta.append_column("cluster", pa.array(clusters, pa.int64())))
 
 
 # ---- 2. decisions ---------------------------------------------------------------------------------------
@@ -221,7 +231,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
 
     meta = pa.concat_tables([read_arrow(work / "clusters" / f"{s.name}.arrow") for s in shards])
     cluster = meta.column("cluster").to_numpy()
-    if len(cluster) and (cluster < 0).all():
+    if len(cluster) and (cluster == NO_ANNOTATION).all():
         raise UserError(f"{stage}: no document of the input has a cluster_id annotation", file=input_dir,
                         expected="semantic_dedup before cluster_balance in `stages`")
     sizes = np.bincount(cluster[cluster >= 0]) if (cluster >= 0).any() else np.zeros(0, np.int64)
@@ -244,6 +254,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     over = sizes > cap
     return finish_stage(stage, output_dir, records, started, {
         "cap": cap, "keep": conf.keep, "clusters": int(np.count_nonzero(sizes)), "clusters_over_cap": int(over.sum()),
-        "docs_without_cluster": int((cluster < 0).sum()), "largest_cluster": {"before": int(sizes.max(initial=0)),
-                                                                            "after": int(kept.max(initial=0))},
+        "docs_without_cluster": int((cluster < 0).sum()),
+        "docs_without_annotation": int((cluster == NO_ANNOTATION).sum()),
+        "largest_cluster": {"before": int(sizes.max(initial=0)), "after": int(kept.max(initial=0))},
         "table": "clusters.tsv", "plot": "clusters.png", **steps})

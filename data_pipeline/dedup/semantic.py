@@ -5,12 +5,14 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed):
                English) and a truncated SVD (scikit-learn), fitted on up to `fit_docs` documents
                spread evenly over the input. Nothing is downloaded: the model is the corpus's own.
   2. embed     per input shard, in parallel: the first `max_chars` characters of each document ->
-               unit-length vector. A text with no n-gram the model knows has no embedding.
+               its TF-IDF row (all its n-grams; work/tfidf, memory-mapped later) and a unit-length
+               embedding. A text with no n-gram of the SVD vocabulary has no embedding.
   3. cluster   spherical k-means (faiss, seeded, one thread); each document goes to its nearest
                centroid. Cluster ids number clusters by size (largest first).
   4. dedup     per cluster, documents in survivor order (highest quality_score, longest, smallest
-               id): a document whose cosine similarity to an already kept one is above `threshold`
-               is removed as a duplicate of the most similar kept one.
+               id): a document whose cosine similarity (of TF-IDF rows, or of embeddings with
+               `compare: embedding`) to an already kept one is above `threshold` is removed as a
+               duplicate of the most similar kept one.
   5. write     every kept document gets `cluster_id` and `cluster_distance` (1 - cosine to its
                centroid; cluster_id -1: no embedding) in its annotations; removed ones also
                `duplicate_of` and `similarity`.
@@ -29,7 +31,7 @@ import pyarrow as pa
 
 from stack_common.atomic import atomic_path, atomic_write_json, read_json
 from stack_common.config import Checks
-from stack_common.errors import UserError
+from stack_common.logging import get_logger
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
                      load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed, write_arrow)
@@ -39,6 +41,11 @@ from .text import char_ngram_hashes
 STAGE = "semantic_dedup"
 REASON = "semantic_duplicate"
 COMPARE = ("tfidf", "embedding")
+log = get_logger("data_pipeline.dedup.semantic")
+
+
+class TooLittleText(Exception):
+    """The input has too few documents or shared n-grams to fit the embedding."""
 
 
 @dataclass
@@ -70,7 +77,8 @@ def check_config(conf: SemanticConfig) -> None:
     checks.require(conf.n_clusters >= 0, "dedup.semantic.n_clusters: 0 (automatic) or a positive number")
     checks.require(conf.kmeans_iter >= 1, "dedup.semantic.kmeans_iter: must be positive")
     checks.require(0.0 < conf.threshold <= 1.0, "dedup.semantic.threshold: cosine similarity in (0, 1]")
-    checks.require(conf.compare in COMPARE, f"dedup.semantic.compare: {conf.compare!r} is not one of {', '.join(COMPARE)}")
+    checks.require(conf.compare in COMPARE,
+                   f"dedup.semantic.compare: {conf.compare!r} is not one of {', '.join(COMPARE)}")
     checks.raise_if_any()
 
 
@@ -114,8 +122,8 @@ class Embedder:
         self.vocabulary = hashes[top]                            # sorted: column i of the SVD input
         dim = min(conf.dim, len(top) - 1, len(texts) - 1)
         if dim < 2:
-            raise UserError(f"semantic_dedup: {len(texts)} documents with {len(top)} shared character n-grams "
-                            "are too few to fit an embedding", expected="a larger input")
+            raise TooLittleText(f"{len(texts)} documents with {len(top)} shared character n-grams are too few "
+                                "to fit an embedding")
         self.svd = TruncatedSVD(n_components=dim, algorithm="randomized", random_state=conf.seed)
         self.svd.fit(self._svd_input([self._weights(h, c) for h, c in counts]))
 
@@ -179,7 +187,8 @@ def _embed_shard(shard: Shard, work: Path) -> None:
         metas.append(pa.table(doc_meta(batch)))
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(h) for h, _ in rows], out=offsets[1:])
-    flat = [np.concatenate([r[k] for r in rows]) if rows else np.zeros(0, t) for k, t in ((0, np.uint32), (1, np.float32))]
+    flat = [np.concatenate([r[k] for r in rows]) if rows else np.zeros(0, t)
+            for k, t in ((0, np.uint32), (1, np.float32))]
     write_arrow(work / "tfidf" / f"{shard.name}.arrow", pa.table({
         "hashes": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[0], pa.uint32())),
         "weights": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat[1], pa.float32()))}),
@@ -324,7 +333,7 @@ def decide(work: Path, shards: list[Shard], conf: SemanticConfig) -> dict:
         "duplicate_of": pa.array([x if d >= 0 else None for x, d in zip(dup_ids, dup_doc)], pa.string()),
         "similarity": pa.array(similarity)}))
     sizes = np.bincount(cluster[has]) if n_valid else np.zeros(0, np.int64)
-    return {"clusters": int(k), "docs_without_embedding": int(len(meta) - n_valid),
+    return {"k": int(k), "clusters": len(sizes), "docs_without_embedding": int(len(meta) - n_valid),
             "cluster_sizes": {"min": int(sizes.min()) if len(sizes) else 0,
                               "median": float(np.median(sizes)) if len(sizes) else 0.0,
                               "max": int(sizes.max()) if len(sizes) else 0}}
@@ -376,23 +385,27 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     steps: dict = {}
     n_docs = sum(s.rows for s in shards)
 
-    if not (work / "model.pkl").is_file() and n_docs:
-        save_model(work / "model.pkl", Embedder(conf, fit_sample(shards, conf.fit_docs, conf.max_chars)))
-    t0 = timed(steps, "model", t0)
     summary = work / "decisions.json"
     if not summary.is_file():
-        if n_docs:
+        try:
+            if not (work / "model.pkl").is_file():
+                save_model(work / "model.pkl", Embedder(conf, fit_sample(shards, conf.fit_docs, conf.max_chars)))
+            t0 = timed(steps, "model", t0)
             todo = [s for s in shards if not (work / "embeddings" / f"{s.name}.arrow").is_file()]
             run_tasks(_embed_shard, [(s, work) for s in todo], desc=f"{stage}: embed", **par)
             t0 = timed(steps, "embed", t0)
             model = load_model(work / "model.pkl")
             facts = {"dim": model.dim, "explained_variance": round(float(model.svd.explained_variance_ratio_.sum()), 4),
                      **decide(work, shards, conf)}
-        else:
+        except TooLittleText as err:        # nothing to compare: every document passes, unclustered
+            log.warning("%s: %s; every document is kept without a cluster", stage, err)
             write_arrow(work / "decisions.arrow", pa.table({
-                "cluster_id": pa.array([], pa.int64()), "distance": pa.array([], pa.float32()),
-                "duplicate_of": pa.array([], pa.string()), "similarity": pa.array([], pa.float32())}))
-            facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": 0}
+                "cluster_id": pa.array(np.full(n_docs, -1, np.int64)),
+                "distance": pa.array(np.zeros(n_docs, np.float32)),
+                "duplicate_of": pa.array([None] * n_docs, pa.string()),
+                "similarity": pa.array(np.zeros(n_docs, np.float32))}))
+            facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": n_docs,
+                     "not_fitted": str(err)}
         atomic_write_json(summary, facts)
     t0 = timed(steps, "cluster_dedup", t0)
     extra = {"threshold": conf.threshold, **read_json(summary)}
