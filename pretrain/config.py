@@ -40,13 +40,17 @@ class TrainingConfig:
     data_seed: Optional[int] = None    # order of the training data (megatron's index shuffles); None: seed
     init_seed: Optional[int] = None    # weight initialization and every other RNG of the run; None: seed
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"               # auto (cuda when visible) | cuda (fail without it) | cpu
     eval_interval: int = 100
     eval_iters: int = 10
     max_consecutive_nonfinite: int = 5  # NaN/Inf losses in a row before the run stops
     loss_spike_factor: float = 3.0      # loss > factor x running mean is logged as a spike
     loss_spike_window: int = 50
-    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # Signals that save a checkpoint and exit with requeue_exit_code (a handler installed
+    # before, e.g. submitit's requeue on SIGUSR2, runs after the save).
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
     requeue_exit_code: int = 3
+    exit_duration_mins: float = 0.0     # save and exit (requeue code) after this many minutes; 0: never
     dry_run: bool = False               # print parameter counts and memory estimate, then exit
     # Fault drills (tests, rehearsing recovery): iterations whose loss is made NaN; an iteration
     # after which every rank SIGKILLs itself; an iteration whose checkpoint save is killed after
@@ -398,6 +402,7 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     c.require(t.train_iters >= 1, f"training.train_iters={t.train_iters} must be >= 1")
     c.require(t.precision in ("auto", "bf16", "fp32"),
               f"training.precision={t.precision!r} must be auto, bf16 or fp32")
+    _validate_device(c, t)
     c.require(t.eval_interval >= 0 and t.eval_iters >= 0, "training.eval_interval and eval_iters must be >= 0")
     try:
         seq = run.seq_length
@@ -420,6 +425,23 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     c.require(ck.keep_last >= 1, f"checkpoint.keep_last={ck.keep_last} must be >= 1")
     _validate_milestones(c, ck)
     c.raise_if_any()
+
+
+def _validate_device(c: Checks, t: TrainingConfig) -> None:
+    import signal
+
+    import torch
+
+    if c.require(t.device in ("auto", "cuda", "cpu"), f"training.device={t.device!r} must be auto, cuda or cpu"):
+        # A dry run plans for the GPU target from any machine.
+        c.require(t.device != "cuda" or t.dry_run or torch.cuda.is_available(),
+                  f"training.device=cuda but this process sees no CUDA device (torch {torch.__version__}, "
+                  f"built for CUDA {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
+                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
+    for name in t.exit_signals:
+        c.require(isinstance(getattr(signal, str(name), None), signal.Signals),
+                  f"training.exit_signals: {name!r} is not a signal name (e.g. SIGUSR2)")
+    c.require(t.exit_duration_mins >= 0, f"training.exit_duration_mins={t.exit_duration_mins} must be >= 0")
 
 
 def _validate_milestones(c: Checks, ck: CheckpointConfig) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import deque
 
 import torch
@@ -12,12 +13,19 @@ log = get_logger("pretrain.faults")
 
 
 class ExitSignals:
-    """Record SIGTERM/SIGUSR1 (Slurm preemption, scancel) instead of dying mid-step.
+    """Record exit signals (SIGTERM: preemption or scancel; SIGUSR1/SIGUSR2: Slurm's warning
+    before the time limit, submitit's is SIGUSR2) instead of dying mid-step, and the time
+    limit `exit_duration_mins` (0: none) counted from `started` (time.monotonic()).
 
-    The loop asks `received()` once per iteration; all ranks agree (any rank got one)."""
+    The loop asks `exit_reason()` once per iteration; all ranks get the same answer (any rank
+    got a signal, any rank ran out of time), so all save together. A handler installed before
+    ours (submitit's requeue) is not lost: `hand_over()` calls it once the checkpoint is
+    written and the process groups are gone, so no rank is left waiting in a collective."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], exit_duration_mins: float = 0.0, started: float | None = None):
         self.got: list[str] = []
+        self.deadline = (started if started is not None else time.monotonic()) + exit_duration_mins * 60 \
+            if exit_duration_mins > 0 else None
         self._previous = {}
         for name in names:
             sig = getattr(signal, name)
@@ -29,17 +37,34 @@ class ExitSignals:
             self.got.append(name)
             log.warning(f"received {name}: will save a checkpoint and exit after this iteration")
 
-    def received(self) -> bool:
-        flag = torch.tensor([1.0 if self.got else 0.0])
+    def exit_reason(self) -> str | None:
+        """'signal', 'time' or None, agreed over all ranks."""
+        timed_out = self.deadline is not None and time.monotonic() >= self.deadline
+        flags = torch.tensor([1.0 if self.got else 0.0, 1.0 if timed_out else 0.0])
         if torch.distributed.is_initialized():
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            flag = flag.to(device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+            flags = flags.to(device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        signalled, late = (bool(x > 0) for x in flags.tolist())
+        return "signal" if signalled else "time" if late else None
+
+    def received(self) -> bool:
+        return self.exit_reason() is not None
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+
+    def hand_over(self) -> None:
+        """Restore the previous handlers and call those of the signals received (a Python
+        handler such as submitit's requeue; the default action is not taken: we exit ourselves)."""
+        self.restore()
+        for name in self.got:
+            sig = getattr(signal, name)
+            previous = self._previous.get(sig)
+            if callable(previous):
+                log.warning(f"checkpoint saved: passing {name} on to the handler installed before ours")
+                previous(sig, None)
 
 
 class LossWatch:

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, RecentProgress, TrainState,
-                                    checkpoints_root, config_sha256, read_meta, resume_source)
+                                    agreed_resume_source, checkpoints_root, config_sha256, read_meta)
 from pretrain.config import RunConfig, load_run_config, milestone_token_targets
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
@@ -30,19 +30,42 @@ def run(cfg: DictConfig) -> int:
     """Entry of `python -m pretrain`; returns the process exit code."""
     from pretrain.cpu_compat import apply_if_needed
 
+    started = time.monotonic()
+    if cfg.training.get("device", "auto") == "cpu":
+        hide_cuda()
     apply_if_needed()
     run_cfg = load_run_config(cfg)          # every violation reported before any process group
     if run_cfg.training.dry_run:
         return dry_run(run_cfg)
     from pretrain.parallel import destroy, init_distributed
 
-    p = run_cfg.parallel
-    init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.init_seed,
-                     backend="nccl" if torch.cuda.is_available() else "gloo")
+    p, t = run_cfg.parallel, run_cfg.training
+    # Installed before the (long) setup: a signal during it is honoured after the first step.
+    signals = ExitSignals(t.exit_signals, t.exit_duration_mins, started)
     try:
-        return Trainer(run_cfg).train()
+        init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.init_seed, device=resolved_device(run_cfg))
+        try:
+            code = Trainer(run_cfg).train(signals)
+        finally:
+            destroy()
     finally:
-        destroy()
+        signals.restore()
+    signals.hand_over()
+    return code
+
+
+def hide_cuda() -> None:
+    """training.device=cpu on a machine with GPUs: hide them before CUDA is first touched."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if torch.cuda.is_available():
+        raise UserError("CUDA was initialized before the GPUs could be hidden", field="training.device",
+                        expected="CUDA_VISIBLE_DEVICES= in the environment for a CPU run on a GPU machine")
+
+
+def resolved_device(run: RunConfig) -> str:
+    """cuda or cpu (validate already refused training.device=cuda without CUDA)."""
+    device = run.training.device
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -135,18 +158,20 @@ class Trainer:
         return {"tp": self.tp, "pp": self.pp, "vpp": self.run.parallel.vpp, "dp": self.dp}
 
     def _meta(self, state: TrainState, keep: bool) -> dict:
+        from pretrain.model import layer_build
         from pretrain.optim import current_lr
 
         return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                 "consumed_tokens": state.consumed_tokens, **self._layout(),
-                "model": as_plain(self.run.model), "vocab_size": self.run.model.vocab_size,
+                "model": as_plain(self.run.model), "layer_build": layer_build(self.run.model),
+                "vocab_size": self.run.model.vocab_size,
                 "padded_vocab_size": padded_vocab(self.run), "tokenizer": self.tokenizer_ref,
                 "keep": keep, "train_state": asdict(state), "config": self.run.resolved,
                 "config_sha256": config_sha256(self.run.resolved),
                 "progress": self.recent.as_meta(current_lr(self.optimizer))}
 
     def _resume(self) -> None:
-        source, load_optimizer = resume_source(self.run.checkpoint, self.run.run_dir)
+        source, load_optimizer = agreed_resume_source(self.run.checkpoint, self.run.run_dir)
         if source is None:
             if torch.distributed.get_rank() == 0:
                 log.info("no checkpoint to resume from: starting at iteration 0")
@@ -220,11 +245,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------- loop
 
-    def train(self) -> int:
+    def train(self, signals: ExitSignals | None = None) -> int:
+        """Train to training.train_iters; returns 0, or requeue_exit_code after an exit signal
+        or training.exit_duration_mins (a checkpoint is saved first)."""
         from pretrain.optim import current_lr
 
         run, t, c, lg = self.run, self.run.training, self.run.checkpoint, self.run.logging
-        signals = ExitSignals(t.exit_signals)
+        own_signals = signals is None
+        signals = signals or ExitSignals(t.exit_signals, t.exit_duration_mins)
         self.last_saved = self.state.iteration
         data_iterator = self._data_iterator(self.state.consumed_samples)
         tokens_per_iter = t.global_batch_size * self.seq
@@ -270,9 +298,11 @@ class Trainer:
                 keep = self._milestone_reached()
                 if keep or (c.save_interval and st.iteration % c.save_interval == 0):
                     self.save(keep=keep)
-                if signals.received():
-                    log.warning(f"exit signal {signals.got or '(on another rank)'}: saving and exiting "
-                                f"with requeue code {t.requeue_exit_code}")
+                reason = signals.exit_reason()
+                if reason:
+                    why = (f"exit signal {signals.got or '(on another rank)'}" if reason == "signal" else
+                           f"training.exit_duration_mins={t.exit_duration_mins} reached")
+                    log.warning(f"{why}: saving and exiting with requeue code {t.requeue_exit_code}")
                     if self.last_saved != st.iteration:
                         self.save()
                     exit_code = t.requeue_exit_code
@@ -292,7 +322,8 @@ class Trainer:
             self.ckpt.finalize(blocking=True)
             if self.batch_hashes is not None:
                 self.batch_hashes.write()
-            signals.restore()
+            if own_signals:
+                signals.restore()
             self.monitor.close()
         return exit_code
 

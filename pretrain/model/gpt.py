@@ -49,6 +49,40 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
     return spec
 
 
+def final_norm(cfg: ModelConfig) -> type:
+    """The norm after the last layer. megatron's default picks apex's FusedLayerNorm whenever
+    apex imports (without TE), and that asserts on RMSNorm: name it explicitly."""
+    if uses_transformer_engine(cfg):
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    return WrappedTorchNorm
+
+
+def block_spec(cfg: ModelConfig, config, vp_stage: Optional[int] = None):
+    """This (virtual) stage's layers with an explicit final norm."""
+    from megatron.core.transformer.transformer_block import (TransformerBlockSubmodules,
+                                                             get_num_layers_to_build)
+
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg)] * layers, layer_norm=final_norm(cfg))
+
+
+def layer_build(cfg: ModelConfig) -> dict:
+    """How the layers are built, recorded in every checkpoint's meta.json: a TE checkpoint
+    carries `_extra_state` entries a local one lacks (loading skips them either way)."""
+    te = uses_transformer_engine(cfg)
+    build = {"spec": "transformer_engine" if te else "local", "final_norm": final_norm(cfg).__name__,
+             "core_attention": "TEDotProductAttention" if te else SDPAttention.__name__}
+    if te:
+        import transformer_engine
+
+        build["transformer_engine"] = getattr(transformer_engine, "__version__", "unknown")
+    return build
+
+
 class NormHeadLinear(ColumnParallelLinear):
     """Output layer whose weight rows (vocabulary entries) are divided by their L2 norm in every
     forward, training and evaluation. Each TP rank normalizes its own rows, no communication.
@@ -65,7 +99,7 @@ class BaichuanGPTModel(GPTModel):
                  post_process: bool, vp_stage: Optional[int] = None):
         super().__init__(
             config=config,
-            transformer_layer_spec=layer_spec(cfg),
+            transformer_layer_spec=block_spec(cfg, config, vp_stage),
             vocab_size=vocab_size,
             max_sequence_length=cfg.seq_length,
             pre_process=pre_process,

@@ -1,0 +1,286 @@
+"""Cluster code paths on CPU (gloo): checkpoints across TransformerEngine and local layers
+(`_extra_state`), the final norm under apex, ranks agreeing on the device and on `latest`,
+GPU index under Slurm binding, SIGUSR2 and the time limit on a real training process, and
+training.device=cuda without CUDA."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests._dist_helpers import init_layout, launch, tiny_model_config
+from tests.test_pretrain_run import (REPO, _env, base_args, data_dir, end_orphans, latest,  # noqa: F401
+                                     pretrain)
+
+
+# ----------------------------------------------------------------------------- _extra_state
+
+def _with_extra_state(model, value: float):
+    """Give every layer's core attention an `_extra_state` as TransformerEngine's has (the
+    local spec's attention has none; its linear layers save theirs as None, as TE's load)."""
+    from pretrain.model import unwrap
+
+    for layer in unwrap(model).decoder.layers:
+        module = layer.self_attention.core_attention
+        cls = type(module)
+
+        class WithExtra(cls):
+            def get_extra_state(self):
+                return self.extra
+
+            def set_extra_state(self, state):
+                if state is not None:     # as TE: None (a local checkpoint's) changes nothing
+                    self.extra = state
+
+        module.__class__ = WithExtra
+        module.extra = torch.tensor([value])
+    return model
+
+
+def _with_bogus_weight(model):
+    """A weight no checkpoint of the architecture has (stands for any real key mismatch)."""
+    from pretrain.model import unwrap
+
+    for layer in unwrap(model).decoder.layers:
+        layer.self_attention.linear_proj.register_parameter("bogus", torch.nn.Parameter(torch.zeros(3)))
+    return model
+
+
+def _extra_state_rank(rank, world, root):
+    from pretrain.checkpointing import CheckpointManager, TrainState
+    from pretrain.model import build_model, unwrap
+    from stack_common.errors import UserError
+
+    init_layout(1, 1)
+    cfg = tiny_model_config(num_layers=2)
+
+    def fresh(seed, extra=None, bogus=False):
+        torch.manual_seed(seed)
+        model = build_model(cfg, wrap_ddp=False)
+        if extra is not None:
+            _with_extra_state(model[0], extra)
+        if bogus:
+            _with_bogus_weight(model[0])
+        return model
+
+    def save(model, name):
+        meta = lambda state, keep: {"iteration": 0, "tp": 1, "pp": 1, "vpp": None, "dp": 1}  # noqa: E731
+        return CheckpointManager(Path(root) / name, 1, meta).save(model, None, None, TrainState())
+
+    def load(model, ckpt):
+        CheckpointManager(Path(root) / "loads", 1, None).load(
+            ckpt, model, None, None, layout={"tp": 1, "pp": 1, "vpp": None, "dp": 1})
+        return model
+
+    def weights(model):
+        return {k: v.clone() for k, v in unwrap(model[0]).state_dict().items() if "_extra_state" not in k}
+
+    te_model, plain_model = fresh(1, extra=7.0), fresh(2)
+    te_ckpt, plain_ckpt = save(te_model, "te"), save(plain_model, "plain")
+    out = {"te_keys": sorted(k for k in unwrap(te_model[0]).state_dict() if "core_attention._extra" in k)}
+    # TE checkpoint into local layers, local checkpoint into TE layers, TE into TE.
+    out["te_into_plain"] = all(torch.equal(a, b) for a, b in
+                               zip(weights(load(fresh(3), te_ckpt)).values(), weights(te_model).values()))
+    te_target = load(fresh(4, extra=-1.0), plain_ckpt)
+    out["plain_into_te"] = all(torch.equal(a, b) for a, b in
+                               zip(weights(te_target).values(), weights(plain_model).values()))
+    out["plain_into_te_extra"] = float(unwrap(te_target[0]).decoder.layers[0].self_attention.core_attention.extra)
+    te_again = load(fresh(5, extra=-1.0), te_ckpt)
+    out["te_into_te_extra"] = float(unwrap(te_again[0]).decoder.layers[1].self_attention.core_attention.extra)
+    # Any other key missing on either side is an error naming it.
+    for name, model, ckpt in (("model_has_more", fresh(6, bogus=True), plain_ckpt),
+                              ("ckpt_has_more", fresh(7), save(fresh(8, bogus=True), "bogus"))):
+        try:
+            load(model, ckpt)
+            out[name] = None
+        except UserError as err:
+            out[name] = str(err)
+    return out
+
+
+def test_extra_state_differs_others_fail(tmp_path):
+    out = launch(1, _extra_state_rank, str(tmp_path))[0]
+    assert out["te_keys"] == [f"decoder.layers.{i}.self_attention.core_attention._extra_state" for i in (0, 1)]
+    assert out["te_into_plain"] and out["plain_into_te"]
+    assert out["plain_into_te_extra"] == -1.0     # nothing to load: the module keeps its own
+    assert out["te_into_te_extra"] == 7.0         # saved and restored between TE builds
+    assert out["model_has_more"] is not None
+    assert "1 key(s) the model needs are not in the checkpoint: decoder.layers.self_attention.linear_proj.bogus" \
+        in out["model_has_more"] and str(tmp_path / "plain") in out["model_has_more"]
+    assert out["ckpt_has_more"] is not None
+    assert "1 checkpoint key(s) the model does not have: decoder.layers.self_attention.linear_proj.bogus" \
+        in out["ckpt_has_more"]
+
+
+# ----------------------------------------------------------------------------- final norm under apex
+
+def _apex_norm_rank(rank, world):
+    init_layout(1, 1)
+    from megatron.core.fusions.fused_layer_norm import FusedLayerNorm
+    from megatron.core.transformer import transformer_block
+
+    from pretrain.model import build_model, unwrap
+
+    # An image with apex and without TE: megatron's default final norm is apex's FusedLayerNorm.
+    transformer_block.LayerNormImpl = FusedLayerNorm
+    model = build_model(tiny_model_config(num_layers=2), wrap_ddp=False)
+    norm = unwrap(model[0]).decoder.final_layernorm
+    return type(norm).__name__, isinstance(norm, FusedLayerNorm)
+
+
+def test_final_norm_is_never_apex_fused_layer_norm():
+    name, is_apex = launch(1, _apex_norm_rank)[0]
+    assert not is_apex and name == "RMSNorm"
+
+
+# ----------------------------------------------------------------------------- device agreement
+
+def _agree(devices: list[str]) -> list:
+    from pretrain.parallel import agree_on_device
+
+    store = torch.distributed.HashStore()
+    results = [None] * len(devices)
+
+    def one(rank):
+        try:
+            agree_on_device(store, rank, len(devices), devices[rank])
+            results[rank] = "ok"
+        except Exception as err:  # noqa: BLE001 - the test reads the message
+            results[rank] = str(err)
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in range(len(devices))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_ranks_agree_on_the_device_or_all_fail():
+    assert _agree(["cpu", "cpu", "cpu"]) == ["ok"] * 3
+    assert _agree(["cuda", "cuda"]) == ["ok"] * 2
+    results = _agree(["cuda", "cpu", "cuda"])
+    for rank, msg in enumerate(results):
+        assert "ranks disagree on the device: 2 of 3 see CUDA, 1 run on the CPU" in msg, msg
+        assert f"this is rank {rank}, on {['cuda', 'cpu', 'cuda'][rank]}" in msg
+
+
+def test_local_gpu_index_wraps_at_the_visible_count(monkeypatch):
+    from pretrain.parallel import local_device_index
+
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert local_device_index(8) == 5
+    assert local_device_index(4) == 1
+    assert local_device_index(1) == 0     # Slurm binding one GPU per task
+
+
+# ----------------------------------------------------------------------------- rank 0 reads latest
+
+def _fake_checkpoint(root: Path, iteration: int) -> None:
+    ckpt = root / "checkpoints" / f"iter_{iteration:07d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"iteration": iteration}))
+    (ckpt / "metadata.json").write_text("{}")
+    (root / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+
+
+def _resume_rank(rank, world, run_dirs, loads):
+    init_layout(1, 1)
+    from pretrain.checkpointing import agreed_resume_source
+    from pretrain.config import CheckpointConfig
+    from stack_common.errors import ConfigError
+
+    ck = CheckpointConfig(dir=run_dirs[rank], load=loads[rank])
+    try:
+        source, with_optimizer = agreed_resume_source(ck, run_dirs[rank])
+        return str(source), with_optimizer
+    except ConfigError as err:
+        return "error", str(err)
+
+
+def test_rank0_resolves_latest_for_every_rank(tmp_path):
+    # Rank 1 sees an older `latest` (a stale NFS attribute cache, here another directory).
+    fresh, stale = tmp_path / "fresh", tmp_path / "stale"
+    _fake_checkpoint(fresh, 8)
+    _fake_checkpoint(stale, 4)
+    results = launch(2, _resume_rank, [str(fresh), str(stale)], [None, None])
+    assert results == [(str(fresh / "checkpoints" / "iter_0000008"), True)] * 2
+    # Rank 0's config problem is every rank's (no rank goes on alone).
+    empty = tmp_path / "empty"
+    results = launch(2, _resume_rank, [str(empty), str(stale)], [str(tmp_path / "nowhere"), None])
+    assert [r[0] for r in results] == ["error", "error"]
+    assert all(f"checkpoint.load: path does not exist: {tmp_path / 'nowhere'}" in r[1] for r in results)
+
+
+# ----------------------------------------------------------------------------- signals and time limit
+
+REQUEUE_HANDLER = """
+import signal, sys
+from pathlib import Path
+
+MARKER, RUN = Path({marker!r}), Path({run!r})
+
+
+def requeue(signum, frame):   # what submitit's SIGUSR2 handler does: requeue, then exit
+    MARKER.write_text((RUN / "checkpoints" / "latest").read_text())
+    sys.exit(7)
+
+
+if __name__ == "__main__":   # not in the helper processes that spawn imports this into
+    signal.signal(signal.SIGUSR2, requeue)
+    from pretrain.__main__ import main
+    main()
+"""
+
+
+def test_sigusr2_saves_then_hands_over_to_the_requeue_handler(data_dir, tmp_path):  # noqa: F811
+    run, marker = tmp_path / "run", tmp_path / "requeued"
+    args = base_args(data_dir, run, 400) + ["training.eval_interval=0", "checkpoint.save_interval=0"]
+    script = tmp_path / "launch.py"
+    script.write_text(REQUEUE_HANDLER.format(marker=str(marker), run=str(run)))
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "iteration        2/" in line:
+                proc.send_signal(signal.SIGUSR2)
+                break
+        tail = proc.stdout.read()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        end_orphans()
+    assert code == 7, tail[-3000:]                     # the previous handler ran, after the save:
+    name = latest(run)
+    assert marker.read_text().strip() == name          # it saw the checkpoint published
+    meta = json.loads((run / "checkpoints" / name / "meta.json").read_text())
+    assert 2 <= meta["iteration"] < 400 and meta["consumed_samples"] == 4 * meta["iteration"]
+    assert meta["layer_build"] == {"spec": "local", "final_norm": "WrappedTorchNorm",
+                                   "core_attention": "SDPAttention"}
+
+
+def test_exit_duration_saves_and_exits_with_the_requeue_code(data_dir, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    proc = pretrain(2, base_args(data_dir, run, 400) + [
+        "training.eval_interval=0", "checkpoint.save_interval=0", "training.exit_duration_mins=0.0001"])
+    # torchrun exits with 1 and names the ranks' own code.
+    assert proc.returncode == 1 and "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
+    assert latest(run) == "iter_0000001"                # time is up at the first check, on both ranks
+    assert "training.exit_duration_mins=0.0001 reached" in proc.stdout + proc.stderr
+
+
+def test_device_cuda_without_cuda_fails_with_one_line(data_dir, tmp_path):  # noqa: F811
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = pretrain(1, base_args(data_dir, tmp_path / "run", 4) + ["training.device=cuda"], timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "training.device=cuda but this process sees no CUDA device" in lines[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
