@@ -15,6 +15,7 @@ Model weights are stored under the ShardedTensor keys of megatron-core's
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -383,7 +384,7 @@ class CheckpointManager:
             # was built; without this the first step would write those back over the loaded ones.
             optimizer.reload_model_params()
         if with_optimizer:
-            with torch.no_grad():
+            with torch.no_grad(), adam_steps_aside(optimizer):
                 optimizer.load_state_dict(loaded["optimizer"])
             restore_adam_steps(optimizer)
             scheduler.load_state_dict(loaded["opt_param_scheduler"])
@@ -480,6 +481,39 @@ def init_distributed_optimizer_state(optimizer) -> None:
         opt._init_optimizer_states_with_dummy_values()
         for g, (lr, wd) in zip(opt.optimizer.param_groups, saved):
             g["lr"], g["weight_decay"] = lr, wd
+
+
+@contextlib.contextmanager
+def adam_steps_aside(optimizer):
+    """megatron's fully_reshardable load copies the checkpoint's tensors into every entry of
+    each parameter's optimizer state, and has none for torch AdamW's per-parameter `step`
+    (apex/TE FusedAdam keep it in the param group): hide `step` from that copy (megatron has
+    already set it from the param group)."""
+    from megatron.core.optimizer import ChainedOptimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    patched = [o for o in inner if isinstance(o, DistributedOptimizer)]
+    for opt in patched:
+        opt._set_main_param_and_optimizer_states = _without_step(opt, opt._set_main_param_and_optimizer_states)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states      # the class's method again
+
+
+def _without_step(opt, set_states):
+    def wrapper(model_param, tensors):
+        group_index, group_order = opt.model_param_group_index_map[model_param]
+        state = opt.optimizer.state[opt.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None) if "step" not in tensors else None
+        try:
+            set_states(model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+    return wrapper
 
 
 def restore_adam_steps(optimizer) -> None:

@@ -284,3 +284,25 @@ def test_device_cuda_without_cuda_fails_with_one_line(data_dir, tmp_path):  # no
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "training.device=cuda but this process sees no CUDA device" in lines[0]
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- distributed optimizer
+
+def test_distributed_optimizer_checkpoint_moves_from_dp2_to_tp2(data_dir, tmp_path):  # noqa: F811
+    """Saved at TP=1 x DP=2, resumed at TP=2 x DP=1: Adam moments and schedule continue."""
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    common = ["optimizer.distributed=true", "training.eval_interval=0", "checkpoint.milestone_tokens=[512]"]
+    proc = pretrain(2, base_args(data_dir, run, 8) + common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from tests.test_pretrain_run import scalars
+
+    first = scalars(run, "train/lm_loss")
+    proc = pretrain(2, base_args(data_dir, moved, 8) + common + [
+        "parallel=tp2", f"checkpoint.load={run}/checkpoints/iter_0000004"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = scalars(moved, "train/lm_loss")
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for it in range(5, 9):
+        assert resumed[it] == pytest.approx(first[it], abs=1e-5), it
+    meta = json.loads((moved / "checkpoints" / "iter_0000008" / "meta.json").read_text())
+    assert (meta["tp"], meta["dp"]) == (2, 1)
