@@ -122,7 +122,7 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
         hf = HFCheckpoint(hf_dir, position)
         torch_dtype = DTYPES[dtype]
         cfg = model_config_for(hf.arch)
-        chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype, wrap_ddp=False)
+        chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype)
         padded = padded_vocab_size(hf.arch.vocab_size, tp)
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         with torch.no_grad():

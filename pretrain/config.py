@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from stack_common.atomic import read_json_file
+from pretrain.data import resolve_summary, strip_ext, tokenizer_vocab_size
 from stack_common.config import Checks, as_plain, to_dataclass
 
 
@@ -52,17 +52,32 @@ class TrainingConfig:
     requeue_exit_code: int = 3
     exit_duration_mins: float = 0.0     # save and exit (requeue code) after this many minutes; 0: never
     dry_run: bool = False               # print parameter counts and memory estimate, then exit
-    # Fault drills (tests, rehearsing recovery): iterations whose loss is made NaN; an iteration
-    # after which every rank SIGKILLs itself; an iteration whose checkpoint save is killed after
-    # the files are written but before the checkpoint is published.
+    # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
+    exit_after_iter: int = 0
+
+
+@dataclass
+class FaultDrillConfig:
+    """Hydra group `faults`: drills that rehearse recovery (tests, new clusters); all off by
+    default. Iterations whose loss is made NaN; an iteration after which every rank SIGKILLs
+    itself; an iteration whose checkpoint save is killed after the files are written but before
+    the checkpoint is published; the provenance drill, a sha256 of every micro-batch fed to the
+    model in RUN_DIR/batch_hashes/ (written with each checkpoint and at the end)."""
     inject_nan_iters: list[int] = field(default_factory=list)
     inject_sigkill_after_iter: int = 0
     inject_sigkill_in_save_iter: int = 0
-    # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
-    exit_after_iter: int = 0
-    # Provenance drill (tests): record a sha256 of every micro-batch fed to the model in
-    # RUN_DIR/batch_hashes/ (written with each checkpoint and at the end).
     log_batch_hashes: bool = False
+
+
+# Keys that were in `training` before the `faults` group: a recorded config that has them
+# (checkpoints of older runs) is read with them moved.
+FAULT_KEYS = ("inject_nan_iters", "inject_sigkill_after_iter", "inject_sigkill_in_save_iter", "log_batch_hashes")
+
+
+def split_recorded_training(training: dict) -> tuple[dict, dict]:
+    """(training, faults) of a recorded config, either layout."""
+    moved = {k: training[k] for k in FAULT_KEYS if k in training}
+    return {k: v for k, v in training.items() if k not in moved}, moved
 
 
 @dataclass
@@ -118,6 +133,7 @@ class RunConfig:
     data: DataConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
+    faults: FaultDrillConfig
     model: Any            # pretrain.model.ModelConfig
     parallel: Any         # ParallelConfig (see parallel_from_cfg)
     resolved: dict        # the resolved config as plain data (stored in checkpoints)
@@ -138,6 +154,21 @@ class RunConfig:
     def init_seed(self) -> int:
         t = self.training
         return t.seed if t.init_seed is None else t.init_seed
+
+
+def use_bf16(run: RunConfig) -> bool:
+    """bf16 weights with fp32 master weights: training.precision, auto meaning on GPU."""
+    import torch
+
+    precision = run.training.precision
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
+
+
+def padded_vocab(run: RunConfig) -> int:
+    """The model's vocabulary padded for its TP size."""
+    from pretrain.model import padded_vocab_size
+
+    return padded_vocab_size(run.model.vocab_size, run.parallel.tp, run.model.make_vocab_size_divisible_by)
 
 
 def training_data_seed(training: TrainingConfig) -> int:
@@ -174,36 +205,6 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def resolve_summary(data: DataConfig, path: Optional[str] = None) -> Optional[Path]:
-    """The encode_summary.json describing `path` (default: the first data path)."""
-    if data.summary:
-        return Path(data.summary)
-    path = path or (data.paths[0] if data.paths else None)
-    return Path(strip_ext(path)).parent / "encode_summary.json" if path else None
-
-
-def strip_ext(path: str) -> str:
-    for ext in (".bin", ".idx"):
-        if path.endswith(ext):
-            return path[: -len(ext)]
-    return path
-
-
-def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
-    """The vocabulary the data was encoded with: from config, else encode_summary.json."""
-    if data.tokenizer.vocab_size:
-        return data.tokenizer.vocab_size
-    summary = resolve_summary(data)
-    if summary is not None and summary.is_file():
-        info = read_json_file(summary)
-        for key in ("vocab_size", "tokenizer_vocab_size"):
-            if key in info:
-                return int(info[key])
-        if isinstance(info.get("tokenizer"), dict) and "vocab_size" in info["tokenizer"]:
-            return int(info["tokenizer"]["vocab_size"])
-    return None
-
-
 def load_run_config(cfg: DictConfig, world_size: int | None = None,
                     model_given: bool | None = None) -> RunConfig:
     """Type-check every group and check the whole config; raises ConfigError listing all problems.
@@ -224,6 +225,7 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None,
         data=to_dataclass(cfg.data, DataConfig, where="data"),
         checkpoint=checkpoint,
         logging=to_dataclass(cfg.logging, LoggingConfig, where="logging"),
+        faults=to_dataclass(cfg.get("faults") or {}, FaultDrillConfig, where="faults"),
         model=to_dataclass(cfg.model, ModelConfig, where="model"),
         parallel=parallel_from_cfg(cfg.parallel),
         resolved=as_plain(cfg),
@@ -491,8 +493,3 @@ def _validate_data(c: Checks, run: RunConfig) -> None:
                   f"tokenizer vocabulary {vocab} does not fit model.vocab_size={model_vocab}")
         c.require(0 <= d.tokenizer.eod_id < vocab,
                   f"data.tokenizer.eod_id={d.tokenizer.eod_id} outside the vocabulary of {vocab}")
-
-
-def split_string(split: list[float]) -> str:
-    """megatron's form of the split: '98,2,0'."""
-    return ",".join(f"{x:g}" for x in split)

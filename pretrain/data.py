@@ -10,15 +10,58 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 
-from pretrain.config import RunConfig, resolve_summary, split_string, strip_ext, tokenizer_vocab_size
 from stack_common.atomic import read_json_file, sha256_file
 from stack_common.logging import get_logger
 
+if TYPE_CHECKING:   # the config layer imports this module, not the reverse
+    from pretrain.config import DataConfig, RunConfig
+
 log = get_logger("pretrain.data")
+
+
+# ----------------------------------------------------------------------------- files of the data
+
+def resolve_summary(data: DataConfig, path: Optional[str] = None) -> Optional[Path]:
+    """The encode_summary.json describing `path` (default: the first data path)."""
+    if data.summary:
+        return Path(data.summary)
+    path = path or (data.paths[0] if data.paths else None)
+    return Path(strip_ext(path)).parent / "encode_summary.json" if path else None
+
+
+def strip_ext(path: str) -> str:
+    for ext in (".bin", ".idx"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
+    """The vocabulary the data was encoded with: from config, else encode_summary.json."""
+    if data.tokenizer.vocab_size:
+        return data.tokenizer.vocab_size
+    summary = resolve_summary(data)
+    if summary is not None and summary.is_file():
+        info = read_json_file(summary)
+        for key in ("vocab_size", "tokenizer_vocab_size"):
+            if key in info:
+                return int(info[key])
+        if isinstance(info.get("tokenizer"), dict) and "vocab_size" in info["tokenizer"]:
+            return int(info["tokenizer"]["vocab_size"])
+    return None
+
+
+def split_string(split: list[float]) -> str:
+    """megatron's form of the split: '98,2,0'."""
+    return ",".join(f"{x:g}" for x in split)
+
+
+# ----------------------------------------------------------------------------- datasets
+
 
 
 class EncodedDataTokenizer:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, RecentProgress, TrainState,
                                     agreed_resume_source, checkpoints_root, config_sha256, read_meta)
-from pretrain.config import RunConfig, load_run_config, milestone_token_targets
+from pretrain.config import RunConfig, load_run_config, milestone_token_targets, padded_vocab, use_bf16
 from pretrain.faults import ExitSignals, LossWatch
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
                                  valid_line)
@@ -36,6 +36,8 @@ def run(cfg: DictConfig) -> int:
     apply_if_needed()
     run_cfg = load_run_config(cfg)          # every violation reported before any process group
     if run_cfg.training.dry_run:
+        from pretrain.estimate import dry_run
+
         return dry_run(run_cfg)
     from pretrain.parallel import destroy, init_distributed
 
@@ -70,55 +72,13 @@ def resolved_device(run: RunConfig) -> str:
 
 # ----------------------------------------------------------------------------- setup
 
-def use_bf16(run: RunConfig) -> bool:
-    precision = run.training.precision
-    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
-
-
-def padded_vocab(run: RunConfig) -> int:
-    from pretrain.model import padded_vocab_size
-
-    return padded_vocab_size(run.model.vocab_size, run.parallel.tp, run.model.make_vocab_size_divisible_by)
-
-
-def dry_run(run: RunConfig) -> int:
-    """Parameter counts and a per-rank memory estimate, without starting process groups."""
-    m, p, t = run.model, run.parallel, run.training
-    h, layers, vocab = m.hidden_size, m.num_layers, padded_vocab(run)
-    ffn = getattr(m, "ffn_hidden_size", None) or 4 * h
-    kv = getattr(m, "num_query_groups", None) or m.num_attention_heads
-    per_layer = h * h * 2 + 2 * h * h * kv // m.num_attention_heads + 3 * h * ffn + 2 * h
-    embed = vocab * h
-    total = layers * per_layer + 2 * embed + h
-    # The first stage holds the input embedding and the last the (untied) output layer: both at pp=1.
-    per_rank = (layers // p.pp) * per_layer / p.tp + (2 if p.pp == 1 else 1) * embed / p.tp
-    world = max(int(os.environ.get("WORLD_SIZE", "1")), p.tp * p.pp)
-    dp = max(world // (p.tp * p.pp), 1)
-    bf16 = use_bf16(run) or t.precision == "auto"   # plan for the GPU target (auto: bf16 there)
-    weight_bytes = 2 if bf16 else 4
-    grad_bytes = 4                                     # fp32 main grads
-    optim_bytes = (12 if bf16 else 8) / (dp if run.optimizer.distributed else 1)
-    seq, mbs = run.seq_length, t.micro_batch_size
-    # Korthikanti et al.: 34*s*b*h bytes per layer with 16-bit activations (flash attention: no s^2 term).
-    act = layers // p.pp * seq * mbs * h * 34 * (weight_bytes / 2) / p.tp * min(p.pp, t.global_batch_size)
-    states = per_rank * (weight_bytes + grad_bytes + optim_bytes)
-    print(f"parameters: {total / 1e6:,.1f}M total ({(total - 2 * embed) / 1e6:,.1f}M without embeddings), "
-          f"padded vocabulary {vocab}")
-    print(f"layout: tp={p.tp} pp={p.pp} vpp={p.vpp} dp={dp} (world {world}); "
-          f"{per_rank / 1e6:,.1f}M parameters on the largest rank")
-    print(f"memory per rank (estimate): weights+grads+optimizer {states / 2**30:.2f} GiB, "
-          f"activations {act / 2**30:.2f} GiB, total {(states + act) / 2**30:.2f} GiB "
-          f"({'bf16 + fp32 master' if bf16 else 'fp32'}{', distributed optimizer' if run.optimizer.distributed else ''})")
-    return 0
-
-
 class Trainer:
     def __init__(self, run: RunConfig):
         from megatron.core import parallel_state as mpu
 
         from pretrain.data import build_datasets, tokenizer_reference
-        from pretrain.model import build_model
         from pretrain.optim import build_optimizer, build_scheduler
+        from pretrain.parallelize import build_parallel_model
 
         self.run = run
         self.mpu = mpu
@@ -129,7 +89,7 @@ class Trainer:
         self.seq = run.seq_length
         self.bf16 = use_bf16(run)
         self.tokenizer_ref = tokenizer_reference(run)
-        self.model = build_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
+        self.model = build_parallel_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
                                  dtype=torch.bfloat16 if self.bf16 else torch.float32,
                                  sequence_parallel=run.parallel.sequence_parallel,
                                  recompute=run.parallel.recompute,
@@ -141,7 +101,7 @@ class Trainer:
         self.batch_hashes = None
         self.ckpt = CheckpointManager(run.run_dir, run.checkpoint.keep_last, self._meta,
                                       async_save=run.checkpoint.async_save,
-                                      kill_in_save_iter=t.inject_sigkill_in_save_iter)
+                                      kill_in_save_iter=run.faults.inject_sigkill_in_save_iter)
         self._resume()
         self.train_ds, self.valid_ds = build_datasets(run)
         self._write_config()
@@ -210,7 +170,7 @@ class Trainer:
 
         t = self.run.training
         batches = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
-        if not t.log_batch_hashes:
+        if not self.run.faults.log_batch_hashes:
             return batches
         mpu = self.mpu
         writes = mpu.get_tensor_model_parallel_rank() == 0 and mpu.is_pipeline_first_stage(ignore_virtual=True)
@@ -224,7 +184,7 @@ class Trainer:
         from pretrain.step import train_step
 
         t = self.run.training
-        inject = self.state.iteration + 1 in t.inject_nan_iters
+        inject = self.state.iteration + 1 in self.run.faults.inject_nan_iters
         with inject_nan(self.model, inject):
             return train_step(self.model, self.optimizer, data_iterator, self.num_micro,
                               t.micro_batch_size, self.seq)
@@ -307,7 +267,7 @@ class Trainer:
                         self.save()
                     exit_code = t.requeue_exit_code
                     break
-                if st.iteration == t.inject_sigkill_after_iter:
+                if st.iteration == run.faults.inject_sigkill_after_iter:
                     log.warning(f"fault drill: SIGKILL after iteration {st.iteration}")
                     torch.distributed.barrier()
                     os.kill(os.getpid(), signal.SIGKILL)

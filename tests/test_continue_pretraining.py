@@ -102,7 +102,7 @@ def trainer_logits_rank(rank: int, world: int, ckpt: str, out: str) -> None:
     parallel.init_distributed(1, 1, seed=1234, backend="gloo")
     try:
         cfg = ModelConfig(**read_meta(ckpt)["model"])
-        chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32, wrap_ddp=False)
+        chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32)
         load_model_weights(chunks, ckpt)
         position_ids = torch.arange(SEQ)[None].expand(TOKENS.shape[0], -1)
         with torch.no_grad():

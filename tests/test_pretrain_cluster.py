@@ -62,7 +62,7 @@ def _extra_state_rank(rank, world, root):
 
     def fresh(seed, extra=None, bogus=False):
         torch.manual_seed(seed)
-        model = build_model(cfg, wrap_ddp=False)
+        model = build_model(cfg)
         if extra is not None:
             _with_extra_state(model[0], extra)
         if bogus:
@@ -129,7 +129,7 @@ def _apex_norm_rank(rank, world):
 
     # An image with apex and without TE: megatron's default final norm is apex's FusedLayerNorm.
     transformer_block.LayerNormImpl = FusedLayerNorm
-    model = build_model(tiny_model_config(num_layers=2), wrap_ddp=False)
+    model = build_model(tiny_model_config(num_layers=2))
     norm = unwrap(model[0]).decoder.final_layernorm
     return type(norm).__name__, isinstance(norm, FusedLayerNorm)
 
@@ -306,3 +306,65 @@ def test_distributed_optimizer_checkpoint_moves_from_dp2_to_tp2(data_dir, tmp_pa
         assert resumed[it] == pytest.approx(first[it], abs=1e-5), it
     meta = json.loads((moved / "checkpoints" / "iter_0000008" / "meta.json").read_text())
     assert (meta["tp"], meta["dp"]) == (2, 1)
+
+
+# ----------------------------------------------------------------------------- module layout
+
+def _pretrain_imports() -> dict[str, set[str]]:
+    """pretrain module -> the pretrain modules it imports (at top level or inside functions;
+    not under `if TYPE_CHECKING`)."""
+    import ast
+
+    modules = {}
+    for path in (REPO / "pretrain").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                found |= {base} | {f"{base}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_pretrain_modules_import_without_cycles():
+    import importlib
+
+    graph = _pretrain_imports()
+    assert {"pretrain.config", "pretrain.data", "pretrain.parallelize", "pretrain.estimate",
+            "pretrain.model.gpt", "pretrain.model.loss", "pretrain.optim"} <= set(graph)
+    for name in graph:
+        importlib.import_module(name)
+    cycles, state = [], {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+    # The model definition knows nothing of its data-parallel wrapping or of the trainer.
+    model_imports = set().union(*(graph[m] for m in graph if m.startswith("pretrain.model")))
+    assert model_imports <= {m for m in graph if m.startswith("pretrain.model")} | {"pretrain.mcore_compat"}
+    model_source = "".join(p.read_text() for p in (REPO / "pretrain" / "model").glob("*.py"))
+    assert "megatron.core.distributed" not in model_source and "DistributedDataParallel" not in model_source

@@ -1,6 +1,6 @@
 """Baichuan 2 as a megatron-core GPTModel: the local (or TransformerEngine) layer spec with SDPA
-attention and ALiBi, a NormHead output layer, one model chunk per (virtual) pipeline stage,
-wrapped in megatron-core's DistributedDataParallel."""
+attention and ALiBi, a NormHead output layer, one model chunk per (virtual) pipeline stage.
+The definition only: data-parallel wrapping and the schedule hooks are `pretrain.parallelize`."""
 from __future__ import annotations
 
 import copy
@@ -125,13 +125,9 @@ def unwrap(module):
 
 def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int] = None,
                 dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-                recompute: bool = False, wrap_ddp: bool = True,
-                distributed_optimizer: bool = False, overlap_grad_reduce: Optional[bool] = None) -> list:
-    """One chunk per virtual pipeline stage of this rank (a list of 1 without interleaving).
-
-    Chunks are wrapped in megatron-core DistributedDataParallel (fp32 grad buffers) unless
-    wrap_ddp=False; `distributed_optimizer` must match the optimizer's setting.
-    `overlap_grad_reduce` (None: on GPU) overlaps the DP gradient reduction with the backward.
+                recompute: bool = False) -> list:
+    """This rank's model chunks, one per virtual pipeline stage (a list of 1 without
+    interleaving), unwrapped: `pretrain.parallelize` wraps them for data-parallel training.
     Call after `pretrain.parallel.init_distributed(tp, pp, vpp)`."""
     assert mpu.get_tensor_model_parallel_world_size() == tp, "init_distributed was called with another tp"
     assert mpu.get_pipeline_model_parallel_world_size() == pp, "init_distributed was called with another pp"
@@ -141,9 +137,8 @@ def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int
     config = transformer_config(cfg, tp=tp, pp=pp, vpp=vpp, dtype=dtype,
                                 sequence_parallel=sequence_parallel, recompute=recompute)
     vocab = padded_vocab_size(cfg.vocab_size, tp, cfg.make_vocab_size_divisible_by)
-    stages = vpp or 1
     chunks = []
-    for stage in range(stages):
+    for stage in range(vpp or 1):
         vp_stage = stage if vpp else None
         chunk = BaichuanGPTModel(
             cfg, config, vocab_size=vocab,
@@ -153,35 +148,4 @@ def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int
         if torch.cuda.is_available():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    if wrap_ddp:
-        overlap = torch.cuda.is_available() if overlap_grad_reduce is None else overlap_grad_reduce
-        chunks = wrap_in_ddp(chunks, config, distributed_optimizer, overlap)
-        _wire_schedule_hooks(chunks, config, overlap)
     return chunks
-
-
-def wrap_in_ddp(chunks: list, config, distributed_optimizer: bool, overlap_grad_reduce: bool = False) -> list:
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=overlap_grad_reduce,
-        use_distributed_optimizer=distributed_optimizer,
-        check_for_nan_in_grad=False,
-    )
-    # Bucketing only for the first chunk, as megatron's trainer does.
-    return [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
-                                    disable_bucketing=i > 0)
-            for i, chunk in enumerate(chunks)]
-
-
-def _wire_schedule_hooks(chunks: list, config, overlap_grad_reduce: bool) -> None:
-    """The pipeline schedules find these on the model config: grad all-reduce and the
-    division by the number of loss tokens (calculate_per_token_loss) after the last backward;
-    with overlap, grad sync is held back until the last microbatch of each chunk."""
-    from megatron.core.distributed import finalize_model_grads
-
-    config.finalize_model_grads_func = finalize_model_grads
-    if overlap_grad_reduce:
-        no_sync = [chunk.no_sync for chunk in chunks]
-        config.no_sync_func = no_sync[0] if len(chunks) == 1 else no_sync
