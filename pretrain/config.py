@@ -97,6 +97,10 @@ class DataConfig:
     summary: Optional[str] = None                   # encode_summary.json; None: next to paths[0]
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
     eod_mask_loss: bool = False
+    # Packed sequences: attend only within each document (a mask per sample, built by megatron's
+    # GPTDataset; SDPA attention only) / restart position ids after each end-of-document.
+    reset_attention_mask: bool = False
+    reset_position_ids: bool = False
 
 
 @dataclass

@@ -92,10 +92,10 @@ def dataset_config(run: RunConfig):
         split=split_string(d.split),
         path_to_cache=cache,
         tokenizer=EncodedDataTokenizer(tokenizer_vocab_size(d), d.tokenizer.eod_id),
-        reset_position_ids=False,
-        reset_attention_mask=False,
+        reset_position_ids=d.reset_position_ids,
+        reset_attention_mask=d.reset_attention_mask,
         eod_mask_loss=d.eod_mask_loss,
-        create_attention_mask=False,
+        create_attention_mask=d.reset_attention_mask,   # [1, s, s], True where attention is cut
         mid_level_dataset_surplus=0.05,
     )
 

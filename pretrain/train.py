@@ -77,6 +77,7 @@ class Trainer:
         from megatron.core import parallel_state as mpu
 
         from pretrain.data import build_datasets, tokenizer_reference
+        from pretrain.model.gpt import uses_transformer_engine
         from pretrain.optim import build_optimizer, build_scheduler
         from pretrain.parallelize import build_parallel_model
 
@@ -89,6 +90,10 @@ class Trainer:
         self.seq = run.seq_length
         self.bf16 = use_bf16(run)
         self.tokenizer_ref = tokenizer_reference(run)
+        if run.data.reset_attention_mask and uses_transformer_engine(run.model):
+            raise UserError("document masks of packed sequences go through the SDPA attention; "
+                            "TransformerEngine layers would ignore them", field="data.reset_attention_mask",
+                            expected="model.attention_backend=sdpa with data.reset_attention_mask=true")
         self.model = build_parallel_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
                                  dtype=torch.bfloat16 if self.bf16 else torch.float32,
                                  sequence_parallel=run.parallel.sequence_parallel,

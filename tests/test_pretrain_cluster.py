@@ -368,3 +368,60 @@ def test_pretrain_modules_import_without_cycles():
     assert model_imports <= {m for m in graph if m.startswith("pretrain.model")} | {"pretrain.mcore_compat"}
     model_source = "".join(p.read_text() for p in (REPO / "pretrain" / "model").glob("*.py"))
     assert "megatron.core.distributed" not in model_source and "DistributedDataParallel" not in model_source
+
+
+# ----------------------------------------------------------------------------- EOD masking
+
+def compose_run(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from pretrain.config import load_run_config
+    from stack_common.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("pretrain", overrides=overrides)
+    return load_run_config(cfg, world_size=1, model_given=True)
+
+
+def _eod_rank(rank, world, root):
+    init_layout(1, 1)
+    from pretrain.data import build_datasets, write_token_dataset
+    from pretrain.model import build_model
+
+    docs = [[3 + (7 * d + i) % 900 for i in range(5 + (d * 5) % 9)] + [2] for d in range(40)]
+    prefix = write_token_dataset(Path(root) / "docs", docs, 1000)
+    out = {}
+    for position in ("rope", "alibi"):
+        run = compose_run([f"model=tiny_{position}", "model.seq_length=32", "model.vocab_size=1000",
+                           f"data.paths=[{prefix}]", "data.tokenizer.vocab_size=1000", "data.split=[100,0,0]",
+                           "data.reset_attention_mask=true", "data.reset_position_ids=true",
+                           "training.eval_interval=0", "training.train_iters=2", "training.global_batch_size=2",
+                           "optimizer=tiny", "optimizer.warmup_iters=0", f"checkpoint.dir={root}/run_{position}"])
+        train, _ = build_datasets(run)
+        sample = train[1]
+        tokens = torch.as_tensor(sample["tokens"])[None]
+        torch.manual_seed(0)
+        model = build_model(run.model)[0].eval()
+        with torch.no_grad():
+            packed = model(tokens, torch.as_tensor(sample["position_ids"])[None],
+                           torch.as_tensor(sample["attention_mask"])[None])[0]
+            unmasked = model(tokens, torch.arange(32)[None], None)[0]
+            ends = [i + 1 for i, t in enumerate(tokens[0].tolist()) if t == 2 and i + 1 < 32]
+            starts = [0] + ends
+            worst, masked_off = 0.0, 0.0
+            for a, b in zip(starts, ends + [32]):
+                alone = model(tokens[:, a:b], torch.arange(b - a)[None], None)[0]
+                worst = max(worst, (packed[a:b] - alone).abs().max().item())
+                masked_off = max(masked_off, (unmasked[a:b] - alone).abs().max().item())
+        out[position] = {"starts": starts, "positions_at_starts": [int(sample["position_ids"][a]) for a in starts],
+                         "worst": worst, "without_mask": masked_off}
+    return out
+
+
+def test_eod_masking_matches_each_document_run_alone(tmp_path):
+    out = launch(1, _eod_rank, str(tmp_path))[0]
+    for position, r in out.items():
+        assert len(r["starts"]) >= 3, r                    # the window packs several documents
+        assert r["positions_at_starts"] == [0] * len(r["starts"])
+        assert r["worst"] < 1e-5, (position, r)            # each document's logits as if alone
+        assert r["without_mask"] > 1e-3, (position, r)     # and the mask is what makes it so

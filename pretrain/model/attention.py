@@ -1,6 +1,7 @@
 """Core attention through `torch.nn.functional.scaled_dot_product_attention`: causal for RoPE
-models, causal plus an ALiBi bias for the 13B model. Drop-in for megatron-core's
-DotProductAttention inside SelfAttention (same constructor and forward contract)."""
+models, causal plus an ALiBi bias for the 13B model, and megatron's attention mask (True where
+attention is cut: document ends of packed sequences) when one is given. Drop-in for
+megatron-core's DotProductAttention inside SelfAttention (same constructor and forward contract)."""
 from __future__ import annotations
 
 import math
@@ -60,6 +61,11 @@ class SDPAttention(MegatronModule):
             k = k.repeat_interleave(self.heads // self.groups, dim=1)
             v = v.repeat_interleave(self.heads // self.groups, dim=1)
         mask = self._bias(seq_q, seq_k, q.dtype, q.device) if self.alibi else None
+        if attention_mask is not None:      # [b or 1, 1, s, s], causal already
+            if mask is None:
+                mask = ~attention_mask
+            else:
+                mask = mask.unsqueeze(0).masked_fill(attention_mask, float("-inf"))
         dropout = self.dropout if self.training else 0.0
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
