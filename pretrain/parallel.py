@@ -28,7 +28,7 @@ def init_distributed(tp: int = 1, pp: int = 1, vpp: Optional[int] = None, seed: 
     from pretrain.cpu_compat import apply_if_needed
 
     apply_if_needed()
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backend = backend or ("nccl" if device == "cuda" else "gloo")
@@ -54,8 +54,19 @@ def init_distributed(tp: int = 1, pp: int = 1, vpp: Optional[int] = None, seed: 
         virtual_pipeline_model_parallel_size=vpp,
         distributed_timeout_minutes=timeout_minutes,
     )
-    set_seed(seed)
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    set_stage_seed(seed)
+
+
+def set_stage_seed(seed: int) -> int:
+    """Seed every RNG of this rank with `seed` + 100 x its pipeline stage (as Megatron does):
+    stages holding only transformer layers would otherwise draw identical initial layers. The
+    TP ranks of a stage share the seed (see set_seed). Returns the seed used."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    set_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+    return stage_seed
 
 
 def local_device_index(device_count: int) -> int:

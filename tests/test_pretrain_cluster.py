@@ -425,3 +425,28 @@ def test_eod_masking_matches_each_document_run_alone(tmp_path):
         assert r["positions_at_starts"] == [0] * len(r["starts"])
         assert r["worst"] < 1e-5, (position, r)            # each document's logits as if alone
         assert r["without_mask"] > 1e-3, (position, r)     # and the mask is what makes it so
+
+
+# ----------------------------------------------------------------------------- per-stage seeds
+
+def _stage_seed_rank(rank, world):
+    init_layout(1, 4, seed=1234)
+    from pretrain.model import build_model, unwrap
+    from pretrain.parallel import set_stage_seed
+
+    def first_layer():
+        chunk = unwrap(build_model(tiny_model_config(num_layers=4), pp=4)[0])
+        return chunk.decoder.layers[0].mlp.linear_fc1.weight.detach().clone()
+
+    weight = first_layer()
+    seed = set_stage_seed(1234)
+    return seed, weight, torch.equal(first_layer(), weight)
+
+
+def test_pipeline_stages_draw_their_own_reproducible_init():
+    results = launch(4, _stage_seed_rank)
+    assert [r[0] for r in results] == [1234, 1334, 1434, 1534]
+    assert all(r[2] for r in results)                     # same seed, same weights
+    # Stages 1 and 2 hold one transformer layer each and nothing else: with one shared seed
+    # they would start identical.
+    assert not torch.equal(results[1][1], results[2][1])
