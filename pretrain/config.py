@@ -101,6 +101,7 @@ class DataConfig:
     # GPTDataset; SDPA attention only) / restart position ids after each end-of-document.
     reset_attention_mask: bool = False
     reset_position_ids: bool = False
+    num_workers: Optional[int] = None    # DataLoader worker processes; None: 2 on GPU, 0 on CPU
 
 
 @dataclass
@@ -462,6 +463,7 @@ def _validate_milestones(c: Checks, ck: CheckpointConfig) -> None:
 
 def _validate_data(c: Checks, run: RunConfig) -> None:
     d = run.data
+    c.require(d.num_workers is None or d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
     if not c.require(len(d.paths) > 0, "data.paths is empty: give the encoded datasets (prefix of .bin/.idx)"):
         return
     for i, path in enumerate(d.paths):

@@ -164,14 +164,44 @@ def collate(samples: list[dict]) -> dict:
     return {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in samples[0]}
 
 
+class RankSamples(torch.utils.data.Sampler):
+    """The sample indices of one data-parallel rank from `start` on, in the order described
+    above (mbs consecutive indices per microbatch)."""
+
+    def __init__(self, start: int, end: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.start, self.end, self.mbs, self.dp_rank, self.dp_size = start, end, micro_batch_size, dp_rank, dp_size
+
+    def _positions(self) -> range:
+        step = self.mbs * self.dp_size
+        return range(self.start, self.end - step + 1, step)
+
+    def __iter__(self):
+        for pos in self._positions():
+            begin = pos + self.dp_rank * self.mbs
+            yield from range(begin, begin + self.mbs)
+
+    def __len__(self) -> int:
+        return len(self._positions()) * self.mbs
+
+
 def microbatches(dataset, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 end_sample: Optional[int] = None) -> Iterator[dict]:
-    """This rank's microbatches from `start_sample` on, in the order described above."""
-    step = micro_batch_size * dp_size
+                 end_sample: Optional[int] = None, num_workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[dict]:
+    """This rank's microbatches from `start_sample` on, in the order described above, read by
+    `num_workers` DataLoader processes ahead of the step (0: in the training process) into
+    pinned memory when asked (faster copies to the GPU)."""
     end = len(dataset) if end_sample is None else min(end_sample, len(dataset))
-    for pos in range(start_sample, end - step + 1, step):
-        begin = pos + dp_rank * micro_batch_size
-        yield collate([dataset[i] for i in range(begin, begin + micro_batch_size)])
+    sampler = RankSamples(start_sample, end, micro_batch_size, dp_rank, dp_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=micro_batch_size, sampler=sampler,
+                                         num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate)
+    return iter(loader)
+
+
+def loader_settings(run: RunConfig) -> dict:
+    """data.num_workers (None: 2 on GPU, 0 on CPU) and pinned memory on GPU."""
+    cuda = torch.cuda.is_available()
+    workers = run.data.num_workers if run.data.num_workers is not None else (2 if cuda else 0)
+    return {"num_workers": workers, "pin_memory": cuda}
 
 
 def microbatch_sha256(batch: dict) -> str:
@@ -193,7 +223,7 @@ def valid_microbatches(dataset, run: RunConfig, dp_rank: int, dp_size: int) -> I
     """The fixed validation set (same samples every evaluation, so losses compare)."""
     t = run.training
     return microbatches(dataset, 0, t.micro_batch_size, dp_rank, dp_size,
-                        end_sample=t.eval_iters * t.global_batch_size)
+                        end_sample=t.eval_iters * t.global_batch_size, **loader_settings(run))
 
 
 def tokenizer_reference(run: RunConfig) -> dict:

@@ -171,10 +171,11 @@ class Trainer:
     # ------------------------------------------------------------------------- steps
 
     def _data_iterator(self, start: int):
-        from pretrain.data import microbatches
+        from pretrain.data import loader_settings, microbatches
 
         t = self.run.training
-        batches = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
+        batches = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp,
+                               **loader_settings(self.run))
         if not self.run.faults.log_batch_hashes:
             return batches
         mpu = self.mpu

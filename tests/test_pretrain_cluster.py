@@ -415,11 +415,20 @@ def _eod_rank(rank, world, root):
                 masked_off = max(masked_off, (unmasked[a:b] - alone).abs().max().item())
         out[position] = {"starts": starts, "positions_at_starts": [int(sample["position_ids"][a]) for a in starts],
                          "worst": worst, "without_mask": masked_off}
+    # The DataLoader with worker processes feeds exactly the batches read in the process.
+    from pretrain.data import microbatches
+
+    inline = list(microbatches(train, 0, 1, 1, 2))
+    workers = list(microbatches(train, 0, 1, 1, 2, num_workers=2))
+    out["loader"] = (len(inline), len(workers), all(
+        all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys() for a, b in zip(inline, workers)))
     return out
 
 
 def test_eod_masking_matches_each_document_run_alone(tmp_path):
     out = launch(1, _eod_rank, str(tmp_path))[0]
+    n_inline, n_workers, same = out.pop("loader")
+    assert n_inline == n_workers > 0 and same
     for position, r in out.items():
         assert len(r["starts"]) >= 3, r                    # the window packs several documents
         assert r["positions_at_starts"] == [0] * len(r["starts"])
