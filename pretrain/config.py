@@ -191,7 +191,7 @@ class ParallelConfig:
     pp: int = 1
     vpp: Optional[int] = None
     sequence_parallel: bool = False
-    recompute: bool = False
+    recompute: Any = False     # false | selective (core attention) | full (every layer; true too)
 
 
 def parallel_from_cfg(cfg: DictConfig | dict) -> ParallelConfig:
@@ -393,6 +393,8 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
                   f"parallel.pp={p.pp} x vpp={p.vpp or 1} does not divide model.num_layers={layers}")
     if p.vpp:
         c.require(p.pp > 1, f"parallel.vpp={p.vpp} needs parallel.pp > 1")
+    c.require(p.recompute in (False, True, None, "none", "selective", "full"),
+              f"parallel.recompute={p.recompute!r} must be false, selective or full")
     model_parallel = max(p.tp, 1) * max(p.pp, 1)
     c.require(world_size % model_parallel == 0,
               f"world size {world_size} is not divisible by tp x pp = {model_parallel}")

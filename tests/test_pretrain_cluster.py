@@ -459,3 +459,53 @@ def test_pipeline_stages_draw_their_own_reproducible_init():
     # Stages 1 and 2 hold one transformer layer each and nothing else: with one shared seed
     # they would start identical.
     assert not torch.equal(results[1][1], results[2][1])
+
+
+# ----------------------------------------------------------------------------- recompute and fusions
+
+def _recompute_rank(rank, world):
+    init_layout(1, 1)
+    from pretrain.parallelize import build_parallel_model
+    from tests._dist_helpers import build_optimizer, global_batches, microbatches
+
+    cfg = tiny_model_config(num_layers=2)
+    data = global_batches(2, 2, cfg.seq_length, cfg.vocab_size)
+    out = {}
+    for recompute in (False, "selective", "full"):
+        torch.manual_seed(5)
+        chunks = build_parallel_model(cfg, recompute=recompute)
+        optimizer = build_optimizer(chunks)
+        from pretrain.step import train_step
+
+        steps = [train_step(chunks, optimizer, microbatches(b, 2, 0, 1), 1, 2, cfg.seq_length) for b in data]
+        out[str(recompute)] = [(m["lm_loss"], m["grad_norm"]) for m in steps]
+        out[f"{recompute}_granularity"] = chunks[0].config.recompute_granularity
+    return out
+
+
+def test_selective_and_full_recompute_train_the_same_steps():
+    out = launch(1, _recompute_rank)[0]
+    assert (out["False_granularity"], out["selective_granularity"], out["full_granularity"]) == \
+        (None, "selective", "full")
+    assert out["selective"] == out["False"] and out["full"] == out["False"]
+
+
+def test_fusions_only_on_gpu_and_only_with_their_kernels(monkeypatch):
+    from pretrain.model import ModelConfig
+    from pretrain.model import config as model_config
+
+    rope, alibi = ModelConfig(), ModelConfig(position_embedding_type="alibi")
+    assert not any(model_config.fusion_flags(rope).values())              # CPU: all off
+    monkeypatch.setattr(model_config, "on_cuda", lambda: True)
+    monkeypatch.setattr(model_config, "have_transformer_engine", lambda: True)
+    assert model_config.fusion_flags(rope) == {
+        "bias_activation_fusion": True, "bias_dropout_fusion": True, "masked_softmax_fusion": False,
+        "apply_rope_fusion": True, "gradient_accumulation_fusion": True, "persist_layer_norm": False}
+    flags = model_config.fusion_flags(alibi)                               # SDPA layers: no TE kernels
+    assert flags["bias_activation_fusion"] and not flags["apply_rope_fusion"] \
+        and not flags["gradient_accumulation_fusion"]
+    monkeypatch.setattr(model_config, "have_transformer_engine", lambda: False)
+    assert not model_config.fusion_flags(rope)["gradient_accumulation_fusion"]   # would need apex
+    assert not any(model_config.fusion_flags(ModelConfig(fusions="off")).values())
+    with pytest.raises(ValueError, match="parallel.recompute='some' must be false, selective or full"):
+        model_config.recompute_flags("some")

@@ -16,26 +16,8 @@ from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from .attention import SDPAttention
-from .config import ModelConfig, padded_vocab_size, transformer_config
-
-
-def have_transformer_engine() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
-
-
-def uses_transformer_engine(cfg: ModelConfig) -> bool:
-    """TE for RoPE models on GPU when installed; ALiBi always goes through SDPA with a bias."""
-    if cfg.attention_backend == "sdpa" or cfg.position_embedding_type == "alibi":
-        return False
-    if cfg.attention_backend == "te":
-        if not have_transformer_engine():
-            raise RuntimeError("attention_backend=te but TransformerEngine (with CUDA) is not available")
-        return True
-    return have_transformer_engine()
+from .config import (ModelConfig, have_transformer_engine, padded_vocab_size, transformer_config,  # noqa: F401
+                     uses_transformer_engine)
 
 
 def layer_spec(cfg: ModelConfig) -> ModuleSpec:
