@@ -268,8 +268,9 @@ class CheckpointManager:
     """Saves, publishes, prunes and loads the checkpoints of one run directory."""
 
     def __init__(self, run_dir, keep_last: int, meta_fn, async_save: bool = False,
-                 kill_in_save_iter: int = 0):
+                 kill_in_save_iter: int = 0, optimizer_sharding: str = DIST_OPT_SHARDING):
         self.root = checkpoints_root(run_dir)
+        self.optimizer_sharding = optimizer_sharding   # of a distributed optimizer's state
         self.kill_in_save_iter = kill_in_save_iter   # fault drill: die between write and publish
         self.keep_last = keep_last
         self.meta_fn = meta_fn               # (TrainState, keep) -> dict for meta.json
@@ -302,10 +303,11 @@ class CheckpointManager:
         # Before the first step there is no AdamW state to save (megatron's DistributedOptimizer
         # cannot even describe it): a step-0 checkpoint holds weights, progress and RNG.
         sd = full_state(model_chunks, optimizer, scheduler, state, is_loading=False,
-                        with_optimizer=state.iteration > 0)
+                        with_optimizer=state.iteration > 0, optimizer_sharding=self.optimizer_sharding)
         meta = self.meta_fn(state, keep)
         request = dist_save(sd, tmp, async_save=self.async_queue is not None,
-                            content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None,
+                            content_metadata=(_optimizer_metadata(optimizer, self.optimizer_sharding)
+                                              if optimizer is not None else None),
                             parallel_group=_dp_group())
         if self.kill_in_save_iter and state.iteration == self.kill_in_save_iter:
             _barrier()

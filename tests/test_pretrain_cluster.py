@@ -509,3 +509,44 @@ def test_fusions_only_on_gpu_and_only_with_their_kernels(monkeypatch):
     assert not any(model_config.fusion_flags(ModelConfig(fusions="off")).values())
     with pytest.raises(ValueError, match="parallel.recompute='some' must be false, selective or full"):
         model_config.recompute_flags("some")
+
+
+def _dp_reshardable_rank(rank, world, root):
+    init_layout(1, 1)
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from pretrain.checkpointing import CheckpointManager, TrainState, read_meta, saved_optimizer_sharding
+    from pretrain.parallelize import build_parallel_model
+    from pretrain.step import train_step
+    from stack_common.errors import UserError
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from tests._dist_helpers import global_batches, microbatches
+
+    cfg = tiny_model_config(num_layers=2)
+    chunks = build_parallel_model(cfg, distributed_optimizer=True)
+    optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, min_lr=1e-4,
+                                                       use_distributed_optimizer=True), chunks)
+    scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=1e-3, min_lr=1e-4, lr_warmup_steps=0,
+                                        lr_decay_steps=10, lr_decay_style="cosine", start_wd=0.1, end_wd=0.1,
+                                        wd_incr_steps=10, wd_incr_style="constant")
+    batch = global_batches(1, 4, cfg.seq_length, cfg.vocab_size)[0]
+    train_step(chunks, optimizer, microbatches(batch, 2, rank, 2), 1, 2, cfg.seq_length)
+    layout = {"tp": 1, "pp": 1, "vpp": None, "dp": 2}
+    manager = CheckpointManager(root, 1, lambda state, keep: {"iteration": state.iteration, **layout},
+                                optimizer_sharding="dp_reshardable")
+    ckpt = manager.save(chunks, optimizer, scheduler, TrainState(iteration=1))
+    same = saved_optimizer_sharding(ckpt, read_meta(ckpt), layout)
+    try:
+        saved_optimizer_sharding(ckpt, read_meta(ckpt), dict(layout, tp=2, dp=1))
+        moved = None
+    except UserError as err:
+        moved = str(err)
+    return same, moved
+
+
+def test_dp_reshardable_optimizer_state_refuses_a_tp_change(tmp_path):
+    for same, moved in launch(2, _dp_reshardable_rank, str(tmp_path)):
+        assert same == "dp_reshardable"
+        assert moved is not None and "dp_reshardable, which loads only into the same TP/PP layout (tp=1 -> 2)" \
+            in moved and "checkpoint.load_optimizer=false" in moved
