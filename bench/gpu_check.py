@@ -2,6 +2,7 @@
 
   bf16 vs fp32      the same weights and batches: bf16 weights + fp32 master weights track fp32
   TE vs local       TransformerEngine and local layers: same loss from one checkpoint, loaded both ways
+  ALiBi flash       flash-attn with ALiBi slopes (model.attention_backend=flash) vs SDPA with the bias
   async save        async checkpoint save, then an exact resume (losses equal bit for bit)
   step time / MFU   a ~1B Baichuan-2-shaped model (seq 4096, bf16), RoPE and ALiBi, at the largest
                     micro-batch that fits, with a short profile (top kernels; trace in --out)
@@ -150,6 +151,26 @@ def check_te(run, tmp: Path) -> tuple[str, str, bool | None]:
     return "TE vs local spec", f"{'; '.join(rows)} | worst rel. diff {worst:.2e} (limit 1e-2)", worst < 1e-2
 
 
+def check_flash_alibi(run) -> tuple[str, str, bool | None]:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "ALiBi flash-attn vs SDPA", "skipped: flash-attn not installed", None
+    if not torch.cuda.is_available():
+        return "ALiBi flash-attn vs SDPA", "skipped: no CUDA", None
+    data = batches(run, 3, 2)
+    sdpa, opt_sdpa = build(run, bf16=True, backend="sdpa")
+    flash, _ = build(run, bf16=True, backend="flash")
+    copy_weights(sdpa, flash)
+    from pretrain.optim import build_optimizer
+
+    opt_flash = build_optimizer(run, flash, True)
+    a, b = train(sdpa, opt_sdpa, data, run), train(flash, opt_flash, data, run)
+    worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    return ("ALiBi flash-attn vs SDPA", f"sdpa {' '.join(f'{x:.4f}' for x in a)} | flash "
+            f"{' '.join(f'{x:.4f}' for x in b)} | worst rel. diff {worst:.2e} (limit 1e-2)", worst < 1e-2)
+
+
 def eval_loss(chunks, data, run) -> float:
     from pretrain.step import eval_step
 
@@ -293,6 +314,7 @@ def main(argv=None) -> int:
             tiny = run_config(tiny_overrides(), tmp)
             rows.append(check_bf16(tiny, 2 if args.cpu else 8))
             rows.append(check_te(tiny, Path(tmp)))
+            rows.append(check_flash_alibi(run_config(tiny_overrides("alibi"), tmp)))
             rows.append(check_resume(tiny, Path(tmp)))
             for position in ("rope", "alibi"):
                 over = tiny_overrides(position) if args.cpu else one_b_overrides(position)

@@ -20,6 +20,7 @@ def test_gpu_check_cpu_smoke(tmp_path):
     rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines() if "  " in line}
     assert " ok " in rows["bf16 vs fp32 loss"] and "worst rel. diff" in rows["bf16 vs fp32 loss"]
     assert "skipped: TransformerEngine with CUDA not available" in rows["TE vs local spec"]
+    assert "skipped:" in rows["ALiBi flash-attn vs SDPA"]
     resume = rows["sync (CPU) save + exact resume"]
     assert " ok " in resume
     for position in ("rope", "alibi"):

@@ -131,12 +131,19 @@ def _apex_norm_rank(rank, world):
     transformer_block.LayerNormImpl = FusedLayerNorm
     model = build_model(tiny_model_config(num_layers=2))
     norm = unwrap(model[0]).decoder.final_layernorm
-    return type(norm).__name__, isinstance(norm, FusedLayerNorm)
+    try:
+        build_model(tiny_model_config("alibi", num_layers=2, attention_backend="flash"))
+        flash = None
+    except RuntimeError as err:
+        flash = str(err)
+    return type(norm).__name__, isinstance(norm, FusedLayerNorm), flash
 
 
 def test_final_norm_is_never_apex_fused_layer_norm():
-    name, is_apex = launch(1, _apex_norm_rank)[0]
+    name, is_apex, flash = launch(1, _apex_norm_rank)[0]
     assert not is_apex and name == "RMSNorm"
+    # flash-attn (ALiBi by slopes) says where it cannot run instead of falling back silently.
+    assert flash.startswith("model.attention_backend=flash needs CUDA (flash-attn kernels); use sdpa on the CPU")
 
 
 # ----------------------------------------------------------------------------- device agreement

@@ -28,7 +28,9 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     make_vocab_size_divisible_by: int = 128  # times TP
-    attention_backend: str = "auto"          # auto (TransformerEngine when installed) | sdpa | te
+    # auto (TransformerEngine for RoPE when installed, else SDPA) | sdpa | te | flash (flash-attn
+    # kernels in the local layers, ALiBi by its slopes: no seq x seq bias; GPU with flash-attn)
+    attention_backend: str = "auto"
     fusions: str = "auto"                    # auto: megatron-core's fused kernels on GPU | off
 
     def __post_init__(self):
@@ -44,8 +46,8 @@ class ModelConfig:
             c.require(self.num_attention_heads % self.query_groups == 0,
                       f"model.num_query_groups={self.num_query_groups} does not divide "
                       f"model.num_attention_heads={self.num_attention_heads}")
-        c.require(self.attention_backend in ("auto", "sdpa", "te"),
-                  f"model.attention_backend={self.attention_backend!r} must be auto, sdpa or te")
+        c.require(self.attention_backend in ("auto", "sdpa", "te", "flash"),
+                  f"model.attention_backend={self.attention_backend!r} must be auto, sdpa, te or flash")
         c.require(self.fusions in ("auto", "off"), f"model.fusions={self.fusions!r} must be auto or off")
         c.require(self.z_loss_coeff >= 0, f"model.z_loss_coeff={self.z_loss_coeff} must be >= 0")
         c.raise_if_any()
@@ -79,7 +81,7 @@ def have_transformer_engine() -> bool:
 
 def uses_transformer_engine(cfg: ModelConfig) -> bool:
     """TE for RoPE models on GPU when installed; ALiBi always goes through SDPA with a bias."""
-    if cfg.attention_backend == "sdpa" or cfg.position_embedding_type == "alibi":
+    if cfg.attention_backend in ("sdpa", "flash") or cfg.position_embedding_type == "alibi":
         return False
     if cfg.attention_backend == "te":
         if not have_transformer_engine():

@@ -27,7 +27,8 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
-        module=SDPAttention, params={"alibi": cfg.position_embedding_type == "alibi"})
+        module=SDPAttention, params={"alibi": cfg.position_embedding_type == "alibi",
+                                     "flash": cfg.attention_backend == "flash"})
     return spec
 
 
@@ -57,7 +58,8 @@ def layer_build(cfg: ModelConfig) -> dict:
     carries `_extra_state` entries a local one lacks (loading skips them either way)."""
     te = uses_transformer_engine(cfg)
     build = {"spec": "transformer_engine" if te else "local", "final_norm": final_norm(cfg).__name__,
-             "core_attention": "TEDotProductAttention" if te else SDPAttention.__name__}
+             "core_attention": "TEDotProductAttention" if te else
+             "flash_attn" if cfg.attention_backend == "flash" else SDPAttention.__name__}
     if te:
         import transformer_engine
 
