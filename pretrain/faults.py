@@ -1,4 +1,5 @@
-"""Faults a long run must survive: preemption signals, non-finite losses, loss spikes."""
+"""Faults a long run must survive: preemption signals and time limits, non-finite losses, loss
+spikes. (The drills that rehearse them are configured in the `faults` group, FaultDrillConfig.)"""
 from __future__ import annotations
 
 import signal
@@ -47,9 +48,6 @@ class ExitSignals:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         signalled, late = (bool(x > 0) for x in flags.tolist())
         return "signal" if signalled else "time" if late else None
-
-    def received(self) -> bool:
-        return self.exit_reason() is not None
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
