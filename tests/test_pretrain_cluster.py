@@ -104,8 +104,8 @@ def _extra_state_rank(rank, world, root):
     return out
 
 
-def test_extra_state_differs_others_fail(tmp_path):
-    out = launch(1, _extra_state_rank, str(tmp_path))[0]
+def test_extra_state_differs_others_fail(one_rank):
+    out, tmp_path = one_rank["extra_state"], Path(one_rank["root"]) / "extra"
     assert out["te_keys"] == [f"decoder.layers.{i}.self_attention.core_attention._extra_state" for i in (0, 1)]
     assert out["te_into_plain"] and out["plain_into_te"]
     assert out["plain_into_te_extra"] == -1.0     # nothing to load: the module keeps its own
@@ -128,8 +128,11 @@ def _apex_norm_rank(rank, world):
     from pretrain.model import build_model, unwrap
 
     # An image with apex and without TE: megatron's default final norm is apex's FusedLayerNorm.
-    transformer_block.LayerNormImpl = FusedLayerNorm
-    model = build_model(tiny_model_config(num_layers=2))
+    default, transformer_block.LayerNormImpl = transformer_block.LayerNormImpl, FusedLayerNorm
+    try:
+        model = build_model(tiny_model_config(num_layers=2))
+    finally:
+        transformer_block.LayerNormImpl = default
     norm = unwrap(model[0]).decoder.final_layernorm
     try:
         build_model(tiny_model_config("alibi", num_layers=2, attention_backend="flash"))
@@ -139,8 +142,8 @@ def _apex_norm_rank(rank, world):
     return type(norm).__name__, isinstance(norm, FusedLayerNorm), flash
 
 
-def test_final_norm_is_never_apex_fused_layer_norm():
-    name, is_apex, flash = launch(1, _apex_norm_rank)[0]
+def test_final_norm_is_never_apex_fused_layer_norm(one_rank):
+    name, is_apex, flash = one_rank["apex"]
     assert not is_apex and name == "RMSNorm"
     # flash-attn (ALiBi by slopes) says where it cannot run instead of falling back silently.
     assert flash.startswith("model.attention_backend=flash needs CUDA (flash-attn kernels); use sdpa on the CPU")
@@ -211,16 +214,13 @@ def _resume_rank(rank, world, run_dirs, loads):
         return "error", str(err)
 
 
-def test_rank0_resolves_latest_for_every_rank(tmp_path):
+def test_rank0_resolves_latest_for_every_rank(two_ranks):
     # Rank 1 sees an older `latest` (a stale NFS attribute cache, here another directory).
-    fresh, stale = tmp_path / "fresh", tmp_path / "stale"
-    _fake_checkpoint(fresh, 8)
-    _fake_checkpoint(stale, 4)
-    results = launch(2, _resume_rank, [str(fresh), str(stale)], [None, None])
-    assert results == [(str(fresh / "checkpoints" / "iter_0000008"), True)] * 2
+    tmp_path = Path(two_ranks[0]["root"])
+    fresh = tmp_path / "fresh"
+    assert [r["resume"] for r in two_ranks] == [(str(fresh / "checkpoints" / "iter_0000008"), True)] * 2
     # Rank 0's config problem is every rank's (no rank goes on alone).
-    empty = tmp_path / "empty"
-    results = launch(2, _resume_rank, [str(empty), str(stale)], [str(tmp_path / "nowhere"), None])
+    results = [r["resume_error"] for r in two_ranks]
     assert [r[0] for r in results] == ["error", "error"]
     assert all(f"checkpoint.load: path does not exist: {tmp_path / 'nowhere'}" in r[1] for r in results)
 
@@ -432,8 +432,8 @@ def _eod_rank(rank, world, root):
     return out
 
 
-def test_eod_masking_matches_each_document_run_alone(tmp_path):
-    out = launch(1, _eod_rank, str(tmp_path))[0]
+def test_eod_masking_matches_each_document_run_alone(one_rank):
+    out = dict(one_rank["eod"])
     n_inline, n_workers, same = out.pop("loader")
     assert n_inline == n_workers > 0 and same
     for position, r in out.items():
@@ -446,12 +446,12 @@ def test_eod_masking_matches_each_document_run_alone(tmp_path):
 # ----------------------------------------------------------------------------- per-stage seeds
 
 def _stage_seed_rank(rank, world):
-    init_layout(1, 4, seed=1234)
+    init_layout(1, 3, seed=1234)
     from pretrain.model import build_model, unwrap
     from pretrain.parallel import set_stage_seed
 
     def first_layer():
-        chunk = unwrap(build_model(tiny_model_config(num_layers=4), pp=4)[0])
+        chunk = unwrap(build_model(tiny_model_config(num_layers=3), pp=3)[0])
         return chunk.decoder.layers[0].mlp.linear_fc1.weight.detach().clone()
 
     weight = first_layer()
@@ -460,12 +460,12 @@ def _stage_seed_rank(rank, world):
 
 
 def test_pipeline_stages_draw_their_own_reproducible_init():
-    results = launch(4, _stage_seed_rank)
-    assert [r[0] for r in results] == [1234, 1334, 1434, 1534]
-    assert all(r[2] for r in results)                     # same seed, same weights
-    # Stages 1 and 2 hold one transformer layer each and nothing else: with one shared seed
-    # they would start identical.
+    results = launch(3, _stage_seed_rank)
+    # Stages 1 and 2 draw their transformer layer first (stage 0 its embedding): with one
+    # shared seed they would start identical.
     assert not torch.equal(results[1][1], results[2][1])
+    assert [r[0] for r in results] == [1234, 1334, 1434]
+    assert all(r[2] for r in results)                     # same seed, same weights
 
 
 # ----------------------------------------------------------------------------- recompute and fusions
@@ -490,8 +490,8 @@ def _recompute_rank(rank, world):
     return out
 
 
-def test_selective_and_full_recompute_train_the_same_steps():
-    out = launch(1, _recompute_rank)[0]
+def test_selective_and_full_recompute_train_the_same_steps(one_rank):
+    out = one_rank["recompute"]
     assert (out["False_granularity"], out["selective_granularity"], out["full_granularity"]) == \
         (None, "selective", "full")
     assert out["selective"] == out["False"] and out["full"] == out["False"]
@@ -552,8 +552,41 @@ def _dp_reshardable_rank(rank, world, root):
     return same, moved
 
 
-def test_dp_reshardable_optimizer_state_refuses_a_tp_change(tmp_path):
-    for same, moved in launch(2, _dp_reshardable_rank, str(tmp_path)):
+def test_dp_reshardable_optimizer_state_refuses_a_tp_change(two_ranks):
+    for same, moved in (r["dp_reshardable"] for r in two_ranks):
         assert same == "dp_reshardable"
         assert moved is not None and "dp_reshardable, which loads only into the same TP/PP layout (tp=1 -> 2)" \
             in moved and "checkpoint.load_optimizer=false" in moved
+
+
+# ----------------------------------------------------------------------------- shared launches
+
+def _one_rank_checks(rank, world, root):
+    """The single-process checks above in one spawned process (one start-up of torch and megatron)."""
+    out = {"root": root, "extra_state": _extra_state_rank(rank, world, f"{root}/extra"),
+           "eod": _eod_rank(rank, world, f"{root}/eod"), "recompute": _recompute_rank(rank, world)}
+    out["apex"] = _apex_norm_rank(rank, world)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_rank")
+    for name in ("extra", "eod"):
+        (root / name).mkdir()
+    return launch(1, _one_rank_checks, str(root))[0]
+
+
+def _two_rank_checks(rank, world, root):
+    fresh, stale, empty = (f"{root}/{name}" for name in ("fresh", "stale", "empty"))
+    return {"root": root, "resume": _resume_rank(rank, world, [fresh, stale], [None, None]),
+            "resume_error": _resume_rank(rank, world, [empty, stale], [f"{root}/nowhere", None]),
+            "dp_reshardable": _dp_reshardable_rank(rank, world, f"{root}/dp_reshardable")}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two_ranks")
+    _fake_checkpoint(root / "fresh", 8)
+    _fake_checkpoint(root / "stale", 4)
+    return launch(2, _two_rank_checks, str(root))
