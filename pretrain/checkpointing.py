@@ -43,7 +43,6 @@ TOKENIZER_DIR = "tokenizer"   # the tokenizer a checkpoint carries (import-hf pu
 # parameter's own shape): loads into any TP/PP/DP layout. dp_reshardable (older checkpoints)
 # keeps megatron's flat per-rank buffers and loads only where TP and PP are unchanged.
 DIST_OPT_SHARDING = "fully_reshardable"
-DIST_OPT_METADATA = {"distrib_optim_sharding_type": DIST_OPT_SHARDING}
 
 
 @dataclass
