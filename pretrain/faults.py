@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
+from pathlib import Path
 
 import torch
 
+from stack_common.atomic import atomic_write_json
 from stack_common.logging import get_logger
 
 log = get_logger("pretrain.faults")
@@ -95,3 +97,51 @@ class LossWatch:
 
 class TooManyNonFinite(RuntimeError):
     pass
+
+
+# ----------------------------------------------------------------------------- drills (group `faults`)
+
+class BatchHashLog:
+    """Provenance drill: the sha256 of every micro-batch one data-parallel rank feeds the model,
+    by step and micro-batch, written to RUN_DIR/batch_hashes/dp<R>-from<ITER>.json (one file per
+    start of the run) with each save and at the end."""
+
+    def __init__(self, run_dir: Path, done_steps: int, dp_rank: int, num_micro: int, writes: bool):
+        self.path = Path(run_dir) / "batch_hashes" / f"dp{dp_rank}-from{done_steps:07d}.json"
+        self.done_steps, self.dp_rank, self.num_micro, self.writes = done_steps, dp_rank, num_micro, writes
+        self.records: list[dict] = []
+
+    def wrap(self, batches):
+        from pretrain.data import microbatch_sha256
+
+        for k, batch in enumerate(batches):
+            self.records.append({"step": self.done_steps + k // self.num_micro + 1, "micro": k % self.num_micro,
+                                 "dp_rank": self.dp_rank, "sha256": microbatch_sha256(batch)})
+            yield batch
+
+    def write(self) -> None:
+        if self.writes:
+            atomic_write_json(self.path, {"dp_rank": self.dp_rank, "records": self.records})
+
+
+class inject_nan:
+    """Fault drill: make this step's loss NaN by poisoning the final hidden states."""
+
+    def __init__(self, model_chunks, active: bool):
+        self.model_chunks, self.active, self.handles = model_chunks, active, []
+
+    def __enter__(self):
+        if self.active:
+            last = self.model_chunks[-1]
+            self.handles.append(last.register_forward_hook(lambda mod, inp, out: _nan_like(out)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def _nan_like(out):
+    if isinstance(out, torch.Tensor):
+        return out * float("nan")
+    return out

@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, RecentProgress, TrainState,
                                     agreed_resume_source, checkpoints_root, config_sha256, read_meta)
 from pretrain.config import RunConfig, load_run_config, milestone_token_targets, padded_vocab, use_bf16
-from pretrain.faults import ExitSignals, LossWatch
+from pretrain.faults import BatchHashLog, ExitSignals, LossWatch, inject_nan
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
                                  valid_line)
-from stack_common.atomic import atomic_write_json, atomic_write_text
+from stack_common.atomic import atomic_write_text
 from stack_common.config import as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
@@ -349,52 +349,6 @@ class Trainer:
 def is_log_step(iteration: int, up_to: int) -> bool:
     """Steps 1, 2, 4, 8, ... up to `up_to` (the log-spaced early milestones)."""
     return 1 <= iteration <= up_to and iteration & (iteration - 1) == 0
-
-
-class BatchHashLog:
-    """Provenance drill: the sha256 of every micro-batch one data-parallel rank feeds the model,
-    by step and micro-batch, written to RUN_DIR/batch_hashes/dp<R>-from<ITER>.json (one file per
-    start of the run) with each save and at the end."""
-
-    def __init__(self, run_dir: Path, done_steps: int, dp_rank: int, num_micro: int, writes: bool):
-        self.path = Path(run_dir) / "batch_hashes" / f"dp{dp_rank}-from{done_steps:07d}.json"
-        self.done_steps, self.dp_rank, self.num_micro, self.writes = done_steps, dp_rank, num_micro, writes
-        self.records: list[dict] = []
-
-    def wrap(self, batches):
-        from pretrain.data import microbatch_sha256
-
-        for k, batch in enumerate(batches):
-            self.records.append({"step": self.done_steps + k // self.num_micro + 1, "micro": k % self.num_micro,
-                                 "dp_rank": self.dp_rank, "sha256": microbatch_sha256(batch)})
-            yield batch
-
-    def write(self) -> None:
-        if self.writes:
-            atomic_write_json(self.path, {"dp_rank": self.dp_rank, "records": self.records})
-
-
-class inject_nan:
-    """Fault drill: make this step's loss NaN by poisoning the final hidden states."""
-
-    def __init__(self, model_chunks, active: bool):
-        self.model_chunks, self.active, self.handles = model_chunks, active, []
-
-    def __enter__(self):
-        if self.active:
-            last = self.model_chunks[-1]
-            self.handles.append(last.register_forward_hook(lambda mod, inp, out: _nan_like(out)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
-def _nan_like(out):
-    if isinstance(out, torch.Tensor):
-        return out * float("nan")
-    return out
 
 
 def _device():
