@@ -107,8 +107,7 @@ def run_config(config: dict, run_dir: Path):
 def load_run_data(run_dir: str | Path, step: int, dp: Optional[int] = None,
                   config: Optional[dict] = None) -> RunData:
     """The train dataset the run used at `step` (from its recorded config unless `config`)."""
-    from pretrain.data import strip_ext
-    from pretrain.data import build_datasets
+    from pretrain.data import build_datasets, strip_ext
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
