@@ -62,7 +62,8 @@ def run_ours(args) -> dict:
     torch.set_num_threads(args.threads)
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from pretrain.model import ModelConfig, build_model
+    from pretrain.model import ModelConfig
+    from pretrain.parallelize import build_parallel_model
     from pretrain.parallel import destroy, init_distributed
     from pretrain.step import train_step
 
@@ -70,7 +71,7 @@ def run_ours(args) -> dict:
     cfg = ModelConfig(name="bench", hidden_size=args.hidden, num_layers=args.layers,
                       num_attention_heads=args.heads, ffn_hidden_size=args.ffn, vocab_size=args.vocab,
                       seq_length=args.seq, position_embedding_type=args.position)
-    chunks = build_model(cfg, tp=1, pp=1)
+    chunks = build_parallel_model(cfg, tp=1, pp=1)
     optimizer = get_megatron_optimizer(
         OptimizerConfig(optimizer="adam", lr=1e-4, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
                         clip_grad=1.0), chunks)

@@ -122,7 +122,7 @@ def _import_rank(rank: int, world: int, hf_dir: str, tmp: str, tp: int, pp: int,
         hf = HFCheckpoint(hf_dir, position)
         torch_dtype = DTYPES[dtype]
         cfg = model_config_for(hf.arch)
-        chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype, wrap_ddp=False)
+        chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, dtype=torch_dtype)
         padded = padded_vocab_size(hf.arch.vocab_size, tp)
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         with torch.no_grad():
@@ -215,11 +215,12 @@ def carry_tokenizer(hf: HFCheckpoint, model: Path, tmp: Path, out_dir: Path) -> 
 def import_meta(hf: HFCheckpoint, tp, pp, vpp, tok: dict | None) -> dict:
     from dataclasses import asdict
 
-    from pretrain.model import padded_vocab_size
+    from pretrain.model import layer_build, padded_vocab_size
 
     cfg = model_config_for(hf.arch)
     return {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0, "tp": tp, "pp": pp,
-            "vpp": vpp, "dp": 1, "model": asdict(cfg), "vocab_size": hf.arch.vocab_size,
+            "vpp": vpp, "dp": 1, "model": asdict(cfg), "layer_build": layer_build(cfg),
+            "vocab_size": hf.arch.vocab_size,
             "padded_vocab_size": padded_vocab_size(hf.arch.vocab_size, tp), "tokenizer": tok, "keep": True,
             "train_state": {"iteration": 0, "consumed_samples": 0, "consumed_tokens": 0},
             "architecture": hf.arch.as_dict(),

@@ -88,23 +88,26 @@ def config_for_step(run_dir: Path, step: int) -> tuple[dict, int, str]:
 def run_config(config: dict, run_dir: Path):
     """The parts of a RunConfig that the data depends on, with the checkpoint dir set to
     `run_dir` (so the run's data_cache is used wherever the run directory now is)."""
-    from pretrain.config import CheckpointConfig, DataConfig, RunConfig, TrainingConfig
+    from pretrain.config import (CheckpointConfig, DataConfig, FaultDrillConfig, RunConfig, TrainingConfig,
+                                 split_recorded_training)
     from stack_common.config import to_dataclass
 
     for group in ("data", "training", "checkpoint", "model"):
         if not isinstance(config.get(group), dict):
             raise UserError("run config has no such group", field=group, expected="a config of python -m pretrain")
     checkpoint = to_dataclass(dict(config["checkpoint"], dir=str(run_dir)), CheckpointConfig, where="checkpoint")
-    return RunConfig(optimizer=None, training=to_dataclass(config["training"], TrainingConfig, where="training"),
+    training, faults = split_recorded_training(config["training"])
+    faults.update(config.get("faults") or {})
+    return RunConfig(optimizer=None, training=to_dataclass(training, TrainingConfig, where="training"),
                      data=to_dataclass(config["data"], DataConfig, where="data"), checkpoint=checkpoint,
-                     logging=None, model=SimpleNamespace(**config["model"]), parallel=None, resolved=config)
+                     logging=None, faults=to_dataclass(faults, FaultDrillConfig, where="faults"),
+                     model=SimpleNamespace(**config["model"]), parallel=None, resolved=config)
 
 
 def load_run_data(run_dir: str | Path, step: int, dp: Optional[int] = None,
                   config: Optional[dict] = None) -> RunData:
     """The train dataset the run used at `step` (from its recorded config unless `config`)."""
-    from pretrain.config import strip_ext
-    from pretrain.data import build_datasets
+    from pretrain.data import build_datasets, strip_ext
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -15,6 +15,7 @@ Model weights are stored under the ShardedTensor keys of megatron-core's
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,7 +39,10 @@ log = get_logger("pretrain.checkpointing")
 LATEST = "latest"
 META = "meta.json"
 TOKENIZER_DIR = "tokenizer"   # the tokenizer a checkpoint carries (import-hf puts it there)
-DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+# The distributed optimizer's state in model space (each parameter's Adam moments with the
+# parameter's own shape): loads into any TP/PP/DP layout. dp_reshardable (older checkpoints)
+# keeps megatron's flat per-rank buffers and loads only where TP and PP are unchanged.
+DIST_OPT_SHARDING = "fully_reshardable"
 
 
 @dataclass
@@ -149,6 +153,23 @@ def resume_source(c, run_dir: str | os.PathLike) -> tuple[Optional[Path], bool]:
     return source, c.load_optimizer and not imported_weights_only(source)
 
 
+def agreed_resume_source(c, run_dir: str | os.PathLike) -> tuple[Optional[Path], bool]:
+    """`resume_source` as rank 0 sees it, on every rank: on NFS with attribute caching another
+    rank may still read an older `latest` and resume from another iteration."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return resume_source(c, run_dir)
+    answer: list = [None]
+    if _rank() == 0:
+        try:
+            answer = [resume_source(c, run_dir)]
+        except ConfigError as err:
+            answer = [err.problems]     # the list: a pickled ConfigError does not rebuild
+    torch.distributed.broadcast_object_list(answer, src=0)
+    if isinstance(answer[0], list):
+        raise ConfigError(answer[0])
+    return answer[0]
+
+
 def imported_weights_only(ckpt_dir: str | os.PathLike) -> bool:
     """A checkpoint written by `checkpoints_tools import-hf`: weights, no optimizer or schedule."""
     return "imported_from" in read_meta(ckpt_dir)
@@ -199,21 +220,40 @@ def _rng_sharded_object(state):
     return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
 
 
-def _optimizer_metadata(optimizer) -> dict:
+def _optimizer_metadata(optimizer, sharding: str = DIST_OPT_SHARDING) -> dict:
     from megatron.core.optimizer import ChainedOptimizer
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
-    return dict(DIST_OPT_METADATA) if any(isinstance(o, DistributedOptimizer) for o in inner) else {}
+    distributed = any(isinstance(o, DistributedOptimizer) for o in inner)
+    return {"distrib_optim_sharding_type": sharding} if distributed else {}
+
+
+def saved_optimizer_sharding(ckpt_dir, meta: dict, layout: dict) -> str:
+    """The distributed-optimizer format a checkpoint was saved in; a format that cannot load
+    into this TP/PP layout is a UserError before anything is read."""
+    from megatron.core import dist_checkpointing
+
+    content = dist_checkpointing.load_content_metadata(str(ckpt_dir)) or {}
+    sharding = content.get("distrib_optim_sharding_type", DIST_OPT_SHARDING)
+    moved = [f"{k}={meta.get(k)} -> {layout[k]}" for k in ("tp", "pp", "vpp") if meta.get(k) != layout[k]]
+    if sharding == "dp_reshardable" and moved:
+        raise UserError(f"its distributed-optimizer state is dp_reshardable, which loads only into the same "
+                        f"TP/PP layout ({', '.join(moved)})", file=str(ckpt_dir),
+                        expected="the layout it was saved with, or checkpoint.load_optimizer=false "
+                                 "(weights only, any layout)")
+    return sharding
 
 
 def full_state(model_chunks, optimizer, scheduler, state: TrainState, *, is_loading: bool,
-               with_optimizer: bool = True, with_rng: bool = True) -> dict:
+               with_optimizer: bool = True, with_rng: bool = True,
+               optimizer_sharding: str = DIST_OPT_SHARDING) -> dict:
     sd = _model_state(model_chunks)
     if optimizer is not None and with_optimizer:
         # Nested per chunk: with interleaving, chunks reuse local parameter names.
         sd["optimizer"] = optimizer.sharded_state_dict(
-            _model_state(model_chunks), is_loading=is_loading, metadata=_optimizer_metadata(optimizer))
+            _model_state(model_chunks), is_loading=is_loading,
+            metadata=_optimizer_metadata(optimizer, optimizer_sharding))
         sd["opt_param_scheduler"] = scheduler.state_dict()
     sd["train_state"] = asdict(state)
     if with_rng:
@@ -227,8 +267,9 @@ class CheckpointManager:
     """Saves, publishes, prunes and loads the checkpoints of one run directory."""
 
     def __init__(self, run_dir, keep_last: int, meta_fn, async_save: bool = False,
-                 kill_in_save_iter: int = 0):
+                 kill_in_save_iter: int = 0, optimizer_sharding: str = DIST_OPT_SHARDING):
         self.root = checkpoints_root(run_dir)
+        self.optimizer_sharding = optimizer_sharding   # of a distributed optimizer's state
         self.kill_in_save_iter = kill_in_save_iter   # fault drill: die between write and publish
         self.keep_last = keep_last
         self.meta_fn = meta_fn               # (TrainState, keep) -> dict for meta.json
@@ -261,10 +302,12 @@ class CheckpointManager:
         # Before the first step there is no AdamW state to save (megatron's DistributedOptimizer
         # cannot even describe it): a step-0 checkpoint holds weights, progress and RNG.
         sd = full_state(model_chunks, optimizer, scheduler, state, is_loading=False,
-                        with_optimizer=state.iteration > 0)
+                        with_optimizer=state.iteration > 0, optimizer_sharding=self.optimizer_sharding)
         meta = self.meta_fn(state, keep)
         request = dist_save(sd, tmp, async_save=self.async_queue is not None,
-                            content_metadata=_optimizer_metadata(optimizer) if optimizer is not None else None)
+                            content_metadata=(_optimizer_metadata(optimizer, self.optimizer_sharding)
+                                              if optimizer is not None else None),
+                            parallel_group=_dp_group())
         if self.kill_in_save_iter and state.iteration == self.kill_in_save_iter:
             _barrier()
             log.warning(f"fault drill: killing this process in the middle of saving {final.name}")
@@ -321,8 +364,6 @@ class CheckpointManager:
         """Restore everything from `ckpt_dir` into freshly built objects; returns the progress.
 
         RNG states are restored only when the layout (tp, pp, dp) is unchanged."""
-        from megatron.core import dist_checkpointing
-
         from pretrain.mcore_compat import check_loadable
 
         meta = read_meta(ckpt_dir)
@@ -334,16 +375,17 @@ class CheckpointManager:
         if with_optimizer:
             init_distributed_optimizer_state(optimizer)
         same_layout = all(meta.get(k) == layout[k] for k in ("tp", "pp", "vpp", "dp"))
+        sharding = saved_optimizer_sharding(ckpt_dir, meta, layout) if with_optimizer else DIST_OPT_SHARDING
         sd = full_state(model_chunks, optimizer, scheduler, TrainState(), is_loading=True,
-                        with_optimizer=with_optimizer, with_rng=same_layout)
-        loaded = dist_checkpointing.load(sd, str(ckpt_dir), sharded_strategy=None)
-        _load_model(model_chunks, loaded)
+                        with_optimizer=with_optimizer, with_rng=same_layout, optimizer_sharding=sharding)
+        loaded = load_sharded(sd, ckpt_dir, parallel_group=_dp_group())
+        _load_model(model_chunks, loaded, ckpt_dir)
         if optimizer is not None and not with_optimizer:
             # bf16: the fp32 main weights were copied from the initial weights when the optimizer
             # was built; without this the first step would write those back over the loaded ones.
             optimizer.reload_model_params()
         if with_optimizer:
-            with torch.no_grad():
+            with torch.no_grad(), adam_steps_aside(optimizer):
                 optimizer.load_state_dict(loaded["optimizer"])
             restore_adam_steps(optimizer)
             scheduler.load_state_dict(loaded["opt_param_scheduler"])
@@ -357,24 +399,60 @@ class CheckpointManager:
         return state
 
 
-def _load_model(model_chunks, loaded: dict) -> None:
-    if len(model_chunks) == 1:
-        unwrap(model_chunks[0]).load_state_dict(loaded["model"], strict=True)
-    else:
-        for i, chunk in enumerate(model_chunks):
-            unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
+EXTRA_STATE = "_extra_state"
+
+
+def is_extra_state(key: str) -> bool:
+    """TransformerEngine's per-module `_extra_state` (fp8 metadata): absent from checkpoints of
+    the local layer spec, and not needed to load weights across the two."""
+    return key.split("/", 1)[0].rsplit(".", 1)[-1].startswith(EXTRA_STATE)
+
+
+def _is_model_key(key: str) -> bool:
+    return not key.startswith(("optimizer.", "rng_state"))
+
+
+def load_sharded(sharded_state_dict: dict, ckpt_dir, parallel_group=None) -> dict:
+    """dist_checkpointing load where only TransformerEngine `_extra_state` may differ between
+    the checkpoint and the model (a TE checkpoint into local layers, or the reverse); any other
+    model key missing on either side is a UserError naming the keys."""
+    from pretrain.mcore_compat import dist_load
+
+    loaded, not_asked, not_found = dist_load(sharded_state_dict, ckpt_dir, parallel_group=parallel_group)
+    missing = sorted(k for k in not_found if not is_extra_state(k))
+    unexpected = sorted(k for k in not_asked if _is_model_key(k) and not is_extra_state(k))
+    _raise_key_mismatch(ckpt_dir, missing, unexpected)
+    return loaded
+
+
+def _raise_key_mismatch(ckpt_dir, missing: list, unexpected: list) -> None:
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} key(s) the model needs are not in the checkpoint: {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} checkpoint key(s) the model does not have: {', '.join(unexpected[:5])}")
+    raise UserError("; ".join(parts), file=str(ckpt_dir),
+                    expected="a checkpoint of this architecture (only TransformerEngine _extra_state may differ)")
+
+
+def _load_model(model_chunks, loaded: dict, ckpt_dir) -> None:
+    names = ["model"] if len(model_chunks) == 1 else [f"model{i}" for i in range(len(model_chunks))]
+    for name, chunk in zip(names, model_chunks):
+        result = unwrap(chunk).load_state_dict(loaded[name], strict=False)
+        _raise_key_mismatch(ckpt_dir, [k for k in result.missing_keys if not is_extra_state(k)],
+                            [k for k in result.unexpected_keys if not is_extra_state(k)])
 
 
 def load_model_weights(model_chunks, ckpt_dir: str | os.PathLike) -> dict:
     """Load only the model weights of a checkpoint into freshly built model chunks, for any TP/PP
     (call inside an initialized `pretrain.parallel.init_distributed`). Returns meta.json."""
-    from megatron.core import dist_checkpointing
-
     from pretrain.mcore_compat import check_loadable
 
     check_loadable(ckpt_dir)
-    loaded = dist_checkpointing.load(_model_state(model_chunks), str(ckpt_dir))
-    _load_model(model_chunks, loaded)
+    loaded = load_sharded(_model_state(model_chunks), ckpt_dir)
+    _load_model(model_chunks, loaded, ckpt_dir)
     return read_meta(ckpt_dir)
 
 
@@ -406,6 +484,39 @@ def init_distributed_optimizer_state(optimizer) -> None:
             g["lr"], g["weight_decay"] = lr, wd
 
 
+@contextlib.contextmanager
+def adam_steps_aside(optimizer):
+    """megatron's fully_reshardable load copies the checkpoint's tensors into every entry of
+    each parameter's optimizer state, and has none for torch AdamW's per-parameter `step`
+    (apex/TE FusedAdam keep it in the param group): hide `step` from that copy (megatron has
+    already set it from the param group)."""
+    from megatron.core.optimizer import ChainedOptimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    patched = [o for o in inner if isinstance(o, DistributedOptimizer)]
+    for opt in patched:
+        opt._set_main_param_and_optimizer_states = _without_step(opt, opt._set_main_param_and_optimizer_states)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states      # the class's method again
+
+
+def _without_step(opt, set_states):
+    def wrapper(model_param, tensors):
+        group_index, group_order = opt.model_param_group_index_map[model_param]
+        state = opt.optimizer.state[opt.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None) if "step" not in tensors else None
+        try:
+            set_states(model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+    return wrapper
+
+
 def restore_adam_steps(optimizer) -> None:
     """AdamW keeps a `step` per parameter; the sharded format keeps it in the param group.
 
@@ -431,6 +542,13 @@ def _torch_optimizers(optimizer):
 
 def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _dp_group():
+    """The data-parallel group (fully parallel save/load) once megatron's groups exist."""
+    from megatron.core import parallel_state as mpu
+
+    return mpu.get_data_parallel_group() if mpu.model_parallel_is_initialized() else None
 
 
 def _barrier() -> None:

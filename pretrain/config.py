@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from stack_common.atomic import read_json_file
+from pretrain.data import resolve_summary, strip_ext, tokenizer_vocab_size
 from stack_common.config import Checks, as_plain, to_dataclass
 
 
@@ -40,25 +40,44 @@ class TrainingConfig:
     data_seed: Optional[int] = None    # order of the training data (megatron's index shuffles); None: seed
     init_seed: Optional[int] = None    # weight initialization and every other RNG of the run; None: seed
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"               # auto (cuda when visible) | cuda (fail without it) | cpu
     eval_interval: int = 100
     eval_iters: int = 10
     max_consecutive_nonfinite: int = 5  # NaN/Inf losses in a row before the run stops
     loss_spike_factor: float = 3.0      # loss > factor x running mean is logged as a spike
     loss_spike_window: int = 50
-    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # Signals that save a checkpoint and exit with requeue_exit_code (a handler installed
+    # before, e.g. submitit's requeue on SIGUSR2, runs after the save).
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
     requeue_exit_code: int = 3
+    exit_duration_mins: float = 0.0     # save and exit (requeue code) after this many minutes; 0: never
     dry_run: bool = False               # print parameter counts and memory estimate, then exit
-    # Fault drills (tests, rehearsing recovery): iterations whose loss is made NaN; an iteration
-    # after which every rank SIGKILLs itself; an iteration whose checkpoint save is killed after
-    # the files are written but before the checkpoint is published.
+    # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
+    exit_after_iter: int = 0
+
+
+@dataclass
+class FaultDrillConfig:
+    """Hydra group `faults`: drills that rehearse recovery (tests, new clusters); all off by
+    default. Iterations whose loss is made NaN; an iteration after which every rank SIGKILLs
+    itself; an iteration whose checkpoint save is killed after the files are written but before
+    the checkpoint is published; the provenance drill, a sha256 of every micro-batch fed to the
+    model in RUN_DIR/batch_hashes/ (written with each checkpoint and at the end)."""
     inject_nan_iters: list[int] = field(default_factory=list)
     inject_sigkill_after_iter: int = 0
     inject_sigkill_in_save_iter: int = 0
-    # Stop (without SIGTERM) after this iteration; a checkpoint is saved first. 0: never.
-    exit_after_iter: int = 0
-    # Provenance drill (tests): record a sha256 of every micro-batch fed to the model in
-    # RUN_DIR/batch_hashes/ (written with each checkpoint and at the end).
     log_batch_hashes: bool = False
+
+
+# Keys that were in `training` before the `faults` group: a recorded config that has them
+# (checkpoints of older runs) is read with them moved.
+FAULT_KEYS = ("inject_nan_iters", "inject_sigkill_after_iter", "inject_sigkill_in_save_iter", "log_batch_hashes")
+
+
+def split_recorded_training(training: dict) -> tuple[dict, dict]:
+    """(training, faults) of a recorded config, either layout."""
+    moved = {k: training[k] for k in FAULT_KEYS if k in training}
+    return {k: v for k, v in training.items() if k not in moved}, moved
 
 
 @dataclass
@@ -78,6 +97,11 @@ class DataConfig:
     summary: Optional[str] = None                   # encode_summary.json; None: next to paths[0]
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
     eod_mask_loss: bool = False
+    # Packed sequences: attend only within each document (a mask per sample, built by megatron's
+    # GPTDataset; SDPA attention only) / restart position ids after each end-of-document.
+    reset_attention_mask: bool = False
+    reset_position_ids: bool = False
+    num_workers: Optional[int] = None    # DataLoader worker processes; None: 2 on GPU, 0 on CPU
 
 
 @dataclass
@@ -114,6 +138,7 @@ class RunConfig:
     data: DataConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
+    faults: FaultDrillConfig
     model: Any            # pretrain.model.ModelConfig
     parallel: Any         # ParallelConfig (see parallel_from_cfg)
     resolved: dict        # the resolved config as plain data (stored in checkpoints)
@@ -136,6 +161,21 @@ class RunConfig:
         return t.seed if t.init_seed is None else t.init_seed
 
 
+def use_bf16(run: RunConfig) -> bool:
+    """bf16 weights with fp32 master weights: training.precision, auto meaning on GPU."""
+    import torch
+
+    precision = run.training.precision
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
+
+
+def padded_vocab(run: RunConfig) -> int:
+    """The model's vocabulary padded for its TP size."""
+    from pretrain.model import padded_vocab_size
+
+    return padded_vocab_size(run.model.vocab_size, run.parallel.tp, run.model.make_vocab_size_divisible_by)
+
+
 def training_data_seed(training: TrainingConfig) -> int:
     return training.seed if training.data_seed is None else training.data_seed
 
@@ -151,7 +191,7 @@ class ParallelConfig:
     pp: int = 1
     vpp: Optional[int] = None
     sequence_parallel: bool = False
-    recompute: bool = False
+    recompute: Any = False     # false | selective (core attention) | full (every layer; true too)
 
 
 def parallel_from_cfg(cfg: DictConfig | dict) -> ParallelConfig:
@@ -168,36 +208,6 @@ def model_seq_length(model) -> int:
 
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def resolve_summary(data: DataConfig, path: Optional[str] = None) -> Optional[Path]:
-    """The encode_summary.json describing `path` (default: the first data path)."""
-    if data.summary:
-        return Path(data.summary)
-    path = path or (data.paths[0] if data.paths else None)
-    return Path(strip_ext(path)).parent / "encode_summary.json" if path else None
-
-
-def strip_ext(path: str) -> str:
-    for ext in (".bin", ".idx"):
-        if path.endswith(ext):
-            return path[: -len(ext)]
-    return path
-
-
-def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
-    """The vocabulary the data was encoded with: from config, else encode_summary.json."""
-    if data.tokenizer.vocab_size:
-        return data.tokenizer.vocab_size
-    summary = resolve_summary(data)
-    if summary is not None and summary.is_file():
-        info = read_json_file(summary)
-        for key in ("vocab_size", "tokenizer_vocab_size"):
-            if key in info:
-                return int(info[key])
-        if isinstance(info.get("tokenizer"), dict) and "vocab_size" in info["tokenizer"]:
-            return int(info["tokenizer"]["vocab_size"])
-    return None
 
 
 def load_run_config(cfg: DictConfig, world_size: int | None = None,
@@ -220,6 +230,7 @@ def load_run_config(cfg: DictConfig, world_size: int | None = None,
         data=to_dataclass(cfg.data, DataConfig, where="data"),
         checkpoint=checkpoint,
         logging=to_dataclass(cfg.logging, LoggingConfig, where="logging"),
+        faults=to_dataclass(cfg.get("faults") or {}, FaultDrillConfig, where="faults"),
         model=to_dataclass(cfg.model, ModelConfig, where="model"),
         parallel=parallel_from_cfg(cfg.parallel),
         resolved=as_plain(cfg),
@@ -382,6 +393,8 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
                   f"parallel.pp={p.pp} x vpp={p.vpp or 1} does not divide model.num_layers={layers}")
     if p.vpp:
         c.require(p.pp > 1, f"parallel.vpp={p.vpp} needs parallel.pp > 1")
+    c.require(p.recompute in (False, True, None, "none", "selective", "full"),
+              f"parallel.recompute={p.recompute!r} must be false, selective or full")
     model_parallel = max(p.tp, 1) * max(p.pp, 1)
     c.require(world_size % model_parallel == 0,
               f"world size {world_size} is not divisible by tp x pp = {model_parallel}")
@@ -398,6 +411,7 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     c.require(t.train_iters >= 1, f"training.train_iters={t.train_iters} must be >= 1")
     c.require(t.precision in ("auto", "bf16", "fp32"),
               f"training.precision={t.precision!r} must be auto, bf16 or fp32")
+    _validate_device(c, t)
     c.require(t.eval_interval >= 0 and t.eval_iters >= 0, "training.eval_interval and eval_iters must be >= 0")
     try:
         seq = run.seq_length
@@ -422,6 +436,23 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     c.raise_if_any()
 
 
+def _validate_device(c: Checks, t: TrainingConfig) -> None:
+    import signal
+
+    import torch
+
+    if c.require(t.device in ("auto", "cuda", "cpu"), f"training.device={t.device!r} must be auto, cuda or cpu"):
+        # A dry run plans for the GPU target from any machine.
+        c.require(t.device != "cuda" or t.dry_run or torch.cuda.is_available(),
+                  f"training.device=cuda but this process sees no CUDA device (torch {torch.__version__}, "
+                  f"built for CUDA {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
+                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
+    for name in t.exit_signals:
+        c.require(isinstance(getattr(signal, str(name), None), signal.Signals),
+                  f"training.exit_signals: {name!r} is not a signal name (e.g. SIGUSR2)")
+    c.require(t.exit_duration_mins >= 0, f"training.exit_duration_mins={t.exit_duration_mins} must be >= 0")
+
+
 def _validate_milestones(c: Checks, ck: CheckpointConfig) -> None:
     for i, value in enumerate(ck.milestone_tokens):
         c.require(float(value).is_integer() and value > 0,
@@ -434,6 +465,7 @@ def _validate_milestones(c: Checks, ck: CheckpointConfig) -> None:
 
 def _validate_data(c: Checks, run: RunConfig) -> None:
     d = run.data
+    c.require(d.num_workers is None or d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
     if not c.require(len(d.paths) > 0, "data.paths is empty: give the encoded datasets (prefix of .bin/.idx)"):
         return
     for i, path in enumerate(d.paths):
@@ -469,8 +501,3 @@ def _validate_data(c: Checks, run: RunConfig) -> None:
                   f"tokenizer vocabulary {vocab} does not fit model.vocab_size={model_vocab}")
         c.require(0 <= d.tokenizer.eod_id < vocab,
                   f"data.tokenizer.eod_id={d.tokenizer.eod_id} outside the vocabulary of {vocab}")
-
-
-def split_string(split: list[float]) -> str:
-    """megatron's form of the split: '98,2,0'."""
-    return ",".join(f"{x:g}" for x in split)

@@ -10,15 +10,58 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 
-from pretrain.config import RunConfig, resolve_summary, split_string, strip_ext, tokenizer_vocab_size
 from stack_common.atomic import read_json_file, sha256_file
 from stack_common.logging import get_logger
 
+if TYPE_CHECKING:   # the config layer imports this module, not the reverse
+    from pretrain.config import DataConfig, RunConfig
+
 log = get_logger("pretrain.data")
+
+
+# ----------------------------------------------------------------------------- files of the data
+
+def resolve_summary(data: DataConfig, path: Optional[str] = None) -> Optional[Path]:
+    """The encode_summary.json describing `path` (default: the first data path)."""
+    if data.summary:
+        return Path(data.summary)
+    path = path or (data.paths[0] if data.paths else None)
+    return Path(strip_ext(path)).parent / "encode_summary.json" if path else None
+
+
+def strip_ext(path: str) -> str:
+    for ext in (".bin", ".idx"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def tokenizer_vocab_size(data: DataConfig) -> Optional[int]:
+    """The vocabulary the data was encoded with: from config, else encode_summary.json."""
+    if data.tokenizer.vocab_size:
+        return data.tokenizer.vocab_size
+    summary = resolve_summary(data)
+    if summary is not None and summary.is_file():
+        info = read_json_file(summary)
+        for key in ("vocab_size", "tokenizer_vocab_size"):
+            if key in info:
+                return int(info[key])
+        if isinstance(info.get("tokenizer"), dict) and "vocab_size" in info["tokenizer"]:
+            return int(info["tokenizer"]["vocab_size"])
+    return None
+
+
+def split_string(split: list[float]) -> str:
+    """megatron's form of the split: '98,2,0'."""
+    return ",".join(f"{x:g}" for x in split)
+
+
+# ----------------------------------------------------------------------------- datasets
+
 
 
 class EncodedDataTokenizer:
@@ -49,10 +92,10 @@ def dataset_config(run: RunConfig):
         split=split_string(d.split),
         path_to_cache=cache,
         tokenizer=EncodedDataTokenizer(tokenizer_vocab_size(d), d.tokenizer.eod_id),
-        reset_position_ids=False,
-        reset_attention_mask=False,
+        reset_position_ids=d.reset_position_ids,
+        reset_attention_mask=d.reset_attention_mask,
         eod_mask_loss=d.eod_mask_loss,
-        create_attention_mask=False,
+        create_attention_mask=d.reset_attention_mask,   # [1, s, s], True where attention is cut
         mid_level_dataset_surplus=0.05,
     )
 
@@ -121,14 +164,44 @@ def collate(samples: list[dict]) -> dict:
     return {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in samples[0]}
 
 
+class RankSamples(torch.utils.data.Sampler):
+    """The sample indices of one data-parallel rank from `start` on, in the order described
+    above (mbs consecutive indices per microbatch)."""
+
+    def __init__(self, start: int, end: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.start, self.end, self.mbs, self.dp_rank, self.dp_size = start, end, micro_batch_size, dp_rank, dp_size
+
+    def _positions(self) -> range:
+        step = self.mbs * self.dp_size
+        return range(self.start, self.end - step + 1, step)
+
+    def __iter__(self):
+        for pos in self._positions():
+            begin = pos + self.dp_rank * self.mbs
+            yield from range(begin, begin + self.mbs)
+
+    def __len__(self) -> int:
+        return len(self._positions()) * self.mbs
+
+
 def microbatches(dataset, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 end_sample: Optional[int] = None) -> Iterator[dict]:
-    """This rank's microbatches from `start_sample` on, in the order described above."""
-    step = micro_batch_size * dp_size
+                 end_sample: Optional[int] = None, num_workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[dict]:
+    """This rank's microbatches from `start_sample` on, in the order described above, read by
+    `num_workers` DataLoader processes ahead of the step (0: in the training process) into
+    pinned memory when asked (faster copies to the GPU)."""
     end = len(dataset) if end_sample is None else min(end_sample, len(dataset))
-    for pos in range(start_sample, end - step + 1, step):
-        begin = pos + dp_rank * micro_batch_size
-        yield collate([dataset[i] for i in range(begin, begin + micro_batch_size)])
+    sampler = RankSamples(start_sample, end, micro_batch_size, dp_rank, dp_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=micro_batch_size, sampler=sampler,
+                                         num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate)
+    return iter(loader)
+
+
+def loader_settings(run: RunConfig) -> dict:
+    """data.num_workers (None: 2 on GPU, 0 on CPU) and pinned memory on GPU."""
+    cuda = torch.cuda.is_available()
+    workers = run.data.num_workers if run.data.num_workers is not None else (2 if cuda else 0)
+    return {"num_workers": workers, "pin_memory": cuda}
 
 
 def microbatch_sha256(batch: dict) -> str:
@@ -150,7 +223,7 @@ def valid_microbatches(dataset, run: RunConfig, dp_rank: int, dp_size: int) -> I
     """The fixed validation set (same samples every evaluation, so losses compare)."""
     t = run.training
     return microbatches(dataset, 0, t.micro_batch_size, dp_rank, dp_size,
-                        end_sample=t.eval_iters * t.global_batch_size)
+                        end_sample=t.eval_iters * t.global_batch_size, **loader_settings(run))
 
 
 def tokenizer_reference(run: RunConfig) -> dict:

@@ -32,16 +32,43 @@ def transformer_config_kwargs() -> dict:
 
 
 def dist_save(sharded_state_dict: dict, checkpoint_dir, *, async_save: bool = False,
-              content_metadata: dict | None = None):
+              content_metadata: dict | None = None, parallel_group=None):
     """`dist_checkpointing.save` in the torch_dist format (the default of both versions).
-    With `async_save`, returns the request to schedule on megatron's `AsyncCallsQueue`."""
+    With `async_save`, returns the request to schedule on megatron's `AsyncCallsQueue`.
+    With `parallel_group` (the data-parallel group), the replicas' writes are spread over its
+    ranks (megatron's fully parallel save) instead of all falling to its first rank."""
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 
     extra = {}
     if async_save and _accepts(dist_checkpointing.save, "async_strategy"):
         extra["async_strategy"] = "mcore"
+    if parallel_group is not None:
+        extra["sharded_strategy"] = FullyParallelSaveStrategyWrapper(
+            get_default_save_sharded_strategy("torch_dist"), parallel_group)
     return dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), async_sharded_save=async_save,
                                    content_metadata=content_metadata, **extra)
+
+
+def dist_load(sharded_state_dict: dict, checkpoint_dir, *, parallel_group=None) -> tuple[dict, set, set]:
+    """`dist_checkpointing.load` returning (state, in the checkpoint but not asked for, asked
+    for but not in the checkpoint); the second kind is left out of the load instead of failing.
+    With `parallel_group`, each replica is read once in the group and exchanged (megatron's
+    fully parallel load)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    strategy = None
+    if parallel_group is not None:
+        strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(str(checkpoint_dir)),
+                                                    parallel_group)
+    # megatron's words: "missing" = in the checkpoint, not requested; "unexpected" = the reverse.
+    state, not_asked, not_found = dist_checkpointing.load(
+        sharded_state_dict, str(checkpoint_dir), sharded_strategy=strategy, strict=StrictHandling.RETURN_ALL)
+    return state, set(not_asked), set(not_found)
 
 
 def check_loadable(ckpt_dir) -> None:

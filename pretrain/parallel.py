@@ -12,25 +12,36 @@ from datetime import timedelta
 from typing import Callable, Optional
 
 import torch
+from torch.distributed import PrefixStore
 
 
 def init_distributed(tp: int = 1, pp: int = 1, vpp: Optional[int] = None, seed: int = 1234,
-                     backend: Optional[str] = None, timeout_minutes: int = 30) -> None:
+                     backend: Optional[str] = None, timeout_minutes: int = 30,
+                     device: Optional[str] = None) -> None:
     """Join the job described by torchrun's env vars (RANK, WORLD_SIZE, MASTER_ADDR/PORT,
     LOCAL_RANK; a lone process when absent), create the TP/PP/DP groups and seed every RNG.
-    World size must be a multiple of tp x pp; the rest is data parallel."""
+    World size must be a multiple of tp x pp; the rest is data parallel.
+
+    `device` ("cuda" or "cpu"; None: cuda when visible) must be the same on every rank: the
+    ranks compare it through the rendezvous store before choosing NCCL or gloo, and all fail
+    with one message when they differ (instead of hanging in mismatched backends)."""
     from pretrain.cpu_compat import apply_if_needed
 
     apply_if_needed()
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
 
-    cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backend = backend or ("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(local_device_index(torch.cuda.device_count()))
     if not torch.distributed.is_initialized():
         _default_env()
-        torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        timeout = timedelta(minutes=timeout_minutes)
+        store, rank, world = next(torch.distributed.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
+        agree_on_device(store, rank, world, device)
+        torch.distributed.init_process_group(backend=backend, store=PrefixStore("default_pg", store),
+                                             rank=rank, world_size=world, timeout=timeout)
     world = torch.distributed.get_world_size()
     if world % (tp * pp):
         raise ValueError(f"world size {world} is not divisible by tp x pp = {tp} x {pp}")
@@ -43,8 +54,44 @@ def init_distributed(tp: int = 1, pp: int = 1, vpp: Optional[int] = None, seed: 
         virtual_pipeline_model_parallel_size=vpp,
         distributed_timeout_minutes=timeout_minutes,
     )
-    set_seed(seed)
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    set_stage_seed(seed)
+
+
+def set_stage_seed(seed: int) -> int:
+    """Seed every RNG of this rank with `seed` + 100 x its pipeline stage (as Megatron does):
+    stages holding only transformer layers would otherwise draw identical initial layers. The
+    TP ranks of a stage share the seed (see set_seed). Returns the seed used."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    set_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+    return stage_seed
+
+
+def local_device_index(device_count: int) -> int:
+    """The GPU of this process: LOCAL_RANK modulo the visible GPUs (Slurm may bind one GPU per
+    task, so every task sees its GPU as device 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(device_count, 1)
+
+
+def agree_on_device(store, rank: int, world: int, device: str) -> None:
+    """Every rank announces its device in the rendezvous store; once all have, each checks that
+    all chose the same, so that all choose the same backend. O(world) store operations."""
+    from stack_common.errors import UserError
+
+    prefix = f"pretrain/device/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    store.add(prefix + device, 1)
+    if store.add(prefix + "arrived", 1) == world:
+        store.set(prefix + "done", "1")
+    store.wait([prefix + "done"])
+    counts = {d: store.add(prefix + d, 0) for d in ("cuda", "cpu")}
+    if max(counts.values()) != world:
+        raise UserError(f"ranks disagree on the device: {counts['cuda']} of {world} see CUDA, "
+                        f"{counts['cpu']} run on the CPU (this is rank {rank}, on {device})",
+                        field="training.device",
+                        expected="every rank on the same device; training.device=cuda makes ranks "
+                                 "without CUDA fail at once")
 
 
 def set_seed(seed: int) -> None:

@@ -22,19 +22,21 @@ def get_batch(data_iterator, model):
         return None
     batch = next(data_iterator)
     return {k: torch.as_tensor(batch[k]).to(_device(), non_blocking=True)
-            for k in ("tokens", "labels", "loss_mask", "position_ids") if k in batch}
+            for k in ("tokens", "labels", "loss_mask", "position_ids", "attention_mask") if k in batch}
 
 
 def forward_step(data_iterator, model):
     """forward_step_func for `get_forward_backward_func()`: returns (output, loss_func).
 
-    The attention mask is internal (causal, plus the ALiBi bias for ALiBi models)."""
+    The attention mask is causal (plus the ALiBi bias for ALiBi models), cut at document ends
+    when the batch carries one (data.reset_attention_mask)."""
     batch = get_batch(data_iterator, model)
     tokens = batch["tokens"] if batch is not None else None
     position_ids = batch.get("position_ids") if batch is not None else None
+    attention_mask = batch.get("attention_mask") if batch is not None else None
     if tokens is not None and position_ids is None:
         position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-    output = model(tokens, position_ids, None)
+    output = model(tokens, position_ids, attention_mask)
     if batch is None or not unwrap(model).post_process:
         return output, None
     cfg = unwrap(model).baichuan

@@ -13,12 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, RecentProgress, TrainState,
-                                    checkpoints_root, config_sha256, read_meta, resume_source)
-from pretrain.config import RunConfig, load_run_config, milestone_token_targets
-from pretrain.faults import ExitSignals, LossWatch
+                                    agreed_resume_source, checkpoints_root, config_sha256, read_meta)
+from pretrain.config import RunConfig, load_run_config, milestone_token_targets, padded_vocab, use_bf16
+from pretrain.faults import BatchHashLog, ExitSignals, LossWatch, inject_nan
 from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
                                  valid_line)
-from stack_common.atomic import atomic_write_json, atomic_write_text
+from stack_common.atomic import atomic_write_text
 from stack_common.config import as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
@@ -30,72 +30,56 @@ def run(cfg: DictConfig) -> int:
     """Entry of `python -m pretrain`; returns the process exit code."""
     from pretrain.cpu_compat import apply_if_needed
 
+    started = time.monotonic()
+    if cfg.training.get("device", "auto") == "cpu":
+        hide_cuda()
     apply_if_needed()
     run_cfg = load_run_config(cfg)          # every violation reported before any process group
     if run_cfg.training.dry_run:
+        from pretrain.estimate import dry_run
+
         return dry_run(run_cfg)
     from pretrain.parallel import destroy, init_distributed
 
-    p = run_cfg.parallel
-    init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.init_seed,
-                     backend="nccl" if torch.cuda.is_available() else "gloo")
+    p, t = run_cfg.parallel, run_cfg.training
+    # Installed before the (long) setup: a signal during it is honoured after the first step.
+    signals = ExitSignals(t.exit_signals, t.exit_duration_mins, started)
     try:
-        return Trainer(run_cfg).train()
+        init_distributed(p.tp, p.pp, vpp=p.vpp, seed=run_cfg.init_seed, device=resolved_device(run_cfg))
+        try:
+            code = Trainer(run_cfg).train(signals)
+        finally:
+            destroy()
     finally:
-        destroy()
+        signals.restore()
+    signals.hand_over()
+    return code
+
+
+def hide_cuda() -> None:
+    """training.device=cpu on a machine with GPUs: hide them before CUDA is first touched."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if torch.cuda.is_available():
+        raise UserError("CUDA was initialized before the GPUs could be hidden", field="training.device",
+                        expected="CUDA_VISIBLE_DEVICES= in the environment for a CPU run on a GPU machine")
+
+
+def resolved_device(run: RunConfig) -> str:
+    """cuda or cpu (validate already refused training.device=cuda without CUDA)."""
+    device = run.training.device
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- setup
-
-def use_bf16(run: RunConfig) -> bool:
-    precision = run.training.precision
-    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
-
-
-def padded_vocab(run: RunConfig) -> int:
-    from pretrain.model import padded_vocab_size
-
-    return padded_vocab_size(run.model.vocab_size, run.parallel.tp, run.model.make_vocab_size_divisible_by)
-
-
-def dry_run(run: RunConfig) -> int:
-    """Parameter counts and a per-rank memory estimate, without starting process groups."""
-    m, p, t = run.model, run.parallel, run.training
-    h, layers, vocab = m.hidden_size, m.num_layers, padded_vocab(run)
-    ffn = getattr(m, "ffn_hidden_size", None) or 4 * h
-    kv = getattr(m, "num_query_groups", None) or m.num_attention_heads
-    per_layer = h * h * 2 + 2 * h * h * kv // m.num_attention_heads + 3 * h * ffn + 2 * h
-    embed = vocab * h
-    total = layers * per_layer + 2 * embed + h
-    # The first stage holds the input embedding and the last the (untied) output layer: both at pp=1.
-    per_rank = (layers // p.pp) * per_layer / p.tp + (2 if p.pp == 1 else 1) * embed / p.tp
-    world = max(int(os.environ.get("WORLD_SIZE", "1")), p.tp * p.pp)
-    dp = max(world // (p.tp * p.pp), 1)
-    bf16 = use_bf16(run) or t.precision == "auto"   # plan for the GPU target (auto: bf16 there)
-    weight_bytes = 2 if bf16 else 4
-    grad_bytes = 4                                     # fp32 main grads
-    optim_bytes = (12 if bf16 else 8) / (dp if run.optimizer.distributed else 1)
-    seq, mbs = run.seq_length, t.micro_batch_size
-    # Korthikanti et al.: 34*s*b*h bytes per layer with 16-bit activations (flash attention: no s^2 term).
-    act = layers // p.pp * seq * mbs * h * 34 * (weight_bytes / 2) / p.tp * min(p.pp, t.global_batch_size)
-    states = per_rank * (weight_bytes + grad_bytes + optim_bytes)
-    print(f"parameters: {total / 1e6:,.1f}M total ({(total - 2 * embed) / 1e6:,.1f}M without embeddings), "
-          f"padded vocabulary {vocab}")
-    print(f"layout: tp={p.tp} pp={p.pp} vpp={p.vpp} dp={dp} (world {world}); "
-          f"{per_rank / 1e6:,.1f}M parameters on the largest rank")
-    print(f"memory per rank (estimate): weights+grads+optimizer {states / 2**30:.2f} GiB, "
-          f"activations {act / 2**30:.2f} GiB, total {(states + act) / 2**30:.2f} GiB "
-          f"({'bf16 + fp32 master' if bf16 else 'fp32'}{', distributed optimizer' if run.optimizer.distributed else ''})")
-    return 0
-
 
 class Trainer:
     def __init__(self, run: RunConfig):
         from megatron.core import parallel_state as mpu
 
         from pretrain.data import build_datasets, tokenizer_reference
-        from pretrain.model import build_model
+        from pretrain.model.gpt import uses_transformer_engine
         from pretrain.optim import build_optimizer, build_scheduler
+        from pretrain.parallelize import build_parallel_model
 
         self.run = run
         self.mpu = mpu
@@ -106,7 +90,11 @@ class Trainer:
         self.seq = run.seq_length
         self.bf16 = use_bf16(run)
         self.tokenizer_ref = tokenizer_reference(run)
-        self.model = build_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
+        if run.data.reset_attention_mask and uses_transformer_engine(run.model):
+            raise UserError("document masks of packed sequences go through the SDPA attention; "
+                            "TransformerEngine layers would ignore them", field="data.reset_attention_mask",
+                            expected="model.attention_backend=sdpa with data.reset_attention_mask=true")
+        self.model = build_parallel_model(run.model, tp=self.tp, pp=self.pp, vpp=run.parallel.vpp,
                                  dtype=torch.bfloat16 if self.bf16 else torch.float32,
                                  sequence_parallel=run.parallel.sequence_parallel,
                                  recompute=run.parallel.recompute,
@@ -118,7 +106,7 @@ class Trainer:
         self.batch_hashes = None
         self.ckpt = CheckpointManager(run.run_dir, run.checkpoint.keep_last, self._meta,
                                       async_save=run.checkpoint.async_save,
-                                      kill_in_save_iter=t.inject_sigkill_in_save_iter)
+                                      kill_in_save_iter=run.faults.inject_sigkill_in_save_iter)
         self._resume()
         self.train_ds, self.valid_ds = build_datasets(run)
         self._write_config()
@@ -135,18 +123,20 @@ class Trainer:
         return {"tp": self.tp, "pp": self.pp, "vpp": self.run.parallel.vpp, "dp": self.dp}
 
     def _meta(self, state: TrainState, keep: bool) -> dict:
+        from pretrain.model import layer_build
         from pretrain.optim import current_lr
 
         return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                 "consumed_tokens": state.consumed_tokens, **self._layout(),
-                "model": as_plain(self.run.model), "vocab_size": self.run.model.vocab_size,
+                "model": as_plain(self.run.model), "layer_build": layer_build(self.run.model),
+                "vocab_size": self.run.model.vocab_size,
                 "padded_vocab_size": padded_vocab(self.run), "tokenizer": self.tokenizer_ref,
                 "keep": keep, "train_state": asdict(state), "config": self.run.resolved,
                 "config_sha256": config_sha256(self.run.resolved),
                 "progress": self.recent.as_meta(current_lr(self.optimizer))}
 
     def _resume(self) -> None:
-        source, load_optimizer = resume_source(self.run.checkpoint, self.run.run_dir)
+        source, load_optimizer = agreed_resume_source(self.run.checkpoint, self.run.run_dir)
         if source is None:
             if torch.distributed.get_rank() == 0:
                 log.info("no checkpoint to resume from: starting at iteration 0")
@@ -181,11 +171,12 @@ class Trainer:
     # ------------------------------------------------------------------------- steps
 
     def _data_iterator(self, start: int):
-        from pretrain.data import microbatches
+        from pretrain.data import loader_settings, microbatches
 
         t = self.run.training
-        batches = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp)
-        if not t.log_batch_hashes:
+        batches = microbatches(self.train_ds, start, t.micro_batch_size, self.dp_rank, self.dp,
+                               **loader_settings(self.run))
+        if not self.run.faults.log_batch_hashes:
             return batches
         mpu = self.mpu
         writes = mpu.get_tensor_model_parallel_rank() == 0 and mpu.is_pipeline_first_stage(ignore_virtual=True)
@@ -199,7 +190,7 @@ class Trainer:
         from pretrain.step import train_step
 
         t = self.run.training
-        inject = self.state.iteration + 1 in t.inject_nan_iters
+        inject = self.state.iteration + 1 in self.run.faults.inject_nan_iters
         with inject_nan(self.model, inject):
             return train_step(self.model, self.optimizer, data_iterator, self.num_micro,
                               t.micro_batch_size, self.seq)
@@ -220,11 +211,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------- loop
 
-    def train(self) -> int:
+    def train(self, signals: ExitSignals | None = None) -> int:
+        """Train to training.train_iters; returns 0, or requeue_exit_code after an exit signal
+        or training.exit_duration_mins (a checkpoint is saved first)."""
         from pretrain.optim import current_lr
 
         run, t, c, lg = self.run, self.run.training, self.run.checkpoint, self.run.logging
-        signals = ExitSignals(t.exit_signals)
+        own_signals = signals is None
+        signals = signals or ExitSignals(t.exit_signals, t.exit_duration_mins)
         self.last_saved = self.state.iteration
         data_iterator = self._data_iterator(self.state.consumed_samples)
         tokens_per_iter = t.global_batch_size * self.seq
@@ -270,14 +264,16 @@ class Trainer:
                 keep = self._milestone_reached()
                 if keep or (c.save_interval and st.iteration % c.save_interval == 0):
                     self.save(keep=keep)
-                if signals.received():
-                    log.warning(f"exit signal {signals.got or '(on another rank)'}: saving and exiting "
-                                f"with requeue code {t.requeue_exit_code}")
+                reason = signals.exit_reason()
+                if reason:
+                    why = (f"exit signal {signals.got or '(on another rank)'}" if reason == "signal" else
+                           f"training.exit_duration_mins={t.exit_duration_mins} reached")
+                    log.warning(f"{why}: saving and exiting with requeue code {t.requeue_exit_code}")
                     if self.last_saved != st.iteration:
                         self.save()
                     exit_code = t.requeue_exit_code
                     break
-                if st.iteration == t.inject_sigkill_after_iter:
+                if st.iteration == run.faults.inject_sigkill_after_iter:
                     log.warning(f"fault drill: SIGKILL after iteration {st.iteration}")
                     torch.distributed.barrier()
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -292,7 +288,8 @@ class Trainer:
             self.ckpt.finalize(blocking=True)
             if self.batch_hashes is not None:
                 self.batch_hashes.write()
-            signals.restore()
+            if own_signals:
+                signals.restore()
             self.monitor.close()
         return exit_code
 
@@ -352,52 +349,6 @@ class Trainer:
 def is_log_step(iteration: int, up_to: int) -> bool:
     """Steps 1, 2, 4, 8, ... up to `up_to` (the log-spaced early milestones)."""
     return 1 <= iteration <= up_to and iteration & (iteration - 1) == 0
-
-
-class BatchHashLog:
-    """Provenance drill: the sha256 of every micro-batch one data-parallel rank feeds the model,
-    by step and micro-batch, written to RUN_DIR/batch_hashes/dp<R>-from<ITER>.json (one file per
-    start of the run) with each save and at the end."""
-
-    def __init__(self, run_dir: Path, done_steps: int, dp_rank: int, num_micro: int, writes: bool):
-        self.path = Path(run_dir) / "batch_hashes" / f"dp{dp_rank}-from{done_steps:07d}.json"
-        self.done_steps, self.dp_rank, self.num_micro, self.writes = done_steps, dp_rank, num_micro, writes
-        self.records: list[dict] = []
-
-    def wrap(self, batches):
-        from pretrain.data import microbatch_sha256
-
-        for k, batch in enumerate(batches):
-            self.records.append({"step": self.done_steps + k // self.num_micro + 1, "micro": k % self.num_micro,
-                                 "dp_rank": self.dp_rank, "sha256": microbatch_sha256(batch)})
-            yield batch
-
-    def write(self) -> None:
-        if self.writes:
-            atomic_write_json(self.path, {"dp_rank": self.dp_rank, "records": self.records})
-
-
-class inject_nan:
-    """Fault drill: make this step's loss NaN by poisoning the final hidden states."""
-
-    def __init__(self, model_chunks, active: bool):
-        self.model_chunks, self.active, self.handles = model_chunks, active, []
-
-    def __enter__(self):
-        if self.active:
-            last = self.model_chunks[-1]
-            self.handles.append(last.register_forward_hook(lambda mod, inp, out: _nan_like(out)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
-def _nan_like(out):
-    if isinstance(out, torch.Tensor):
-        return out * float("nan")
-    return out
 
 
 def _device():

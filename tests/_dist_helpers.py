@@ -104,12 +104,12 @@ def train_layout(cfg, tp: int, pp: int, vpp, weights: str | None, steps: int = 3
     Returns one metrics dict per step (same on every rank)."""
     from megatron.core import parallel_state as mpu
 
-    from pretrain.model import build_model
+    from pretrain.parallelize import build_parallel_model
     from pretrain.step import train_step
 
     init_layout(tp, pp, vpp)
-    chunks = build_model(cfg, tp=tp, pp=pp, vpp=vpp, distributed_optimizer=distributed_optimizer,
-                         recompute=recompute, overlap_grad_reduce=overlap_grad_reduce)
+    chunks = build_parallel_model(cfg, tp=tp, pp=pp, vpp=vpp, distributed_optimizer=distributed_optimizer,
+                                  recompute=recompute, overlap_grad_reduce=overlap_grad_reduce)
     if save_to:
         save_weights(chunks, save_to)
     if weights:
@@ -193,7 +193,7 @@ def _normhead_case() -> dict:
     from pretrain.model import build_model, lm_loss_terms, unwrap
 
     cfg = tiny_model_config("rope")                     # vocabulary 1000 padded to 1024
-    head = unwrap(build_model(cfg, tp=1, pp=1, wrap_ddp=False)[0]).output_layer
+    head = unwrap(build_model(cfg, tp=1, pp=1)[0]).output_layer
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.5)
@@ -227,8 +227,8 @@ def _bf16_case() -> dict:
     from pretrain.model import build_model, unwrap
 
     cfg = tiny_model_config("rope", seq_length=4096)
-    fp32 = unwrap(build_model(cfg, tp=1, pp=1, wrap_ddp=False)[0])
-    bf16 = unwrap(build_model(cfg, tp=1, pp=1, dtype=torch.bfloat16, wrap_ddp=False)[0])
+    fp32 = unwrap(build_model(cfg, tp=1, pp=1)[0])
+    bf16 = unwrap(build_model(cfg, tp=1, pp=1, dtype=torch.bfloat16)[0])
     bf16.load_state_dict(fp32.state_dict())
     freqs = bf16.rotary_pos_emb(4096)
     tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(9))
@@ -244,16 +244,16 @@ def _bf16_case() -> dict:
 def _state_dict_keys() -> list:
     from pretrain.model import build_model, unwrap
 
-    chunk = unwrap(build_model(tiny_model_config("rope"), tp=1, pp=1, wrap_ddp=False)[0])
+    chunk = unwrap(build_model(tiny_model_config("rope"), tp=1, pp=1)[0])
     return sorted(k for k in chunk.state_dict() if not k.endswith("_extra_state"))
 
 
 def _nan_case() -> dict:
-    from pretrain.model import build_model
+    from pretrain.parallelize import build_parallel_model
     from pretrain.step import train_step
 
     cfg = tiny_model_config("rope")
-    chunks = build_model(cfg, tp=1, pp=1)
+    chunks = build_parallel_model(cfg, tp=1, pp=1)
     optimizer = build_optimizer(chunks)
     batches = global_batches(2, 4, cfg.seq_length, cfg.vocab_size)
     before = [p.detach().clone() for p in chunks[0].parameters()]

@@ -54,7 +54,7 @@ def trainer_logits(cfg, ckpt_dir) -> torch.Tensor:
     from pretrain.checkpointing import load_model_weights
     from pretrain.model import build_model, unwrap
 
-    chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32, wrap_ddp=False)
+    chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32)
     load_model_weights(chunks, ckpt_dir)
     model = unwrap(chunks[0]).eval()
     position_ids = torch.arange(SEQ)[None].expand(TOKENS.shape[0], -1)
@@ -74,7 +74,7 @@ def make_runs_rank(rank: int, world: int, out: str) -> None:
         cfg = tiny_config(position)
         run_dir = Path(out) / position
         parallel.init_distributed(2, 2, seed=1234, backend="gloo")
-        chunks = build_model(cfg, tp=2, pp=2, dtype=torch.float32, wrap_ddp=False)
+        chunks = build_model(cfg, tp=2, pp=2, dtype=torch.float32)
 
         def meta(state, keep, cfg=cfg):
             return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,

@@ -102,7 +102,7 @@ def trainer_logits_rank(rank: int, world: int, ckpt: str, out: str) -> None:
     parallel.init_distributed(1, 1, seed=1234, backend="gloo")
     try:
         cfg = ModelConfig(**read_meta(ckpt)["model"])
-        chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32, wrap_ddp=False)
+        chunks = build_model(cfg, tp=1, pp=1, dtype=torch.float32)
         load_model_weights(chunks, ckpt)
         position_ids = torch.arange(SEQ)[None].expand(TOKENS.shape[0], -1)
         with torch.no_grad():
@@ -190,6 +190,7 @@ def test_alibi_model_of_non_13b_shape_imports_with_the_released_logits(released,
 
     meta = json.loads((imported / "meta.json").read_text())
     assert meta["architecture"]["position"] == meta["model"]["position_embedding_type"] == "alibi"
+    assert meta["layer_build"] == {"spec": "local", "final_norm": "WrappedTorchNorm", "core_attention": "SDPAttention"}
     assert meta["imported_from"]["position_from"] == "modeling_baichuan.py"
     assert (meta["model"]["num_layers"], meta["model"]["hidden_size"]) == (4, 64)
     run_local(1, trainer_logits_rank, str(imported), str(tmp_path / "logits.pt"), timeout=300)

@@ -89,7 +89,7 @@ def test_a_run_resumes_from_its_step0_checkpoint_exactly(data_dir, tmp_path):
     run = tmp_path / "run"
     args = base_args(data_dir, run, 3) + ["training.eval_interval=0", "checkpoint.save_interval=0",
                                           "checkpoint.milestone_step0=true", "optimizer.distributed=true"]
-    proc = pretrain(2, args + ["training.inject_sigkill_after_iter=2"])
+    proc = pretrain(2, args + ["faults.inject_sigkill_after_iter=2"])
     assert proc.returncode != 0 and latest(run) == "iter_0000000", proc.stderr[-3000:]
     first = scalars(run, "train/lm_loss")
     ok(pretrain(2, args))

@@ -119,8 +119,8 @@ def test_tp1_nan_tags_crash_in_save_and_exact_resume(data_dir, tmp_path):
     from pretrain.monitoring import TRAIN_TAGS, VALID_TAGS
 
     run = tmp_path / "run"
-    args = base_args(data_dir, run, 12) + ["training.inject_nan_iters=[3]"]
-    proc = pretrain(1, args + ["training.inject_sigkill_in_save_iter=8"])
+    args = base_args(data_dir, run, 12) + ["faults.inject_nan_iters=[3]"]
+    proc = pretrain(1, args + ["faults.inject_sigkill_in_save_iter=8"])
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert latest(run) == "iter_0000004"
     assert (run / "checkpoints" / ".iter_0000008.tmp").is_dir()
@@ -195,7 +195,7 @@ def test_sigterm_saves_and_exits_with_requeue_code(data_dir, tmp_path):
 def killed_then_resumed(nproc: int, args: list[str]) -> tuple[dict, dict]:
     """Run 8 steps, SIGKILL every rank after step 7 (checkpoint at 4), resume to 8.
     Returns the lm losses of the first run and of the run directory after the resume."""
-    proc = pretrain(nproc, args + ["training.inject_sigkill_after_iter=7"])
+    proc = pretrain(nproc, args + ["faults.inject_sigkill_after_iter=7"])
     run = Path(next(a.split("=", 1)[1] for a in args if a.startswith("checkpoint.dir=")))
     assert proc.returncode != 0 and latest(run) == "iter_0000004", proc.stderr[-3000:]
     first = scalars(run, "train/lm_loss")
@@ -271,7 +271,7 @@ def test_dry_run_and_cfg_job(data_dir, tmp_path):
 def test_too_many_nonfinite_losses_in_a_row_stop_with_a_checkpoint(data_dir, tmp_path):
     run = tmp_path / "run"
     proc = pretrain(1, base_args(data_dir, run, 10) + [
-        "training.eval_interval=0", "training.inject_nan_iters=[2,3]",
+        "training.eval_interval=0", "faults.inject_nan_iters=[2,3]",
         "training.max_consecutive_nonfinite=2"])
     assert proc.returncode == 2
     assert "error: 2 non-finite losses or grad norms in a row at iteration 3" in proc.stderr

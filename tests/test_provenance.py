@@ -74,7 +74,7 @@ def run_args(data: Path, run: Path) -> list[str]:
             "data.split=[90,10,0]", "model=tiny_rope", f"model.seq_length={SEQ}",
             f"training.train_iters={STEPS}", "training.micro_batch_size=2", f"training.global_batch_size={GLOBAL}",
             "training.eval_interval=3", "training.eval_iters=1", "training.data_seed=11", "training.init_seed=7",
-            "training.log_batch_hashes=true", "optimizer=tiny", "optimizer.warmup_iters=2",
+            "faults.log_batch_hashes=true", "optimizer=tiny", "optimizer.warmup_iters=2",
             f"checkpoint.dir={run}", "checkpoint.save_interval=0", "checkpoint.keep_last=1",
             "checkpoint.milestone_step0=true", "checkpoint.milestone_log_steps=4", "logging.log_interval=1"]
 

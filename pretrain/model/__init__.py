@@ -6,6 +6,7 @@ from .config import ModelConfig, padded_vocab_size, transformer_config
 _LAZY = {
     "SDPAttention": "attention", "alibi_slopes": "alibi", "alibi_causal_bias": "alibi",
     "BaichuanGPTModel": "gpt", "NormHeadLinear": "gpt", "build_model": "gpt", "layer_spec": "gpt",
+    "layer_build": "gpt", "final_norm": "gpt",
     "unwrap": "gpt", "lm_loss_terms": "loss", "mask_vocab_padding": "loss", "vocab_parallel_max": "loss",
 }
 

@@ -1,6 +1,7 @@
 """Core attention through `torch.nn.functional.scaled_dot_product_attention`: causal for RoPE
-models, causal plus an ALiBi bias for the 13B model. Drop-in for megatron-core's
-DotProductAttention inside SelfAttention (same constructor and forward contract)."""
+models, causal plus an ALiBi bias for the 13B model, and megatron's attention mask (True where
+attention is cut: document ends of packed sequences) when one is given. Drop-in for
+megatron-core's DotProductAttention inside SelfAttention (same constructor and forward contract)."""
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ class SDPAttention(MegatronModule):
     def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
                  attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
                  cp_comm_type: Optional[str] = None, pg_collection: Optional[ProcessGroupCollection] = None,
-                 alibi: bool = False):
+                 alibi: bool = False, flash: bool = False):
         super().__init__(config=config)
         assert config.context_parallel_size == 1, "context parallelism needs TransformerEngine"
         if pg_collection is None:
@@ -41,6 +42,17 @@ class SDPAttention(MegatronModule):
             # This rank's heads are a contiguous block of the global heads.
             own = alibi_slopes(config.num_attention_heads)[tp_rank * self.heads:(tp_rank + 1) * self.heads]
             self.slopes = tuple(own)
+        self.flash = flash_kernel() if flash else None
+
+    def _flash(self, query, key, value, dropout: float):
+        """flash-attn: causal, ALiBi from its slopes (bias slope x (j - i), as ours), grouped
+        K/V heads as they are. [s, b, h, d] in, [s, b, h x d] out."""
+        q, k, v = (t.transpose(0, 1) for t in (query, key, value))
+        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=q.device) if self.alibi else None
+        with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
+            out = self.flash(q, k, v, dropout_p=dropout, softmax_scale=self.softmax_scale, causal=True,
+                             alibi_slopes=slopes)
+        return out.transpose(0, 1).reshape(query.shape[0], query.shape[1], self.heads * self.head_dim)
 
     def _bias(self, seq_q: int, seq_k: int, dtype, device) -> torch.Tensor:
         # One bias shared by all layers (13B at 4096 tokens: 1.3 GB per copy in bf16 at TP=1).
@@ -54,16 +66,34 @@ class SDPAttention(MegatronModule):
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         assert packed_seq_params is None, "packed sequences need TransformerEngine attention"
+        dropout = self.dropout if self.training else 0.0
+        if self.flash is not None and attention_mask is None:     # document masks: the SDPA path
+            return self._flash(query, key, value, dropout)
         seq_q, seq_k = query.shape[0], key.shape[0]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))   # [b, heads, s, d]
         if self.groups != self.heads:
             k = k.repeat_interleave(self.heads // self.groups, dim=1)
             v = v.repeat_interleave(self.heads // self.groups, dim=1)
         mask = self._bias(seq_q, seq_k, q.dtype, q.device) if self.alibi else None
-        dropout = self.dropout if self.training else 0.0
+        if attention_mask is not None:      # [b or 1, 1, s, s], causal already
+            if mask is None:
+                mask = ~attention_mask
+            else:
+                mask = mask.unsqueeze(0).masked_fill(attention_mask, float("-inf"))
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                  is_causal=mask is None, scale=self.softmax_scale)
         b = out.shape[0]
         return out.permute(2, 0, 1, 3).reshape(seq_q, b, self.heads * self.head_dim)
 
+
+def flash_kernel():
+    """flash-attn's `flash_attn_func`; a clear error where it cannot run."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.attention_backend=flash needs CUDA (flash-attn kernels); use sdpa on the CPU")
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as err:
+        raise RuntimeError(f"model.attention_backend=flash needs the flash-attn package ({err}); "
+                           "use sdpa, or te for RoPE models") from None
+    return flash_attn_func

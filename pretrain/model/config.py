@@ -28,7 +28,10 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     make_vocab_size_divisible_by: int = 128  # times TP
-    attention_backend: str = "auto"          # auto (TransformerEngine when installed) | sdpa | te
+    # auto (TransformerEngine for RoPE when installed, else SDPA) | sdpa | te | flash (flash-attn
+    # kernels in the local layers, ALiBi by its slopes: no seq x seq bias; GPU with flash-attn)
+    attention_backend: str = "auto"
+    fusions: str = "auto"                    # auto: megatron-core's fused kernels on GPU | off
 
     def __post_init__(self):
         from stack_common.config import Checks
@@ -43,8 +46,9 @@ class ModelConfig:
             c.require(self.num_attention_heads % self.query_groups == 0,
                       f"model.num_query_groups={self.num_query_groups} does not divide "
                       f"model.num_attention_heads={self.num_attention_heads}")
-        c.require(self.attention_backend in ("auto", "sdpa", "te"),
-                  f"model.attention_backend={self.attention_backend!r} must be auto, sdpa or te")
+        c.require(self.attention_backend in ("auto", "sdpa", "te", "flash"),
+                  f"model.attention_backend={self.attention_backend!r} must be auto, sdpa, te or flash")
+        c.require(self.fusions in ("auto", "off"), f"model.fusions={self.fusions!r} must be auto or off")
         c.require(self.z_loss_coeff >= 0, f"model.z_loss_coeff={self.z_loss_coeff} must be >= 0")
         c.raise_if_any()
 
@@ -67,9 +71,51 @@ def on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def uses_transformer_engine(cfg: ModelConfig) -> bool:
+    """TE for RoPE models on GPU when installed; ALiBi always goes through SDPA with a bias."""
+    if cfg.attention_backend in ("sdpa", "flash") or cfg.position_embedding_type == "alibi":
+        return False
+    if cfg.attention_backend == "te":
+        if not have_transformer_engine():
+            raise RuntimeError("attention_backend=te but TransformerEngine (with CUDA) is not available")
+        return True
+    return have_transformer_engine()
+
+
+def fusion_flags(cfg: ModelConfig) -> dict:
+    """megatron-core's fused kernels, on GPU only (model.fusions=auto): bias-SwiGLU and
+    bias-dropout-add (jit, no extra package); RoPE and gradient-accumulation fusion only with
+    TransformerEngine layers (their kernels are TE's; megatron's local linear layers would need
+    apex). Masked-softmax fusion is for megatron's own attention, which neither spec uses."""
+    on = cfg.fusions == "auto" and on_cuda()
+    te = on and uses_transformer_engine(cfg)
+    return {"bias_activation_fusion": on, "bias_dropout_fusion": on, "masked_softmax_fusion": False,
+            "apply_rope_fusion": te and cfg.position_embedding_type == "rope",
+            "gradient_accumulation_fusion": te, "persist_layer_norm": False}
+
+
+def recompute_flags(recompute) -> dict:
+    """parallel.recompute: false/none, selective (core attention recomputed in the backward:
+    little compute for much memory at long sequences) or full/true (every layer)."""
+    value = {True: "full", False: None, None: None, "none": None}.get(recompute, recompute)
+    if value not in (None, "selective", "full"):
+        raise ValueError(f"parallel.recompute={recompute!r} must be false, selective or full")
+    if value == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {"recompute_granularity": value, "recompute_method": None, "recompute_num_layers": None}
+
+
 def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int] = None,
                        dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-                       recompute: bool = False):
+                       recompute=False):
     """megatron-core TransformerConfig for Baichuan 2: RMSNorm, SwiGLU, no biases, fp32 softmax.
 
     On CPU: CPU initialization and every fusion off (they need CUDA kernels)."""
@@ -108,20 +154,13 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optio
         fp16=dtype == torch.float16,
         use_cpu_initialization=not cuda,
         perform_initialization=True,
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        **fusion_flags(cfg),
         calculate_per_token_loss=True,       # exact token mean over microbatches and DP ranks
         deallocate_pipeline_outputs=cuda,
         # gloo matches point-to-point messages by order: a batched send/recv pair between the
         # two ranks of a PP=2 ring can swap activations and gradients of the interleaved
         # schedule. The unbatched path orders sends and receives by rank parity.
         batch_p2p_comm=cuda,
-        recompute_granularity="full" if recompute else None,
-        recompute_method="uniform" if recompute else None,
-        recompute_num_layers=1 if recompute else None,
+        **recompute_flags(recompute),
         **transformer_config_kwargs(),
     )

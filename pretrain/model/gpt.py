@@ -1,6 +1,6 @@
 """Baichuan 2 as a megatron-core GPTModel: the local (or TransformerEngine) layer spec with SDPA
-attention and ALiBi, a NormHead output layer, one model chunk per (virtual) pipeline stage,
-wrapped in megatron-core's DistributedDataParallel."""
+attention and ALiBi, a NormHead output layer, one model chunk per (virtual) pipeline stage.
+The definition only: data-parallel wrapping and the schedule hooks are `pretrain.parallelize`."""
 from __future__ import annotations
 
 import copy
@@ -16,26 +16,8 @@ from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from .attention import SDPAttention
-from .config import ModelConfig, padded_vocab_size, transformer_config
-
-
-def have_transformer_engine() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
-
-
-def uses_transformer_engine(cfg: ModelConfig) -> bool:
-    """TE for RoPE models on GPU when installed; ALiBi always goes through SDPA with a bias."""
-    if cfg.attention_backend == "sdpa" or cfg.position_embedding_type == "alibi":
-        return False
-    if cfg.attention_backend == "te":
-        if not have_transformer_engine():
-            raise RuntimeError("attention_backend=te but TransformerEngine (with CUDA) is not available")
-        return True
-    return have_transformer_engine()
+from .config import (ModelConfig, have_transformer_engine, padded_vocab_size, transformer_config,  # noqa: F401
+                     uses_transformer_engine)
 
 
 def layer_spec(cfg: ModelConfig) -> ModuleSpec:
@@ -45,8 +27,44 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
-        module=SDPAttention, params={"alibi": cfg.position_embedding_type == "alibi"})
+        module=SDPAttention, params={"alibi": cfg.position_embedding_type == "alibi",
+                                     "flash": cfg.attention_backend == "flash"})
     return spec
+
+
+def final_norm(cfg: ModelConfig) -> type:
+    """The norm after the last layer. megatron's default picks apex's FusedLayerNorm whenever
+    apex imports (without TE), and that asserts on RMSNorm: name it explicitly."""
+    if uses_transformer_engine(cfg):
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    return WrappedTorchNorm
+
+
+def block_spec(cfg: ModelConfig, config, vp_stage: Optional[int] = None):
+    """This (virtual) stage's layers with an explicit final norm."""
+    from megatron.core.transformer.transformer_block import (TransformerBlockSubmodules,
+                                                             get_num_layers_to_build)
+
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg)] * layers, layer_norm=final_norm(cfg))
+
+
+def layer_build(cfg: ModelConfig) -> dict:
+    """How the layers are built, recorded in every checkpoint's meta.json: a TE checkpoint
+    carries `_extra_state` entries a local one lacks (loading skips them either way)."""
+    te = uses_transformer_engine(cfg)
+    build = {"spec": "transformer_engine" if te else "local", "final_norm": final_norm(cfg).__name__,
+             "core_attention": "TEDotProductAttention" if te else
+             "flash_attn" if cfg.attention_backend == "flash" else SDPAttention.__name__}
+    if te:
+        import transformer_engine
+
+        build["transformer_engine"] = getattr(transformer_engine, "__version__", "unknown")
+    return build
 
 
 class NormHeadLinear(ColumnParallelLinear):
@@ -65,7 +83,7 @@ class BaichuanGPTModel(GPTModel):
                  post_process: bool, vp_stage: Optional[int] = None):
         super().__init__(
             config=config,
-            transformer_layer_spec=layer_spec(cfg),
+            transformer_layer_spec=block_spec(cfg, config, vp_stage),
             vocab_size=vocab_size,
             max_sequence_length=cfg.seq_length,
             pre_process=pre_process,
@@ -91,13 +109,9 @@ def unwrap(module):
 
 def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int] = None,
                 dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-                recompute: bool = False, wrap_ddp: bool = True,
-                distributed_optimizer: bool = False, overlap_grad_reduce: Optional[bool] = None) -> list:
-    """One chunk per virtual pipeline stage of this rank (a list of 1 without interleaving).
-
-    Chunks are wrapped in megatron-core DistributedDataParallel (fp32 grad buffers) unless
-    wrap_ddp=False; `distributed_optimizer` must match the optimizer's setting.
-    `overlap_grad_reduce` (None: on GPU) overlaps the DP gradient reduction with the backward.
+                recompute: bool = False) -> list:
+    """This rank's model chunks, one per virtual pipeline stage (a list of 1 without
+    interleaving), unwrapped: `pretrain.parallelize` wraps them for data-parallel training.
     Call after `pretrain.parallel.init_distributed(tp, pp, vpp)`."""
     assert mpu.get_tensor_model_parallel_world_size() == tp, "init_distributed was called with another tp"
     assert mpu.get_pipeline_model_parallel_world_size() == pp, "init_distributed was called with another pp"
@@ -107,9 +121,8 @@ def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int
     config = transformer_config(cfg, tp=tp, pp=pp, vpp=vpp, dtype=dtype,
                                 sequence_parallel=sequence_parallel, recompute=recompute)
     vocab = padded_vocab_size(cfg.vocab_size, tp, cfg.make_vocab_size_divisible_by)
-    stages = vpp or 1
     chunks = []
-    for stage in range(stages):
+    for stage in range(vpp or 1):
         vp_stage = stage if vpp else None
         chunk = BaichuanGPTModel(
             cfg, config, vocab_size=vocab,
@@ -119,35 +132,4 @@ def build_model(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, vpp: Optional[int
         if torch.cuda.is_available():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    if wrap_ddp:
-        overlap = torch.cuda.is_available() if overlap_grad_reduce is None else overlap_grad_reduce
-        chunks = wrap_in_ddp(chunks, config, distributed_optimizer, overlap)
-        _wire_schedule_hooks(chunks, config, overlap)
     return chunks
-
-
-def wrap_in_ddp(chunks: list, config, distributed_optimizer: bool, overlap_grad_reduce: bool = False) -> list:
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=overlap_grad_reduce,
-        use_distributed_optimizer=distributed_optimizer,
-        check_for_nan_in_grad=False,
-    )
-    # Bucketing only for the first chunk, as megatron's trainer does.
-    return [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
-                                    disable_bucketing=i > 0)
-            for i, chunk in enumerate(chunks)]
-
-
-def _wire_schedule_hooks(chunks: list, config, overlap_grad_reduce: bool) -> None:
-    """The pipeline schedules find these on the model config: grad all-reduce and the
-    division by the number of loss tokens (calculate_per_token_loss) after the last backward;
-    with overlap, grad sync is held back until the last microbatch of each chunk."""
-    from megatron.core.distributed import finalize_model_grads
-
-    config.finalize_model_grads_func = finalize_model_grads
-    if overlap_grad_reduce:
-        no_sync = [chunk.no_sync for chunk in chunks]
-        config.no_sync_func = no_sync[0] if len(chunks) == 1 else no_sync
