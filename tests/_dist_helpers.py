@@ -186,7 +186,8 @@ def single_process_checks(out_dir: str) -> dict:
     them with plain PyTorch written in the tests."""
     init_layout(1, 1)
     return {"normhead": _normhead_case(), "alibi": _alibi_case(), "bf16": _bf16_case(),
-            "keys": _state_dict_keys(), "nan": _nan_case(), "clip": _clip_case(), "compat": _compat_case()}
+            "keys": _state_dict_keys(), "nan": _nan_case(), "clip": _clip_case(), "positions": _position_case(),
+            "compat": _compat_case()}
 
 
 def _normhead_case() -> dict:
@@ -300,6 +301,23 @@ def _clip_case(clip: float = 0.05, lr: float = 0.1) -> dict:
         one_step(clip, False), one_step(clip, True), one_step(0.0, False))
     return {"clip": clip, "lr": lr, "before": before, "ours": ours, "megatron": megatron, "unclipped": unclipped,
             "after_ours": after_ours, "after_megatron": after_megatron, "after_unclipped": after_unclipped}
+
+
+def _position_case() -> dict:
+    """How each position encoding is wired into the built model, and whether the two tiny models start
+    from the same weights (same seed, no parameter of their own)."""
+    from pretrain.model import build_model, unwrap
+
+    out, states = {}, {}
+    for position in ("rope", "alibi"):
+        init_layout(1, 1)
+        model = unwrap(build_model(tiny_model_config(position), tp=1, pp=1, wrap_ddp=False)[0])
+        out[position] = {"alibi": [layer.self_attention.core_attention.alibi for layer in model.decoder.layers],
+                         "rotary": getattr(model, "rotary_pos_emb", None) is not None}
+        states[position] = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    out["same_init"] = states["rope"].keys() == states["alibi"].keys() and all(
+        torch.equal(v, states["alibi"][k]) for k, v in states["rope"].items())
+    return out
 
 
 def _compat_case() -> dict:
