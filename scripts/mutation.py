@@ -34,7 +34,7 @@ MODULES = {
     "dedup": (["data_pipeline/dedup/*"], ["tests/test_dedup.py", "tests/test_dedup_chinese.py"]),
     # Unit tests only: the export tests train a run in their fixture, which every mutant would redo.
     "layout": (["checkpoints_tools/layout.py"],
-               [CKPT_TESTS + t for t in ("test_alibi_slopes_follow_baichuan_rule", "test_qkv_grouped_rows_split_merge_and_w_pack",
+               ["tests/test_layout.py"] + [CKPT_TESTS + t for t in ("test_alibi_slopes_follow_baichuan_rule", "test_qkv_grouped_rows_split_merge_and_w_pack",
                                          "test_tp_shard_rules", "test_baichuan_modeling_equals_llama_with_folded_normhead",
                                          "test_generation_with_cache_matches_full_forward",
                                          "test_released_baichuan2_layout_is_read")]),
