@@ -36,6 +36,9 @@ def test_arch_from_hf_names_and_defaults():
     assert (arch.num_query_groups, arch.seq_length, arch.norm_eps, arch.rope_base) == (1, 128, 1e-5, 1e6)
     hf["model"]["layernorm_epsilon"] = 3e-6
     assert L.arch_from_meta(hf).norm_eps == 3e-6
+    for key in ("position_embedding", "position"):       # the other spellings of the position encoding
+        model = {k: v for k, v in hf["model"].items() if k != "position"}
+        assert L.arch_from_meta({"model": {**model, key: "alibi"}}).position == "alibi", key
 
 
 @pytest.mark.parametrize("drop,field", [("num_attention_heads", "model.num_attention_heads"),
@@ -51,7 +54,10 @@ def test_arch_names_the_missing_field(drop, field):
 def test_arch_without_model_or_vocabulary_is_an_error():
     with pytest.raises(UserError) as err:
         L.arch_from_meta({"model": "7b"}, where="m.json")
-    assert (err.value.problem, err.value.field) == ("no model config recorded", "model")
+    assert (err.value.problem, err.value.field, str(err.value.file)) == ("no model config recorded", "model", "m.json")
+    with pytest.raises(UserError) as err:
+        L.arch_from_meta({})
+    assert str(err.value.file) == "meta.json"
     model = {k: v for k, v in TRAINER_META["model"].items() if k != "vocab_size"}
     with pytest.raises(UserError) as err:
         L.arch_from_meta({"model": model})
@@ -109,7 +115,7 @@ def test_tp_shard_of_every_part(rank):
     assert L.tp_shard("fc1", fc1, rank, tp)[:, 0].tolist() == [2 * rank, 2 * rank + 1, 4 + 2 * rank, 5 + 2 * rank]
     for part in ("attn_norm", "mlp_norm", "final_norm"):
         assert L.tp_shard(part, rows, rank, tp) is rows
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="rotary"):
         L.tp_shard("rotary", rows, rank, tp)
     assert L.tp_shard("fc1", fc1, 0, 1) is fc1 and L.tp_shard("rotary", rows, 0, 1) is rows
 
