@@ -40,10 +40,10 @@ MODULES = {
                                          "test_tp_shard_rules", "test_baichuan_modeling_equals_llama_with_folded_normhead",
                                          "test_generation_with_cache_matches_full_forward",
                                          "test_released_baichuan2_layout_is_read")]),
-    # The loss and the optimizer run only inside spawned megatron ranks (tests/_dist_helpers.py): mutmut
-    # maps tests to functions in the pytest process, so it finds no test for them ("no tests").
-    "loss": (["pretrain/model/loss.py"], None),
-    "optim": (["pretrain/optim.py"], None),
+    # In-process tests only: mutmut maps tests to functions in the pytest process, so the spawned-rank
+    # tests (tests/_dist_helpers.py) count for nothing here.
+    "loss": (["pretrain/model/loss.py"], ["tests/test_loss_optim.py"]),
+    "optim": (["pretrain/optim.py"], ["tests/test_loss_optim.py"]),
 }
 
 # Mutants no test can kill because the program behaves the same; left out of the score.
