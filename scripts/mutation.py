@@ -46,6 +46,10 @@ MODULES = {
     "optim": (["pretrain/optim.py"], ["tests/test_loss_optim.py"]),
 }
 
+# Settings of one module on top of [tool.mutmut]: the loss tests start a gloo process group, which a
+# worker forked from the process that ran them once cannot start again (it hangs).
+MODULE_SETTINGS = {"loss": {"process_isolation": "forkserver"}, "optim": {"process_isolation": "forkserver"}}
+
 # Mutants no test can kill because the program behaves the same; left out of the score.
 _LAYOUT = "checkpoints_tools.layout.x_"
 EQUIVALENT: dict[str, str] = {
@@ -72,6 +76,7 @@ def module_pyproject(name: str) -> str:
     lines = [f"{k} = {toml_value(v)}" for k, v in base.items()
              if k not in ("only_mutate", "pytest_add_cli_args_test_selection")]
     lines += [f"only_mutate = {toml_value(only)}", f"pytest_add_cli_args_test_selection = {toml_value(tests)}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in MODULE_SETTINGS.get(name, {}).items()]
     section = "[tool.mutmut]\n" + "\n".join(lines) + "\n"
     return re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", lambda _: section + "\n", text)
 
