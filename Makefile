@@ -19,7 +19,7 @@ MCORE_NEWEST ?= megatron-core==0.19.2
 # torch for test-latest: the locked release (CPU build here); LATEST_TORCH=torch takes the newest.
 LATEST_TORCH ?= $(TORCH)
 
-.PHONY: demo test install install-dev lock lock-upgrade test-latest test-py312 bench clean
+.PHONY: demo test test-random mutation install install-dev lock lock-upgrade test-latest test-py312 bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.version_info[:2] == (3, 11) or print("warning: $(PYTHON) is Python %d.%d; the lock was made on 3.11, so some pins (megatron-core) do not apply" % sys.version_info[:2])'
@@ -43,6 +43,18 @@ demo: $(VENV)/.base-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make test` shuffles the tests with a fixed seed (pyproject.toml); this draws a new one and prints it:
+# a failure that depends on the order repeats with `make test-random SEED=<seed>`.
+SEED ?= $(shell python3 -c 'import random; print(random.randrange(1, 2**31))')
+test-random: $(VENV)/.dev-installed
+	@echo "random test order, seed $(SEED) (repeat: make test-random SEED=$(SEED))"
+	$(PY) -m pytest --randomly-seed=$(SEED) $(PYTEST_ARGS)
+
+# Mutation score per module (mutmut, one mutant at a time; hours on 2 cores): a measure of how much the
+# tests notice, not a gate and not part of CI. MUTATION_ARGS: module names (filters dedup layout ...).
+mutation: $(VENV)/.dev-installed
+	nice -n 10 $(PY) scripts/mutation.py --survivors $(MUTATION_ARGS)
 
 # Regenerate the lock after changing a dependency in pyproject.toml (pins that still fit are
 # kept); lock-upgrade moves every pin to the newest release in range. Commit the lock with the
@@ -89,4 +101,4 @@ bench: $(VENV)/.dev-installed
 	@echo "benchmarks need ../shared/corpus; run them one by one, e.g. $(PY) bench/bench_filters.py"
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-py312 .venv-lock demo_out
+	rm -rf $(VENV) .venv-latest .venv-py312 .venv-lock demo_out .mutation

@@ -53,6 +53,15 @@ def flops_per_token(model_cfg, seq_length: int, vocab_size: int) -> float:
     return 3.0 * (layers * per_layer + 2 * h * vocab_size)
 
 
+def throughput(tokens: int, step_seconds: float, flops_per_token: float, world: int,
+               peak: Optional[float]) -> dict:
+    """Tokens/s of the step, model TFLOP/s per device and MFU (their share of `peak` TFLOP/s; None when
+    the peak is unknown)."""
+    tokens_per_sec = tokens / step_seconds
+    tflops = tokens_per_sec * flops_per_token / world / 1e12
+    return {"tokens_per_sec": tokens_per_sec, "tflops_per_device": tflops, "mfu": tflops / peak if peak else None}
+
+
 def memory_gb() -> tuple[float, float]:
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated() / 2**30, torch.cuda.max_memory_allocated() / 2**30

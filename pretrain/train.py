@@ -16,7 +16,7 @@ from pretrain.checkpointing import (TOKENIZER_DIR, CheckpointManager, RecentProg
                                     agreed_resume_source, checkpoints_root, config_sha256, read_meta)
 from pretrain.config import RunConfig, load_run_config, milestone_token_targets, padded_vocab, use_bf16
 from pretrain.faults import BatchHashLog, ExitSignals, LossWatch, inject_nan
-from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, train_line,
+from pretrain.monitoring import (Monitor, flops_per_token, memory_gb, peak_tflops, throughput, train_line,
                                  valid_line)
 from stack_common.atomic import atomic_write_text
 from stack_common.config import as_plain
@@ -313,10 +313,9 @@ class Trainer:
     def _log_train(self, m: dict, step_time: float, lr: float) -> None:
         t, st = self.run.training, self.state
         param_norm = self._param_norm()
-        tokens_per_s = t.global_batch_size * self.seq / step_time
-        world = torch.distributed.get_world_size()
-        tflops = tokens_per_s * self.flops_per_token / world / 1e12
-        mfu = tflops / self.monitor.peak if self.monitor.peak else None
+        rate = throughput(t.global_batch_size * self.seq, step_time, self.flops_per_token,
+                          torch.distributed.get_world_size(), self.monitor.peak)
+        tokens_per_s, tflops, mfu = rate["tokens_per_sec"], rate["tflops_per_device"], rate["mfu"]
         mem, max_mem = memory_gb()
         self.monitor.scalars({
             "train/lm_loss": m["lm_loss"], "train/z_loss": m["z_loss"], "train/total_loss": m["total_loss"],

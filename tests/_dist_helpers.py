@@ -186,7 +186,8 @@ def single_process_checks(out_dir: str) -> dict:
     them with plain PyTorch written in the tests."""
     init_layout(1, 1)
     return {"normhead": _normhead_case(), "alibi": _alibi_case(), "bf16": _bf16_case(),
-            "keys": _state_dict_keys(), "nan": _nan_case(), "compat": _compat_case()}
+            "keys": _state_dict_keys(), "nan": _nan_case(), "clip": _clip_case(), "positions": _position_case(),
+            "compat": _compat_case()}
 
 
 def _normhead_case() -> dict:
@@ -264,6 +265,59 @@ def _nan_case() -> dict:
     healthy = train_step(chunks, optimizer, microbatches(batches[1], 2, 0, 1), 2, 2, cfg.seq_length)
     changed = not all(torch.equal(a, b) for a, b in zip(before, chunks[0].parameters()))
     return {"poisoned": poisoned, "unchanged": unchanged, "healthy": healthy, "changed": changed}
+
+
+def _clip_case(clip: float = 0.05, lr: float = 0.1) -> dict:
+    """One SGD step (the update is -lr x the clipped gradient) from the same weights and batch three
+    ways: `train_step` (our optimizer_step) with clip_grad=`clip`, megatron's own `optimizer.step()`
+    with the same clip, and `train_step` without clipping."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from pretrain import step as step_module
+    from pretrain.parallelize import build_parallel_model
+
+    cfg = tiny_model_config("rope")
+    batch = global_batches(1, 4, cfg.seq_length, cfg.vocab_size, seed=21)[0]
+    first = build_parallel_model(cfg, tp=1, pp=1)
+    before = [p.detach().clone() for p in first[0].parameters()]
+
+    def one_step(clip_grad: float, megatron_step: bool) -> tuple[dict, list]:
+        chunks = first if not megatron_step and clip_grad else build_parallel_model(cfg, tp=1, pp=1)
+        with torch.no_grad():
+            for p, b in zip(chunks[0].parameters(), before):
+                p.copy_(b)
+        optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="sgd", lr=lr, sgd_momentum=0.0, weight_decay=0.0,
+                                                           clip_grad=clip_grad, bf16=False), chunks)
+        ours = step_module.optimizer_step
+        if megatron_step:
+            step_module.optimizer_step = lambda opt: (lambda r: (bool(r[0]), float(r[1])))(opt.step())
+        try:
+            metrics = step_module.train_step(chunks, optimizer, microbatches(batch, 2, 0, 1), 2, 2, cfg.seq_length)
+        finally:
+            step_module.optimizer_step = ours
+        return metrics, [p.detach().clone() for p in chunks[0].parameters()]
+
+    (ours, after_ours), (megatron, after_megatron), (unclipped, after_unclipped) = (
+        one_step(clip, False), one_step(clip, True), one_step(0.0, False))
+    return {"clip": clip, "lr": lr, "before": before, "ours": ours, "megatron": megatron, "unclipped": unclipped,
+            "after_ours": after_ours, "after_megatron": after_megatron, "after_unclipped": after_unclipped}
+
+
+def _position_case() -> dict:
+    """How each position encoding is wired into the built model, and whether the two tiny models start
+    from the same weights (same seed, no parameter of their own)."""
+    from pretrain.model import build_model, unwrap
+
+    out, states = {}, {}
+    for position in ("rope", "alibi"):
+        init_layout(1, 1)
+        model = unwrap(build_model(tiny_model_config(position), tp=1, pp=1)[0])
+        out[position] = {"alibi": [layer.self_attention.core_attention.alibi for layer in model.decoder.layers],
+                         "rotary": getattr(model, "rotary_pos_emb", None) is not None}
+        states[position] = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    out["same_init"] = states["rope"].keys() == states["alibi"].keys() and all(
+        torch.equal(v, states["alibi"][k]) for k, v in states["rope"].items())
+    return out
 
 
 def _compat_case() -> dict:

@@ -131,10 +131,27 @@ def exports(runs, tmp_path_factory):
 # ----------------------------------------------------------------------------- tests
 
 def test_trainer_checkpoints_are_what_the_tools_expect(runs):
+    """The tools read the trainer's TP=2 x PP=2 saves as whole models: both kept saves complete (keep_last=1
+    prunes no milestone), four distinct layers (the second stage's are layers 2 and 3, not a second 0 and 1),
+    every TP-split tensor whole, and each save holds its own weights."""
+    from checkpoints_tools import layout as L
+    from checkpoints_tools.export import MegatronCheckpoint
+    from checkpoints_tools.inspect_run import inspect_run
+
+    report = inspect_run(runs / "rope")
+    assert report["latest"] == "iter_0000008"
+    assert [(r["name"], r["status"], r["latest"]) for r in report["checkpoints"]] == [
+        ("iter_0000004", "ok", False), ("iter_0000008", "ok", True)]
     root = runs / "rope" / "checkpoints"
-    assert (root / "latest").read_text().strip() == "iter_0000008"
-    meta = json.loads((root / "iter_0000008" / "meta.json").read_text())
-    assert (meta["tp"], meta["pp"], meta["consumed_tokens"]) == (2, 2, 64 * SEQ)
+    last, first = MegatronCheckpoint(root / "iter_0000008"), MegatronCheckpoint(root / "iter_0000004")
+    qkv = [last.layer_part("qkv", i) for i in range(4)]
+    assert all(q.shape == (3 * 64, 64) for q in qkv)
+    assert all(not torch.equal(qkv[i], qkv[j]) for i in range(4) for j in range(i + 1, 4))
+    embedding = last.read(L.EMBEDDING)
+    assert embedding.shape == (1024, 64)                  # vocabulary 1000 padded to 128 x tp
+    # the two TP halves were drawn by two ranks from different seeds: neither is a copy of the other
+    assert not torch.equal(embedding[:512], embedding[512:])
+    assert not torch.equal(first.layer_part("qkv", 0), qkv[0])
 
 
 @pytest.mark.parametrize("position,fmt", [("rope", "llama"), ("rope", "baichuan"), ("alibi", "baichuan")])

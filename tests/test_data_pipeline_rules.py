@@ -42,6 +42,14 @@ EN_CASES = [
     # duplicate line chars: 17 of 17+6+17+13 = 53 characters
     (en.gopher_repetition, lines("Alpha beta gamma.", "Delta.", "Alpha beta gamma.", "Epsilon zeta."),
      "max_dup_line_char_ratio", 17 / 53, "max"),
+    # paragraphs of 17, 6, 17 and 13 characters, the third repeating the first: 17 of 53 characters
+    (en.gopher_repetition, lines("Alpha beta gamma.", "", "Delta.", "", "Alpha beta gamma.", "", "Epsilon zeta."),
+     "max_dup_para_char_ratio", 17 / 53, "max"),
+    # repeats shorter than min_dup_line_chars do not count: the 6-character repeat is ignored at 7
+    (en.gopher_repetition, lines("Alpha beta gamma.", "Delta.", "Alpha beta gamma.", "Delta."),
+     "max_dup_line_char_ratio", 17 / 46, "max", {"min_dup_line_chars": 7}),
+    (en.gopher_repetition, lines("Alpha beta gamma.", "", "Delta.", "", "Alpha beta gamma.", "", "Delta."),
+     "max_dup_para_char_ratio", 17 / 46, "max", {"min_dup_line_chars": 7}),
     # (buy, cheap) occurs 3 times: 3 * 8 characters of 42 word characters
     (en.gopher_repetition, "buy cheap pills buy cheap pills buy cheap pills now", "max_top_ngram_char_ratio", 24 / 42, "max",
      {"pairs": [2]}),
@@ -91,10 +99,18 @@ CODE_CASES = [
     (generic.code, CODE_TEXT, "min_alpha_ratio", 16 / 32, "min"),
 ]
 
+# 33 letters of 40 non-space characters; lines of 21, 6 and 21 characters, the third repeating the first
+DOCS_TEXT = "Note: see the manual.\nx = 1;\nNote: see the manual.\n"
+DOCS_CASES = [
+    (generic.docs, DOCS_TEXT, "min_alpha_ratio", 33 / 40, "min"),
+    (generic.docs, DOCS_TEXT, "max_line_chars", 21, "max"),
+    (generic.docs, DOCS_TEXT, "max_dup_line_char_ratio", 21 / 48, "max", {"min_dup_line_chars": 21}),
+]
+
 VIEWS = {en.gopher_quality: en.EnglishText, en.gopher_repetition: en.EnglishText, en.fineweb: en.EnglishText,
          en.c4: en.EnglishText, zh.length: zh.ChineseText, zh.characters: zh.ChineseText, zh.repetition: zh.ChineseText,
          zh.boilerplate: zh.ChineseText, zh.lines: zh.ChineseText, generic.length: generic.PlainText,
-         generic.code: generic.PlainText}
+         generic.code: generic.PlainText, generic.docs: generic.PlainText}
 
 
 def _params(key: str, limit: float, extra: dict) -> dict:
@@ -110,7 +126,7 @@ def _case_id(case) -> str:
     return f"{case[0].__name__}.{case[2]}"
 
 
-@pytest.mark.parametrize("case", EN_CASES + ZH_CASES + CODE_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", EN_CASES + ZH_CASES + CODE_CASES + DOCS_CASES, ids=_case_id)
 def test_rule_on_both_sides_of_its_threshold(case):
     rule, text, key, measured, kind, *extra = case
     extra = extra[0] if extra else {}
@@ -119,6 +135,42 @@ def test_rule_on_both_sides_of_its_threshold(case):
     outside = measured + EPS if kind == "min" else measured - EPS
     assert rule(view, _params(key, inside, extra)) is None, f"{key}={inside} should keep the document"
     assert rule(VIEWS[rule](text), _params(key, outside, extra)) == f"{rule.__name__}.{key}"
+
+
+def test_boilerplate_keywords_match_longest_first(monkeypatch):
+    """优惠券 is matched whole, not as 优惠 + 券; the pattern is built here, not taken from the cache."""
+    monkeypatch.setattr(zh, "_KEYWORD_CACHE", {})
+    view = zh.ChineseText("优惠券优惠券，好")              # 7 characters (punctuation excluded): 6 in keywords
+    keywords = ["优惠", "优惠券", "券"]
+    assert zh.boilerplate(view, {"max_keyword_char_ratio": 6 / 7, "keywords": keywords}) is None
+    assert zh.boilerplate(view, {"max_keyword_char_ratio": 5 / 7, "keywords": keywords}) == \
+        "boilerplate.max_keyword_char_ratio"
+    assert zh._keyword_re(("优惠", "优惠券")).findall("优惠券") == ["优惠券"]
+    assert zh._keyword_re(("a.b",)).findall("axb a.b") == ["a.b"]          # keywords are literal text
+
+
+@pytest.mark.parametrize("pair,ok", [([1, 0], True), ([1, 1], True), ([2.0, 0.5], True), ([0, 0.5], False),
+                                     ([2.5, 0.5], False), ([2, -0.1], False), ([2, 1.01], False), ([2], False),
+                                     (2, False), ([2, 0.5, 1], False)])
+def test_ngram_limit_pairs_are_checked(pair, ok):
+    from data_pipeline.filters.english import GopherRepetitionParams
+
+    for name in ("max_top_ngram_char_ratio", "max_dup_ngram_char_ratio"):
+        if ok:
+            GopherRepetitionParams(**{name: [pair]})
+        else:
+            with pytest.raises(ValueError, match=f"{name}: each item is \\[n >= 1, fraction in \\[0, 1\\]\\]"):
+                GopherRepetitionParams(**{name: [[3, 0.2], pair]})
+
+
+def test_docs_repeats_shorter_than_min_dup_line_chars_do_not_count():
+    view = generic.PlainText(DOCS_TEXT)
+    assert generic.docs(view, {"max_dup_line_char_ratio": 21 / 48, "min_dup_line_chars": 21}) is None  # at the limit
+    assert generic.docs(view, {"max_dup_line_char_ratio": 0.0, "min_dup_line_chars": 21}) == "docs.max_dup_line_char_ratio"
+    assert generic.docs(view, {"max_dup_line_char_ratio": 0.0, "min_dup_line_chars": 22}) is None
+    assert generic.docs(view, {"max_dup_line_char_ratio": 0.0}) == "docs.max_dup_line_char_ratio"   # no minimum
+    assert generic.docs(generic.PlainText(""), {"min_alpha_ratio": 0.5, "max_line_chars": 0}) == "docs.min_alpha_ratio"
+    assert generic.docs(generic.PlainText(""), {"max_line_chars": 0}) is None
 
 
 @pytest.mark.parametrize("needed,expected", [(2, None), (3, "gopher_quality.min_stop_words")])
@@ -281,3 +333,15 @@ def test_reader_field_mapping(tmp_path):
     assert (doc.id, doc.text, doc.source, doc.annotations) == ("http://a", "hello", "a.com",
                                                                {"lang": "en", "url": "http://a"})
     assert isinstance(bad, BadRecord) and bad.location == "line 2" and bad.reason.startswith("missing_text")
+
+
+def test_rule_family_by_language_and_content_type():
+    """Documentation is judged by the docs rules whatever its language, except code; a language without
+    rules of its own falls back to `other`."""
+    from data_pipeline.filters import RULE_FAMILIES, rule_family
+
+    assert {"en", "zh", "code", "docs", "other"} <= set(RULE_FAMILIES)
+    assert [rule_family("en", "docs"), rule_family("zh", "docs"), rule_family("fr", "docs")] == ["docs"] * 3
+    assert [rule_family("code", "docs"), rule_family("code", None)] == ["code", "code"]
+    assert [rule_family("en"), rule_family("zh", "prose"), rule_family("en", "code")] == ["en", "zh", "en"]
+    assert [rule_family("fr"), rule_family("ja", "prose"), rule_family("", None)] == ["other"] * 3

@@ -229,7 +229,7 @@ def test_minhash_survivor_is_best_quality_then_longest(near_dup_corpus, minhash_
     assert sum(a is not None for a in annotated) == minhash_run[1]["clusters"]
 
 
-def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(minhash_run):
+def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(near_dup_corpus, minhash_run):
     """The on-disk band sort is datasketch's MinHashLSH banding: same candidate pairs."""
     out, stats = minhash_run
     work = out / "work"
@@ -254,7 +254,14 @@ def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(minhash_run):
     # found pairs are a spanning subset of datasketch's all-pairs: same connected documents, no pair outside.
     assert found <= expected and len(found) > 0
     assert _components(found) == _components(expected)
-    assert len(ids) == len(sigs)
+    # one stored signature per document, each datasketch's MinHash (seed 1) of the document's shingles
+    texts = {d["id"]: d["text"] for d in near_dup_corpus[1]}
+    assert sorted(ids) == sorted(texts)
+    for doc_id, sig in list(zip(ids, sigs))[::5]:
+        expect = MinHash(num_perm=128, seed=1, hashfunc=int)
+        for shingle in np.unique(char_shingle_hashes(texts[doc_id], 5)).tolist():
+            expect.update(shingle)
+        assert np.array_equal(sig, expect.hashvalues), doc_id
 
 
 def test_minhash_compares_bucket_members_that_both_miss_the_head(tmp_path):

@@ -42,10 +42,16 @@ def test_baichuan2_configs_have_the_published_shapes():
     assert 13.8e9 < parameter_count(b13) < 14.0e9
 
 
-def test_tiny_configs_load():
-    for name in ("tiny_rope", "tiny_alibi"):
-        cfg = load_model_config(name)
-        assert cfg.hidden_size % cfg.num_attention_heads == 0
+def test_tiny_configs_are_small_models_of_the_7b_and_13b_families():
+    """Everything but the sizes is the full model's: position encoding, NormHead, z-loss, norm epsilon,
+    untied embeddings, no dropout."""
+    same = ("position_embedding_type", "normhead", "z_loss_coeff", "norm_epsilon",
+            "untie_embeddings_and_output_weights", "hidden_dropout", "attention_dropout", "make_vocab_size_divisible_by")
+    for tiny, full in (("tiny_rope", "baichuan2_7b"), ("tiny_alibi", "baichuan2_13b")):
+        small, big = load_model_config(tiny), load_model_config(full)
+        assert {k: getattr(small, k) for k in same} == {k: getattr(big, k) for k in same}, tiny
+        assert parameter_count(small) < 2e6 and small.seq_length <= 256
+    assert load_model_config("tiny_alibi").position_embedding_type == "alibi"
 
 
 def test_vocab_padding_multiple_of_128_times_tp():
@@ -149,6 +155,22 @@ def test_non_finite_loss_skips_the_update(checks):
     assert n["healthy"]["skipped"] == 0 and math.isfinite(n["healthy"]["grad_norm"]) and n["changed"]
     h = n["healthy"]
     assert h["total_loss"] == pytest.approx(h["lm_loss"] + h["z_loss"], rel=1e-12)
+
+
+def test_gradient_clipping_matches_megatrons_optimizer_step(checks):
+    """clip_grad > 0 and a gradient norm above it: our optimizer_step gives the parameters megatron's
+    own optimizer.step() gives, and (SGD) the update is the unclipped one scaled by clip / norm."""
+    c = checks["clip"]
+    norm = c["ours"]["grad_norm"]
+    assert norm > 4 * c["clip"] and c["ours"]["skipped"] == c["megatron"]["skipped"] == 0
+    assert norm == pytest.approx(c["megatron"]["grad_norm"], rel=1e-6) == c["unclipped"]["grad_norm"]
+    for ours, megatron in zip(c["after_ours"], c["after_megatron"]):
+        torch.testing.assert_close(ours, megatron, atol=1e-7, rtol=1e-6)
+    scale = c["clip"] / (norm + 1e-6)
+    for before, clipped, unclipped in zip(c["before"], c["after_ours"], c["after_unclipped"]):
+        torch.testing.assert_close(before - clipped, (before - unclipped) * scale, atol=1e-7, rtol=1e-4)
+    moved = sum((b - a).square().sum() for b, a in zip(c["before"], c["after_ours"])).sqrt().item()
+    assert moved == pytest.approx(c["lr"] * c["clip"], rel=1e-4)    # |update| = lr x clip: the clipped norm
 
 
 class _RecordingOptimizer:

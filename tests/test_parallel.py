@@ -1,6 +1,8 @@
 """Every parallel layout computes the same function: from the same initial weights (a TP=1 dist
 checkpoint loaded into each layout), losses, z-loss, max logit and gradient norm over 3 AdamW
 steps equal TP=1 PP=1 within 1e-5. Two grouped launches on gloo: 2 and 4 processes."""
+import math
+
 import pytest
 
 from _dist_helpers import launch, parity_worker, reference_run, tiny_model_config
@@ -69,5 +71,13 @@ def test_four_process_layouts_match_tp1(four_process_runs, reference, name, tp, 
 
 
 def test_reference_alibi_differs_from_rope(reference):
-    """Same initial weights scheme, different position encodings: a different function."""
-    assert reference["rope"][0]["lm_loss"] != reference["alibi"][0]["lm_loss"]
+    """The ALiBi model is the RoPE model's weights with a bias instead of rotations: same initial weights,
+    every layer's attention adds the ALiBi bias and nothing rotates; the position encoding alone moves the
+    first loss by far more than the parity tolerance, so a layout that lost it would fail parity."""
+    wiring = reference["checks"]["positions"]
+    assert wiring["same_init"]
+    assert wiring["rope"] == {"alibi": [False] * 4, "rotary": True}
+    assert wiring["alibi"] == {"alibi": [True] * 4, "rotary": False}
+    first = {name: reference[name][0]["lm_loss"] for name in ("rope", "alibi")}
+    assert all(math.log(1000) < loss < math.log(1000) + 1 for loss in first.values()), first   # near-uniform start
+    assert abs(first["rope"] - first["alibi"]) > 100 * TOL, first

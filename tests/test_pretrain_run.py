@@ -119,7 +119,7 @@ def test_tp1_nan_tags_crash_in_save_and_exact_resume(data_dir, tmp_path):
     from pretrain.monitoring import TRAIN_TAGS, VALID_TAGS
 
     run = tmp_path / "run"
-    args = base_args(data_dir, run, 12) + ["faults.inject_nan_iters=[3]"]
+    args = base_args(data_dir, run, 12) + ["faults.inject_nan_iters=[3]", "logging.peak_tflops=0.5"]
     proc = pretrain(1, args + ["faults.inject_sigkill_in_save_iter=8"])
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert latest(run) == "iter_0000004"
@@ -152,7 +152,15 @@ def test_tp1_nan_tags_crash_in_save_and_exact_resume(data_dir, tmp_path):
     valid = scalars(run, "valid/lm_loss")
     assert sorted(valid) == [0, 4, 8, 12] and valid[12] < valid[0]
     assert scalars(run, "valid/perplexity")[12] == pytest.approx(math.exp(valid[12]), rel=1e-5)
-    assert all(v > 0 for v in scalars(run, "throughput/tokens_per_sec").values())
+    # Throughput from each measured step time: 4 x 32 tokens, tiny_rope's FLOPs per token by hand (6 per
+    # matmul weight, output layer over the 8064 padded rows, + 6 L h s causal attention), MFU of 0.5 TFLOP/s.
+    per_token = 6 * (4 * (4 * 64**2 + 3 * 64 * 176) + 64 * 8064) + 6 * 4 * 64 * 32
+    step, rate = scalars(run, "time/step_seconds"), scalars(run, "throughput/tokens_per_sec")
+    tflops, mfu = scalars(run, "throughput/tflops_per_device"), scalars(run, "throughput/mfu")
+    for it in lm:
+        assert rate[it] == pytest.approx(4 * 32 / step[it], rel=1e-5)
+        assert tflops[it] == pytest.approx(rate[it] * per_token / 1e12, rel=1e-5)
+        assert mfu[it] == pytest.approx(tflops[it] / 0.5, rel=1e-5) and mfu[it] > 0
     assert 0 < scalars(run, "train/grad_norm")[12] < 100 and lm[12] < lm[1]
     assert scalars(run, "train/param_norm")[12] > 0
 
@@ -257,12 +265,38 @@ def test_config_errors_one_line_each_before_training(data_dir, tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "bad" / "checkpoints").exists()
 
 
-def test_dry_run_and_cfg_job(data_dir, tmp_path):
-    proc = pretrain(1, base_args(data_dir, tmp_path / "dry", 10) + ["training.dry_run=true",
-                                                                    "model=baichuan2_7b", "parallel=tp2"],
-                    timeout=120)
+def dry_run_figures(stdout: str) -> tuple[float, float]:
+    """(parameters in millions, total memory per rank in GiB) from the dry run's report."""
+    import re
+
+    params = re.search(r"^parameters: ([\d,.]+)M total", stdout, flags=re.M)
+    memory = re.search(r"^memory per rank \(estimate\):.* total ([\d.]+) GiB", stdout, flags=re.M)
+    assert params and memory, stdout
+    return float(params.group(1).replace(",", "")), float(memory.group(1))
+
+
+@pytest.mark.parametrize("model,parallel,layers,hidden,ffn,ranks_share", [
+    ("baichuan2_7b", "tp2", 32, 4096, 11008, lambda layer_params, embed: (layer_params + 2 * embed) / 2),
+    # pp=2: the largest rank holds half the layers and one of the two embeddings
+    ("baichuan2_13b", "tp2_pp2", 40, 5120, 13696, lambda layer_params, embed: (layer_params / 2 + embed) / 2)])
+def test_dry_run_reports_the_hand_counted_parameters_and_memory(data_dir, tmp_path, model, parallel, layers,
+                                                                hidden, ffn, ranks_share):
+    proc = pretrain(1, base_args(data_dir, tmp_path / "dry", 10) + [
+        "training.dry_run=true", f"model={model}", f"parallel={parallel}", "optimizer.distributed=false"],
+        timeout=120)
     ok(proc)
-    assert "parameters: 7," in proc.stdout and "memory per rank" in proc.stdout
+    params, gib = dry_run_figures(proc.stdout)
+    # Per layer: q, k, v, o (4 h^2), SwiGLU gate, up, down (3 h ffn), two RMSNorm weights; untied input
+    # and output embeddings of the 125,696-row vocabulary (a multiple of 128 x tp: no padding); final norm.
+    layer_params = layers * (4 * hidden**2 + 3 * hidden * ffn + 2 * hidden)
+    embed = 125_696 * hidden
+    assert abs(params - (layer_params + 2 * embed + hidden) / 1e6) < 1.0        # to the million
+    # bf16 weights (2 B) + fp32 main grads (4 B) + fp32 master weights and Adam moments (12 B) per parameter
+    # of the largest rank; activations at 32 tokens x 2 sequences are negligible (< 1%).
+    assert gib == pytest.approx(ranks_share(layer_params, embed) * 18 / 2**30, rel=0.05)
+
+
+def test_cfg_job(data_dir, tmp_path):
     proc = pretrain(1, base_args(data_dir, tmp_path / "dry", 10) + ["--cfg", "job"], timeout=120)
     ok(proc)
     assert "train_iters: 10" in proc.stdout and "tiny_rope" in proc.stdout

@@ -165,3 +165,24 @@ def test_resume_prefers_the_runs_own_checkpoint_over_checkpoint_load(tmp_path):
     cfg.load, cfg.load_optimizer = str(newer), True
     with pytest.raises(UserError, match=f"^{newer}/meta.json: not readable JSON: "):
         resume_source(cfg, run_dir)
+
+
+def test_flops_per_token_and_mfu_by_hand_for_the_7b_shape():
+    """6 FLOPs per weight of every matmul (forward + backward; the input embedding is a lookup) plus causal
+    attention, 6 x layers x hidden x seq (PaLM's 12 L h s, halved by the causal mask); MFU from a fixed step."""
+    from types import SimpleNamespace
+
+    from pretrain.monitoring import flops_per_token, throughput
+
+    b7 = SimpleNamespace(hidden_size=4096, num_layers=32, num_attention_heads=32, num_query_groups=None,
+                         ffn_hidden_size=11008)
+    matmul_weights = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 4096 * 125696          # 6.99e9
+    per_token = 6 * matmul_weights + 6 * 32 * 4096 * 4096
+    assert per_token == 45_166_362_624
+    assert flops_per_token(b7, 4096, 125696) == pytest.approx(per_token, rel=1e-12)
+    # 8 nodes x 8 GPUs, global batch 1024 x 4096 tokens in 10 s, H100 bf16 dense peak 989 TFLOP/s
+    rate = throughput(1024 * 4096, 10.0, per_token, 64, 989.0)
+    assert rate["tokens_per_sec"] == pytest.approx(419_430.4, rel=1e-12)
+    assert rate["tflops_per_device"] == pytest.approx(296.01, abs=0.01)
+    assert rate["mfu"] == pytest.approx(0.2993, abs=1e-4)
+    assert throughput(4096, 2.0, per_token, 1, None)["mfu"] is None

@@ -48,10 +48,24 @@ def _check(argv, cwd):
     return argv, kind, proc
 
 
+# The one-line user error each checkpoints_tools command gives for its (absent) first input path.
+MISSING_INPUT = {"inspect": "run directory does not exist", "batches": "run directory does not exist",
+                 "seen": "run directory does not exist", "export-series": "run directory does not exist",
+                 "export-hf": "checkpoint directory does not exist",
+                 "import-hf": "not a Hugging Face model directory: config.json is missing",
+                 "eval-series": "exports directory does not exist", "dynamics": "exports directory does not exist",
+                 "make-task": "text file does not exist"}
+
+
+def expected_error(argv: list[str]) -> str:
+    command, path = argv[argv.index("-m") + 2: argv.index("-m") + 4]
+    return f"error: {path}: {MISSING_INPUT[command]}"
+
+
 def test_readme_commands_are_accepted_by_the_real_clis(tmp_path):
     """Hydra apps must compose every override (`--cfg job`); the argparse CLI must accept every
-    flag and fail only on the (absent) input path, with its one-line user error. They run in an
-    empty directory, so that Hydra's run directories stay out of the repository."""
+    flag and fail only on the (absent) input path, with exactly that path's one-line user error. They
+    run in an empty directory, so that Hydra's run directories stay out of the repository."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda argv: _check(argv, tmp_path), readme_commands()))
     failures = []
@@ -60,7 +74,7 @@ def test_readme_commands_are_accepted_by_the_real_clis(tmp_path):
         if kind == "hydra":
             ok = proc.returncode == 0
         else:
-            ok = "usage:" not in proc.stderr and (proc.returncode == 0 or (proc.returncode == 2 and len(errors) == 1))
+            ok = "usage:" not in proc.stderr and proc.returncode == 2 and errors == [expected_error(argv)]
         if not ok:
             failures.append(f"{shlex.join(argv)}\n    {proc.stderr.strip()[-800:]}")
     assert not failures, "README commands the CLIs reject:\n" + "\n".join(failures)

@@ -23,6 +23,8 @@ LANGS = ("en", "zh", "code")
 MIXED = ["Baichuan 2 在2023年9月发布，词表125696个。\tTabs\t\tand     spaces, 3.14159 和 1,000,000\n",
          "def f(x):\n\tif x > 10:\n        return x ** 2  # 平方\n    return 0\n",
          "emoji 😀🚀👩‍👩‍👧 rare CJK 𠀀𪚥𰻞 龘 ﬁ Ａ１ —— «quotes» ✓", "    leading spaces", "", "\n\n\n", "١٢٣ ٤٥"]
+CONTROL_STRINGS = ["end of one</s>start of the next", "<s>[INST] hi", "x<reserved_106>y <reserved_107>", "<unk>",
+                   "</s>", "<unused_3> 与 <reserved_106>\n"]
 
 
 @pytest.fixture(scope="session")
@@ -184,12 +186,30 @@ def test_hf_tokenizer_matches_sentencepiece(hf_dir, sp, trained):
                                                  "special_tokens_map.json"}
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     heldout = read_table(trained[0] / "heldout").column("text").to_pylist()
-    for text in MIXED + heldout[:40]:
+    for text in MIXED + CONTROL_STRINGS + heldout[:40]:
         ids = tok(text)["input_ids"]
         assert ids == sp.encode(text), text[:60]
         assert tok.decode(ids) == text
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 0)
     assert tok.convert_tokens_to_ids(["<reserved_106>", "<reserved_107>"]) == [195, 196]
+
+
+def test_control_symbol_names_in_text_are_plain_text(hf_dir, sp):
+    """"</s>" or "<reserved_106>" written in a document is text, piece by piece, for SentencePiece (as the
+    training data was encoded), the exported HF tokenizer and `evaluate`'s tokenizer.json reader; only
+    ids inserted as ids are control symbols."""
+    from transformers import AutoTokenizer
+
+    from tokenizer_training.evaluate import load_model
+
+    tok, raw = AutoTokenizer.from_pretrained(str(hf_dir)), load_model(hf_dir)
+    specials = set(range(3)) | {sp.piece_to_id(f"<reserved_{i}>") for i in (106, 107)}
+    for text in CONTROL_STRINGS:
+        ids = sp.encode(text)
+        assert not specials & set(ids) and sp.decode(ids) == text, text
+        assert tok(text)["input_ids"] == ids and raw.encode([text]) == [ids], text
+    ids = tok("a")["input_ids"] + [tok.eos_token_id, tok.convert_tokens_to_ids("<reserved_106>")]
+    assert ids[-2:] == [2, 195] and tok.decode(ids) == "a</s><reserved_106>"
 
 
 def test_evaluate_report_side_by_side(trained, hf_dir, tmp_path):
@@ -309,12 +329,42 @@ def test_training_is_reproducible(trained, shard_dirs, tmp_path):
     assert again["sample"] == trained[1]["sample"]
 
 
-def test_dataclass_defaults_are_the_baichuan2_config():
-    from tokenizer_training.config import TokenizerConfig
+# Baichuan 2's tokenizer.model trainer and normalizer settings (everything but the corpus-dependent sizes).
+BAICHUAN2_TRAINER = {"model_type": 2, "split_digits": True, "byte_fallback": True,  # 2 = BPE
+                     "allow_whitespace_only_pieces": True, "max_sentencepiece_length": 32,
+                     "split_by_unicode_script": True, "split_by_whitespace": True, "max_sentence_length": 16384,
+                     "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+BAICHUAN2_NORMALIZER = {"name": "identity", "add_dummy_prefix": False, "remove_extra_whitespaces": False}
 
-    cfg = load_config([])
-    assert cfg.tokenizer == TokenizerConfig()
-    assert (cfg.tokenizer.vocab_size, cfg.tokenizer.character_coverage, cfg.tokenizer.max_sentencepiece_length) == \
-           (125_696, 0.9999, 32)
+
+def test_trained_model_proto_holds_the_baichuan2_settings(trained):
+    """Read back from the trained tokenizer.model itself: what SentencePiece will apply at encode time."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((trained[0] / "tokenizer.model").read_bytes())
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    assert {k: getattr(trainer, k) for k in BAICHUAN2_TRAINER} == BAICHUAN2_TRAINER
+    assert {k: getattr(normalizer, k) for k in BAICHUAN2_NORMALIZER} == BAICHUAN2_NORMALIZER
+    assert (trainer.vocab_size, round(trainer.character_coverage, 6), len(proto.pieces)) == (8000, 0.995, 8000)
+    control = proto.SentencePiece.CONTROL
+    pieces = [(p.piece, p.type) for p in proto.pieces]
+    assert pieces[:4] == [("<unk>", proto.SentencePiece.UNKNOWN), ("<s>", control), ("</s>", control),
+                          ("<unused_0>", control)]
+    assert pieces[90] == ("<unused_87>", control) and pieces[91] == ("<reserved_2>", control)
+    assert pieces[195:197] == [("<reserved_106>", control), ("<reserved_107>", control)]
+    assert pieces[290] == ("<reserved_201>", control)
+    assert pieces[291:547] == [(f"<0x{b:02X}>", proto.SentencePiece.BYTE) for b in range(256)]   # byte fallback
+
+
+def test_full_size_config_is_the_baichuan2_one():
+    """The default (full-size) tokenizer config gives the trainer Baichuan 2's options and sizes."""
+    from tokenizer_training.train import trainer_options
+
+    options = trainer_options(load_config([]).tokenizer, "text.txt", "tok")
+    expect = {**BAICHUAN2_TRAINER, "model_type": "bpe", "vocab_size": 125_696, "character_coverage": 0.9999,
+              "normalization_rule_name": "identity", "add_dummy_prefix": False, "remove_extra_whitespaces": False}
+    assert {k: options[k] for k in expect} == expect
+    assert len(options["control_symbols"]) == 288 and options["control_symbols"][192] == "<reserved_106>"
     small = load_config(["tokenizer=small"]).tokenizer
     assert (small.vocab_size, small.character_coverage) == (8000, 0.995)

@@ -65,6 +65,9 @@ class HFTokenizerModel:
             self.tok = Tokenizer.from_file(str(file))
         except Exception as err:
             raise UserError(f"cannot load tokenizer.json ({str(err).splitlines()[0]})", file=file) from None
+        # Control-symbol names in the text ("</s>", "<reserved_106>") are plain text, as for SentencePiece
+        # and the exported tokenizer_config.json (split_special_tokens); tokenizer.json cannot store this.
+        self.tok.encode_special_tokens = True
         self.name, self.vocab_size = str(path), self.tok.get_vocab_size(with_added_tokens=True)
         vocab = self.tok.get_vocab(with_added_tokens=True)
         self.pieces = [""] * (max(vocab.values()) + 1)

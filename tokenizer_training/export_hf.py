@@ -14,6 +14,8 @@ training data was encoded, so a document quoting "</s>" never ended a document i
 The HF tokenizer does the same (`split_special_tokens: true`), so evaluation sees the ids
 training saw. Special ids are inserted as ids (`tokenizer.eos_token_id`,
 `convert_tokens_to_ids("<reserved_106>")`), never by writing their names into the text.
+tokenizer.json has no field for this: read alone with the `tokenizers` library it matches the
+names as special tokens unless `tokenizer.encode_special_tokens = True` is set (as `evaluate` does).
 """
 from __future__ import annotations
 

@@ -1,0 +1,149 @@
+"""Mutation score per module with mutmut: a measure of how much the tests notice, not a gate.
+
+Each module runs in its own work directory (.mutation/<module>/, links to the repository) with
+the repository's [tool.mutmut] settings narrowed to that module's files and to the tests that
+exercise it in-process, one test process at a time. Prints killed / (mutants - equivalent) per
+module; equivalent mutants (no test can tell them apart from the original) are listed below with
+the reason and left out of the score.
+
+    python scripts/mutation.py                 # every module
+    python scripts/mutation.py filters dedup   # some
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".mutation"
+LINKED = ("stack_common", "data_pipeline", "tokenizer_training", "pretrain", "checkpoints_tools",
+          "tests", "configs", "data")
+
+# module -> (files to mutate, tests that exercise them in-process; None: not measurable yet)
+CKPT_TESTS = "tests/test_checkpoints_tools.py::"
+MODULES = {
+    "filters": (["data_pipeline/filters/*"],
+                ["tests/test_data_pipeline_rules.py", "tests/test_content_rules.py",
+                 "tests/test_pipeline_inputs.py::test_rule_typos_are_errors",
+                 "tests/test_pipeline_inputs.py::test_typed_thresholds_reach_the_rule"]),
+    # Not the Ray test: a Ray cluster started in a forked mutant worker hangs.
+    "dedup": (["data_pipeline/dedup/*"], ["tests/test_dedup.py", "tests/test_dedup_chinese.py",
+                                          "--deselect", "tests/test_dedup.py::test_ray_executor_matches_local"]),
+    # Unit tests only: the export tests train a run in their fixture, which every mutant would redo.
+    "layout": (["checkpoints_tools/layout.py"],
+               ["tests/test_layout.py"] + [CKPT_TESTS + t for t in ("test_alibi_slopes_follow_baichuan_rule", "test_qkv_grouped_rows_split_merge_and_w_pack",
+                                         "test_tp_shard_rules", "test_baichuan_modeling_equals_llama_with_folded_normhead",
+                                         "test_generation_with_cache_matches_full_forward",
+                                         "test_released_baichuan2_layout_is_read")]),
+    # In-process tests only: mutmut maps tests to functions in the pytest process, so the spawned-rank
+    # tests (tests/_dist_helpers.py) count for nothing here.
+    "loss": (["pretrain/model/loss.py"], ["tests/test_loss_optim.py"]),
+    "optim": (["pretrain/optim.py"], ["tests/test_loss_optim.py"]),
+}
+
+# Settings of one module on top of [tool.mutmut]: the loss tests start a gloo process group, which a
+# worker forked from the process that ran them once cannot start again (it hangs).
+MODULE_SETTINGS = {"loss": {"process_isolation": "forkserver"}, "optim": {"process_isolation": "forkserver"}}
+
+# Mutants no test can kill because the program behaves the same; left out of the score.
+_LAYOUT = "checkpoints_tools.layout.x_"
+EQUIVALENT: dict[str, str] = {
+    **{f"{_LAYOUT}{name}": "drops dim=0 from chunk/cat/split, whose default is dim 0"
+       for name in ("tp_shard__mutmut_18", "tp_shard__mutmut_25", "tp_shard__mutmut_30", "tp_shard__mutmut_52",
+                    "hf_layer_tensors__mutmut_13", "unpack_w_pack__mutmut_4", "w_pack__mutmut_4")},
+    f"{_LAYOUT}merge_qkv__mutmut_5": "q.shape[+1] of a 2-D q is q.shape[-1]",
+    f"{_LAYOUT}merge_qkv__mutmut_6": "q.shape[-2] = heads x head_dim = hidden_size = q.shape[-1]",
+    f"{_LAYOUT}normalize_rows__mutmut_22": "norm(dim=+1) of a 2-D weight is norm(dim=-1)",
+    f"{_LAYOUT}normalize_rows__mutmut_1": "block_rows 8193 instead of 8192: the same rows, other blocks",
+    f"{_LAYOUT}normalize_rows__mutmut_9": "blocks starting at every row overwrite rows with the same values",
+    **{f"{_LAYOUT}arch_from_meta__mutmut_{n}": "position default other than \"alibi\" still reads as rope"
+       for n in (90, 93, 100, 101)},
+}
+
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+def module_pyproject(name: str) -> str:
+    """The repository's pyproject.toml with [tool.mutmut] narrowed to one module."""
+    text = (REPO / "pyproject.toml").read_text()
+    base = tomllib.loads(text)["tool"]["mutmut"]
+    only, tests = MODULES[name]
+    lines = [f"{k} = {toml_value(v)}" for k, v in base.items()
+             if k not in ("only_mutate", "pytest_add_cli_args_test_selection")]
+    lines += [f"only_mutate = {toml_value(only)}", f"pytest_add_cli_args_test_selection = {toml_value(tests)}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in MODULE_SETTINGS.get(name, {}).items()]
+    section = "[tool.mutmut]\n" + "\n".join(lines) + "\n"
+    return re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", lambda _: section + "\n", text)
+
+
+def toml_value(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(v)
+
+
+def prepare(name: str) -> Path:
+    work = WORK / name
+    work.mkdir(parents=True, exist_ok=True)
+    for entry in LINKED:
+        link = work / entry
+        if not link.is_symlink():
+            link.symlink_to(REPO / entry)
+    (work / "pyproject.toml").write_text(module_pyproject(name))
+    return work
+
+
+def run_module(name: str, children: int) -> dict:
+    if MODULES[name][1] is None:
+        return {"module": name, "mutants": 0, "equivalent": 0, "killed": 0, "score": float("nan"),
+                "survivors": ["not measured: its code runs only in spawned ranks (see MODULES)"]}
+    work = prepare(name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", BC_NO_PROGRESS="1")
+    mutmut = [sys.executable, "-m", "mutmut"]
+    subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env, check=False)
+    out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
+    return score(name, statuses)
+
+
+def score(name: str, statuses: dict) -> dict:
+    counted = {k: v for k, v in statuses.items() if k not in EQUIVALENT}
+    killed = sum(v in KILLED for v in counted.values())
+    survivors = sorted(k for k, v in counted.items() if v not in KILLED)
+    result = {"module": name, "mutants": len(statuses), "equivalent": len(statuses) - len(counted),
+              "killed": killed, "score": killed / len(counted) if counted else float("nan"),
+              "survivors": [f"{k}: {counted[k]}" for k in survivors]}
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"any of {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.modules) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    results = [run_module(m, args.children) for m in (args.modules or list(MODULES))]
+    print(f"\n{'module':<8} {'mutants':>8} {'equiv.':>7} {'killed':>7} {'score':>7}")
+    for r in results:
+        print(f"{r['module']:<8} {r['mutants']:>8} {r['equivalent']:>7} {r['killed']:>7} {r['score']:>7.1%}")
+        if args.survivors:
+            print("\n".join("    " + s for s in r["survivors"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
