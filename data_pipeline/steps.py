@@ -259,7 +259,7 @@ class Pii(Step):
 
 class Decontaminate(Step):
     """Documents sharing an n-gram with an evaluation set: removed as `decontaminate:<benchmark>`
-    (the one with the most shared n-grams) or, with `action: mark`, kept with
+    (the one with the most shared n-grams) or, with `action: mark`, kept; either way
     annotations.contamination = {benchmark: shared n-grams}. `hits` counts documents per benchmark."""
     name = "decontaminate"
 
@@ -276,8 +276,8 @@ class Decontaminate(Step):
         if not hits:
             return None
         self.hits.update(hits.keys())
+        doc.annotations["contamination"] = hits   # in excluded/ too, so a removal can be audited
         if self.action == "mark":
-            doc.annotations["contamination"] = hits
             return None
         return "decontaminate:" + min(hits, key=lambda name: (-hits[name], name))
 
