@@ -421,19 +421,38 @@ def test_decontaminate_mark_keeps_the_document_and_says_why(tmp_path):
     assert step.stats()["hits"] == {"poems": 1} and step.stats()["docs_out"] == 2
 
 
-def test_harmful_model_trained_like_the_quality_model(raw_web, tmp_path):
-    """harmful_train reuses the quality trainer; here spam pages stand in for harmful text."""
+@pytest.fixture(scope="module")
+def spam_jsonl(raw_web, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The raw-web layer's spam pages as a JSONL file: harmful text for harmful_train, negatives
+    for quality_train."""
+    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
+    path = tmp_path_factory.mktemp("spam") / "spam.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam), encoding="utf-8")
+    return path, spam
+
+
+@pytest.fixture(scope="module")
+def harmful_model(raw_web, spam_jsonl, tmp_path_factory) -> tuple[Path, dict]:
+    """One harmful model for the module: spam pages stand in for harmful text; the raw sample
+    makes the report give the held-out AUC against it too."""
     from data_pipeline.__main__ import execute, load_config
 
-    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
-    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam),
-                                        encoding="utf-8")
-    report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{tmp_path}/bad.jsonl]",
+    model = tmp_path_factory.mktemp("harmful") / "harmful.bin"
+    report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{spam_jsonl[0]}]",
                                   f"harmful_train.negative=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
-                                  f"harmful_train.output={tmp_path}/harmful.bin"]))
+                                  f"harmful_train.raw_sample=[{raw_web}/raw-*.jsonl*]", "harmful_train.raw_sample_docs=400",
+                                  f"harmful_train.output={model}"]))
+    return model, report
+
+
+def test_harmful_model_trained_like_the_quality_model(raw_web, spam_jsonl, harmful_model, tmp_path):
+    """harmful_train reuses the quality trainer (train_negatives=rejects: the safe texts given)."""
+    model, report = harmful_model
+    spam = spam_jsonl[1]
     assert report["labels"] == ["__label__harmful", "__label__safe"] and report["auc"] > 0.9
-    stats = run(f"{raw_web}/raw-*.jsonl*", tmp_path / "out", "stages=[normalize,harmful]",
-                f"harmful.model={tmp_path}/harmful.bin")
+    assert report["train_negatives"] == "rejects" and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
+    assert json.loads(Path(f"{model}.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
+    stats = run(f"{raw_web}/raw-*.jsonl*", tmp_path / "out", "stages=[normalize,harmful]", f"harmful.model={model}")
     harmful = next(s for s in stats["stages"] if s["stage"] == "harmful")
     # exactly the spam pages go: the English ones offer "casino bonus" and "free spins" (the
     # starter gambling list), the Chinese ones only the model recognises
@@ -445,22 +464,18 @@ def test_harmful_model_trained_like_the_quality_model(raw_web, tmp_path):
     assert harmful["docs_scored"] == langs["zh"] + langs["en"] - harmful["excluded"]["harmful.list:gambling"]
 
 
-def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, tmp_path):
+def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, spam_jsonl, tmp_path):
+    """Trained on a raw sample as negatives; the report gives the held-out AUC against the
+    rejects too (the other way round is harmful_model's report above: same trainer)."""
     from data_pipeline.__main__ import execute, load_config
 
-    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
-    (tmp_path / "spam.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam),
-                                         encoding="utf-8")
     common = [f"quality_train.positive=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
-              f"quality_train.negative=[{tmp_path}/spam.jsonl]", f"quality_train.raw_sample=[{raw_web}/raw-*.jsonl*]",
+              f"quality_train.negative=[{spam_jsonl[0]}]", f"quality_train.raw_sample=[{raw_web}/raw-*.jsonl*]",
               "quality_train.raw_sample_docs=400"]
-    reports = {kind: execute(load_config(["task=quality_train", *common, f"quality_train.train_negatives={kind}",
-                                          f"quality_train.output={tmp_path}/{kind}.bin"]))
-               for kind in ("rejects", "raw_sample")}
-    for kind, report in reports.items():
-        assert report["train_negatives"] == kind and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
-        assert json.loads(Path(f"{tmp_path}/{kind}.bin.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
-    assert reports["rejects"]["heldout_auc"]["rejects"] > 0.9
-    assert reports["raw_sample"]["train_negative"] + reports["raw_sample"]["heldout_negative"] == 400
+    report = execute(load_config(["task=quality_train", *common, "quality_train.train_negatives=raw_sample",
+                                  f"quality_train.output={tmp_path}/raw_sample.bin"]))
+    assert report["train_negatives"] == "raw_sample" and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
+    assert json.loads(Path(f"{tmp_path}/raw_sample.bin.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
+    assert report["train_negative"] + report["heldout_negative"] == 400
     with pytest.raises(UserError, match="quality_train needs raw_sample inputs"):
         execute(load_config(["task=quality_train", *common[:2], "quality_train.train_negatives=raw_sample"]))
