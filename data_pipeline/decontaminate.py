@@ -25,37 +25,11 @@ import numpy as np
 from stack_common.errors import UserError
 
 from .config import DecontaminateConfig
-from .dedup.text import normalized_codes, token_bounds
+from .dedup.text import normalized_codes, span_hashes, token_bounds
 
-_P = np.uint64(0x100000001B3)
-_Q = np.uint64(0x9E3779B97F4A7C15)
+_Q = np.uint64(0x9E3779B97F4A7C15)   # n-grams: a second base, over the token hashes
 DEFAULT_FIELDS = ("prompt", "question", "answer", "choices")   # with decontaminate.fields unset
 _SEPARATOR = "\ue000"   # a private-use character: a token of its own between texts hashed together
-
-
-_POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _powers(base: np.uint64, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """base**i and base**-i mod 2**64 for i < n (base is odd, so it has an inverse); grown on demand."""
-    power, inv = _POWERS.get(int(base), (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
-    if len(power) < n:
-        size = max(n, 2 * len(power), 4096)
-        inverse = np.uint64(pow(int(base), -1, 1 << 64))
-        with np.errstate(over="ignore"):
-            power = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, base, np.uint64)]), dtype=np.uint64)
-            inv = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, inverse, np.uint64)]), dtype=np.uint64)
-        _POWERS[int(base)] = power, inv
-    return power[:n], inv[:n]
-
-
-def _spans(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: np.uint64) -> np.ndarray:
-    """Position-free polynomial hash of values[starts[i]:ends[i]] for each i."""
-    power, inv = _powers(base, len(values) + 1)
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
-        np.cumsum(values * power[:len(values)], dtype=np.uint64, out=prefix[1:])
-        return (prefix[ends] - prefix[starts]) * inv[starts]
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -66,12 +40,22 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def _token_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A hash per token of a normalized text, and the tokens' start and end offsets."""
+    starts, ends = token_bounds(codes)
+    return _mix(span_hashes(codes.astype(np.uint64) + np.uint64(1), starts, ends)), starts, ends
+
+
+def _ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
+    first = np.arange(max(0, len(tokens) - n + 1))
+    return _mix(span_hashes(tokens, first, first + n, _Q))
+
+
 def ngram_hashes(text: str, n: int | list[int]) -> np.ndarray:
     """64-bit hashes of the token n-grams of a text, of one size or several (empty when it has
     fewer tokens)."""
-    text = text.replace(_SEPARATOR, " ")   # U+E000 occurs in web text (icon fonts)
-    sizes = [n] if isinstance(n, int) else n
-    return np.concatenate([batch_ngram_hashes([text], k)[0] for k in sizes])
+    tokens = _token_hashes(normalized_codes(text.replace(_SEPARATOR, " ")))[0]   # U+E000: icon fonts in web text
+    return np.concatenate([_ngrams(tokens, k) for k in ([n] if isinstance(n, int) else n)] + [np.zeros(0, np.uint64)])
 
 
 def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
@@ -79,12 +63,11 @@ def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
     separator token between them, and n-grams that span a separator are dropped. The texts must
     not hold the separator (U+E000) themselves."""
     codes = normalized_codes(f" {_SEPARATOR} ".join(texts))
-    starts, ends = token_bounds(codes)
-    if len(starts) < n:
+    tokens, starts, ends = _token_hashes(codes)
+    if len(tokens) < n:
         return [np.zeros(0, dtype=np.uint64) for _ in texts]
-    tokens = _mix(_spans(codes.astype(np.uint64) + np.uint64(1), starts, ends, _P))
     first = np.arange(len(tokens) - n + 1)
-    hashes = _mix(_spans(tokens, first, first + n, _Q))
+    hashes = _ngrams(tokens, n)
     is_sep = (ends - starts == 1) & (codes[starts] == ord(_SEPARATOR))
     seps_before = np.concatenate([[0], np.cumsum(is_sep)])          # separators among tokens [0, i)
     whole = seps_before[first + n] == seps_before[first]              # no separator inside the n-gram
