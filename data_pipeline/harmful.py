@@ -24,13 +24,14 @@ from .config import HarmfulConfig
 
 HARMFUL, SAFE = "__label__harmful", "__label__safe"
 URL_HOST_RE = re.compile(r"(?:https?://|\bwww\.)([A-Za-z0-9.-]+\.[A-Za-z]{2,})", re.I)
-_SPACE_RUN = re.compile(r"\s+")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")
 
 
 def matching_form(text: str) -> str:
     """What terms are matched on: NFKC (width), lower case, whitespace runs one space."""
-    return _SPACE_RUN.sub(" ", unicodedata.normalize("NFKC", text).lower())
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.lower().split())
 
 
 def list_path(path: str) -> Path:
