@@ -46,16 +46,20 @@ def _token_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return _mix(span_hashes(codes.astype(np.uint64) + np.uint64(1), starts, ends)), starts, ends
 
 
-def _ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
-    first = np.arange(max(0, len(tokens) - n + 1))
-    return _mix(span_hashes(tokens, first, first + n, _Q))
+def _ngrams(tokens: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Hashes of the n-grams of every size in `sizes` (one prefix-hash pass for all)."""
+    first = [np.arange(len(tokens) - k + 1) for k in sizes if len(tokens) >= k]
+    if not first:
+        return np.zeros(0, np.uint64)
+    last = [f + k for f, k in zip(first, (k for k in sizes if len(tokens) >= k))]
+    return _mix(span_hashes(tokens, np.concatenate(first), np.concatenate(last), _Q))
 
 
 def ngram_hashes(text: str, n: int | list[int]) -> np.ndarray:
     """64-bit hashes of the token n-grams of a text, of one size or several (empty when it has
     fewer tokens)."""
     tokens = _token_hashes(normalized_codes(text.replace(_SEPARATOR, " ")))[0]   # U+E000: icon fonts in web text
-    return np.concatenate([_ngrams(tokens, k) for k in ([n] if isinstance(n, int) else n)] + [np.zeros(0, np.uint64)])
+    return _ngrams(tokens, [n] if isinstance(n, int) else n)
 
 
 def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
@@ -67,7 +71,7 @@ def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
     if len(tokens) < n:
         return [np.zeros(0, dtype=np.uint64) for _ in texts]
     first = np.arange(len(tokens) - n + 1)
-    hashes = _ngrams(tokens, n)
+    hashes = _ngrams(tokens, [n])
     is_sep = (ends - starts == 1) & (codes[starts] == ord(_SEPARATOR))
     seps_before = np.concatenate([[0], np.cumsum(is_sep)])          # separators among tokens [0, i)
     whole = seps_before[first + n] == seps_before[first]              # no separator inside the n-gram
