@@ -477,5 +477,9 @@ def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, spam_
     assert report["train_negatives"] == "raw_sample" and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
     assert json.loads(Path(f"{tmp_path}/raw_sample.bin.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
     assert report["train_negative"] + report["heldout_negative"] == 400
-    with pytest.raises(UserError, match="quality_train needs raw_sample inputs"):
+    with pytest.raises(UserError, match=r"quality_train needs raw_sample inputs \(train_negatives=raw_sample: a "
+                                        r"random sample of `raw_sample`\)"):
         execute(load_config(["task=quality_train", *common[:2], "quality_train.train_negatives=raw_sample"]))
+    with pytest.raises(UserError, match=r"harmful_train needs negative inputs \(train_negatives=rejects: the "
+                                        r"`negative` files\)"):
+        execute(load_config(["task=harmful_train", f"harmful_train.positive=[{spam_jsonl[0]}]"]))
