@@ -438,8 +438,9 @@ def harmful_model(raw_web, spam_jsonl, tmp_path_factory) -> tuple[Path, dict]:
     from data_pipeline.__main__ import execute, load_config
 
     model = tmp_path_factory.mktemp("harmful") / "harmful.bin"
+    safe = f"{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet"
     report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{spam_jsonl[0]}]",
-                                  f"harmful_train.negative=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
+                                  f"harmful_train.negative=[{safe}]",
                                   f"harmful_train.raw_sample=[{raw_web}/raw-*.jsonl*]", "harmful_train.raw_sample_docs=400",
                                   f"harmful_train.output={model}"]))
     return model, report
@@ -475,7 +476,8 @@ def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, spam_
     report = execute(load_config(["task=quality_train", *common, "quality_train.train_negatives=raw_sample",
                                   f"quality_train.output={tmp_path}/raw_sample.bin"]))
     assert report["train_negatives"] == "raw_sample" and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
-    assert json.loads(Path(f"{tmp_path}/raw_sample.bin.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
+    saved = json.loads(Path(f"{tmp_path}/raw_sample.bin.report.json").read_text())
+    assert saved["heldout_auc"] == report["heldout_auc"]
     assert report["train_negative"] + report["heldout_negative"] == 400
     with pytest.raises(UserError, match=r"quality_train needs raw_sample inputs \(train_negatives=raw_sample: a "
                                         r"random sample of `raw_sample`\)"):
