@@ -438,11 +438,10 @@ def harmful_model(raw_web, spam_jsonl, tmp_path_factory) -> tuple[Path, dict]:
     from data_pipeline.__main__ import execute, load_config
 
     model = tmp_path_factory.mktemp("harmful") / "harmful.bin"
-    safe = f"{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet"
+    safe, raw = f"{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet", f"{raw_web}/raw-*.jsonl*"
     report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{spam_jsonl[0]}]",
-                                  f"harmful_train.negative=[{safe}]",
-                                  f"harmful_train.raw_sample=[{raw_web}/raw-*.jsonl*]", "harmful_train.raw_sample_docs=400",
-                                  f"harmful_train.output={model}"]))
+                                  f"harmful_train.negative=[{safe}]", f"harmful_train.raw_sample=[{raw}]",
+                                  "harmful_train.raw_sample_docs=400", f"harmful_train.output={model}"]))
     return model, report
 
 
