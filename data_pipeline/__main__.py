@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stack_common.config import config_dir, to_dataclass
-from stack_common.errors import report_user_errors
+from stack_common.errors import ConfigError, report_user_errors
 from stack_common.logging import get_logger
 
 from .config import PipelineConfig
@@ -35,6 +35,9 @@ def to_config(cfg: DictConfig | dict) -> PipelineConfig:
                 plain[section][key] = [plain[section][key]]
     for section, key in (("harmful", "word_lists"), ("harmful", "url_lists"), ("decontaminate", "eval_sets")):
         named = plain.get(section, {}).get(key) or {}
+        if not isinstance(named, dict):
+            raise ConfigError([f"{section}.{key}: a mapping name -> files, e.g. {{gsm8k: [gsm8k_test.jsonl]}}, "
+                               f"got {named!r}"])
         plain.setdefault(section, {})[key] = {k: [v] if isinstance(v, str) else v for k, v in named.items()}
     plain["dedup"] = plain.get("dedup") or {}
     return to_dataclass(plain, PipelineConfig)
@@ -68,8 +71,6 @@ def execute(cfg: PipelineConfig) -> dict:
         print(json.dumps(report, indent=2))
         return report
     if cfg.task != "run":
-        from stack_common.errors import ConfigError
-
         raise ConfigError([f"task: 'run', 'quality_train' or 'harmful_train', got '{cfg.task}'"])
     from .runner import run_pipeline
 

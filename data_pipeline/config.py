@@ -152,8 +152,9 @@ class PiiConfig:
 @dataclass
 class DecontaminateConfig:
     eval_sets: dict[str, list[str]] = field(default_factory=dict)   # benchmark -> JSONL / Parquet files
-    fields: list[str] = field(default_factory=lambda: ["prompt", "answer"])  # text fields of an eval item
+    fields: Optional[list[str]] = None     # text fields of an eval item; None: prompt, question, answer, choices
     ngram: int = 13                        # tokens: a word (Latin, digits) or one CJK character
+    min_ngram: int = 8                     # a shorter field of at least this many tokens is matched whole
     action: str = "remove"                 # remove | mark (annotations.contamination)
 
     def __post_init__(self) -> None:
@@ -162,8 +163,10 @@ class DecontaminateConfig:
             problems.append(f"decontaminate.action: remove | mark, got '{self.action}'")
         if self.ngram < 1:
             problems.append(f"decontaminate.ngram: must be >= 1, got {self.ngram}")
-        if not self.fields:
-            problems.append("decontaminate.fields: name the text fields of an eval item, e.g. [prompt, answer]")
+        if not 1 <= self.min_ngram <= self.ngram:
+            problems.append(f"decontaminate.min_ngram: in [1, ngram], got {self.min_ngram}")
+        if self.fields is not None and not self.fields:
+            problems.append("decontaminate.fields: name the text fields of an eval item, e.g. [question, answer]")
         if problems:
             raise ConfigError(problems)
 

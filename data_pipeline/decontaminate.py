@@ -5,13 +5,17 @@ Tokens are the dedup stages' (data_pipeline.dedup.text): text width- and case-fo
 folded away, each CJK character one token and each run of other characters one token, so English
 is compared by words and Chinese by characters, whatever the spacing. An n-gram is hashed to 64
 bits: 10^11 training n-grams against a million evaluation ones expect 0.005 false hits in all.
-Each text field of an item is taken on its own; a field shorter than n tokens cannot be matched
-and is counted as `short_fields`.
+Each text field of an item is taken on its own. A field of k tokens, min_ngram (8) <= k < n, is
+hashed whole as one k-gram (most MMLU / C-Eval questions are shorter than 13 tokens), and documents
+are hashed at those sizes too; a field shorter than min_ngram cannot be matched and is counted as
+`short_fields`. A field named in `fields` that no item of a file has is an error; unset, `fields`
+takes whichever of prompt, question, answer, choices a file has.
 """
 from __future__ import annotations
 
 import gzip
 import json
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,36 +25,11 @@ import numpy as np
 from stack_common.errors import UserError
 
 from .config import DecontaminateConfig
-from .dedup.text import normalized_codes, token_bounds
+from .dedup.text import normalized_codes, span_hashes, token_bounds
 
-_P = np.uint64(0x100000001B3)
-_Q = np.uint64(0x9E3779B97F4A7C15)
+_Q = np.uint64(0x9E3779B97F4A7C15)   # n-grams: a second base, over the token hashes
+DEFAULT_FIELDS = ("prompt", "question", "answer", "choices")   # with decontaminate.fields unset
 _SEPARATOR = "\ue000"   # a private-use character: a token of its own between texts hashed together
-
-
-_POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _powers(base: np.uint64, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """base**i and base**-i mod 2**64 for i < n (base is odd, so it has an inverse); grown on demand."""
-    power, inv = _POWERS.get(int(base), (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
-    if len(power) < n:
-        size = max(n, 2 * len(power), 4096)
-        inverse = np.uint64(pow(int(base), -1, 1 << 64))
-        with np.errstate(over="ignore"):
-            power = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, base, np.uint64)]), dtype=np.uint64)
-            inv = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, inverse, np.uint64)]), dtype=np.uint64)
-        _POWERS[int(base)] = power, inv
-    return power[:n], inv[:n]
-
-
-def _spans(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: np.uint64) -> np.ndarray:
-    """Position-free polynomial hash of values[starts[i]:ends[i]] for each i."""
-    power, inv = _powers(base, len(values) + 1)
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
-        np.cumsum(values * power[:len(values)], dtype=np.uint64, out=prefix[1:])
-        return (prefix[ends] - prefix[starts]) * inv[starts]
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -61,21 +40,38 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def ngram_hashes(text: str, n: int) -> np.ndarray:
-    """64-bit hashes of the token n-grams of a text (empty when it has fewer than n tokens)."""
-    return batch_ngram_hashes([text], n)[0]
+def _token_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A hash per token of a normalized text, and the tokens' start and end offsets."""
+    starts, ends = token_bounds(codes)
+    return _mix(span_hashes(codes.astype(np.uint64) + np.uint64(1), starts, ends)), starts, ends
+
+
+def _ngrams(tokens: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Hashes of the n-grams of every size in `sizes` (one prefix-hash pass for all)."""
+    first = [np.arange(len(tokens) - k + 1) for k in sizes if len(tokens) >= k]
+    if not first:
+        return np.zeros(0, np.uint64)
+    last = [f + k for f, k in zip(first, (k for k in sizes if len(tokens) >= k))]
+    return _mix(span_hashes(tokens, np.concatenate(first), np.concatenate(last), _Q))
+
+
+def ngram_hashes(text: str, n: int | list[int]) -> np.ndarray:
+    """64-bit hashes of the token n-grams of a text, of one size or several (empty when it has
+    fewer tokens)."""
+    tokens = _token_hashes(normalized_codes(text.replace(_SEPARATOR, " ")))[0]   # U+E000: icon fonts in web text
+    return _ngrams(tokens, [n] if isinstance(n, int) else n)
 
 
 def batch_ngram_hashes(texts: list[str], n: int) -> list[np.ndarray]:
     """`ngram_hashes` of many short texts at numpy speed: they are hashed as one text with a
-    separator token between them, and n-grams that span a separator are dropped."""
+    separator token between them, and n-grams that span a separator are dropped. The texts must
+    not hold the separator (U+E000) themselves."""
     codes = normalized_codes(f" {_SEPARATOR} ".join(texts))
-    starts, ends = token_bounds(codes)
-    if len(starts) < n:
+    tokens, starts, ends = _token_hashes(codes)
+    if len(tokens) < n:
         return [np.zeros(0, dtype=np.uint64) for _ in texts]
-    tokens = _mix(_spans(codes.astype(np.uint64) + np.uint64(1), starts, ends, _P))
     first = np.arange(len(tokens) - n + 1)
-    hashes = _mix(_spans(tokens, first, first + n, _Q))
+    hashes = _ngrams(tokens, [n])
     is_sep = (ends - starts == 1) & (codes[starts] == ord(_SEPARATOR))
     seps_before = np.concatenate([[0], np.cumsum(is_sep)])          # separators among tokens [0, i)
     whole = seps_before[first + n] == seps_before[first]              # no separator inside the n-gram
@@ -90,7 +86,9 @@ class EvalSet:
     name: str
     hashes: np.ndarray        # sorted, unique
     items: int
-    short_fields: int
+    short_fields: int         # fields of fewer than min_ngram tokens: never matched
+    fallback_sizes: tuple[int, ...]   # n-gram sizes below `ngram` that short fields were hashed at
+    missing_fields: dict      # field -> items without it, in files that have it elsewhere
 
     def hits(self, doc_hashes: np.ndarray) -> int:
         if len(self.hashes) == 0 or len(doc_hashes) == 0:
@@ -141,38 +139,65 @@ def _field_texts(value, path: Path, location: str, field: str) -> list[str]:
                     expected="a string, a number or a list of strings")
 
 
-def load_eval_set(name: str, files: list[str], fields: list[str], n: int) -> EvalSet:
-    chunks, items, short = [], 0, 0
+def token_count(text: str) -> int:
+    return len(token_bounds(normalized_codes(text))[0])
+
+
+def _file_texts(name: str, path: Path, fields: list[str] | None, missing: Counter) -> tuple[list[str], int]:
+    """The texts of a file's items and their number. Named fields must each occur in the file;
+    with no fields named, those of DEFAULT_FIELDS that occur are taken. An item without a field
+    the file has elsewhere counts in `missing`."""
+    wanted = list(fields or DEFAULT_FIELDS)
+    texts, items, present = [], 0, Counter()
+    for location, record in _records(path, wanted):
+        items += 1
+        for field in wanted:
+            if record.get(field) is not None:
+                present[field] += 1
+                texts += [t.replace(_SEPARATOR, " ") for t in _field_texts(record[field], path, location, field)]
+    absent = [f for f in wanted if not present[f]]
+    if items and (absent if fields else len(absent) == len(wanted)):
+        raise UserError(f"no item has the field(s) {absent}", file=path, field=f"decontaminate.eval_sets.{name}",
+                        expected=f"items with the fields {wanted} (set decontaminate.fields to the file's text fields)")
+    missing.update({f: items - present[f] for f in wanted if 0 < present[f] < items})
+    return texts, items
+
+
+def load_eval_set(name: str, files: list[str], fields: list[str] | None, n: int, min_n: int | None = None) -> EvalSet:
+    """Every n-gram of the items' fields; a field of k tokens, min_n <= k < n, as its one k-gram."""
+    min_n = n if min_n is None else min(min_n, n)
+    chunks, items, short, sizes, missing = [], 0, 0, set(), Counter()
     for file in files:
         path = Path(file)
         if not path.is_file():
             raise UserError("evaluation file does not exist", file=file, field=f"decontaminate.eval_sets.{name}")
-        texts = []
-        for location, record in _records(path, fields):
-            items += 1
-            texts += [t.replace(_SEPARATOR, " ") for field in fields
-                      for t in _field_texts(record.get(field), path, location, field)]
+        texts, count = _file_texts(name, path, fields, missing)
+        items += count
         for begin in range(0, len(texts), 1000):
-            for hashes in batch_ngram_hashes(texts[begin:begin + 1000], n):
+            batch = texts[begin:begin + 1000]
+            for text, hashes in zip(batch, batch_ngram_hashes(batch, n)):
+                if len(hashes) == 0 and min_n <= (k := token_count(text)) < n:
+                    hashes = batch_ngram_hashes([text], k)[0]
+                    sizes.add(k)
                 short += len(hashes) == 0
                 chunks.append(hashes)
     hashes = np.unique(np.concatenate(chunks)) if chunks else np.zeros(0, dtype=np.uint64)
     if len(hashes) == 0:
-        raise UserError(f"no item has a field of {n} or more tokens", field=f"decontaminate.eval_sets.{name}",
-                        expected=f"items with the fields {fields} (decontaminate.fields)")
-    return EvalSet(name, hashes, items, short)
+        raise UserError(f"no item has a field of {min_n} or more tokens", field=f"decontaminate.eval_sets.{name}",
+                        expected=f"items with the fields {fields or list(DEFAULT_FIELDS)} (decontaminate.fields)")
+    return EvalSet(name, hashes, items, short, tuple(sorted(sizes)), dict(sorted(missing.items())))
 
 
 @lru_cache(maxsize=2)
 def _load_cached(key: tuple) -> tuple[EvalSet, ...]:
-    sets, fields, n = key
-    return tuple(load_eval_set(name, list(files), list(fields), n) for name, files, _ in sets)
+    sets, fields, n, min_n = key
+    return tuple(load_eval_set(name, list(files), list(fields) or None, n, min_n) for name, files, _ in sets)
 
 
 def load_eval_sets(cfg: DecontaminateConfig) -> tuple[EvalSet, ...]:
     """Every evaluation set, loaded once per process (the files' sizes and times are in the key)."""
     sets = tuple((name, tuple(files), tuple(_stamp(f) for f in files)) for name, files in sorted(cfg.eval_sets.items()))
-    return _load_cached((sets, tuple(cfg.fields), cfg.ngram))
+    return _load_cached((sets, tuple(cfg.fields or ()), cfg.ngram, cfg.min_ngram))
 
 
 def _stamp(file: str) -> tuple:
@@ -187,12 +212,12 @@ class Decontaminator:
     """`hits(text) -> {benchmark: matching n-grams}` (benchmarks with none left out)."""
 
     def __init__(self, cfg: DecontaminateConfig):
-        self.n = cfg.ngram
         self.sets = load_eval_sets(cfg)
+        self.sizes = sorted({cfg.ngram} | {k for s in self.sets for k in s.fallback_sizes})
         self.all = np.unique(np.concatenate([s.hashes for s in self.sets])) if self.sets else np.zeros(0, np.uint64)
 
     def hits(self, text: str) -> dict[str, int]:
-        hashes = ngram_hashes(text, self.n)
+        hashes = ngram_hashes(text, self.sizes)
         if len(hashes) == 0 or len(self.all) == 0:
             return {}
         at = np.minimum(np.searchsorted(self.all, hashes), len(self.all) - 1)
@@ -202,5 +227,5 @@ class Decontaminator:
         return {s.name: k for s in self.sets if (k := s.hits(candidates))}
 
     def describe(self) -> list[dict]:
-        return [{"benchmark": s.name, "items": s.items, "ngrams": len(s.hashes), "short_fields": s.short_fields}
-                for s in self.sets]
+        return [{"benchmark": s.name, "items": s.items, "ngrams": len(s.hashes), "short_fields": s.short_fields,
+                 "fallback_sizes": list(s.fallback_sizes), "missing_fields": s.missing_fields} for s in self.sets]

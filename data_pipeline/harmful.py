@@ -1,7 +1,9 @@
 """Harmful-content detection: word and domain lists per category, and a fastText classifier.
 
-Terms are matched with one Aho-Corasick automaton (pyahocorasick) on the lower-cased text, so
-Chinese needs no word segmentation. A term that starts or ends with a Latin letter or digit only
+Terms are matched with one Aho-Corasick automaton (pyahocorasick) on the matching form of the
+text (NFKC, so full-width ＰＯＲＮ is porn; lower case; whitespace runs one space), so Chinese
+needs no word segmentation. Simplified and Traditional Chinese are different characters: a list
+needs both (the starter lists have both). A term that starts or ends with a Latin letter or digit only
 counts at a word boundary there ("ass" is not hit inside "class"); a trailing `*` makes it a
 prefix ("porn*" hits "pornography"). Domains match a URL's host or any parent domain of it.
 A document is removed when one category has `min_terms` distinct terms or linked domains, when
@@ -10,8 +12,10 @@ its own URL is listed, or when the model's P(harmful) reaches the threshold.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from stack_common.config import config_dir
 from stack_common.errors import UserError
@@ -20,6 +24,14 @@ from .config import HarmfulConfig
 
 HARMFUL, SAFE = "__label__harmful", "__label__safe"
 URL_HOST_RE = re.compile(r"(?:https?://|\bwww\.)([A-Za-z0-9.-]+\.[A-Za-z]{2,})", re.I)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")
+
+
+def matching_form(text: str) -> str:
+    """What terms are matched on: NFKC (width), lower case, whitespace runs one space."""
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.lower().split())
 
 
 def list_path(path: str) -> Path:
@@ -36,7 +48,7 @@ def read_list(path: str) -> list[str]:
                         "or a path from the working directory")
     entries = []
     for line in file.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip().lower()
+        line = matching_form(line.split("#", 1)[0]).strip()
         if line:
             entries.append(line)
     return entries
@@ -57,16 +69,16 @@ class TermMatcher:
         import ahocorasick
 
         self.automaton = ahocorasick.Automaton()
-        entries: dict[str, tuple[bool, set[str]]] = {}
+        # term -> {is_prefix: categories}: "porn" in one list and "porn*" in another both count
+        entries: dict[str, dict[bool, set[str]]] = defaultdict(lambda: defaultdict(set))
         for category, files in sorted(word_lists.items()):
             for path in files:
                 for term in read_list(path):
-                    prefix = term.endswith("*")
                     key = term.rstrip("*")
                     if key:
-                        entries.setdefault(key, (prefix, set()))[1].add(category)
-        for key, (prefix, categories) in entries.items():
-            self.automaton.add_word(key, (key, prefix, frozenset(categories)))
+                        entries[key][term.endswith("*")].add(category)
+        for key, kinds in entries.items():
+            self.automaton.add_word(key, (key, {prefix: frozenset(c) for prefix, c in kinds.items()}))
         self.empty = not entries
         if not self.empty:
             self.automaton.make_automaton()
@@ -75,15 +87,16 @@ class TermMatcher:
         found: dict[str, set[str]] = defaultdict(set)
         if self.empty:
             return found
-        text = text.lower()
-        for end, (key, prefix, categories) in self.automaton.iter(text):
+        text = matching_form(text)
+        for end, (key, kinds) in self.automaton.iter(text):
             start = end - len(key) + 1
             if _is_word_char(key[0]) and start > 0 and _is_word_char(text[start - 1]):
                 continue
-            if not prefix and _is_word_char(key[-1]) and end + 1 < len(text) and _is_word_char(text[end + 1]):
-                continue
-            for category in categories:
-                found[category].add(key)
+            whole_word = not (_is_word_char(key[-1]) and end + 1 < len(text) and _is_word_char(text[end + 1]))
+            for prefix, categories in kinds.items():
+                if prefix or whole_word:
+                    for category in categories:
+                        found[category].add(key)
         return found
 
 
@@ -117,8 +130,12 @@ class DomainMatcher:
 
 
 def url_host(url: str) -> str:
-    match = URL_HOST_RE.search(url) or re.match(r"([A-Za-z0-9.-]+\.[A-Za-z]{2,})", url)
-    return match.group(1) if match else ""
+    """The host of a URL, with or without a scheme, user info or port ('' when there is none)."""
+    url = url.strip()
+    try:
+        return urlsplit(url if _SCHEME.match(url) else "//" + url).hostname or ""
+    except ValueError:   # e.g. an invalid IPv6 literal
+        return ""
 
 
 class HarmfulLists:

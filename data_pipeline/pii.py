@@ -7,9 +7,9 @@ that is globally routed (loopback, private, link-local and documentation ranges 
 personal data and fill technical manuals; so are multicast groups), phone numbers a Chinese mobile or landline shape or
 an explicit international "+" prefix. An IPv4-looking number right after "version" (v, ver.,
 release, kernel, 版本, 内核) or "section" (§, 第, 节) is a version or section number and stays, as
-does one whose first two parts are both below 10 (2.6.22.16, 3.1.4.1: a version far more often
-than an address; 1.1.1.1 and 8.8.8.8 are public resolvers, not anyone's address), and so do dates,
-timestamps, hex constants, UUIDs and ISBNs.
+does one shaped like a version (`looks_like_version`: 2.6.22.16, 12.2.0.1, 19.3.0.0), and so do
+dates, timestamps, hex constants, UUIDs and ISBNs. An international number needs an assigned
+country code (+1 then ten digits).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ PHONE_RE = re.compile(
     r"(?:\+|(?<![0-9A-Za-z_.\-/])00)(?:86[ \-]?)?1[3-9]\d[ \-]?\d{4}[ \-]?\d{4}" + _E  # CN mobile with country code
     + r"|(?<![0-9A-Za-z_.\-+/])1[3-9]\d(?:\d{8}|[ \-]\d{4}[ \-]\d{4})" + _E           # CN mobile
     + r"|(?<![0-9A-Za-z_.\-+/])(?:\(0\d{2,3}\)|（0\d{2,3}）|0\d{2,3}-)[ ]?[2-9]\d{2,3}[ \-]?\d{4}" + _E  # CN landline
-    + r"|\+[1-9]\d{0,2}(?:[ \-]?\(\d{1,4}\))?(?:[ \-]?\d{2,5}+){2,5}+" + _E)         # international, +CC
+    + r"|\+[1-9]\d{0,2}(?:[ \-]?\(\d{1,4}\))?(?:[ \-]?\d{1,6}+){2,5}+" + _E)         # international, +CC
 # (possessive groups: a long digit run after "+" fails at once instead of trying every split)
 IPV4_RE = re.compile(r"(?<![0-9A-Za-z_.\-])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)"
                      r"(?![0-9A-Za-z_\-]|\.\d)")
@@ -44,6 +44,7 @@ NOT_IP_BEFORE_RE = re.compile(r"(?:\bversion|\bver\.?|\bv|\brelease|\bkernel|\bs
                               r"|(?:^|\n)[ \t]*$", re.I)
 NOT_IP_AFTER_RE = re.compile(r"\.?\s*[节章条]")
 MAY_HOLD_PII_RE = re.compile(r"[0-9@]")
+UNASSIGNED_CC = {"28", "83", "89"}   # the only two-digit starts no country code has (besides 0x)
 ID_WEIGHTS = [2 ** (17 - i) % 11 for i in range(17)]
 ID_CHECK = "10X98765432"
 
@@ -55,6 +56,14 @@ def id_cn_valid(number: str) -> bool:
         return False
     total = sum(int(d) * w for d, w in zip(number[:17], ID_WEIGHTS))
     return ID_CHECK[total % 11] == number[17].upper()
+
+
+def looks_like_version(parts: list[int]) -> bool:
+    """2.6.22.16, 3.1.4.1 (first two parts below 10), 12.2.0.1, 11.0.20.1 (first part below 30, a
+    zero in the middle), 19.3.0.0 (ending in 0: a network, not a host): read as version numbers.
+    1.1.1.1 and 8.8.8.8 are public resolvers, not anyone's address."""
+    first, second, third, last = parts
+    return (first < 10 and second < 10) or last == 0 or (first < 30 and 0 in (second, third))
 
 
 def luhn_valid(digits: str) -> bool:
@@ -74,7 +83,17 @@ def card_valid(number: str) -> bool:
 
 def phone_valid(number: str) -> bool:
     digits = re.sub(r"\D", "", number)
-    return 7 <= len(digits) <= 15 and len(set(digits)) > 2
+    if not (7 <= len(digits) <= 15 and len(set(digits)) > 2):
+        return False
+    return not number.startswith("+") or country_code_valid(digits)
+
+
+def country_code_valid(digits: str) -> bool:
+    """The digits after "+" start with an assigned ITU country code; +1 (North America) is
+    followed by exactly ten digits, the first 2-9."""
+    if digits[0] == "1":
+        return len(digits) == 11 and digits[1] in "23456789"
+    return digits[:2] not in UNASSIGNED_CC
 
 
 class PiiScrubber:
@@ -124,8 +143,7 @@ class PiiScrubber:
             return False
         if NOT_IP_AFTER_RE.match(text, end, end + 4):
             return False
-        first, second = match.group().split(".")[:2]
-        if int(first) < 10 and int(second) < 10:   # 2.6.22.16, 3.1.4.1: read as a version number
+        if looks_like_version([int(p) for p in match.group().split(".")]):
             return False
         return self._reportable(ipaddress.IPv4Address(match.group()))
 

@@ -2,7 +2,7 @@
 
 `train_quality_model(cfg)` learns from positive and negative documents the user supplies
 (files, globs or shard directories; negatives may also be a random sample of the raw input),
-holds out a deterministic fraction and reports precision, recall and AUC; `hq_probability`
+holds out a deterministic fraction and reports precision, recall and AUC; `label_probability`
 turns a document into P(high quality). The harmful-content model is trained by the same code
 with its own labels.
 """
@@ -74,8 +74,8 @@ def auc(scores_pos: list[float], scores_neg: list[float]) -> float:
 
 def heldout_report(model, pos: list[str], neg: list[str], max_chars: int, threshold: float = 0.5,
                    label: str = HQ) -> dict:
-    sp = [hq_probability(model, model_text(t, max_chars), label) for t in pos]
-    sn = [hq_probability(model, model_text(t, max_chars), label) for t in neg]
+    sp = [label_probability(model, model_text(t, max_chars), label) for t in pos]
+    sn = [label_probability(model, model_text(t, max_chars), label) for t in neg]
     tp = sum(s >= threshold for s in sp)
     fp = sum(s >= threshold for s in sn)
     return {"heldout_positive": len(pos), "heldout_negative": len(neg), "threshold": threshold,
@@ -118,7 +118,8 @@ def _train_and_save(train_file: str, model_path: str, params: dict) -> None:
 
 def sample_texts(patterns: list[str], reader: ReaderConfig, size: int, seed: int) -> list[str]:
     """A uniform random sample of `size` documents of the inputs (reservoir sampling: one pass,
-    `size` texts in memory), in input order."""
+    `size` texts in memory), in input order. Every document of the inputs is read: for a large
+    crawl, name a few of its files (a narrower glob) rather than all of it."""
     rng, reservoir, seen = random.Random(seed), [], 0
     for index, text in enumerate(load_texts(patterns, reader, lazy=True)):
         seen += 1
@@ -135,6 +136,10 @@ def _split(texts: list[str], fraction: float) -> tuple[list[str], list[str]]:
     return [t for t in texts if not _is_heldout(t, fraction)], [t for t in texts if _is_heldout(t, fraction)]
 
 
+TRAIN_NEGATIVES_MEANING = {"rejects": "the `negative` files", "raw_sample": "a random sample of `raw_sample`",
+                           "both": "the `negative` files and a sample of `raw_sample`"}
+
+
 def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig, labels: tuple[str, str] = (HQ, LQ),
                         where: str = "quality_train") -> dict:
     """Train on positives vs the negatives `train_negatives` names (heuristic rejects, a random
@@ -143,7 +148,8 @@ def train_quality_model(cfg: QualityTrainConfig, reader: ReaderConfig, labels: t
     needs = {"rejects": ("negative",), "raw_sample": ("raw_sample",), "both": ("negative", "raw_sample")}
     missing = [key for key in ("positive", *needs[cfg.train_negatives]) if not getattr(cfg, key)]
     if missing:
-        raise UserError(f"{where} needs {' and '.join(missing)} inputs (train_negatives={cfg.train_negatives})",
+        raise UserError(f"{where} needs {' and '.join(missing)} inputs (train_negatives={cfg.train_negatives}: "
+                        f"{TRAIN_NEGATIVES_MEANING[cfg.train_negatives]})",
                         field=f"{where}.{missing[0]}", expected="lists of files, globs or shard directories")
     pos = load_texts(cfg.positive, reader)
     negatives = {"rejects": load_texts(cfg.negative, reader) if cfg.negative else [],
@@ -180,11 +186,11 @@ def report_path(model_path: str | Path) -> Path:
     return Path(f"{model_path}.report.json")
 
 
-def hq_probability(model, text: str, positive: str = HQ) -> float:
-    """P(positive label): high quality for the quality model, harmful for the harmful model."""
+def label_probability(model, text: str, label: str = HQ) -> float:
+    """P(label): e.g. high quality (HQ) for the quality model, harmful for the harmful model."""
     labels, probs = model.predict(text, k=2)
-    for label, prob in zip(labels, probs):
-        if label == positive:
+    for predicted, prob in zip(labels, probs):
+        if predicted == label:
             return float(min(1.0, prob))
     return 0.0
 

@@ -92,6 +92,9 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
         checks.path_exists(cfg.lang.fasttext_model, "lang.fasttext_model")
     for key, path in stage_data_files(cfg, stages).items():
         checks.path_exists(path, key)
+    harmful = cfg.harmful
+    checks.require("harmful" not in stages or bool(harmful.word_lists or harmful.url_lists or harmful.model),
+                   "harmful: no word_lists, url_lists or model: the stage would pass everything")
     checks.require("decontaminate" not in stages or bool(cfg.decontaminate.eval_sets),
                    "decontaminate.eval_sets: name the evaluation sets, e.g. {gsm8k: [gsm8k_test.jsonl]}")
     checks.raise_if_any()

@@ -12,7 +12,7 @@ from .config import PipelineConfig
 from .filters import build_rule_sets, rule_family
 from .lang import annotate_language, build_detector, kept, lang_model_identity
 from .normalize import Normalizer
-from .quality import hq_probability, load_model, model_sha256, model_text
+from .quality import label_probability, load_model, model_sha256, model_text
 from .readers import Document
 
 
@@ -185,7 +185,7 @@ class Quality(Step):
     def apply(self, doc: Document) -> str | None:
         if self.model is None or doc.lang not in self.cfg.langs:
             return None
-        doc.quality_score = hq_probability(self.model, model_text(doc.text, self.cfg.max_chars))
+        doc.quality_score = label_probability(self.model, model_text(doc.text, self.cfg.max_chars))
         self.scored += 1
         if self.cfg.mode == "threshold" and doc.quality_score < self.cfg.threshold:
             return f"{doc.lang}:quality.threshold"
@@ -220,7 +220,7 @@ class Harmful(Step):
             return reason
         if self.model is None or doc.lang not in self.cfg.langs:
             return None
-        score = hq_probability(self.model, model_text(doc.text, self.cfg.max_chars), self.label)
+        score = label_probability(self.model, model_text(doc.text, self.cfg.max_chars), self.label)
         doc.annotations["harmful_score"] = round(score, 4)
         self.scored += 1
         return "harmful.model" if score >= self.cfg.threshold else None
@@ -259,7 +259,7 @@ class Pii(Step):
 
 class Decontaminate(Step):
     """Documents sharing an n-gram with an evaluation set: removed as `decontaminate:<benchmark>`
-    (the one with the most shared n-grams) or, with `action: mark`, kept with
+    (the one with the most shared n-grams) or, with `action: mark`, kept; either way
     annotations.contamination = {benchmark: shared n-grams}. `hits` counts documents per benchmark."""
     name = "decontaminate"
 
@@ -276,8 +276,8 @@ class Decontaminate(Step):
         if not hits:
             return None
         self.hits.update(hits.keys())
+        doc.annotations["contamination"] = hits   # in excluded/ too, so a removal can be audited
         if self.action == "mark":
-            doc.annotations["contamination"] = hits
             return None
         return "decontaminate:" + min(hits, key=lambda name: (-hits[name], name))
 

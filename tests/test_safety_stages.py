@@ -43,6 +43,8 @@ PII_REPLACED = [
      "Visa <CARD>, UnionPay <CARD>, Amex <CARD>"),
     ("PING www.debian.org (130.89.148.77) from 2603:400a:ffff:bb8::801f:3e.", "PING www.debian.org (<IP>) from <IP>."),
     ("Written by Shaun McCance <shaunm@gnome.org>", "Written by Shaun McCance <<EMAIL>>"),
+    ("UK +44 7911 123456, FR +33 1 23 45 67 89, JP +81 3-1234-5678, AU +61 2 9876 5432",
+     "UK <PHONE>, FR <PHONE>, JP <PHONE>, AU <PHONE>"),
 ]
 
 PII_KEPT = [
@@ -58,6 +60,8 @@ PII_KEPT = [
     "127.0.0.1, 192.168.1.1, 10.0.0.254, ::1, fe80::1, 2001:db8::1, mDNS 224.0.0.251",   # no one's address
     "4111 1111 1111 1112 fails Luhn; 110105194912310021 fails the check digit; 110105194913310023 month 13",
     "git@ and @property and user@localhost",
+    "Oracle Database 12.2.0.1, upgrade from 11.2.0.4 to 19.3.0.0, JDK 11.0.20.1, Unicode 15.1.0.0",
+    "scored +100 200 300 points; +1 555 0100 is too short for North America",
 ]
 
 
@@ -75,7 +79,7 @@ def test_pii_checksums_and_counts():
     assert id_cn_valid("11010519491231002X") and not id_cn_valid("110105194912310021")
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     text, counts = PiiScrubber(ALL_PII).scrub(" ".join(t for t, _ in PII_REPLACED))
-    assert counts == {"email": 2, "phone": 7, "id_cn": 2, "card": 3, "ip": 2}
+    assert counts == {"email": 2, "phone": 11, "id_cn": 2, "card": 3, "ip": 2}
     only_mail = PiiScrubber(["email"]).scrub(PII_REPLACED[0][0])
     assert only_mail == ("联系人：张三，手机 13812345678，邮箱 <EMAIL>。", {"email": 1})
     assert PiiScrubber(["ip"], keep_private_ip=False).scrub("at 192.168.1.1")[0] == "at <IP>"
@@ -90,8 +94,7 @@ def test_pii_real_documentation_keeps_its_section_numbers():
     for doc_id, text in zh.items():
         for kind, n in scrubber.scrub(text)[1].items():
             counts[kind] = counts.get(kind, 0) + n
-    assert "ip" not in counts and "card" not in counts and "id_cn" not in counts
-    assert counts["email"] > 0
+    assert counts == {"email": 354}
 
 
 # --- harmful lists -----------------------------------------------------------------------------
@@ -120,6 +123,50 @@ def test_harmful_starter_lists_on_real_text():
     assert lists(poem + "\n网上赌场，百家乐，注册就送。")[0:2] == ("harmful.list:gambling", ["百家乐", "网上赌场"])
     assert lists(poem + "\n百家乐")[0] is None                              # one term: min_terms is 2
     assert lists(poem + " https://www.bet365.com/x 百家乐")[1] == ["bet365.com", "百家乐"]
+
+
+def test_harmful_same_term_as_word_in_one_list_and_prefix_in_another(tmp_path):
+    cfg = HarmfulConfig(word_lists={"adult": [write_list(tmp_path / "a.txt", "porn")],
+                                    "zz": [write_list(tmp_path / "z.txt", "porn*")]}, min_terms=1)
+    lists = HarmfulLists(cfg)
+    assert lists("pornography site") == ("harmful.list:zz", ["porn"])
+    assert lists("porn site") == ("harmful.list:adult", ["porn"])   # both hit; the first category wins the tie
+
+
+def test_harmful_matching_folds_width_and_whitespace_and_lists_hold_traditional_chinese(tmp_path):
+    from data_pipeline.__main__ import load_config
+
+    lists = HarmfulLists(load_config([]).harmful)
+    assert lists("ＰＯＲＮ and sex  \n videos") == ("harmful.list:porn", ["porn", "sex videos"])
+    assert lists("網上賭場，百家樂，注册就送") == ("harmful.list:gambling", ["百家樂", "網上賭場"])
+    own = HarmfulLists(HarmfulConfig(word_lists={"t": [write_list(tmp_path / "t.txt", "Ｃａｔ  Fight")]}, min_terms=1))
+    assert own("a cat fight") == ("harmful.list:t", ["cat fight"])
+
+
+def test_harmful_starter_hate_list_keeps_benign_text():
+    from data_pipeline.__main__ import load_config
+
+    lists = HarmfulLists(load_config([]).harmful)
+    assert lists("He had to gas the car before the trip; the white power steering fluid leaked.") == (None, [])
+    # descriptive terms still hit encyclopedic text (said in data_pipeline/README.md)
+    assert lists("The Nazis called Jews subhuman and preached racial purity.")[0] == "harmful.list:hate"
+
+
+def test_harmful_own_url_with_user_info_and_port(tmp_path):
+    from data_pipeline.harmful import url_host
+
+    assert url_host("https://user:pw@PornHub.com:8080/x") == "pornhub.com"
+    assert url_host("cn.pornhub.com/v/1") == "cn.pornhub.com" and url_host("www.x.com:80") == "www.x.com"
+    assert url_host("http://[::1/") == "" and url_host("") == ""
+    cfg = HarmfulConfig(url_lists={"porn": [write_list(tmp_path / "d.txt", "pornhub.com")]})
+    assert HarmfulLists(cfg)("about", url="https://user:pw@PornHub.com:8080/x") == ("harmful.url:porn", ["pornhub.com"])
+
+
+def test_harmful_stage_needs_a_list_or_a_model(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "hello"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="harmful: no word_lists, url_lists or model"):
+        run(f"{tmp_path}/in.jsonl", tmp_path / "out", "stages=[normalize,harmful]", "harmful.word_lists=null",
+            "harmful.url_lists=null")
 
 
 def test_harmful_domains(tmp_path):
@@ -181,7 +228,57 @@ def test_decontaminate_words_for_english_and_characters_for_chinese(tmp_path):
     hit = [doc_id for doc_id, text in {**en, **zh}.items() if matcher.hits(text)]
     assert sorted(hit) == sorted(["fortunes-zh/3301", next(k for k, t in en.items() if t == lear)])
     assert [(s["benchmark"], s["items"], s["short_fields"]) for s in matcher.describe()] == \
-        [("lear", 2, 3), ("poems", 2, 3)]
+        [("lear", 2, 7), ("poems", 2, 3)]
+
+
+def test_decontaminate_finds_a_copy_in_text_holding_the_private_use_separator(tmp_path):
+    matcher = Decontaminator(DecontaminateConfig(eval_sets=eval_files(tmp_path)))
+    icon = "\ue000 Homework. " + LEAR_ITEM + " \ue000\ue000"     # icon-font glyphs around the copy
+    assert matcher.hits(icon) == {"lear": 5}                      # the item's 17 words: five 13-grams
+    assert len(ngram_hashes(icon, 13)) == 6                       # "Homework" + 17 words; U+E000 is no token
+
+
+GSM8K_ITEM = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+                          "to her friends in May. How many clips did Natalia sell altogether in April and May?",
+              "answer": "Natalia sold 48/2 = 24 clips in May. #### 72"}
+
+
+def test_decontaminate_default_fields_read_question_and_a_named_field_no_item_has_is_an_error(tmp_path):
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text(json.dumps(GSM8K_ITEM) + "\n" + json.dumps({"question": GSM8K_ITEM["question"][:60]}) + "\n",
+                     encoding="utf-8")
+    matcher = Decontaminator(DecontaminateConfig(eval_sets={"gsm8k": [str(gsm8k)]}))
+    assert matcher.hits("Homework. " + GSM8K_ITEM["question"]) == {"gsm8k": 22}   # 34 words: 22 13-grams
+    assert matcher.describe()[0]["missing_fields"] == {"answer": 1}
+    with pytest.raises(UserError, match=r"gsm8k.jsonl, field 'decontaminate.eval_sets.gsm8k': no item has the "
+                                        r"field\(s\) \['prompt'\]"):
+        Decontaminator(DecontaminateConfig(eval_sets={"gsm8k": [str(gsm8k)]}, fields=["prompt", "answer"]))
+    (tmp_path / "none.jsonl").write_text('{"text": "a b c d e f g h i j k l m n"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"none.jsonl.*no item has the field\(s\) \['prompt', 'question'"):
+        Decontaminator(DecontaminateConfig(eval_sets={"x": [str(tmp_path / "none.jsonl")]}))
+
+
+def test_decontaminate_short_fields_are_matched_whole_down_to_min_ngram(tmp_path):
+    (tmp_path / "mmlu.jsonl").write_text(json.dumps({"question": "Which planet has the largest number of known moons?",
+                                                     "choices": ["Saturn", "Jupiter"], "answer": 0}) + "\n",
+                                         encoding="utf-8")
+    evals = {"mmlu": [str(tmp_path / "mmlu.jsonl")]}
+    matcher = Decontaminator(DecontaminateConfig(eval_sets=evals))            # 9 tokens: one 9-gram
+    assert matcher.hits("Quiz: which planet has the largest number of known moons? Saturn.") == {"mmlu": 1}
+    assert matcher.hits("which planet has the largest number of known") == {}
+    assert matcher.describe()[0] | {"ngrams": 0} == {"benchmark": "mmlu", "items": 1, "ngrams": 0, "short_fields": 3,
+                                                     "fallback_sizes": [9], "missing_fields": {}}
+    with pytest.raises(UserError, match="no item has a field of 10 or more tokens"):
+        Decontaminator(DecontaminateConfig(eval_sets=evals, min_ngram=10))
+    with pytest.raises(ConfigError, match="decontaminate.min_ngram"):
+        DecontaminateConfig(min_ngram=14)
+
+
+def test_decontaminate_eval_sets_given_as_a_plain_path_is_a_config_error(tmp_path):
+    from data_pipeline.__main__ import load_config
+
+    with pytest.raises(ConfigError, match="decontaminate.eval_sets: a mapping name -> files"):
+        load_config([f"decontaminate.eval_sets={tmp_path}/eval.jsonl"])
 
 
 def test_decontaminate_bad_input(tmp_path):
@@ -196,7 +293,7 @@ def test_decontaminate_bad_input(tmp_path):
     (tmp_path / "obj.jsonl").write_text('{"prompt": {"text": "x"}}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"obj.jsonl, record line 1, field .prompt.: a dict is not text"):
         Decontaminator(DecontaminateConfig(eval_sets={"obj": [str(tmp_path / "obj.jsonl")]}))
-    with pytest.raises(UserError, match="no item has a field of 13 or more tokens"):
+    with pytest.raises(UserError, match="no item has a field of 8 or more tokens"):
         Decontaminator(DecontaminateConfig(eval_sets={"zh": eval_files(tmp_path)["poems"]}, fields=["answer"]))
     with pytest.raises(ConfigError, match="decontaminate.action"):
         DecontaminateConfig(action="drop")
@@ -258,11 +355,15 @@ def test_pipeline_run_with_the_new_stages(safety_run):
         {"gambling": "harmful.list:gambling", "contaminated": "decontaminate:poems",
          "fortunes-zh/3301": "decontaminate:poems"}
     assert reasons["empty"] == "normalize.empty"
+    from stack_common.shards import read_table
+
+    removed = read_table(out / "stages" / "04_decontaminate" / "excluded", columns=["id", "annotations"]).to_pylist()
+    assert {r["id"]: json.loads(r["annotations"])["contamination"] for r in removed} == \
+        {"contaminated": {"poems": 2}, "fortunes-zh/3301": {"poems": 2}}
     by_stage = {s["stage"]: s for s in stats["stages"]}
     # fortunes-zh/249 (a mutt config quoted in a fortune) holds "Name Surname <username@example.dom>"
     assert by_stage["pii"]["replaced"] == {"email": 3, "phone": 1} and by_stage["pii"]["docs_changed"] == 3
     assert by_stage["decontaminate"]["hits"] == {"poems": 2}
-    from stack_common.shards import read_table
 
     final = {r["id"]: r["text"] for r in read_table(out / "final", columns=["id", "text"]).to_pylist()}
     assert final["pii"].endswith("\nMail <EMAIL> or call <PHONE>.")
@@ -320,19 +421,38 @@ def test_decontaminate_mark_keeps_the_document_and_says_why(tmp_path):
     assert step.stats()["hits"] == {"poems": 1} and step.stats()["docs_out"] == 2
 
 
-def test_harmful_model_trained_like_the_quality_model(raw_web, tmp_path):
-    """harmful_train reuses the quality trainer; here spam pages stand in for harmful text."""
+@pytest.fixture(scope="module")
+def spam_jsonl(raw_web, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The raw-web layer's spam pages as a JSONL file: harmful text for harmful_train, negatives
+    for quality_train."""
+    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
+    path = tmp_path_factory.mktemp("spam") / "spam.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam), encoding="utf-8")
+    return path, spam
+
+
+@pytest.fixture(scope="module")
+def harmful_model(raw_web, spam_jsonl, tmp_path_factory) -> tuple[Path, dict]:
+    """One harmful model for the module: spam pages stand in for harmful text; the raw sample
+    makes the report give the held-out AUC against it too."""
     from data_pipeline.__main__ import execute, load_config
 
-    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
-    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam),
-                                        encoding="utf-8")
-    report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{tmp_path}/bad.jsonl]",
-                                  f"harmful_train.negative=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
-                                  f"harmful_train.output={tmp_path}/harmful.bin"]))
+    model = tmp_path_factory.mktemp("harmful") / "harmful.bin"
+    safe, raw = f"{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet", f"{raw_web}/raw-*.jsonl*"
+    report = execute(load_config(["task=harmful_train", f"harmful_train.positive=[{spam_jsonl[0]}]",
+                                  f"harmful_train.negative=[{safe}]", f"harmful_train.raw_sample=[{raw}]",
+                                  "harmful_train.raw_sample_docs=400", f"harmful_train.output={model}"]))
+    return model, report
+
+
+def test_harmful_model_trained_like_the_quality_model(raw_web, spam_jsonl, harmful_model, tmp_path):
+    """harmful_train reuses the quality trainer (train_negatives=rejects: the safe texts given)."""
+    model, report = harmful_model
+    spam = spam_jsonl[1]
     assert report["labels"] == ["__label__harmful", "__label__safe"] and report["auc"] > 0.9
-    stats = run(f"{raw_web}/raw-*.jsonl*", tmp_path / "out", "stages=[normalize,harmful]",
-                f"harmful.model={tmp_path}/harmful.bin")
+    assert report["train_negatives"] == "rejects" and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
+    assert json.loads(Path(f"{model}.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
+    stats = run(f"{raw_web}/raw-*.jsonl*", tmp_path / "out", "stages=[normalize,harmful]", f"harmful.model={model}")
     harmful = next(s for s in stats["stages"] if s["stage"] == "harmful")
     # exactly the spam pages go: the English ones offer "casino bonus" and "free spins" (the
     # starter gambling list), the Chinese ones only the model recognises
@@ -344,22 +464,23 @@ def test_harmful_model_trained_like_the_quality_model(raw_web, tmp_path):
     assert harmful["docs_scored"] == langs["zh"] + langs["en"] - harmful["excluded"]["harmful.list:gambling"]
 
 
-def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, tmp_path):
+def test_quality_negatives_from_a_raw_sample_report_auc_both_ways(raw_web, spam_jsonl, tmp_path):
+    """Trained on a raw sample as negatives; the report gives the held-out AUC against the
+    rejects too (the other way round is harmful_model's report above: same trainer)."""
     from data_pipeline.__main__ import execute, load_config
 
-    spam = [r for r in raw_records(raw_web) if r["meta"]["kind"] == "spam"]
-    (tmp_path / "spam.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spam),
-                                         encoding="utf-8")
     common = [f"quality_train.positive=[{REPO}/data/sample/en.parquet,{REPO}/data/sample/zh.parquet]",
-              f"quality_train.negative=[{tmp_path}/spam.jsonl]", f"quality_train.raw_sample=[{raw_web}/raw-*.jsonl*]",
+              f"quality_train.negative=[{spam_jsonl[0]}]", f"quality_train.raw_sample=[{raw_web}/raw-*.jsonl*]",
               "quality_train.raw_sample_docs=400"]
-    reports = {kind: execute(load_config(["task=quality_train", *common, f"quality_train.train_negatives={kind}",
-                                          f"quality_train.output={tmp_path}/{kind}.bin"]))
-               for kind in ("rejects", "raw_sample")}
-    for kind, report in reports.items():
-        assert report["train_negatives"] == kind and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
-        assert json.loads(Path(f"{tmp_path}/{kind}.bin.report.json").read_text())["heldout_auc"] == report["heldout_auc"]
-    assert reports["rejects"]["heldout_auc"]["rejects"] > 0.9
-    assert reports["raw_sample"]["train_negative"] + reports["raw_sample"]["heldout_negative"] == 400
-    with pytest.raises(UserError, match="quality_train needs raw_sample inputs"):
+    report = execute(load_config(["task=quality_train", *common, "quality_train.train_negatives=raw_sample",
+                                  f"quality_train.output={tmp_path}/raw_sample.bin"]))
+    assert report["train_negatives"] == "raw_sample" and set(report["heldout_auc"]) == {"rejects", "raw_sample"}
+    saved = json.loads(Path(f"{tmp_path}/raw_sample.bin.report.json").read_text())
+    assert saved["heldout_auc"] == report["heldout_auc"]
+    assert report["train_negative"] + report["heldout_negative"] == 400
+    with pytest.raises(UserError, match=r"quality_train needs raw_sample inputs \(train_negatives=raw_sample: a "
+                                        r"random sample of `raw_sample`\)"):
         execute(load_config(["task=quality_train", *common[:2], "quality_train.train_negatives=raw_sample"]))
+    with pytest.raises(UserError, match=r"harmful_train needs negative inputs \(train_negatives=rejects: the "
+                                        r"`negative` files\)"):
+        execute(load_config(["task=harmful_train", f"harmful_train.positive=[{spam_jsonl[0]}]"]))

@@ -38,8 +38,6 @@ _SENTENCE_END = re.compile(r"(?<=[。！？；!?])|(?<=\.)(?=\s)")
 
 _P = np.uint64(0x100000001B3)          # odd multiplier of the rolling hash
 _MIX = np.uint64(0x9E3779B97F4A7C15)   # odd constant that spreads the high bits
-_pow = np.ones(1, dtype=np.uint64)     # _P**i mod 2**64, grown on demand
-_inv = np.ones(1, dtype=np.uint64)     # _P**-i mod 2**64
 
 
 def _lower_nfkc_codes(text: str) -> np.ndarray:
@@ -104,16 +102,35 @@ def text_digest(text: str, size: int = 16) -> bytes:
     return hashlib.blake2b(normalize(text).encode("utf-8"), digest_size=size).digest()
 
 
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    global _pow, _inv
-    if len(_pow) < n:
-        size = max(n, 2 * len(_pow))
-        inverse = np.uint64(pow(int(_P), -1, 1 << 64))
+_POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # base -> (base**i, base**-i) mod 2**64
+
+
+def _powers(base: np.uint64, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """base**i and base**-i mod 2**64 for i < n (base is odd, so it has an inverse); grown on demand."""
+    power, inv = _POWERS.get(int(base), (np.ones(1, np.uint64), np.ones(1, np.uint64)))
+    if len(power) < n:
+        size = max(n, 2 * len(power))
+        inverse = np.uint64(pow(int(base), -1, 1 << 64))
         with np.errstate(over="ignore"):
-            _pow, _inv = np.ones(size, dtype=np.uint64), np.ones(size, dtype=np.uint64)
-            np.cumprod(np.full(size - 1, _P, dtype=np.uint64), dtype=np.uint64, out=_pow[1:])
-            np.cumprod(np.full(size - 1, inverse, dtype=np.uint64), dtype=np.uint64, out=_inv[1:])
-    return _pow[:n], _inv[:n]
+            power, inv = np.ones(size, dtype=np.uint64), np.ones(size, dtype=np.uint64)
+            np.cumprod(np.full(size - 1, base, dtype=np.uint64), dtype=np.uint64, out=power[1:])
+            np.cumprod(np.full(size - 1, inverse, dtype=np.uint64), dtype=np.uint64, out=inv[1:])
+        _POWERS[int(base)] = power, inv
+    return power[:n], inv[:n]
+
+
+def span_hashes(values: np.ndarray, first: np.ndarray, last: np.ndarray, base: np.uint64 = _P,
+                bits: int = 64) -> np.ndarray:
+    """Hash of each span values[first[i]:last[i]], the same wherever the span is (polynomial
+    prefix hashes, mod 2**64). bits=32 keeps the high half after an odd multiply (dedup's shingles)."""
+    power, inverse = _powers(base, len(values) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
+        np.cumsum(values.astype(np.uint64) * power[:len(values)], dtype=np.uint64, out=prefix[1:])
+        spans = (prefix[last] - prefix[first]) * inverse[first]
+        if bits == 32:
+            return ((spans * _MIX) >> np.uint64(32)).astype(np.uint32)
+    return spans
 
 
 def token_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,13 +158,8 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
 
 
 def _span_hashes(codes: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """32-bit hash of each substring codes[first[i]:last[i]] (polynomial prefix hashes)."""
-    power, inverse = _powers(len(codes) + 1)
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
-        np.cumsum((codes.astype(np.uint64) + np.uint64(1)) * power[:len(codes)], dtype=np.uint64, out=prefix[1:])
-        spans = (prefix[last] - prefix[first]) * inverse[first] * _MIX
-    return (spans >> np.uint64(32)).astype(np.uint32)
+    """32-bit hash of each substring codes[first[i]:last[i]] (shingles)."""
+    return span_hashes(codes.astype(np.uint64) + np.uint64(1), first, last, _P, bits=32)
 
 
 def split_units(text: str, unit: str) -> list[str]:
