@@ -4,6 +4,8 @@ GPU index under Slurm binding, SIGUSR2 and the time limit on a real training pro
 training.device=cuda without CUDA."""
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import signal
 import subprocess
@@ -505,6 +507,13 @@ def test_fusions_only_on_gpu_and_only_with_their_kernels(monkeypatch):
     assert not any(model_config.fusion_flags(rope).values())              # CPU: all off
     monkeypatch.setattr(model_config, "on_cuda", lambda: True)
     monkeypatch.setattr(model_config, "have_transformer_engine", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    apex = {"fused_weight_gradient_mlp_cuda": None}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: apex[name] if name in apex else real_find_spec(name, *a))
+    assert not model_config.fusion_flags(rope)["gradient_accumulation_fusion"]   # TE, no apex kernel
+    assert model_config.fusion_flags(rope)["apply_rope_fusion"]
+    apex["fused_weight_gradient_mlp_cuda"] = importlib.machinery.ModuleSpec("fused_weight_gradient_mlp_cuda", None)
     assert model_config.fusion_flags(rope) == {
         "bias_activation_fusion": True, "bias_dropout_fusion": True, "masked_softmax_fusion": False,
         "apply_rope_fusion": True, "gradient_accumulation_fusion": True, "persist_layer_norm": False}
