@@ -192,6 +192,28 @@ def test_local_gpu_index_wraps_at_the_visible_count(monkeypatch):
     assert local_device_index(1) == 0     # Slurm binding one GPU per task
 
 
+def test_gpu_index_falls_back_to_rank_when_local_rank_is_unset(monkeypatch):
+    """A process started without LOCAL_RANK (RANK=3) binds GPU 3, not GPU 0."""
+    import pretrain.cpu_compat
+    from pretrain.parallel import init_distributed
+
+    chosen = []
+
+    def set_device(index):
+        chosen.append(index)
+        raise RuntimeError("stop after binding the device")
+
+    for name, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(pretrain.cpu_compat, "apply_if_needed", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    with pytest.raises(RuntimeError, match="stop after binding the device"):
+        init_distributed(device="cuda")
+    assert chosen == [3]
+
+
 # ----------------------------------------------------------------------------- rank 0 reads latest
 
 def _fake_checkpoint(root: Path, iteration: int) -> None:
