@@ -621,3 +621,22 @@ def two_ranks(tmp_path_factory):
     _fake_checkpoint(root / "fresh", 8)
     _fake_checkpoint(root / "stale", 4)
     return launch(2, _two_rank_checks, str(root))
+
+
+def test_optimizer_kind_change_is_one_clear_error():
+    """A 7B run saved with the plain optimizer, resumed after the preset turned on the
+    distributed one (and the reverse); checkpoints without the config load as before."""
+    from pretrain.checkpointing import check_optimizer_kind
+    from stack_common.errors import UserError
+
+    plain = {"config": {"optimizer": {"distributed": False}}}
+    with pytest.raises(UserError) as err:
+        check_optimizer_kind("/runs/7b/checkpoints/iter_0001000", plain, distributed=True)
+    msg = str(err.value)
+    assert "its optimizer state was saved by the plain optimizer, this run uses the distributed optimizer" in msg
+    assert "/runs/7b/checkpoints/iter_0001000" in msg and "optimizer.distributed=false" in msg \
+        and "checkpoint.load_optimizer=false" in msg
+    with pytest.raises(UserError, match="saved by the distributed optimizer, this run uses the plain optimizer"):
+        check_optimizer_kind("ckpt", {"config": {"optimizer": {"distributed": True}}}, distributed=False)
+    check_optimizer_kind("ckpt", plain, distributed=False)
+    check_optimizer_kind("ckpt", {"iteration": 3}, distributed=True)
