@@ -254,7 +254,7 @@ def check_speed(run, label: str, name: str, steps: int, max_mbs: int, out: Path)
         ratio = peak / est.total_bytes
         rows.append((f"peak memory ({label})", f"measured {peak / GiB:.1f} GiB, dry-run estimate "
                      f"{est.total_bytes / GiB:.1f} GiB (states {est.state_bytes / GiB:.1f}, activations "
-                     f"{est.activation_bytes / GiB:.1f}): {ratio:.2f}x", None))
+                     f"{est.activation_bytes / GiB:.1f}, logits {est.logits_bytes / GiB:.1f}): {ratio:.2f}x", None))
     return rows, est
 
 

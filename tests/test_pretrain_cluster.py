@@ -640,3 +640,16 @@ def test_optimizer_kind_change_is_one_clear_error():
         check_optimizer_kind("ckpt", {"config": {"optimizer": {"distributed": True}}}, distributed=False)
     check_optimizer_kind("ckpt", plain, distributed=False)
     check_optimizer_kind("ckpt", {"iteration": 3}, distributed=True)
+
+
+def test_memory_estimate_counts_the_logits_of_one_micro_batch():
+    """7B at TP=2, seq 4096, micro-batch 1, bf16: vocabulary 125,696 (256 x 491, no padding);
+    logits bf16 + fp32 copy + fp32 cross-entropy buffer = 4096 x 125952 x 10 / 2 bytes."""
+    from pretrain.estimate import estimate
+
+    run = compose_run(["model=baichuan2_7b", "parallel=tp2", "training.dry_run=true", "training.micro_batch_size=1",
+                       "training.precision=bf16", "optimizer=tiny"])
+    e = estimate(run, world=2)
+    assert (run.seq_length, e.padded_vocab, e.bf16) == (4096, 125696, True)
+    assert e.logits_bytes == 4096 * 125696 * 10 / 2 == 2_574_254_080
+    assert e.total_bytes == e.state_bytes + e.activation_bytes + e.logits_bytes
