@@ -653,3 +653,45 @@ def test_memory_estimate_counts_the_logits_of_one_micro_batch():
     assert (run.seq_length, e.padded_vocab, e.bf16) == (4096, 125696, True)
     assert e.logits_bytes == 4096 * 125696 * 10 / 2 == 2_574_254_080
     assert e.total_bytes == e.state_bytes + e.activation_bytes + e.logits_bytes
+
+
+def test_alibi_document_mask_bias_is_built_once_per_forward(monkeypatch):
+    """Two layers of one forward share one masked [b, heads, s, s] bias (SDPA keeps it for the
+    backward: one copy per layer would cost 0.67 GB each for 13B at TP=2, s=4096); a new mask,
+    or the same mask edited in place, gets a new one with its own cuts."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from pretrain.model import attention as attn
+    from pretrain.model.alibi import alibi_causal_bias, alibi_slopes
+
+    config = SimpleNamespace(context_parallel_size=1, num_attention_heads=4, num_query_groups=4, kv_channels=8,
+                             attention_dropout=0.0)
+    tp = SimpleNamespace(tp=SimpleNamespace(size=lambda: 1, rank=lambda: 0))
+    layers = [attn.SDPAttention(config, i + 1, None, "self", pg_collection=tp, alibi=True) for i in range(2)]
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, attn_mask=None, **k: seen.append(attn_mask) or real_sdpa(*a, attn_mask=attn_mask, **k))
+    q = torch.randn(6, 2, 4, 8)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    mask = causal.clone()[None, None].repeat(2, 1, 1, 1)
+    mask[0, 0, 3:, :3] = True                     # first sequence: a document ends after token 3
+
+    def forward(m):
+        for layer in layers:
+            layer(q, q, q, attention_mask=m)
+        return seen[-2:]
+
+    first, second = forward(mask)
+    assert first is second and first.shape == (2, 4, 6, 6)
+    expected = alibi_causal_bias(torch.tensor(alibi_slopes(4)), 6, 6, torch.float32)[None].masked_fill(mask, float("-inf"))
+    assert torch.equal(first, expected)
+    other = mask.clone()
+    third, _ = forward(other)
+    assert third is not first and torch.equal(third, expected)
+    other[1, 0, 4:, :4] = True                    # edited in place: rebuilt with the new cut
+    fourth, fifth = forward(other)
+    assert fourth is fifth and fourth is not third and torch.isinf(fourth[1, :, 4, 0]).all()
+    attn.clear_bias_cache()
