@@ -412,6 +412,9 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     c.require(t.precision in ("auto", "bf16", "fp32"),
               f"training.precision={t.precision!r} must be auto, bf16 or fp32")
     _validate_device(c, t)
+    c.require(not (getattr(m, "attention_backend", None) == "flash" and t.precision == "fp32"),
+              "model.attention_backend=flash needs bf16 weights (flash-attn has no fp32 kernels): "
+              "set training.precision=bf16 (or auto on a GPU), or use model.attention_backend=sdpa")
     c.require(t.eval_interval >= 0 and t.eval_iters >= 0, "training.eval_interval and eval_iters must be >= 0")
     try:
         seq = run.seq_length

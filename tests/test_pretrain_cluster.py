@@ -695,3 +695,37 @@ def test_alibi_document_mask_bias_is_built_once_per_forward(monkeypatch):
     fourth, fifth = forward(other)
     assert fourth is fifth and fourth is not third and torch.isinf(fourth[1, :, 4, 0]).all()
     attn.clear_bias_cache()
+
+
+def test_flash_alibi_slopes_are_made_once_and_stay_fp32():
+    """The flash path hands flash-attn this rank's fp32 slopes, the same tensor at every call."""
+    from types import SimpleNamespace
+
+    from pretrain.model import attention as attn
+    from pretrain.model.alibi import alibi_slopes
+
+    config = SimpleNamespace(context_parallel_size=1, num_attention_heads=8, num_query_groups=8, kv_channels=4,
+                             attention_dropout=0.0)
+    second_rank = SimpleNamespace(tp=SimpleNamespace(size=lambda: 2, rank=lambda: 1))
+    layer = attn.SDPAttention(config, 1, None, "self", pg_collection=second_rank, alibi=True)
+    given = []
+
+    def fake_flash(q, k, v, dropout_p, softmax_scale, causal, alibi_slopes):
+        given.append(alibi_slopes)
+        return q
+    layer.flash = fake_flash
+    q = torch.randn(5, 2, 4, 4, dtype=torch.bfloat16)
+    for _ in range(3):
+        assert layer(q, q, q).shape == (5, 2, 16)
+    assert given[0] is given[1] is given[2] and given[0].dtype == torch.float32
+    assert given[0].tolist() == alibi_slopes(8)[4:]
+
+
+def test_flash_backend_with_fp32_weights_is_a_config_error():
+    from stack_common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.attention_backend=flash needs bf16 weights"):
+        compose_run(["model=tiny_alibi", "model.attention_backend=flash", "training.precision=fp32",
+                     "training.dry_run=true", "optimizer=tiny"])
+    compose_run(["model=tiny_alibi", "model.attention_backend=flash", "training.precision=bf16",
+                 "training.dry_run=true", "optimizer=tiny"])

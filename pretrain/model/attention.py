@@ -63,17 +63,25 @@ class SDPAttention(MegatronModule):
             # This rank's heads are a contiguous block of the global heads.
             own = alibi_slopes(config.num_attention_heads)[tp_rank * self.heads:(tp_rank + 1) * self.heads]
             self.slopes = tuple(own)
+        self._slopes_tensor: Optional[torch.Tensor] = None
         self.flash = flash_kernel() if flash else None
 
     def _flash(self, query, key, value, dropout: float):
         """flash-attn: causal, ALiBi from its slopes (bias slope x (j - i), as ours), grouped
         K/V heads as they are. [s, b, h, d] in, [s, b, h x d] out."""
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))
-        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=q.device) if self.alibi else None
+        slopes = self._slopes_on(q.device) if self.alibi else None
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
             out = self.flash(q, k, v, dropout_p=dropout, softmax_scale=self.softmax_scale, causal=True,
                              alibi_slopes=slopes)
         return out.transpose(0, 1).reshape(query.shape[0], query.shape[1], self.heads * self.head_dim)
+
+    def _slopes_on(self, device) -> torch.Tensor:
+        # Made once per device, not at every call. A plain attribute, not a buffer: Float16Module
+        # would cast a buffer to bf16, and flash-attn takes fp32 slopes.
+        if self._slopes_tensor is None or self._slopes_tensor.device != device:
+            self._slopes_tensor = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        return self._slopes_tensor
 
     def _bias(self, seq_q: int, seq_k: int, dtype, device) -> torch.Tensor:
         key = (self.slopes, seq_q, seq_k, dtype, str(device))
