@@ -304,6 +304,7 @@ def check_speed(run, label: str, name: str, steps: int, max_mbs: int, out: Path)
     tflops = tokens * flops_per_token(run.model, run.seq_length, padded_vocab(run)) / 1e12
     peak_tf = peak_tflops(None)
     mfu = f", MFU {tflops / peak_tf:.1%} of {peak_tf:.0f}" if peak_tf else ""
+    mfu += " (causal attention FLOPs counted at half)"
     rows = [(f"step time / MFU ({label})",
              f"micro-batch {mbs}: {seconds * 1000:.0f} ms/step, {tokens:,.0f} tokens/s, {tflops:.1f} TFLOP/s{mfu}",
              None)]

@@ -98,7 +98,8 @@ class DataConfig:
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
     eod_mask_loss: bool = False
     # Packed sequences: attend only within each document (a mask per sample, built by megatron's
-    # GPTDataset; SDPA attention only) / restart position ids after each end-of-document.
+    # GPTDataset; SDPA attention only) / restart position ids after each end-of-document (no
+    # effect on either model: RoPE is built from the sequence length, ALiBi from distances).
     reset_attention_mask: bool = False
     reset_position_ids: bool = False
     num_workers: Optional[int] = None    # DataLoader worker processes; None: 2 on GPU, 0 on CPU

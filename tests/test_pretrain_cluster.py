@@ -437,6 +437,9 @@ def _eod_rank(rank, world, root):
             packed = model(tokens, torch.as_tensor(sample["position_ids"])[None],
                            torch.as_tensor(sample["attention_mask"])[None])[0]
             unmasked = model(tokens, torch.arange(32)[None], None)[0]
+            # Both position encodings are relative (and megatron builds RoPE from the sequence
+            # length): restarted position ids change nothing, the mask does it all.
+            unreset = model(tokens, torch.arange(32)[None], torch.as_tensor(sample["attention_mask"])[None])[0]
             ends = [i + 1 for i, t in enumerate(tokens[0].tolist()) if t == 2 and i + 1 < 32]
             starts = [0] + ends
             worst, masked_off = 0.0, 0.0
@@ -445,7 +448,7 @@ def _eod_rank(rank, world, root):
                 worst = max(worst, (packed[a:b] - alone).abs().max().item())
                 masked_off = max(masked_off, (unmasked[a:b] - alone).abs().max().item())
         out[position] = {"starts": starts, "positions_at_starts": [int(sample["position_ids"][a]) for a in starts],
-                         "worst": worst, "without_mask": masked_off}
+                         "worst": worst, "without_mask": masked_off, "reset_ids_change": (packed - unreset).abs().max().item()}
     # The DataLoader with worker processes feeds exactly the batches read in the process.
     from pretrain.data import microbatches
 
@@ -465,6 +468,7 @@ def test_eod_masking_matches_each_document_run_alone(one_rank):
         assert r["positions_at_starts"] == [0] * len(r["starts"])
         assert r["worst"] < 1e-5, (position, r)            # each document's logits as if alone
         assert r["without_mask"] > 1e-3, (position, r)     # and the mask is what makes it so
+        assert r["reset_ids_change"] == 0.0, (position, r)  # data.reset_position_ids: no effect
 
 
 # ----------------------------------------------------------------------------- per-stage seeds
@@ -729,3 +733,14 @@ def test_flash_backend_with_fp32_weights_is_a_config_error():
                      "training.dry_run=true", "optimizer=tiny"])
     compose_run(["model=tiny_alibi", "model.attention_backend=flash", "training.precision=bf16",
                  "training.dry_run=true", "optimizer=tiny"])
+
+
+def test_peak_tflops_tells_the_h100_parts_apart():
+    from pretrain.monitoring import device_peak_tflops
+
+    assert device_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert device_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert device_peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert device_peak_tflops("NVIDIA H200") == 989.0
+    assert device_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert device_peak_tflops("Tesla T4") is None

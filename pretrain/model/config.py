@@ -113,7 +113,8 @@ def fusion_flags(cfg: ModelConfig) -> dict:
 
 def recompute_flags(recompute) -> dict:
     """parallel.recompute: false/none, selective (core attention recomputed in the backward:
-    little compute for much memory at long sequences) or full/true (every layer)."""
+    frees much only where attention keeps seq x seq scores; SDPA, flash and TE fused attention
+    keep none, so there it frees little) or full/true (every layer)."""
     value = {True: "full", False: None, None: None, "none": None}.get(recompute, recompute)
     if value not in (None, "selective", "full"):
         raise ValueError(f"parallel.recompute={recompute!r} must be false, selective or full")
