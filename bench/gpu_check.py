@@ -154,7 +154,7 @@ def check_bf16(run, steps: int) -> tuple[str, str, bool]:
 
 
 def have_te() -> bool:
-    from pretrain.model.gpt import have_transformer_engine
+    from pretrain.model.config import have_transformer_engine
 
     return have_transformer_engine()
 

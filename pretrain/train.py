@@ -77,7 +77,7 @@ class Trainer:
         from megatron.core import parallel_state as mpu
 
         from pretrain.data import build_datasets, tokenizer_reference
-        from pretrain.model.gpt import uses_transformer_engine
+        from pretrain.model.config import uses_transformer_engine
         from pretrain.optim import build_optimizer, build_scheduler
         from pretrain.parallelize import build_parallel_model
 
