@@ -744,3 +744,20 @@ def test_peak_tflops_tells_the_h100_parts_apart():
     assert device_peak_tflops("NVIDIA H200") == 989.0
     assert device_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert device_peak_tflops("Tesla T4") is None
+
+
+def test_validation_reads_without_worker_processes(monkeypatch):
+    """Training batches come through data.num_workers processes; the validation set, read anew
+    at every evaluation, in the process itself (no workers started per evaluation)."""
+    from types import SimpleNamespace
+
+    from pretrain import data
+
+    calls = []
+    monkeypatch.setattr(data, "microbatches", lambda *args, **kwargs: calls.append((args, kwargs)) or iter(()))
+    run = SimpleNamespace(data=SimpleNamespace(num_workers=2),
+                          training=SimpleNamespace(micro_batch_size=2, eval_iters=3, global_batch_size=8))
+    assert data.loader_settings(run)["num_workers"] == 2
+    data.valid_microbatches("dataset", run, 1, 2)
+    assert calls == [(("dataset", 0, 2, 1, 2), {"end_sample": 24, "num_workers": 0,
+                                                 "pin_memory": torch.cuda.is_available()})]
