@@ -270,6 +270,11 @@ if __name__ == "__main__":   # not in the helper processes that spawn imports th
 """
 
 
+def test_a_signal_on_rank_0_only_stops_both_ranks(two_ranks):
+    assert [r["signal_one_rank"] for r in two_ranks] == [
+        (None, "signal", ["SIGUSR2"], [signal.SIGUSR2]), (None, "signal", [], [])]
+
+
 def test_sigusr2_saves_then_hands_over_to_the_requeue_handler(data_dir, tmp_path):  # noqa: F811
     run, marker = tmp_path / "run", tmp_path / "requeued"
     args = base_args(data_dir, run, 400) + ["training.eval_interval=0", "checkpoint.save_interval=0"]
@@ -612,9 +617,32 @@ def one_rank(tmp_path_factory):
     return launch(1, _one_rank_checks, str(root))[0]
 
 
+def _signal_one_rank(rank, world):
+    """SIGUSR2 reaches rank 0 only (Slurm may signal just the batch step's first task): both
+    ranks still agree to exit, and only rank 0 hands the signal on to the handler before ours."""
+    import os
+
+    from pretrain.faults import ExitSignals
+
+    init_layout(1, 1)
+    handed = []
+    signal.signal(signal.SIGUSR2, lambda signum, frame: handed.append(signum))
+    signals = ExitSignals(["SIGUSR2"])
+    try:
+        before = signals.exit_reason()
+        if rank == 0:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        after = signals.exit_reason()
+        signals.hand_over()
+    finally:
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    return before, after, signals.got, handed
+
+
 def _two_rank_checks(rank, world, root):
     fresh, stale, empty = (f"{root}/{name}" for name in ("fresh", "stale", "empty"))
-    return {"root": root, "resume": _resume_rank(rank, world, [fresh, stale], [None, None]),
+    return {"root": root, "signal_one_rank": _signal_one_rank(rank, world),
+            "resume": _resume_rank(rank, world, [fresh, stale], [None, None]),
             "resume_error": _resume_rank(rank, world, [empty, stale], [f"{root}/nowhere", None]),
             "dp_reshardable": _dp_reshardable_rank(rank, world, f"{root}/dp_reshardable")}
 
