@@ -453,7 +453,8 @@ def _eod_rank(rank, world, root):
                 worst = max(worst, (packed[a:b] - alone).abs().max().item())
                 masked_off = max(masked_off, (unmasked[a:b] - alone).abs().max().item())
         out[position] = {"starts": starts, "positions_at_starts": [int(sample["position_ids"][a]) for a in starts],
-                         "worst": worst, "without_mask": masked_off, "reset_ids_change": (packed - unreset).abs().max().item()}
+                         "worst": worst, "without_mask": masked_off,
+                         "reset_ids_change": (packed - unreset).abs().max().item()}
     # The DataLoader with worker processes feeds exactly the batches read in the process.
     from pretrain.data import microbatches
 
@@ -705,7 +706,8 @@ def test_alibi_document_mask_bias_is_built_once_per_forward(monkeypatch):
     seen = []
     real_sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        lambda *a, attn_mask=None, **k: seen.append(attn_mask) or real_sdpa(*a, attn_mask=attn_mask, **k))
+                        lambda *a, attn_mask=None, **k: seen.append(attn_mask)
+                        or real_sdpa(*a, attn_mask=attn_mask, **k))
     q = torch.randn(6, 2, 4, 8)
     causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
     mask = causal.clone()[None, None].repeat(2, 1, 1, 1)
@@ -718,7 +720,8 @@ def test_alibi_document_mask_bias_is_built_once_per_forward(monkeypatch):
 
     first, second = forward(mask)
     assert first is second and first.shape == (2, 4, 6, 6)
-    expected = alibi_causal_bias(torch.tensor(alibi_slopes(4)), 6, 6, torch.float32)[None].masked_fill(mask, float("-inf"))
+    bias = alibi_causal_bias(torch.tensor(alibi_slopes(4)), 6, 6, torch.float32)
+    expected = bias[None].masked_fill(mask, float("-inf"))
     assert torch.equal(first, expected)
     other = mask.clone()
     third, _ = forward(other)
