@@ -221,12 +221,20 @@ def _rng_sharded_object(state):
 
 
 def _optimizer_metadata(optimizer, sharding: str = DIST_OPT_SHARDING) -> dict:
-    from megatron.core.optimizer import ChainedOptimizer
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    return {"distrib_optim_sharding_type": sharding} if _distributed_optimizers(optimizer) else {}
 
-    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
-    distributed = any(isinstance(o, DistributedOptimizer) for o in inner)
-    return {"distrib_optim_sharding_type": sharding} if distributed else {}
+
+def check_optimizer_kind(ckpt_dir, meta: dict, distributed: bool) -> None:
+    """A run saved with the plain optimizer cannot load its state into the distributed one (the
+    7B/13B presets turned it on), nor the reverse: one clear error instead of megatron's."""
+    saved = meta.get("config", {}).get("optimizer", {}).get("distributed")
+    if saved is None or bool(saved) == distributed:
+        return
+    kind = {True: "the distributed optimizer", False: "the plain optimizer"}
+    raise UserError(f"its optimizer state was saved by {kind[bool(saved)]}, this run uses {kind[distributed]}",
+                    file=str(ckpt_dir), field="optimizer.distributed",
+                    expected=f"optimizer.distributed={str(bool(saved)).lower()}, or "
+                             "checkpoint.load_optimizer=false (weights only)")
 
 
 def saved_optimizer_sharding(ckpt_dir, meta: dict, layout: dict) -> str:
@@ -373,6 +381,7 @@ class CheckpointManager:
         # schedule are that state exactly.
         with_optimizer = load_optimizer and optimizer is not None and meta.get("iteration", 0) > 0
         if with_optimizer:
+            check_optimizer_kind(ckpt_dir, meta, bool(_distributed_optimizers(optimizer)))
             init_distributed_optimizer_state(optimizer)
         same_layout = all(meta.get(k) == layout[k] for k in ("tp", "pp", "vpp", "dp"))
         sharding = saved_optimizer_sharding(ckpt_dir, meta, layout) if with_optimizer else DIST_OPT_SHARDING
@@ -469,12 +478,8 @@ def check_vocab(meta: dict, model_chunks) -> None:
 def init_distributed_optimizer_state(optimizer) -> None:
     """A fresh DistributedOptimizer has no AdamW state to load into: create it with one step of
     zero gradients at zero learning rate and weight decay (parameters stay as they are)."""
-    from megatron.core.optimizer import ChainedOptimizer
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
-    for opt in inner:
-        if not isinstance(opt, DistributedOptimizer) or len(opt.optimizer.state) > 0:
+    for opt in _distributed_optimizers(optimizer):
+        if len(opt.optimizer.state) > 0:
             continue
         saved = [(g["lr"], g["weight_decay"]) for g in opt.optimizer.param_groups]
         for g in opt.optimizer.param_groups:
@@ -490,11 +495,7 @@ def adam_steps_aside(optimizer):
     each parameter's optimizer state, and has none for torch AdamW's per-parameter `step`
     (apex/TE FusedAdam keep it in the param group): hide `step` from that copy (megatron has
     already set it from the param group)."""
-    from megatron.core.optimizer import ChainedOptimizer
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
-    patched = [o for o in inner if isinstance(o, DistributedOptimizer)]
+    patched = _distributed_optimizers(optimizer)
     for opt in patched:
         opt._set_main_param_and_optimizer_states = _without_step(opt, opt._set_main_param_and_optimizer_states)
     try:
@@ -531,11 +532,20 @@ def restore_adam_steps(optimizer) -> None:
                     st["step"] = torch.as_tensor(float(group["step"]), dtype=torch.float32)
 
 
-def _torch_optimizers(optimizer):
+def _inner_optimizers(optimizer) -> list:
     from megatron.core.optimizer import ChainedOptimizer
 
-    inner = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
-    return [o.optimizer for o in inner if getattr(o, "optimizer", None) is not None]
+    return optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+
+
+def _distributed_optimizers(optimizer) -> list:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return [o for o in _inner_optimizers(optimizer) if isinstance(o, DistributedOptimizer)]
+
+
+def _torch_optimizers(optimizer):
+    return [o.optimizer for o in _inner_optimizers(optimizer) if getattr(o, "optimizer", None) is not None]
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -98,7 +98,8 @@ class DataConfig:
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
     eod_mask_loss: bool = False
     # Packed sequences: attend only within each document (a mask per sample, built by megatron's
-    # GPTDataset; SDPA attention only) / restart position ids after each end-of-document.
+    # GPTDataset; SDPA attention only) / restart position ids after each end-of-document (no
+    # effect on either model: RoPE is built from the sequence length, ALiBi from distances).
     reset_attention_mask: bool = False
     reset_position_ids: bool = False
     num_workers: Optional[int] = None    # DataLoader worker processes; None: 2 on GPU, 0 on CPU
@@ -412,6 +413,9 @@ def validate(run: RunConfig, world_size: int, early_problems: list[str] = ()) ->
     c.require(t.precision in ("auto", "bf16", "fp32"),
               f"training.precision={t.precision!r} must be auto, bf16 or fp32")
     _validate_device(c, t)
+    c.require(not (getattr(m, "attention_backend", None) == "flash" and t.precision == "fp32"),
+              "model.attention_backend=flash needs bf16 weights (flash-attn has no fp32 kernels): "
+              "set training.precision=bf16 (or auto on a GPU), or use model.attention_backend=sdpa")
     c.require(t.eval_interval >= 0 and t.eval_iters >= 0, "training.eval_interval and eval_iters must be >= 0")
     try:
         seq = run.seq_length

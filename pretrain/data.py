@@ -220,10 +220,12 @@ def microbatch_sha256(batch: dict) -> str:
 
 
 def valid_microbatches(dataset, run: RunConfig, dp_rank: int, dp_size: int) -> Iterator[dict]:
-    """The fixed validation set (same samples every evaluation, so losses compare)."""
+    """The fixed validation set (same samples every evaluation, so losses compare). Read in this
+    process: worker processes started anew at every evaluation cost more than the few batches."""
     t = run.training
     return microbatches(dataset, 0, t.micro_batch_size, dp_rank, dp_size,
-                        end_sample=t.eval_iters * t.global_batch_size, **loader_settings(run))
+                        end_sample=t.eval_iters * t.global_batch_size,
+                        **dict(loader_settings(run), num_workers=0))
 
 
 def tokenizer_reference(run: RunConfig) -> dict:

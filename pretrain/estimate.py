@@ -21,10 +21,17 @@ class Estimate:
     bf16: bool
     state_bytes: float          # weights + fp32 grads + optimizer state, per rank
     activation_bytes: float     # per rank, with flash/fused attention (no s^2 term)
+    logits_bytes: float         # last stage: one micro-batch's logits and loss copies
 
     @property
     def total_bytes(self) -> float:
-        return self.state_bytes + self.activation_bytes
+        return self.state_bytes + self.activation_bytes + self.logits_bytes
+
+
+def logits_bytes(seq: int, micro_batch: int, padded_vocab: int, tp: int, weight_bytes: int) -> float:
+    """One micro-batch's logits on the last stage: the output layer's (weight dtype), their fp32
+    copy for the loss and the fp32 cross-entropy buffer (softmax, then its gradient)."""
+    return seq * micro_batch * padded_vocab * (weight_bytes + 4 + 4) / tp
 
 
 def estimate(run: RunConfig, world: int | None = None) -> Estimate:
@@ -48,7 +55,7 @@ def estimate(run: RunConfig, world: int | None = None) -> Estimate:
     act = layers // p.pp * seq * mbs * h * 34 * (weight_bytes / 2) / p.tp * min(p.pp, t.global_batch_size)
     return Estimate(total_params=total, embedding_params=2 * embed, rank_params=per_rank, padded_vocab=vocab,
                     world=world, dp=dp, bf16=bf16, state_bytes=per_rank * (weight_bytes + grad_bytes + optim_bytes),
-                    activation_bytes=act)
+                    activation_bytes=act, logits_bytes=logits_bytes(seq, mbs, vocab, p.tp, weight_bytes))
 
 
 def dry_run(run: RunConfig) -> int:
@@ -60,6 +67,7 @@ def dry_run(run: RunConfig) -> int:
     print(f"layout: tp={p.tp} pp={p.pp} vpp={p.vpp} dp={e.dp} (world {e.world}); "
           f"{e.rank_params / 1e6:,.1f}M parameters on the largest rank")
     print(f"memory per rank (estimate): weights+grads+optimizer {e.state_bytes / GiB:.2f} GiB, "
-          f"activations {e.activation_bytes / GiB:.2f} GiB, total {e.total_bytes / GiB:.2f} GiB "
+          f"activations {e.activation_bytes / GiB:.2f} GiB, logits {e.logits_bytes / GiB:.2f} GiB, "
+          f"total {e.total_bytes / GiB:.2f} GiB "
           f"({'bf16 + fp32 master' if e.bf16 else 'fp32'}{', distributed optimizer' if distributed else ''})")
     return 0

@@ -26,9 +26,14 @@ TRAIN_TAGS = [
 ]
 VALID_TAGS = ["valid/lm_loss", "valid/perplexity"]
 
-# Dense bf16 peak of common accelerators, TFLOP/s per device (for MFU).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "H800": 989.0,
-               "L40S": 362.0, "B200": 2250.0}
+# Dense bf16 peak of common accelerators, TFLOP/s per device (for MFU). Matched in this order
+# against the device name: the PCIe and NVL parts before the SXM part that shares their name.
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "H800": 989.0,
+               "A100": 312.0, "A800": 312.0, "L40S": 362.0, "B200": 2250.0}
+
+
+def device_peak_tflops(name: str) -> Optional[float]:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 def peak_tflops(configured: Optional[float]) -> Optional[float]:
@@ -36,12 +41,12 @@ def peak_tflops(configured: Optional[float]) -> Optional[float]:
         return configured
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return device_peak_tflops(torch.cuda.get_device_name())
 
 
 def flops_per_token(model_cfg, seq_length: int, vocab_size: int) -> float:
-    """Training FLOPs per token (forward + backward = 3 x forward), matmuls and attention."""
+    """Training FLOPs per token (forward + backward = 3 x forward), matmuls and attention; causal
+    attention counts half the seq x seq products (Megatron's MFU counts all of them)."""
     h = model_cfg.hidden_size
     layers = model_cfg.num_layers
     ffn = getattr(model_cfg, "ffn_hidden_size", None) or 4 * h

@@ -28,14 +28,14 @@ def init_distributed(tp: int = 1, pp: int = 1, vpp: Optional[int] = None, seed: 
     from pretrain.cpu_compat import apply_if_needed
 
     apply_if_needed()
-    from megatron.core import parallel_state
-
+    _default_env()      # before LOCAL_RANK is read: a lone process without it falls back to RANK
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backend = backend or ("nccl" if device == "cuda" else "gloo")
     if device == "cuda":
         torch.cuda.set_device(local_device_index(torch.cuda.device_count()))
+    from megatron.core import parallel_state
+
     if not torch.distributed.is_initialized():
-        _default_env()
         timeout = timedelta(minutes=timeout_minutes)
         store, rank, world = next(torch.distributed.rendezvous("env://", timeout=timeout))
         store.set_timeout(timeout)

@@ -77,7 +77,7 @@ class Trainer:
         from megatron.core import parallel_state as mpu
 
         from pretrain.data import build_datasets, tokenizer_reference
-        from pretrain.model.gpt import uses_transformer_engine
+        from pretrain.model.config import uses_transformer_engine
         from pretrain.optim import build_optimizer, build_scheduler
         from pretrain.parallelize import build_parallel_model
 
@@ -216,74 +216,26 @@ class Trainer:
         or training.exit_duration_mins (a checkpoint is saved first)."""
         from pretrain.optim import current_lr
 
-        run, t, c, lg = self.run, self.run.training, self.run.checkpoint, self.run.logging
+        t, c = self.run.training, self.run.checkpoint
         own_signals = signals is None
         signals = signals or ExitSignals(t.exit_signals, t.exit_duration_mins)
         self.last_saved = self.state.iteration
         data_iterator = self._data_iterator(self.state.consumed_samples)
-        tokens_per_iter = t.global_batch_size * self.seq
-        exit_code = 0
+        exit_code = None
         try:
             if self.state.iteration == 0:
                 if t.eval_interval > 0:
                     self._evaluate_and_log()
                 if c.milestone_step0:
                     self.save(keep=True)    # the initial weights, before any update
-            while self.state.iteration < t.train_iters:
+            while exit_code is None and self.state.iteration < t.train_iters:
                 lr = current_lr(self.optimizer)        # the rate this step uses
                 start = time.perf_counter()
                 m = self.train_one(data_iterator)
-                step_time = time.perf_counter() - start
-                st = self.state
-                st.iteration += 1
-                st.consumed_samples += t.global_batch_size
-                st.consumed_tokens += tokens_per_iter
-                skipped = bool(m.get("skipped", not math.isfinite(m["total_loss"])))
-                self.recent.step(st.iteration, lr, m["lm_loss"], skipped)
-                self.watch.record(skipped)   # a non-finite loss or grad norm: counts toward the stop
-                if skipped:
-                    st.skipped_iters += 1
-                    st.nonfinite_total += 1
-                    log.warning(f"iteration {st.iteration}: non-finite loss {m['total_loss']} or grad norm "
-                                f"{m['grad_norm']}: step skipped ({self.watch.in_row} in a row)")
-                else:
-                    self.scheduler.step(increment=1)
-                if not skipped and self.watch.is_spike(m["lm_loss"]):
-                    log.warning(f"iteration {st.iteration}: loss spike {m['lm_loss']:.4f} > "
-                                f"{t.loss_spike_factor} x running mean")
-                self.ckpt.finalize()
-                if st.iteration % lg.log_interval == 0 or skipped:
-                    self._log_train(m, step_time, lr)
-                if t.eval_interval > 0 and st.iteration % t.eval_interval == 0:
-                    self._evaluate_and_log()
-                if self.watch.too_many():
-                    self.save()
-                    raise UserError(f"{self.watch.in_row} non-finite losses or grad norms in a row at iteration "
-                                    f"{st.iteration}; saved {checkpoints_root(run.run_dir)}/latest. Lower "
-                                    "optimizer.lr or resume from an earlier checkpoint with other data order")
-                keep = self._milestone_reached()
-                if keep or (c.save_interval and st.iteration % c.save_interval == 0):
-                    self.save(keep=keep)
-                reason = signals.exit_reason()
-                if reason:
-                    why = (f"exit signal {signals.got or '(on another rank)'}" if reason == "signal" else
-                           f"training.exit_duration_mins={t.exit_duration_mins} reached")
-                    log.warning(f"{why}: saving and exiting with requeue code {t.requeue_exit_code}")
-                    if self.last_saved != st.iteration:
-                        self.save()
-                    exit_code = t.requeue_exit_code
-                    break
-                if st.iteration == run.faults.inject_sigkill_after_iter:
-                    log.warning(f"fault drill: SIGKILL after iteration {st.iteration}")
-                    torch.distributed.barrier()
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if t.exit_after_iter and st.iteration >= t.exit_after_iter:
-                    if self.last_saved != st.iteration:
-                        self.save()
-                    break
-            else:
-                if c.save_on_exit and self.last_saved != self.state.iteration:
-                    self.save()
+                self._after_step(m, time.perf_counter() - start, lr)
+                exit_code = self._exit_code(signals)
+            if exit_code is None and c.save_on_exit and self.last_saved != self.state.iteration:
+                self.save()
         finally:
             self.ckpt.finalize(blocking=True)
             if self.batch_hashes is not None:
@@ -291,7 +243,65 @@ class Trainer:
             if own_signals:
                 signals.restore()
             self.monitor.close()
-        return exit_code
+        return exit_code or 0
+
+    def _after_step(self, m: dict, step_time: float, lr: float) -> None:
+        """Progress, skipped-step and spike bookkeeping, logging, evaluation, the non-finite
+        stop and the scheduled saves of the step just taken."""
+        run, t, c, lg, st = self.run, self.run.training, self.run.checkpoint, self.run.logging, self.state
+        st.iteration += 1
+        st.consumed_samples += t.global_batch_size
+        st.consumed_tokens += t.global_batch_size * self.seq
+        skipped = bool(m.get("skipped", not math.isfinite(m["total_loss"])))
+        self.recent.step(st.iteration, lr, m["lm_loss"], skipped)
+        self.watch.record(skipped)   # a non-finite loss or grad norm: counts toward the stop
+        if skipped:
+            st.skipped_iters += 1
+            st.nonfinite_total += 1
+            log.warning(f"iteration {st.iteration}: non-finite loss {m['total_loss']} or grad norm "
+                        f"{m['grad_norm']}: step skipped ({self.watch.in_row} in a row)")
+        else:
+            self.scheduler.step(increment=1)
+        if not skipped and self.watch.is_spike(m["lm_loss"]):
+            log.warning(f"iteration {st.iteration}: loss spike {m['lm_loss']:.4f} > "
+                        f"{t.loss_spike_factor} x running mean")
+        self.ckpt.finalize()
+        if st.iteration % lg.log_interval == 0 or skipped:
+            self._log_train(m, step_time, lr)
+        if t.eval_interval > 0 and st.iteration % t.eval_interval == 0:
+            self._evaluate_and_log()
+        if self.watch.too_many():
+            self.save()
+            raise UserError(f"{self.watch.in_row} non-finite losses or grad norms in a row at iteration "
+                            f"{st.iteration}; saved {checkpoints_root(run.run_dir)}/latest. Lower "
+                            "optimizer.lr or resume from an earlier checkpoint with other data order")
+        keep = self._milestone_reached()
+        if keep or (c.save_interval and st.iteration % c.save_interval == 0):
+            self.save(keep=keep)
+
+    def _exit_code(self, signals: ExitSignals) -> int | None:
+        """After a step: requeue_exit_code on an exit signal or the time limit, 0 at
+        training.exit_after_iter (each after a save), None to go on. Runs the SIGKILL drill."""
+        t, st = self.run.training, self.state
+        reason = signals.exit_reason()
+        if reason:
+            why = (f"exit signal {signals.got or '(on another rank)'}" if reason == "signal" else
+                   f"training.exit_duration_mins={t.exit_duration_mins} reached")
+            log.warning(f"{why}: saving and exiting with requeue code {t.requeue_exit_code}")
+            self._save_unless_saved()
+            return t.requeue_exit_code
+        if st.iteration == self.run.faults.inject_sigkill_after_iter:
+            log.warning(f"fault drill: SIGKILL after iteration {st.iteration}")
+            torch.distributed.barrier()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if t.exit_after_iter and st.iteration >= t.exit_after_iter:
+            self._save_unless_saved()
+            return 0
+        return None
+
+    def _save_unless_saved(self) -> None:
+        if self.last_saved != self.state.iteration:
+            self.save()
 
     def _milestone_reached(self) -> bool:
         c, st = self.run.checkpoint, self.state

@@ -4,6 +4,8 @@ GPU index under Slurm binding, SIGUSR2 and the time limit on a real training pro
 training.device=cuda without CUDA."""
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import signal
 import subprocess
@@ -190,6 +192,28 @@ def test_local_gpu_index_wraps_at_the_visible_count(monkeypatch):
     assert local_device_index(1) == 0     # Slurm binding one GPU per task
 
 
+def test_gpu_index_falls_back_to_rank_when_local_rank_is_unset(monkeypatch):
+    """A process started without LOCAL_RANK (RANK=3) binds GPU 3, not GPU 0."""
+    import pretrain.cpu_compat
+    from pretrain.parallel import init_distributed
+
+    chosen = []
+
+    def set_device(index):
+        chosen.append(index)
+        raise RuntimeError("stop after binding the device")
+
+    for name, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(pretrain.cpu_compat, "apply_if_needed", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    with pytest.raises(RuntimeError, match="stop after binding the device"):
+        init_distributed(device="cuda")
+    assert chosen == [3]
+
+
 # ----------------------------------------------------------------------------- rank 0 reads latest
 
 def _fake_checkpoint(root: Path, iteration: int) -> None:
@@ -244,6 +268,11 @@ if __name__ == "__main__":   # not in the helper processes that spawn imports th
     from pretrain.__main__ import main
     main()
 """
+
+
+def test_a_signal_on_rank_0_only_stops_both_ranks(two_ranks):
+    assert [r["signal_one_rank"] for r in two_ranks] == [
+        (None, "signal", ["SIGUSR2"], [signal.SIGUSR2]), (None, "signal", [], [])]
 
 
 def test_sigusr2_saves_then_hands_over_to_the_requeue_handler(data_dir, tmp_path):  # noqa: F811
@@ -413,6 +442,9 @@ def _eod_rank(rank, world, root):
             packed = model(tokens, torch.as_tensor(sample["position_ids"])[None],
                            torch.as_tensor(sample["attention_mask"])[None])[0]
             unmasked = model(tokens, torch.arange(32)[None], None)[0]
+            # Both position encodings are relative (and megatron builds RoPE from the sequence
+            # length): restarted position ids change nothing, the mask does it all.
+            unreset = model(tokens, torch.arange(32)[None], torch.as_tensor(sample["attention_mask"])[None])[0]
             ends = [i + 1 for i, t in enumerate(tokens[0].tolist()) if t == 2 and i + 1 < 32]
             starts = [0] + ends
             worst, masked_off = 0.0, 0.0
@@ -421,7 +453,8 @@ def _eod_rank(rank, world, root):
                 worst = max(worst, (packed[a:b] - alone).abs().max().item())
                 masked_off = max(masked_off, (unmasked[a:b] - alone).abs().max().item())
         out[position] = {"starts": starts, "positions_at_starts": [int(sample["position_ids"][a]) for a in starts],
-                         "worst": worst, "without_mask": masked_off}
+                         "worst": worst, "without_mask": masked_off,
+                         "reset_ids_change": (packed - unreset).abs().max().item()}
     # The DataLoader with worker processes feeds exactly the batches read in the process.
     from pretrain.data import microbatches
 
@@ -441,6 +474,7 @@ def test_eod_masking_matches_each_document_run_alone(one_rank):
         assert r["positions_at_starts"] == [0] * len(r["starts"])
         assert r["worst"] < 1e-5, (position, r)            # each document's logits as if alone
         assert r["without_mask"] > 1e-3, (position, r)     # and the mask is what makes it so
+        assert r["reset_ids_change"] == 0.0, (position, r)  # data.reset_position_ids: no effect
 
 
 # ----------------------------------------------------------------------------- per-stage seeds
@@ -505,6 +539,13 @@ def test_fusions_only_on_gpu_and_only_with_their_kernels(monkeypatch):
     assert not any(model_config.fusion_flags(rope).values())              # CPU: all off
     monkeypatch.setattr(model_config, "on_cuda", lambda: True)
     monkeypatch.setattr(model_config, "have_transformer_engine", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    apex = {"fused_weight_gradient_mlp_cuda": None}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: apex[name] if name in apex else real_find_spec(name, *a))
+    assert not model_config.fusion_flags(rope)["gradient_accumulation_fusion"]   # TE, no apex kernel
+    assert model_config.fusion_flags(rope)["apply_rope_fusion"]
+    apex["fused_weight_gradient_mlp_cuda"] = importlib.machinery.ModuleSpec("fused_weight_gradient_mlp_cuda", None)
     assert model_config.fusion_flags(rope) == {
         "bias_activation_fusion": True, "bias_dropout_fusion": True, "masked_softmax_fusion": False,
         "apply_rope_fusion": True, "gradient_accumulation_fusion": True, "persist_layer_norm": False}
@@ -577,9 +618,32 @@ def one_rank(tmp_path_factory):
     return launch(1, _one_rank_checks, str(root))[0]
 
 
+def _signal_one_rank(rank, world):
+    """SIGUSR2 reaches rank 0 only (Slurm may signal just the batch step's first task): both
+    ranks still agree to exit, and only rank 0 hands the signal on to the handler before ours."""
+    import os
+
+    from pretrain.faults import ExitSignals
+
+    init_layout(1, 1)
+    handed = []
+    signal.signal(signal.SIGUSR2, lambda signum, frame: handed.append(signum))
+    signals = ExitSignals(["SIGUSR2"])
+    try:
+        before = signals.exit_reason()
+        if rank == 0:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        after = signals.exit_reason()
+        signals.hand_over()
+    finally:
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    return before, after, signals.got, handed
+
+
 def _two_rank_checks(rank, world, root):
     fresh, stale, empty = (f"{root}/{name}" for name in ("fresh", "stale", "empty"))
-    return {"root": root, "resume": _resume_rank(rank, world, [fresh, stale], [None, None]),
+    return {"root": root, "signal_one_rank": _signal_one_rank(rank, world),
+            "resume": _resume_rank(rank, world, [fresh, stale], [None, None]),
             "resume_error": _resume_rank(rank, world, [empty, stale], [f"{root}/nowhere", None]),
             "dp_reshardable": _dp_reshardable_rank(rank, world, f"{root}/dp_reshardable")}
 
@@ -590,3 +654,141 @@ def two_ranks(tmp_path_factory):
     _fake_checkpoint(root / "fresh", 8)
     _fake_checkpoint(root / "stale", 4)
     return launch(2, _two_rank_checks, str(root))
+
+
+def test_optimizer_kind_change_is_one_clear_error():
+    """A 7B run saved with the plain optimizer, resumed after the preset turned on the
+    distributed one (and the reverse); checkpoints without the config load as before."""
+    from pretrain.checkpointing import check_optimizer_kind
+    from stack_common.errors import UserError
+
+    plain = {"config": {"optimizer": {"distributed": False}}}
+    with pytest.raises(UserError) as err:
+        check_optimizer_kind("/runs/7b/checkpoints/iter_0001000", plain, distributed=True)
+    msg = str(err.value)
+    assert "its optimizer state was saved by the plain optimizer, this run uses the distributed optimizer" in msg
+    assert "/runs/7b/checkpoints/iter_0001000" in msg and "optimizer.distributed=false" in msg \
+        and "checkpoint.load_optimizer=false" in msg
+    with pytest.raises(UserError, match="saved by the distributed optimizer, this run uses the plain optimizer"):
+        check_optimizer_kind("ckpt", {"config": {"optimizer": {"distributed": True}}}, distributed=False)
+    check_optimizer_kind("ckpt", plain, distributed=False)
+    check_optimizer_kind("ckpt", {"iteration": 3}, distributed=True)
+
+
+def test_memory_estimate_counts_the_logits_of_one_micro_batch():
+    """7B at TP=2, seq 4096, micro-batch 1, bf16: vocabulary 125,696 (256 x 491, no padding);
+    logits bf16 + fp32 copy + fp32 cross-entropy buffer = 4096 x 125952 x 10 / 2 bytes."""
+    from pretrain.estimate import estimate
+
+    run = compose_run(["model=baichuan2_7b", "parallel=tp2", "training.dry_run=true", "training.micro_batch_size=1",
+                       "training.precision=bf16", "optimizer=tiny"])
+    e = estimate(run, world=2)
+    assert (run.seq_length, e.padded_vocab, e.bf16) == (4096, 125696, True)
+    assert e.logits_bytes == 4096 * 125696 * 10 / 2 == 2_574_254_080
+    assert e.total_bytes == e.state_bytes + e.activation_bytes + e.logits_bytes
+
+
+def test_alibi_document_mask_bias_is_built_once_per_forward(monkeypatch):
+    """Two layers of one forward share one masked [b, heads, s, s] bias (SDPA keeps it for the
+    backward: one copy per layer would cost 0.67 GB each for 13B at TP=2, s=4096); a new mask,
+    or the same mask edited in place, gets a new one with its own cuts."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from pretrain.model import attention as attn
+    from pretrain.model.alibi import alibi_causal_bias, alibi_slopes
+
+    config = SimpleNamespace(context_parallel_size=1, num_attention_heads=4, num_query_groups=4, kv_channels=8,
+                             attention_dropout=0.0)
+    tp = SimpleNamespace(tp=SimpleNamespace(size=lambda: 1, rank=lambda: 0))
+    layers = [attn.SDPAttention(config, i + 1, None, "self", pg_collection=tp, alibi=True) for i in range(2)]
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, attn_mask=None, **k: seen.append(attn_mask)
+                        or real_sdpa(*a, attn_mask=attn_mask, **k))
+    q = torch.randn(6, 2, 4, 8)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    mask = causal.clone()[None, None].repeat(2, 1, 1, 1)
+    mask[0, 0, 3:, :3] = True                     # first sequence: a document ends after token 3
+
+    def forward(m):
+        for layer in layers:
+            layer(q, q, q, attention_mask=m)
+        return seen[-2:]
+
+    first, second = forward(mask)
+    assert first is second and first.shape == (2, 4, 6, 6)
+    bias = alibi_causal_bias(torch.tensor(alibi_slopes(4)), 6, 6, torch.float32)
+    expected = bias[None].masked_fill(mask, float("-inf"))
+    assert torch.equal(first, expected)
+    other = mask.clone()
+    third, _ = forward(other)
+    assert third is not first and torch.equal(third, expected)
+    other[1, 0, 4:, :4] = True                    # edited in place: rebuilt with the new cut
+    fourth, fifth = forward(other)
+    assert fourth is fifth and fourth is not third and torch.isinf(fourth[1, :, 4, 0]).all()
+    attn.clear_bias_cache()
+
+
+def test_flash_alibi_slopes_are_made_once_and_stay_fp32():
+    """The flash path hands flash-attn this rank's fp32 slopes, the same tensor at every call."""
+    from types import SimpleNamespace
+
+    from pretrain.model import attention as attn
+    from pretrain.model.alibi import alibi_slopes
+
+    config = SimpleNamespace(context_parallel_size=1, num_attention_heads=8, num_query_groups=8, kv_channels=4,
+                             attention_dropout=0.0)
+    second_rank = SimpleNamespace(tp=SimpleNamespace(size=lambda: 2, rank=lambda: 1))
+    layer = attn.SDPAttention(config, 1, None, "self", pg_collection=second_rank, alibi=True)
+    given = []
+
+    def fake_flash(q, k, v, dropout_p, softmax_scale, causal, alibi_slopes):
+        given.append(alibi_slopes)
+        return q
+    layer.flash = fake_flash
+    q = torch.randn(5, 2, 4, 4, dtype=torch.bfloat16)
+    for _ in range(3):
+        assert layer(q, q, q).shape == (5, 2, 16)
+    assert given[0] is given[1] is given[2] and given[0].dtype == torch.float32
+    assert given[0].tolist() == alibi_slopes(8)[4:]
+
+
+def test_flash_backend_with_fp32_weights_is_a_config_error():
+    from stack_common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.attention_backend=flash needs bf16 weights"):
+        compose_run(["model=tiny_alibi", "model.attention_backend=flash", "training.precision=fp32",
+                     "training.dry_run=true", "optimizer=tiny"])
+    compose_run(["model=tiny_alibi", "model.attention_backend=flash", "training.precision=bf16",
+                 "training.dry_run=true", "optimizer=tiny"])
+
+
+def test_peak_tflops_tells_the_h100_parts_apart():
+    from pretrain.monitoring import device_peak_tflops
+
+    assert device_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert device_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert device_peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert device_peak_tflops("NVIDIA H200") == 989.0
+    assert device_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert device_peak_tflops("Tesla T4") is None
+
+
+def test_validation_reads_without_worker_processes(monkeypatch):
+    """Training batches come through data.num_workers processes; the validation set, read anew
+    at every evaluation, in the process itself (no workers started per evaluation)."""
+    from types import SimpleNamespace
+
+    from pretrain import data
+
+    calls = []
+    monkeypatch.setattr(data, "microbatches", lambda *args, **kwargs: calls.append((args, kwargs)) or iter(()))
+    run = SimpleNamespace(data=SimpleNamespace(num_workers=2),
+                          training=SimpleNamespace(micro_batch_size=2, eval_iters=3, global_batch_size=8))
+    assert data.loader_settings(run)["num_workers"] == 2
+    data.valid_microbatches("dataset", run, 1, 2)
+    assert calls == [(("dataset", 0, 2, 1, 2), {"end_sample": 24, "num_workers": 0,
+                                                 "pin_memory": torch.cuda.is_available()})]

@@ -17,7 +17,28 @@ from megatron.core.transformer.module import MegatronModule
 
 from .alibi import alibi_causal_bias, alibi_slopes
 
+# One ALiBi bias shared by all layers (13B at 4096 tokens: 1.3 GB per copy in bf16 at TP=1), and
+# one per document mask: built once per forward, not once per layer.
 _BIAS_CACHE: dict = {}
+_MASKED_BIAS_CACHE: dict = {}
+
+
+def clear_bias_cache() -> None:
+    _BIAS_CACHE.clear()
+    _MASKED_BIAS_CACHE.clear()
+
+
+def masked_alibi_bias(bias: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[b or 1, heads, s, s]: the ALiBi `bias` with -inf where `attention_mask` (True = cut) is
+    set. Every layer of a forward gets the same tensor; the cache holds the mask itself, so its
+    address cannot be reused by another micro-batch's mask while the entry lives."""
+    entry = _MASKED_BIAS_CACHE.get("entry")
+    if entry is not None and entry[0] is attention_mask and entry[1] == attention_mask._version \
+            and entry[2] is bias:
+        return entry[3]
+    masked = bias.unsqueeze(0).masked_fill(attention_mask, float("-inf"))
+    _MASKED_BIAS_CACHE["entry"] = (attention_mask, attention_mask._version, bias, masked)
+    return masked
 
 
 class SDPAttention(MegatronModule):
@@ -42,23 +63,30 @@ class SDPAttention(MegatronModule):
             # This rank's heads are a contiguous block of the global heads.
             own = alibi_slopes(config.num_attention_heads)[tp_rank * self.heads:(tp_rank + 1) * self.heads]
             self.slopes = tuple(own)
+        self._slopes_tensor: Optional[torch.Tensor] = None
         self.flash = flash_kernel() if flash else None
 
     def _flash(self, query, key, value, dropout: float):
         """flash-attn: causal, ALiBi from its slopes (bias slope x (j - i), as ours), grouped
         K/V heads as they are. [s, b, h, d] in, [s, b, h x d] out."""
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))
-        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=q.device) if self.alibi else None
+        slopes = self._slopes_on(q.device) if self.alibi else None
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
             out = self.flash(q, k, v, dropout_p=dropout, softmax_scale=self.softmax_scale, causal=True,
                              alibi_slopes=slopes)
         return out.transpose(0, 1).reshape(query.shape[0], query.shape[1], self.heads * self.head_dim)
 
+    def _slopes_on(self, device) -> torch.Tensor:
+        # Made once per device, not at every call. A plain attribute, not a buffer: Float16Module
+        # would cast a buffer to bf16, and flash-attn takes fp32 slopes.
+        if self._slopes_tensor is None or self._slopes_tensor.device != device:
+            self._slopes_tensor = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        return self._slopes_tensor
+
     def _bias(self, seq_q: int, seq_k: int, dtype, device) -> torch.Tensor:
-        # One bias shared by all layers (13B at 4096 tokens: 1.3 GB per copy in bf16 at TP=1).
         key = (self.slopes, seq_q, seq_k, dtype, str(device))
         if key not in _BIAS_CACHE:
-            _BIAS_CACHE.clear()
+            clear_bias_cache()
             slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
             _BIAS_CACHE[key] = alibi_causal_bias(slopes, seq_q, seq_k, dtype)
         return _BIAS_CACHE[key]
@@ -79,7 +107,7 @@ class SDPAttention(MegatronModule):
             if mask is None:
                 mask = ~attention_mask
             else:
-                mask = mask.unsqueeze(0).masked_fill(attention_mask, float("-inf"))
+                mask = masked_alibi_bias(mask, attention_mask)
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                  is_causal=mask is None, scale=self.softmax_scale)

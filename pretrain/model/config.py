@@ -1,6 +1,7 @@
 """The Baichuan 2 model description (Hydra group `model`) and its megatron-core TransformerConfig."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Optional
 
@@ -90,21 +91,30 @@ def uses_transformer_engine(cfg: ModelConfig) -> bool:
     return have_transformer_engine()
 
 
+def have_grad_accumulation_kernel() -> bool:
+    """apex's fused_weight_gradient_mlp_cuda, which megatron's own ColumnParallelLinear (our
+    output layer, in both specs) requires when gradient-accumulation fusion is on."""
+    return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+
+
 def fusion_flags(cfg: ModelConfig) -> dict:
     """megatron-core's fused kernels, on GPU only (model.fusions=auto): bias-SwiGLU and
-    bias-dropout-add (jit, no extra package); RoPE and gradient-accumulation fusion only with
-    TransformerEngine layers (their kernels are TE's; megatron's local linear layers would need
-    apex). Masked-softmax fusion is for megatron's own attention, which neither spec uses."""
+    bias-dropout-add (jit, no extra package); RoPE fusion only with TransformerEngine layers
+    (TE's kernel); gradient-accumulation fusion with TE layers and apex's kernel (the output
+    layer is megatron's own linear layer in both specs). Masked-softmax fusion is for megatron's
+    own attention, which neither spec uses."""
     on = cfg.fusions == "auto" and on_cuda()
     te = on and uses_transformer_engine(cfg)
     return {"bias_activation_fusion": on, "bias_dropout_fusion": on, "masked_softmax_fusion": False,
             "apply_rope_fusion": te and cfg.position_embedding_type == "rope",
-            "gradient_accumulation_fusion": te, "persist_layer_norm": False}
+            "gradient_accumulation_fusion": te and have_grad_accumulation_kernel(),
+            "persist_layer_norm": False}
 
 
 def recompute_flags(recompute) -> dict:
     """parallel.recompute: false/none, selective (core attention recomputed in the backward:
-    little compute for much memory at long sequences) or full/true (every layer)."""
+    frees much only where attention keeps seq x seq scores; SDPA, flash and TE fused attention
+    keep none, so there it frees little) or full/true (every layer)."""
     value = {True: "full", False: None, None: None, "none": None}.get(recompute, recompute)
     if value not in (None, "selective", "full"):
         raise ValueError(f"parallel.recompute={recompute!r} must be false, selective or full")

@@ -16,8 +16,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from .attention import SDPAttention
-from .config import (ModelConfig, have_transformer_engine, padded_vocab_size, transformer_config,  # noqa: F401
-                     uses_transformer_engine)
+from .config import ModelConfig, padded_vocab_size, transformer_config, uses_transformer_engine
 
 
 def layer_spec(cfg: ModelConfig) -> ModuleSpec:
