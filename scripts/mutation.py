@@ -73,6 +73,8 @@ EQUIVALENT: dict[str, str] = {
     f"{_LOSS}x_mask_vocab_padding__mutmut_26": 'float("-INF") is float("-inf")',
     f"{_LOSS}x_lm_loss_terms__mutmut_32": 'float("-INF") is float("-inf")',
     f"{_LOSS}x_lm_loss_terms__mutmut_20": "with z_loss_coeff 0 the total adds 0 x z",
+    **{f"pretrain.optim.x_no_decay_on_norms_and_biases__mutmut_{n}": "the predicate's name is a label in logs"
+       for n in (2, 6, 7)},
     **{name: "on CPU: device=None is the CPU" for name in (
         f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_5", f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_8",
         f"{_LOSS}x_mask_vocab_padding__mutmut_11", f"{_LOSS}x_mask_vocab_padding__mutmut_13")},
