@@ -203,10 +203,7 @@ def _apply_shard(shard: Shard, output_dir: Path, cap: int, stage: str) -> dict:
             for i in np.flatnonzero(drop):
                 notes[i] = add_annotations(notes[i], {"cluster_size": int(size_all[row + i]), "cluster_cap": cap})
             row += batch.num_rows
-            batch = batch.set_column(batch.schema.get_field_index("annotations"), "annotations",
-                                     pa.array(notes, pa.string()))
-            out.keep(batch.filter(pa.array(~drop)))
-            out.exclude(batch.filter(pa.array(drop)), REASON)
+            out.split(batch, notes, drop, REASON)
         return out.finish()
     except BaseException:
         out.abort()

@@ -207,6 +207,14 @@ class ShardOutput:
         self.excluded.write(table)
         self.stats["excluded"][reason] = self.stats["excluded"].get(reason, 0) + n
 
+    def split(self, batch: pa.RecordBatch, notes: list, drop: np.ndarray, reason: str) -> None:
+        """Write `batch` with its annotations replaced by `notes`: rows where `drop` is set are
+        excluded with `reason`, the rest kept."""
+        column = batch.schema.get_field_index("annotations")
+        batch = batch.set_column(column, "annotations", pa.array(notes, pa.string()))
+        self.keep(batch.filter(pa.array(~drop)))
+        self.exclude(batch.filter(pa.array(drop)), reason)
+
     def finish(self) -> dict:
         kept = [f.__dict__ for f in self.kept.close()]
         excluded = [f.__dict__ for f in self.excluded.close()]
@@ -288,10 +296,7 @@ def apply_cluster_decisions(shard: Shard, output_dir: Path, decisions_path: str,
                     notes[i] = add_annotations(notes[i], {"duplicate_of": dup, "cluster_id": cluster,
                                                           "cluster_size": size, "dedup_stage": stage})
             row += batch.num_rows
-            batch = batch.set_column(batch.schema.get_field_index("annotations"), "annotations",
-                                     pa.array(notes, pa.string()))
-            out.keep(batch.filter(pa.array(~drop)))
-            out.exclude(batch.filter(pa.array(drop)), reason)
+            out.split(batch, notes, drop, reason)
         return out.finish()
     except BaseException:
         out.abort()

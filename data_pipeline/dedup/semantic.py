@@ -360,10 +360,7 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str) -> dict:
                                  similarity=round(decisions["similarity"][j], 5), dedup_stage=stage)
                 notes[i] = add_annotations(notes[i], facts)
             row += batch.num_rows
-            batch = batch.set_column(batch.schema.get_field_index("annotations"), "annotations",
-                                     pa.array(notes, pa.string()))
-            out.keep(batch.filter(pa.array(~drop)))
-            out.exclude(batch.filter(pa.array(drop)), REASON)
+            out.split(batch, notes, drop, REASON)
         return out.finish()
     except BaseException:
         out.abort()
