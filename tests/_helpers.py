@@ -36,3 +36,35 @@ def cli(module: str, *args, timeout: float | None = 300) -> subprocess.Completed
         env.pop(key, None)
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+KILL_AFTER_CALLS = """
+import importlib, json, os, signal, sys
+from pathlib import Path
+from data_pipeline.dedup import GLOBAL_STAGES
+src, out, stage, target, after, cfg = sys.argv[1:7]
+module, attr = target.split(".", 1)
+owner = importlib.import_module(f"data_pipeline.dedup.{module}")
+if "." in attr:
+    cls_name, attr = attr.split(".")
+    owner = getattr(owner, cls_name)
+original, calls = getattr(owner, attr), [0]
+def killing(*args, **kwargs):
+    result = original(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(owner, attr, killing)
+GLOBAL_STAGES[stage](Path(src), Path(out), json.loads(cfg), 1, "local", None)
+"""
+
+
+def run_killed_stage(src: Path, out: Path, stage: str, target: str, after: int, cfg: dict | None = None):
+    """Run a global dedup stage in a subprocess that SIGKILLs itself after the `after`-th call of
+    `target` ("<dedup module>.<function>" or "<module>.<Class>.<method>")."""
+    import json
+
+    return subprocess.run([sys.executable, "-c", KILL_AFTER_CALLS, str(src), str(out), stage, target, str(after),
+                           json.dumps(cfg or {})], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, env={"BC_NO_PROGRESS": "1", "PATH": "/usr/bin:/bin"})

@@ -1,15 +1,13 @@
 """Dedup stages: exact, MinHash-LSH, line/sentence level; determinism, resume, Ray."""
 import json
 import random
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _helpers import run_killed_stage
 from datasketch import MinHash, MinHashLSH
 
 from data_pipeline.dedup import GLOBAL_STAGES
@@ -376,28 +374,6 @@ def test_line_dedup_keeper_is_a_document_that_stays(tmp_path):
 
 # ---- resume after SIGKILL -------------------------------------------------------------------------------
 
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
-    from data_pipeline.dedup import GLOBAL_STAGES, common, exact, lines, minhash
-    src, out, stage, target, after = sys.argv[1:6]
-    owner_name, attr = target.split(".", 1)
-    owner = {"common": common, "exact": exact, "lines": lines, "minhash": minhash}[owner_name]
-    if "." in attr:
-        cls_name, attr = attr.split(".")
-        owner = getattr(owner, cls_name)
-    original, calls = getattr(owner, attr), [0]
-    def killing(*args, **kwargs):
-        result = original(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == int(after):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
-    setattr(owner, attr, killing)
-    GLOBAL_STAGES[stage](Path(src), Path(out), {"pairs_per_task": 10} if stage == "minhash_dedup" else {},
-                         1, "local", None)
-""")
-
 KILL_POINTS = [("exact_dedup", "exact._hash_shard", 2), ("exact_dedup", "common.ShardOutput.keep", 2),
                ("minhash_dedup", "minhash._signature_shard", 2), ("minhash_dedup", "minhash._band_edges", 5),
                ("minhash_dedup", "minhash._verify_chunk", 2), ("minhash_dedup", "common.ShardOutput.keep", 3),
@@ -414,12 +390,10 @@ def test_killed_stage_resumes_to_identical_output(near_dup_corpus, tmp_path):
         reference[stage] = _outputs(tmp_path / f"ref-{stage}")
     for k, (stage, target, after) in enumerate(KILL_POINTS):
         out = tmp_path / f"killed-{k}"
-        proc = subprocess.run([sys.executable, "-c", KILLER, str(src), str(out), stage, target, str(after)],
-                              cwd=REPO, capture_output=True, text=True, env={"BC_NO_PROGRESS": "1",
-                                                                            "PATH": "/usr/bin:/bin"})
+        cfg = {"pairs_per_task": 10} if stage == "minhash_dedup" else {}
+        proc = run_killed_stage(src, out, stage, target, after, cfg)
         assert proc.returncode == -9, (target, proc.stderr[-2000:])
         assert not (out / "stats.json").exists()
-        cfg = {"pairs_per_task": 10} if stage == "minhash_dedup" else {}
         GLOBAL_STAGES[stage](src, out, cfg, 1, "local", None)
         assert _outputs(out) == reference[stage], target
         assert not [p for p in out.rglob(".*.tmp")], "temp files of the killed run are cleaned"

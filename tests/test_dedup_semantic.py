@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _helpers import run_killed_stage
 
 from data_pipeline.__main__ import execute, load_config
 from data_pipeline.dedup import GLOBAL_STAGES
@@ -266,26 +267,6 @@ def test_instances_are_configured_and_unknown_ones_are_refused(tmp_path):
 
 # ---- resume after SIGKILL -------------------------------------------------------------------------------
 
-KILLER = """
-import os, signal, sys
-from pathlib import Path
-from data_pipeline.dedup import GLOBAL_STAGES, balance, common, semantic
-src, out, stage, target, after = sys.argv[1:6]
-owner_name, attr = target.split(".", 1)
-owner = {"common": common, "semantic": semantic, "balance": balance}[owner_name]
-if "." in attr:
-    cls_name, attr = attr.split(".")
-    owner = getattr(owner, cls_name)
-original, calls = getattr(owner, attr), [0]
-def killing(*args, **kwargs):
-    result = original(*args, **kwargs)
-    calls[0] += 1
-    if calls[0] == int(after):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return result
-setattr(owner, attr, killing)
-GLOBAL_STAGES[stage](Path(src), Path(out), {}, 1, "local", None)
-"""
 KILL_POINTS = [("semantic_dedup", "semantic._embed_shard", 2), ("semantic_dedup", "semantic.decide", 1),
                ("semantic_dedup", "common.ShardOutput.keep", 2), ("cluster_balance", "balance._scan_shard", 1),
                ("cluster_balance", "common.ShardOutput.keep", 2)]
@@ -297,9 +278,6 @@ def _digests(out):
 
 @pytest.mark.slow
 def test_killed_semantic_and_balance_stages_resume_to_identical_output(sample, tmp_path):
-    import subprocess
-    import sys
-
     en, zh = sample
     docs = [_doc(f"en{i:02d}", r["text"], "en", 0.5) for i, r in enumerate(en[:8])]
     docs += [_doc(f"zh{i:02d}", r["text"], "zh", 0.5) for i, r in enumerate(zh[:8])]
@@ -313,9 +291,7 @@ def test_killed_semantic_and_balance_stages_resume_to_identical_output(sample, t
     for k, (stage, target, after) in enumerate(KILL_POINTS):
         stage_src = src if stage == "semantic_dedup" else tmp_path / "ref-semantic" / "kept"
         out = tmp_path / f"killed-{k}"
-        proc = subprocess.run([sys.executable, "-c", KILLER, str(stage_src), str(out), stage, target, str(after)],
-                              cwd=REPO, capture_output=True, text=True, env={"BC_NO_PROGRESS": "1",
-                                                                            "PATH": "/usr/bin:/bin"})
+        proc = run_killed_stage(stage_src, out, stage, target, after)
         assert proc.returncode == -9, (target, proc.stderr[-2000:])
         assert not (out / "stats.json").exists()
         GLOBAL_STAGES[stage](stage_src, out, {}, 1, "local", None)
