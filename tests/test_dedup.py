@@ -43,6 +43,7 @@ def _edit_tokens(text, lang, rate, rng):
 
 
 TOKENS = MinHashConfig(shingle="tokens")
+SMALL_PARTS = {"memory_budget_mb": 0.05}     # 8 band-key and pair partitions on the test corpus
 
 
 def _exact_jaccard(a, b, conf=MinHashConfig()):
@@ -82,6 +83,7 @@ def _outputs(out_dir):
     stats = json.loads((out_dir / "stats.json").read_text())
     stats.pop("seconds")
     stats.pop("step_seconds", None)
+    stats.pop("peak_rss_mb", None)
     return files, stats
 
 
@@ -193,7 +195,7 @@ def test_errors_name_the_problem(tmp_path):
 def minhash_run(near_dup_corpus, tmp_path_factory):
     src, docs, pairs = near_dup_corpus
     out = tmp_path_factory.mktemp("mh") / "w1"
-    stats = GLOBAL_STAGES["minhash_dedup"](src, out, {"pairs_per_task": 10}, 1, "local", None)
+    stats = GLOBAL_STAGES["minhash_dedup"](src, out, SMALL_PARTS, 1, "local", None)
     return out, stats
 
 
@@ -244,7 +246,7 @@ def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(near_dup_corpus, 
     rank = read_table_file(work / "order.arrow").column("rank").to_numpy()
     by_rank = np.argsort(rank)
     found = set()
-    for p in sorted((work / "candidates").glob("chunk-*.arrow")):
+    for p in sorted((work / "pairs").glob("part-*.arrow")):
         t = read_table_file(p)
         for a, b in zip(by_rank[t.column("a").to_numpy()], by_rank[t.column("b").to_numpy()]):
             found.add((min(a, b), max(a, b)))
@@ -308,7 +310,7 @@ def test_minhash_same_survivors_for_any_worker_count_or_shard_order(near_dup_cor
     src, docs, _ = near_dup_corpus
     ref_out, _ = minhash_run
     out2 = tmp_path / "w2"
-    GLOBAL_STAGES["minhash_dedup"](src, out2, {"pairs_per_task": 10}, 2, "local", None)
+    GLOBAL_STAGES["minhash_dedup"](src, out2, SMALL_PARTS, 2, "local", None)
     assert _outputs(out2) == _outputs(ref_out)                      # byte-identical files
     shuffled = list(reversed(docs))
     src3 = _write(tmp_path / "in3", shuffled, target_bytes=90_000)
@@ -375,8 +377,8 @@ def test_line_dedup_keeper_is_a_document_that_stays(tmp_path):
 # ---- resume after SIGKILL -------------------------------------------------------------------------------
 
 KILL_POINTS = [("exact_dedup", "exact._hash_shard", 2), ("exact_dedup", "common.ShardOutput.keep", 2),
-               ("minhash_dedup", "minhash._signature_shard", 2), ("minhash_dedup", "minhash._band_edges", 5),
-               ("minhash_dedup", "minhash._verify_chunk", 2), ("minhash_dedup", "common.ShardOutput.keep", 3),
+               ("minhash_dedup", "minhash._signature_shard", 2), ("minhash_dedup", "minhash._pair_partition", 2),
+               ("minhash_dedup", "minhash._verify_partition", 2), ("minhash_dedup", "common.ShardOutput.keep", 3),
                ("line_dedup", "lines._unit_shard", 1), ("line_dedup", "common.ShardOutput.keep", 2)]
 
 
@@ -385,12 +387,12 @@ def test_killed_stage_resumes_to_identical_output(near_dup_corpus, tmp_path):
     src, _, _ = near_dup_corpus
     reference = {}
     for stage in STAGE_NAMES:
-        cfg = {"pairs_per_task": 10} if stage == "minhash_dedup" else {}
+        cfg = SMALL_PARTS if stage == "minhash_dedup" else {}
         GLOBAL_STAGES[stage](src, tmp_path / f"ref-{stage}", cfg, 1, "local", None)
         reference[stage] = _outputs(tmp_path / f"ref-{stage}")
     for k, (stage, target, after) in enumerate(KILL_POINTS):
         out = tmp_path / f"killed-{k}"
-        cfg = {"pairs_per_task": 10} if stage == "minhash_dedup" else {}
+        cfg = SMALL_PARTS if stage == "minhash_dedup" else {}
         proc = run_killed_stage(src, out, stage, target, after, cfg)
         assert proc.returncode == -9, (target, proc.stderr[-2000:])
         assert not (out / "stats.json").exists()
@@ -408,7 +410,7 @@ def test_ray_executor_matches_local(near_dup_corpus, minhash_run, tmp_path):
     src, _, _ = near_dup_corpus
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        GLOBAL_STAGES["minhash_dedup"](src, tmp_path / "ray", {"pairs_per_task": 10}, 2, "ray", None)
+        GLOBAL_STAGES["minhash_dedup"](src, tmp_path / "ray", SMALL_PARTS, 2, "ray", None)
         GLOBAL_STAGES["exact_dedup"](src, tmp_path / "ray-exact", {}, 2, "ray", None)
     finally:
         ray.shutdown()

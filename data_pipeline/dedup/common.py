@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,26 +107,129 @@ def survivor_rank(meta: pa.Table) -> np.ndarray:
     return rank
 
 
-def cluster_decisions(meta: pa.Table, rank: np.ndarray, root_rank: np.ndarray) -> pa.Table:
-    """Per document in a cluster of 2+: cluster_id, cluster_size, duplicate_of (null for the survivor).
+def write_order(work: Path, meta: pa.Table) -> None:
+    """work/order.arrow, uncompressed so tasks memory-map it: `rank` by document, `doc` by rank."""
+    rank = survivor_rank(meta)
+    by_rank = np.empty_like(rank)
+    by_rank[rank] = np.arange(len(rank), dtype=np.int64)
+    write_arrow(work / "order.arrow", pa.table({"rank": rank, "doc": by_rank}), compression=None)
 
-    `root_rank[r]` is the smallest rank in the cluster of the document of rank r, i.e. its survivor.
-    Cluster ids number clusters in survivor order, so they do not depend on input order.
+
+def read_order(work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each document, document of each rank), memory-mapped views of work/order.arrow."""
+    table = read_arrow(work / "order.arrow")
+    return column_numpy(table, "rank"), column_numpy(table, "doc")
+
+
+def column_numpy(table: pa.Table, name: str) -> np.ndarray:
+    """A primitive column as numpy: a view of the memory map when the file holds one batch."""
+    column = table.column(name)
+    return column.chunk(0).to_numpy() if column.num_chunks == 1 else column.to_numpy()
+
+
+# ---- partitions ---------------------------------------------------------------------------------------
+
+MAX_PARTITIONS = 4096
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def partition_count(items: int, bytes_per_item: int, memory_budget_mb: float) -> int:
+    """ceil(items * bytes_per_item / budget), between 1 and MAX_PARTITIONS: a task holds one partition."""
+    need = items * bytes_per_item / (memory_budget_mb * 2 ** 20)
+    return int(min(MAX_PARTITIONS, max(1, math.ceil(need))))
+
+
+def hash_partition(values: np.ndarray, parts: int) -> np.ndarray:
+    """Partition of each uint64 value: the high bits of a multiplicative hash, modulo `parts`."""
+    with np.errstate(over="ignore"):
+        mixed = values.astype(np.uint64) * _MIX
+    return ((mixed >> np.uint64(32)) % np.uint64(parts)).astype(np.int64)
+
+
+def pair_partition(a: np.ndarray, b: np.ndarray, parts: int) -> np.ndarray:
+    """Partition of each pair (a, b) of int64 values, so equal pairs meet in one partition."""
+    with np.errstate(over="ignore"):
+        return hash_partition(a.astype(np.uint64) * _MIX ^ b.astype(np.uint64), parts)
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct pairs, sorted by (a, b), from two int64 columns (no a * n + b encoding to overflow)."""
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return a[first], b[first]
+
+
+def write_partitioned(path: Path, schema: pa.Schema, columns: dict, part: np.ndarray, parts: int) -> None:
+    """One uncompressed Arrow file whose record batch p holds the rows of partition p (input order)."""
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(parts + 1))
+    rows = pa.array(order)
+    columns = {name: (values if isinstance(values, pa.Array) else pa.array(values, schema.field(name).type)).take(rows)
+               for name, values in columns.items()}
+    with ArrowFileWriter(path, schema, compression=None) as out:
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            out.write({name: values.slice(lo, hi - lo) for name, values in columns.items()})
+
+
+def read_partition(path: Path, part: int) -> pa.RecordBatch:
+    """Record batch `part` of a write_partitioned file, memory-mapped (no copy)."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).get_batch(part)
+
+
+# ---- cluster decisions ---------------------------------------------------------------------------------
+
+DECISION_SCHEMA = pa.schema([("doc", pa.int64()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
+                             ("duplicate_of", pa.string())])
+
+
+def write_cluster_decisions(work: Path, shards: list[Shard], nodes: np.ndarray, roots: np.ndarray,
+                            meta_dir: str) -> int:
+    """work/decisions/<shard>.arrow for every input shard, then work/decisions.json; returns clusters.
+
+    `nodes` are the ranks of the documents in clusters of 2+, `roots[i]` the smallest rank in the
+    cluster of nodes[i], i.e. its survivor. Per document: cluster_id (clusters numbered in survivor
+    order, so independent of input order), cluster_size and duplicate_of (the survivor's id; null for
+    the survivor). Survivor ids are read from the `id` column of work/<meta_dir>/<shard>.arrow, one
+    shard at a time. Memory: proportional to the clustered documents, not to the corpus.
     """
-    roots, inverse, sizes = np.unique(root_rank, return_inverse=True, return_counts=True)
-    in_cluster_rank = sizes[inverse] >= 2
-    cluster_of_root = np.cumsum(sizes >= 2) - 1
-    docs = np.flatnonzero(in_cluster_rank[rank])            # in input order
-    r = rank[docs]
-    by_rank = np.argsort(rank)                               # doc of each rank
-    survivor_doc = by_rank[root_rank[r]]
-    ids = meta.column("id")
-    dup_of = ids.take(pa.array(survivor_doc))
-    dup_of = pc.if_else(pa.array(survivor_doc == docs), pa.scalar(None, pa.string()), dup_of)
-    return pa.table({"doc": pa.array(docs, pa.int64()),
-                     "cluster_id": pa.array(cluster_of_root[inverse[r]], pa.int64()),
-                     "cluster_size": pa.array(sizes[inverse[r]], pa.int64()),
-                     "duplicate_of": dup_of})
+    _, by_rank = read_order(work)
+    cluster_roots, cluster_of, sizes = np.unique(roots, return_inverse=True, return_counts=True)
+    docs, survivors = by_rank[nodes], by_rank[roots]
+    order = np.argsort(docs)
+    docs, survivors, cluster_of = docs[order], survivors[order], cluster_of[order]
+    survivor_docs, survivor_of = np.unique(survivors, return_inverse=True)
+    survivor_ids = _ids_of(work / meta_dir, shards, survivor_docs)
+    dup_of = survivor_ids.take(pa.array(survivor_of, pa.int64()))
+    dup_of = pc.if_else(pa.array(survivors == docs), pa.scalar(None, pa.string()), dup_of)
+    for shard in shards:
+        lo, hi = np.searchsorted(docs, [shard.first_doc, shard.first_doc + shard.rows])
+        write_arrow(work / "decisions" / f"{shard.name}.arrow", pa.table({
+            "doc": pa.array(docs[lo:hi], pa.int64()), "cluster_id": pa.array(cluster_of[lo:hi], pa.int64()),
+            "cluster_size": pa.array(sizes[cluster_of[lo:hi]], pa.int64()), "duplicate_of": dup_of[lo:hi]},
+            schema=DECISION_SCHEMA))
+    atomic_write_json(work / "decisions.json", {"clusters": len(cluster_roots), "clustered_docs": len(docs)})
+    return len(cluster_roots)
+
+
+def _ids_of(meta_dir: Path, shards: list[Shard], docs: np.ndarray) -> pa.Array:
+    """Ids of the sorted global document indices `docs`, reading one shard's id column at a time."""
+    parts = [pa.array([], pa.string())]
+    for shard in shards:
+        lo, hi = np.searchsorted(docs, [shard.first_doc, shard.first_doc + shard.rows])
+        if hi > lo:
+            ids = read_columns(meta_dir / f"{shard.name}.arrow", ["id"]).column("id")
+            parts.append(ids.take(pa.array(docs[lo:hi] - shard.first_doc)).combine_chunks())
+    return pa.concat_arrays(parts)
+
+
+def read_columns(path: Path, names: list[str]) -> pa.Table:
+    """Only the named columns of an Arrow file (the others are not read or decompressed)."""
+    with pa.memory_map(str(path)) as src:
+        schema = pa.ipc.open_file(src).schema
+        options = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(n) for n in names])
+        return pa.ipc.open_file(src, options=options).read_all()
 
 
 def read_arrow(path: Path) -> pa.Table:
@@ -261,18 +366,21 @@ def finish_stage(stage: str, output_dir: Path, records: list[dict], started: flo
     return stats
 
 
+def peak_rss_mb() -> dict:
+    """Peak resident memory so far of this process and of its largest finished child (a pool task)."""
+    mb = lambda who: round(resource.getrusage(who).ru_maxrss / 1024, 1)  # noqa: E731  (Linux: KiB)
+    return {"driver": mb(resource.RUSAGE_SELF), "tasks": mb(resource.RUSAGE_CHILDREN)}
+
+
 def timed(stats: dict, key: str, t0: float) -> float:
     now = time.time()
     stats.setdefault("step_seconds", {})[key] = round(now - t0, 3)
     return now
 
 
-def apply_cluster_decisions(shard: Shard, output_dir: Path, decisions_path: str, stage: str, reason: str) -> dict:
-    """Write one shard's kept and excluded documents from the stage's cluster decisions."""
-    decisions = read_arrow(Path(decisions_path))
-    docs = decisions.column("doc").to_numpy()
-    lo, hi = np.searchsorted(docs, [shard.first_doc, shard.first_doc + shard.rows])
-    mine = decisions.slice(lo, hi - lo).to_pydict()
+def apply_cluster_decisions(shard: Shard, output_dir: Path, stage: str, reason: str) -> dict:
+    """Write one shard's kept and excluded documents from its own file of cluster decisions."""
+    mine = read_arrow(output_dir / "work" / "decisions" / f"{shard.name}.arrow").to_pydict()
     by_doc = {d - shard.first_doc: (c, s, dup) for d, c, s, dup in
               zip(mine["doc"], mine["cluster_id"], mine["cluster_size"], mine["duplicate_of"])}
     out = ShardOutput(output_dir, shard, stage)

@@ -1,7 +1,14 @@
 """Exact document dedup: documents whose normalized texts hash alike form one cluster.
 
-Steps (each resumable): hash every shard in parallel -> group hashes across all shards and pick
-survivors -> write kept/excluded per shard -> manifests and stats.json.
+Steps (each resumable; an artifact under work/ that exists is not recomputed):
+  1. hash      per input shard, in parallel: survivor meta (id, quality, length) and the digests,
+               partitioned by digest prefix into P record batches of one uncompressed file.
+  2. order     survivor rank of every document (common.write_order).
+  3. group     per partition, in parallel: equal digests form a group; its best-ranked document
+               survives. Groups never span partitions, so no merge is needed.
+  4. write     decisions per input shard, then kept/excluded per shard, manifests and stats.json.
+P = ceil(documents * (digest_bytes + 48) / memory_budget_mb): a group task holds one partition's
+digests, documents and ranks and their sort order.
 """
 from __future__ import annotations
 
@@ -12,76 +19,116 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .common import (Shard, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage, input_shards,
-                     iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed,
-                     write_arrow)
+from stack_common.atomic import read_json
+from stack_common.config import Checks
+
+from .common import (Shard, apply_cluster_decisions, column_numpy, doc_meta, finish_stage, input_shards, iter_shard,
+                     load_config, partition_count, peak_rss_mb, prepare_work, read_arrow, read_order,
+                     read_partition, run_apply, timed, write_arrow, write_cluster_decisions, write_order,
+                     write_partitioned)
 from .parallel import run_tasks
 from .text import text_digest
 
 STAGE = "exact_dedup"
 REASON = "exact_duplicate"
+BYTES_PER_DOC = 48          # besides the digest: document, rank, sort order and group flags in a group task
 
 
 @dataclass
 class ExactConfig:
     digest_bytes: int = 16      # blake2b digest of the normalized text
+    memory_budget_mb: float = 1024.0   # a group task's partition of digests fits in this
 
 
-def _hash_shard(shard: Shard, work: Path, digest_bytes: int) -> None:
-    parts = []
+def check_config(conf: ExactConfig) -> None:
+    checks = Checks()
+    checks.require(8 <= conf.digest_bytes <= 64, "dedup.exact.digest_bytes: must be in [8, 64]")
+    checks.require(conf.memory_budget_mb > 0, "dedup.exact.memory_budget_mb: must be positive")
+    checks.raise_if_any()
+
+
+def _digest_schema(digest_bytes: int) -> pa.Schema:
+    return pa.schema([("doc", pa.int64()), ("digest", pa.binary(digest_bytes))])
+
+
+def _hash_shard(shard: Shard, work: Path, digest_bytes: int, parts: int) -> None:
+    meta, digests = [], []
     for batch in iter_shard(shard, ["id", "text", "quality_score"]):
-        texts = batch.column("text").to_pylist()
-        digests = [text_digest(t or "", digest_bytes) for t in texts]
-        parts.append(pa.table({**doc_meta(batch), "digest": pa.array(digests, pa.binary(digest_bytes))}))
-    write_arrow(work / "hashes" / f"{shard.name}.arrow", _concat(parts, digest_bytes))
+        digests += [text_digest(t or "", digest_bytes) for t in batch.column("text").to_pylist()]
+        meta.append(pa.table(doc_meta(batch)))
+    raw = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), digest_bytes)
+    prefix = raw[:, :8].copy().view(">u8").ravel()              # the digest is uniform: its prefix partitions
+    docs = shard.first_doc + np.arange(len(digests), dtype=np.int64)
+    write_partitioned(work / "digests" / f"{shard.name}.arrow", _digest_schema(digest_bytes),
+                      {"doc": docs, "digest": pa.array(digests, pa.binary(digest_bytes))},
+                      (prefix % np.uint64(parts)).astype(np.int64), parts)
+    schema = pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64())])
+    table = pa.concat_tables([m.cast(schema) for m in meta]) if meta else schema.empty_table()
+    write_arrow(work / "meta" / f"{shard.name}.arrow", table)       # last: marks the shard done
 
 
-def _concat(parts: list[pa.Table], digest_bytes: int) -> pa.Table:
-    schema = pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64()),
-                        ("digest", pa.binary(digest_bytes))])
-    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-
-
-def _group_roots(digests: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """root_rank[r]: best rank among the documents whose digest equals that of the document of rank r."""
+def group_roots(digests: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, roots): ranks of the documents whose digest (a row of `digests`) is shared, and the
+    best rank of their group."""
     order = np.lexsort((rank,) + tuple(digests[:, k] for k in reversed(range(digests.shape[1]))))
     sorted_digests = digests[order]
     new_group = np.ones(len(order), dtype=bool)
     new_group[1:] = (sorted_digests[1:] != sorted_digests[:-1]).any(axis=1)
-    first = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
-    root_rank = np.empty(len(order), dtype=np.int64)
-    root_rank[rank[order]] = rank[order[first]]
-    return root_rank
+    starts = np.flatnonzero(new_group)
+    sizes = np.diff(np.append(starts, len(order)))
+    group = np.cumsum(new_group) - 1
+    shared = sizes[group] >= 2
+    return rank[order][shared], rank[order[starts[group]]][shared]
+
+
+def _digest_bytes(column: pa.FixedSizeBinaryArray, width: int) -> np.ndarray:
+    """The bytes of a fixed-width binary column, a view of its data buffer."""
+    data = np.frombuffer(column.buffers()[1], np.uint8) if len(column) else np.zeros(0, np.uint8)
+    return data[column.offset * width:(column.offset + len(column)) * width]
+
+
+def _group_partition(part: int, work: Path, names: list[str], digest_bytes: int) -> int:
+    rank, _ = read_order(work)
+    batches = [read_partition(work / "digests" / f"{n}.arrow", part) for n in names]
+    docs = np.concatenate([b.column("doc").to_numpy() for b in batches] + [np.zeros(0, np.int64)])
+    digests = np.concatenate([_digest_bytes(b.column("digest"), digest_bytes) for b in batches]
+                             + [np.zeros(0, np.uint8)])
+    nodes, roots = group_roots(digests.reshape(len(docs), digest_bytes), rank[docs])
+    write_arrow(work / "groups" / f"part-{part:05d}.arrow", pa.table({"node": nodes, "root": roots}))
+    return len(nodes)
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
         ray_address: str | None = None, stage: str = STAGE) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, ExactConfig, "dedup.exact")
+    check_config(conf)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     work = output_dir / "work"
     shards = input_shards(input_dir)
     prepare_work(input_dir, output_dir, stage, conf)
+    names = [s.name for s in shards]
+    parts = partition_count(sum(s.rows for s in shards), conf.digest_bytes + BYTES_PER_DOC, conf.memory_budget_mb)
+    par = dict(workers=workers, executor=executor, ray_address=ray_address)
     steps: dict = {}
-    todo = [s for s in shards if not (work / "hashes" / f"{s.name}.arrow").is_file()]
-    run_tasks(_hash_shard, [(s, work, conf.digest_bytes) for s in todo], workers=workers, executor=executor,
-              ray_address=ray_address, desc=f"{stage}: hash")
+    todo = [s for s in shards if not (work / "meta" / f"{s.name}.arrow").is_file()]
+    run_tasks(_hash_shard, [(s, work, conf.digest_bytes, parts) for s in todo], desc=f"{stage}: hash", **par)
     t0 = timed(steps, "hash", t0)
 
-    decisions = work / "decisions.arrow"
-    if not decisions.is_file():
-        meta = pa.concat_tables([read_arrow(work / "hashes" / f"{s.name}.arrow") for s in shards])
-        rank = survivor_rank(meta.select(["id", "quality_score", "n_chars"]))
-        digest_col = meta.column("digest").combine_chunks()
-        raw = np.frombuffer(digest_col.buffers()[1], dtype=np.uint8)
-        raw = raw[digest_col.offset * conf.digest_bytes:(digest_col.offset + len(meta)) * conf.digest_bytes]
-        digests = raw.reshape(len(meta), conf.digest_bytes)
-        write_arrow(decisions, cluster_decisions(meta, rank, _group_roots(digests, rank)))
+    if not (work / "order.arrow").is_file():
+        write_order(work, pa.concat_tables([read_arrow(work / "meta" / f"{n}.arrow") for n in names]))
+    t0 = timed(steps, "order", t0)
+
+    todo = [p for p in range(parts) if not (work / "groups" / f"part-{p:05d}.arrow").is_file()]
+    run_tasks(_group_partition, [(p, work, names, conf.digest_bytes) for p in todo], desc=f"{stage}: group", **par)
+    if not (work / "decisions.json").is_file():
+        groups = [read_arrow(work / "groups" / f"part-{p:05d}.arrow") for p in range(parts)]
+        write_cluster_decisions(work, shards, np.concatenate([column_numpy(g, "node") for g in groups]),
+                                np.concatenate([column_numpy(g, "root") for g in groups]), "meta")
     t0 = timed(steps, "group", t0)
 
-    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (str(decisions), stage, REASON),
-                        workers=workers, executor=executor, ray_address=ray_address)
+    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON), **par)
     timed(steps, "write", t0)
-    table = read_arrow(decisions)
-    clusters = len(np.unique(table.column("cluster_id").to_numpy())) if len(table) else 0
-    return finish_stage(stage, output_dir, records, started, {"clusters": clusters, **steps})
+    clusters = read_json(work / "decisions.json")["clusters"]
+    return finish_stage(stage, output_dir, records, started,
+                        {"clusters": clusters, "partitions": parts, **steps, "peak_rss_mb": peak_rss_mb()})

@@ -1,18 +1,25 @@
 """Near-duplicate dedup: datasketch MinHash signatures, LSH band keys on disk, exact Jaccard check,
-union-find clusters, one deterministic survivor per cluster.
+connected components, one deterministic survivor per cluster.
 
-Steps, each resumable (an artifact under work/ that exists is not recomputed):
-  1. signatures  per input shard, in parallel: shingle hashes (sorted, for the Jaccard check),
-                 MinHash signatures beside ids, and one 64-bit key per LSH band.
+Steps, each resumable (an artifact under work/ that exists is not recomputed); P partitions:
+  1. signatures  per input shard, in parallel: shingle hashes (sorted, uncompressed, for the Jaccard
+                 check), MinHash signatures beside ids, and one 64-bit key per LSH band, written once
+                 as P record batches (partition = hash of the key) of one uncompressed file.
   2. order       survivor rank of every document (quality, length, id): input order plays no part.
-  3. bands       per band, in parallel: sort (key, rank); every document in a bucket is paired with
-                 the bucket's best-ranked document and with the `bucket_window` documents ranked just
-                 above it (all pairs in buckets of up to bucket_window + 1), so two near copies that
-                 both miss the head are still compared. Memory: one band of keys at a time.
-  4. verify      per chunk of candidate pairs, in parallel: exact Jaccard of the shingle sets;
-                 pairs below the threshold are dropped.
-  5. clusters    union-find over verified pairs; the root (smallest rank) survives.
-  6. write       kept/excluded per input shard, then manifests and stats.json.
+  3. pairs       per band-key partition, in parallel: per band, sort (key, rank); every document in a
+                 bucket is paired with the bucket's best-ranked document and with the `bucket_window`
+                 documents ranked just above it (all pairs in buckets of up to bucket_window + 1), so
+                 two near copies that both miss the head are still compared. The pairs are written as
+                 P record batches by a hash of the pair.
+  4. verify      per pair partition, in parallel: distinct pairs (the same pair from several bands
+                 meets in one partition), exact Jaccard of the shingle sets memory-mapped per shard;
+                 pairs below the threshold are dropped; the partition's components (scipy) are
+                 reduced to (document, smallest rank) links.
+  5. clusters    the links of all partitions merged with scipy; the root (smallest rank) survives;
+                 decisions written per input shard.
+  6. write       kept/excluded per input shard from its own decisions, then manifests and stats.json.
+P = ceil(documents * bands * BYTES_PER_BAND_KEY / memory_budget_mb), at most MAX_PARTITIONS: a pairs
+task holds its partition's (document, band, key, rank) rows, their sort order and the pairs made.
 """
 from __future__ import annotations
 
@@ -27,17 +34,23 @@ from datasketch import MinHash, MinHashLSH
 
 from stack_common.config import Checks
 
-from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, cluster_decisions, doc_meta, finish_stage,
-                     input_shards, iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank,
-                     timed, write_arrow)
+from stack_common.atomic import read_json
+
+from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, column_numpy, doc_meta, finish_stage,
+                     hash_partition, input_shards, iter_shard, load_config, pair_partition, partition_count,
+                     peak_rss_mb, prepare_work, read_arrow, read_columns, read_order, read_partition, run_apply, timed,
+                     unique_pairs, write_arrow, write_cluster_decisions, write_order, write_partitioned)
 from .parallel import run_tasks
 from .text import char_shingle_hashes, shingle_hashes
-from .unionfind import component_roots
+from .unionfind import linked_components
 
 STAGE = "minhash_dedup"
 REASON = "near_duplicate"
 _KEY_MUL = np.uint64(0x100000001B3)
 SHINGLES = ("chars", "tokens")
+BYTES_PER_BAND_KEY = 96     # a pairs task: document, band, key, rank, sort order, bucket flags, the pairs made
+BAND_SCHEMA = pa.schema([("doc", pa.int64()), ("band", pa.int16()), ("key", pa.uint64())])
+PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 
 
 @dataclass
@@ -56,8 +69,8 @@ class MinHashConfig:
     lsh_weights: list[float] = field(default_factory=lambda: [0.01, 0.99])
     bands: int = 0                      # > 0 (with rows) overrides the choice
     rows: int = 0
-    pairs_per_task: int = 200_000       # candidate pairs verified per task
     bucket_window: int = 16             # bucket members each member is compared with (besides the head)
+    memory_budget_mb: float = 1024.0    # a pairs or verify task's partition fits in this (module docstring)
 
 
 def check_config(conf: MinHashConfig) -> None:
@@ -71,7 +84,7 @@ def check_config(conf: MinHashConfig) -> None:
                    "dedup.minhash.lsh_weights: two weights that sum to 1")
     checks.require((conf.bands > 0) == (conf.rows > 0), "dedup.minhash.bands/rows: set both or neither")
     checks.require(conf.bands * conf.rows <= conf.num_perm, "dedup.minhash.bands * rows: must be <= num_perm")
-    checks.require(conf.pairs_per_task >= 1, "dedup.minhash.pairs_per_task: must be positive")
+    checks.require(conf.memory_budget_mb > 0, "dedup.minhash.memory_budget_mb: must be positive")
     checks.require(conf.bucket_window >= 1, "dedup.minhash.bucket_window: must be positive")
     checks.raise_if_any()
 
@@ -110,14 +123,16 @@ def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarr
     return np.stack([m.hashvalues for m in sketches]) if shingles else np.zeros((0, num_perm), np.uint32)
 
 
-def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, rows: int) -> None:
-    """Signatures, band keys and shingle sets of one shard, streamed batch by batch."""
-    schemas = _work_schemas(conf.num_perm, bands)
+def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, rows: int, parts: int) -> None:
+    """Signatures, band keys and shingle sets of one shard, streamed batch by batch (band keys are held
+    until the end of the shard, then written by partition)."""
+    schemas = _work_schemas(conf.num_perm)
+    docs, keys = [], []
     with contextlib.ExitStack() as stack:
-        # Shingles and bands uncompressed: later steps memory-map single columns and rows.
+        # Shingles uncompressed: the verify step memory-maps single rows.
         out = {name: stack.enter_context(ArrowFileWriter(work / name / f"{shard.name}.arrow", schemas[name],
-                                                         compression=None if name != "signatures" else "zstd"))
-               for name in ("signatures", "bands", "shingles")}
+                                                         compression=None if name == "shingles" else "zstd"))
+               for name in ("signatures", "shingles")}
         row = shard.first_doc
         for batch in iter_shard(shard, ["id", "text", "quality_score"]):
             sets = [shingle_set(t or "", conf) for t in batch.column("text").to_pylist()]
@@ -127,29 +142,29 @@ def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, 
             np.cumsum([len(s) for s in sets], out=offsets[1:])
             values = np.concatenate(sets) if sets else np.zeros(0, np.uint32)
             out["shingles"].write({"shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))})
-            keys = band_keys(sig[has], bands, rows)
-            out["bands"].write({"doc": row + np.flatnonzero(has), **{f"band_{j}": keys[:, j] for j in range(bands)}})
+            docs.append(row + np.flatnonzero(has))
+            keys.append(band_keys(sig[has], bands, rows))
             out["signatures"].write({**doc_meta(batch), "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
                                      "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)),
                                                                                     conf.num_perm)})
             row += batch.num_rows
+        doc = np.concatenate(docs + [np.zeros(0, np.int64)])
+        key = np.concatenate(keys + [np.zeros((0, bands), np.uint64)])
+        write_partitioned(work / "bands" / f"{shard.name}.arrow", BAND_SCHEMA,
+                          {"doc": np.repeat(doc, bands), "band": np.tile(np.arange(bands, dtype=np.int16), len(doc)),
+                           "key": key.reshape(-1)}, hash_partition(key.reshape(-1), parts), parts)
         # Leaving the block renames the files in reverse order of opening: the signatures file comes
         # last and marks the shard done.
 
 
-def _work_schemas(num_perm: int, bands: int) -> dict[str, pa.Schema]:
+def _work_schemas(num_perm: int) -> dict[str, pa.Schema]:
     return {"shingles": pa.schema([("shingles", pa.large_list(pa.uint32()))]),
-            "bands": pa.schema([("doc", pa.int64())] + [(f"band_{j}", pa.uint64()) for j in range(bands)]),
             "signatures": pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64()),
                                      ("n_shingles", pa.int64()),
                                      ("signature", pa.list_(pa.uint32(), num_perm))])}
 
 
 # ---- 3. bands ----------------------------------------------------------------------------------------
-
-def _mapped(path: Path) -> pa.Table:
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-
 
 def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (a, b), rank a < b, of documents sharing a key: each member with its bucket's
@@ -176,16 +191,27 @@ def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, window: int) -> tuple[np.n
     return np.concatenate(a), np.concatenate(b)
 
 
-def _band_edges(band: int, work: Path, names: list[str], window: int) -> int:
-    rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
-    tables = [_mapped(work / "bands" / f"{n}.arrow") for n in names]
-    docs = np.concatenate([t.column("doc").to_numpy() for t in tables])
-    keys = np.concatenate([t.column(f"band_{band}").to_numpy() for t in tables])
-    del tables
-    a, b = bucket_pairs(keys, rank[docs], window)
-    edges = pa.table({"a": a, "b": b})
-    write_arrow(work / "edges" / f"band-{band:03d}.arrow", edges)
-    return len(edges)
+def _pair_partition(part: int, work: Path, names: list[str], window: int, parts: int) -> int:
+    """Candidate pairs (by rank) of one band-key partition, written as `parts` pair-hash partitions."""
+    rank, _ = read_order(work)
+    batches = [read_partition(work / "bands" / f"{n}.arrow", part) for n in names]
+    column = lambda name, dtype: np.concatenate([b.column(name).to_numpy() for b in batches]  # noqa: E731
+                                                + [np.zeros(0, dtype)])
+    docs, band, keys = column("doc", np.int64), column("band", np.int16), column("key", np.uint64)
+    del batches
+    by_band = np.argsort(band, kind="stable")
+    bounds = np.searchsorted(band[by_band], np.arange(band.max(initial=-1) + 2))
+    a, b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo > 1:
+            rows = by_band[lo:hi]
+            pa_, pb = bucket_pairs(keys[rows], rank[docs[rows]], window)
+            a.append(pa_)
+            b.append(pb)
+    a, b = np.concatenate(a), np.concatenate(b)
+    write_partitioned(work / "pairs" / f"part-{part:05d}.arrow", PAIR_SCHEMA, {"a": a, "b": b},
+                      pair_partition(a, b, parts), parts)
+    return len(a)
 
 
 # ---- 4. verify ---------------------------------------------------------------------------------------
@@ -202,52 +228,55 @@ def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class ShingleStore:
-    """Shingle sets by global document index, memory-mapped from the per-shard files."""
+    """Shingle sets by global document index, memory-mapped from the per-shard files (no copy: each
+    record batch's offsets and values are views of the map)."""
 
     def __init__(self, work: Path, names: list[str], first_docs: list[int]):
         self.work, self.names, self.first = work, names, np.asarray(first_docs, dtype=np.int64)
-        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._open: dict[int, tuple[np.ndarray, list]] = {}
 
     def get(self, doc: int) -> np.ndarray:
         s = int(np.searchsorted(self.first, doc, side="right") - 1)
         if s not in self._open:
-            column = _mapped(self.work / "shingles" / f"{self.names[s]}.arrow").column("shingles").combine_chunks()
-            self._open[s] = (column.offsets.to_numpy(), column.values.to_numpy())
-        offsets, values = self._open[s]
+            chunks = read_arrow(self.work / "shingles" / f"{self.names[s]}.arrow").column("shingles").chunks
+            starts = np.cumsum([0] + [len(c) for c in chunks])
+            self._open[s] = (starts, [(c.offsets.to_numpy(), c.values.to_numpy()) for c in chunks])
+        starts, chunks = self._open[s]
         i = doc - self.first[s]
+        c = int(np.searchsorted(starts, i, side="right") - 1)
+        offsets, values = chunks[c]
+        i -= starts[c]
         return values[offsets[i]:offsets[i + 1]]
 
 
-def _verify_chunk(index: int, work: Path, names: list[str], first_docs: list[int], threshold: float) -> int:
-    pairs = read_arrow(work / "candidates" / f"chunk-{index:05d}.arrow")
-    by_rank = np.argsort(read_arrow(work / "order.arrow").column("rank").to_numpy())
+def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[int], threshold: float,
+                      parts: int) -> int:
+    """Distinct candidate pairs of one pair partition, verified; writes the verified pairs and the
+    partition's components as (node, root) links. Returns the verified pair count."""
+    batches = [read_partition(work / "pairs" / f"part-{p:05d}.arrow", part) for p in range(parts)]
+    a, b = unique_pairs(*(np.concatenate([x.column(c).to_numpy() for x in batches] + [np.zeros(0, np.int64)])
+                          for c in ("a", "b")))
+    del batches
+    _, by_rank = read_order(work)
     store = ShingleStore(work, names, first_docs)
-    a, b = pairs.column("a").to_numpy(), pairs.column("b").to_numpy()
-    sims = np.array([jaccard_sorted(store.get(int(by_rank[x])), store.get(int(by_rank[y])))
-                     for x, y in zip(a, b)], dtype=np.float32)
+    sims = np.array([jaccard_sorted(store.get(x), store.get(y)) for x, y in zip(by_rank[a].tolist(),
+                                                                                 by_rank[b].tolist())],
+                    dtype=np.float32)
     keep = sims >= threshold
-    write_arrow(work / "verified" / f"chunk-{index:05d}.arrow",
-                pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]}))
+    nodes, roots = linked_components(a[keep], b[keep])
+    write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({"node": nodes, "root": roots}))
+    verified = pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]})
+    write_arrow(work / "verified" / f"part-{part:05d}.arrow",      # last: marks the partition done
+                verified.replace_schema_metadata({"candidates": str(len(a))}))
     return int(keep.sum())
 
 
-def _candidate_chunks(work: Path, bands: int, n_docs: int, per_task: int) -> tuple[int, int]:
-    """Unique candidate pairs of all bands, cut into chunk files; returns (pairs, chunks)."""
-    done = work / "candidates" / "done.arrow"
-    if done.is_file():
-        t = read_arrow(done)
-        return t.column("pairs")[0].as_py(), t.column("chunks")[0].as_py()
-    edges = [read_arrow(work / "edges" / f"band-{j:03d}.arrow") for j in range(bands)]
-    a = np.concatenate([e.column("a").to_numpy() for e in edges]) if edges else np.zeros(0, np.int64)
-    b = np.concatenate([e.column("b").to_numpy() for e in edges]) if edges else np.zeros(0, np.int64)
-    del edges
-    pairs = np.unique(a.astype(np.int64) * n_docs + b)
-    chunks = max(1, -(-len(pairs) // per_task))
-    for i in range(chunks):
-        part = pairs[i * per_task:(i + 1) * per_task]
-        write_arrow(work / "candidates" / f"chunk-{i:05d}.arrow", pa.table({"a": part // n_docs, "b": part % n_docs}))
-    write_arrow(done, pa.table({"pairs": [len(pairs)], "chunks": [chunks]}))
-    return len(pairs), chunks
+def _merge_clusters(work: Path, shards: list[Shard], parts: int) -> None:
+    """Components of all partitions' links (scipy), then decisions per input shard."""
+    links = [read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts)]
+    nodes, roots = linked_components(np.concatenate([column_numpy(t, "node") for t in links]),
+                                     np.concatenate([column_numpy(t, "root") for t in links]))
+    write_cluster_decisions(work, shards, nodes, roots, "signatures")
 
 
 # ---- the stage ---------------------------------------------------------------------------------------
@@ -264,43 +293,54 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     prepare_work(input_dir, output_dir, stage, conf)
     names, firsts = [s.name for s in shards], [s.first_doc for s in shards]
     n_docs = sum(s.rows for s in shards)
+    parts = partition_count(n_docs * bands, BYTES_PER_BAND_KEY, conf.memory_budget_mb)
     par = dict(workers=workers, executor=executor, ray_address=ray_address)
     steps: dict = {}
+    peaks: dict = {}
 
     todo = [s for s in shards if not (work / "signatures" / f"{s.name}.arrow").is_file()]
-    run_tasks(_signature_shard, [(s, work, conf, bands, rows) for s in todo], desc=f"{stage}: signatures", **par)
+    run_tasks(_signature_shard, [(s, work, conf, bands, rows, parts) for s in todo],
+              desc=f"{stage}: signatures", **par)
     t0 = timed(steps, "signatures", t0)
 
-    meta = pa.concat_tables([read_arrow(work / "signatures" / f"{n}.arrow").drop_columns(["signature"])
-                             for n in names])
+    meta_columns = ["id", "quality_score", "n_chars", "n_shingles"]
+    meta = pa.concat_tables([read_columns(work / "signatures" / f"{n}.arrow", meta_columns) for n in names])
     if not (work / "order.arrow").is_file():
-        write_arrow(work / "order.arrow", pa.table({"rank": survivor_rank(meta)}))
-    rank = read_arrow(work / "order.arrow").column("rank").to_numpy()
+        write_order(work, meta.select(["id", "quality_score", "n_chars"]))
+    docs_without_shingles = int((column_numpy(meta.combine_chunks(), "n_shingles") == 0).sum())
+    del meta
+    t0 = timed(steps, "order", t0)
+    peaks["order"] = peak_rss_mb()
 
-    todo = [j for j in range(bands) if not (work / "edges" / f"band-{j:03d}.arrow").is_file()]
-    run_tasks(_band_edges, [(j, work, names, conf.bucket_window) for j in todo], desc=f"{stage}: bands", **par)
-    t0 = timed(steps, "bands", t0)
+    todo = [p for p in range(parts) if not (work / "pairs" / f"part-{p:05d}.arrow").is_file()]
+    run_tasks(_pair_partition, [(p, work, names, conf.bucket_window, parts) for p in todo],
+              desc=f"{stage}: pairs", **par)
+    t0 = timed(steps, "pairs", t0)
+    peaks["pairs"] = peak_rss_mb()
 
-    candidates, chunks = _candidate_chunks(work, bands, n_docs, conf.pairs_per_task)
-    todo = [i for i in range(chunks) if not (work / "verified" / f"chunk-{i:05d}.arrow").is_file()]
-    run_tasks(_verify_chunk, [(i, work, names, firsts, conf.threshold) for i in todo],
+    todo = [p for p in range(parts) if not (work / "verified" / f"part-{p:05d}.arrow").is_file()]
+    run_tasks(_verify_partition, [(p, work, names, firsts, conf.threshold, parts) for p in todo],
               desc=f"{stage}: verify", **par)
     t0 = timed(steps, "verify", t0)
+    peaks["verify"] = peak_rss_mb()
 
-    decisions = work / "decisions.arrow"
-    verified = pa.concat_tables([read_arrow(work / "verified" / f"chunk-{i:05d}.arrow") for i in range(chunks)])
-    if not decisions.is_file():
-        roots = component_roots(n_docs, verified.column("a").to_numpy(), verified.column("b").to_numpy())
-        write_arrow(decisions, cluster_decisions(meta, rank, roots))
+    if not (work / "decisions.json").is_file():
+        _merge_clusters(work, shards, parts)
     t0 = timed(steps, "clusters", t0)
+    peaks["clusters"] = peak_rss_mb()
 
-    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (str(decisions), stage, REASON), **par)
+    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON), **par)
     timed(steps, "write", t0)
-    table = read_arrow(decisions)
-    clusters = len(np.unique(table.column("cluster_id").to_numpy())) if len(table) else 0
-    n_shingles = meta.column("n_shingles").to_numpy()
+    peaks["write"] = peak_rss_mb()
+    candidates = verified = 0
+    for p in range(parts):
+        table = read_arrow(work / "verified" / f"part-{p:05d}.arrow")
+        candidates += int(table.schema.metadata[b"candidates"])
+        verified += len(table)
     return finish_stage(stage, output_dir, records, started, {
         "threshold": conf.threshold, "num_perm": conf.num_perm, "shingle": conf.shingle, "ngram": conf.ngram,
-        "bands": bands, "rows": rows,
-        "candidate_pairs": candidates, "verified_pairs": len(verified), "clusters": clusters,
-        "docs_without_shingles": int((n_shingles == 0).sum()), "step_seconds": steps.get("step_seconds", {})})
+        "bands": bands, "rows": rows, "partitions": parts,
+        "candidate_pairs": candidates, "verified_pairs": verified,
+        "clusters": read_json(work / "decisions.json")["clusters"],
+        "docs_without_shingles": docs_without_shingles, "step_seconds": steps.get("step_seconds", {}),
+        "peak_rss_mb": peaks})

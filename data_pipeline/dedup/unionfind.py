@@ -1,40 +1,32 @@
 """Connected components of duplicate links, each rooted at its smallest node.
 
-Nodes are survivor ranks, so a component's root is the document that survives.
+Nodes are survivor ranks, so a component's root is the document that survives. scipy's
+connected_components labels the components (no per-link Python loop); partitions of links are
+reduced to (node, root) stars and the stars of all partitions merged the same way.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]   # path halving
-            x = parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # The smaller node becomes the root: the root is always the component's minimum.
-            self.parent[max(ra, rb)] = min(ra, rb)
+def linked_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, roots): every node that has a link, sorted, and the smallest node of its component."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if len(a) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nodes, local = np.unique(np.concatenate([a, b]), return_inverse=True)   # only linked nodes
+    n = len(nodes)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (local[:len(a)], local[len(a):])), shape=(n, n))
+    _, label = connected_components(graph.tocsr(), directed=True, connection="weak")
+    _, first = np.unique(label, return_index=True)   # labels are 0..k-1; nodes are sorted, so first = smallest
+    return nodes, nodes[first[label]]
 
 
 def component_roots(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """root[i] = smallest node connected to i by the edges (a[k], b[k])."""
+    """root[i] = smallest node connected to i by the edges (a[k], b[k]), for nodes 0..n-1."""
     roots = np.arange(n, dtype=np.int64)
-    if len(a) == 0:
-        return roots
-    nodes, local = np.unique(np.concatenate([a, b]), return_inverse=True)   # only linked nodes
-    la, lb = local[:len(a)].tolist(), local[len(a):].tolist()
-    uf = UnionFind(len(nodes))
-    for x, y in zip(la, lb):
-        uf.union(x, y)
-    local_roots = np.fromiter((uf.find(i) for i in range(len(nodes))), dtype=np.int64, count=len(nodes))
-    roots[nodes] = nodes[local_roots]    # local order follows node order, so minimum stays minimum
+    nodes, linked = linked_components(a, b)
+    roots[nodes] = linked
     return roots
