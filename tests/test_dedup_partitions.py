@@ -1,0 +1,136 @@
+"""Partitioned exact and MinHash dedup: partition helpers, components, and a run with many
+partitions that equals the one-partition run."""
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.dedup import GLOBAL_STAGES
+from data_pipeline.dedup.common import (pair_partition, partition_count, read_arrow, read_partition, unique_pairs,
+                                        write_partitioned)
+from data_pipeline.dedup.unionfind import linked_components
+from data_pipeline.schema import DOC_SCHEMA
+from stack_common.shards import read_manifest, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unique_pairs_keep_document_indices_above_2_to_the_32():
+    big = 2 ** 32
+    a = np.array([big, 0, big, 3 * big + 7, 0, 3 * big + 7], dtype=np.int64)
+    b = np.array([0, 0, 0, 4 * big, 0, 4 * big - 1], dtype=np.int64)
+    # The former encoding a * n_docs + b, n_docs = 2**32 + 1, wraps around int64: (2**32, 0) decodes wrong.
+    n_docs = np.int64(big + 1)
+    with np.errstate(over="ignore"):
+        code = a[:1] * n_docs + b[:1]
+    assert (int(code[0] // n_docs), int(code[0] % n_docs)) != (big, 0)
+    ua, ub = unique_pairs(a, b)
+    assert list(zip(ua.tolist(), ub.tolist())) == [(0, 0), (big, 0), (3 * big + 7, 4 * big - 1), (3 * big + 7, 4 * big)]
+    parts = pair_partition(a, b, 7)
+    assert parts[0] == parts[2] and parts[1] == parts[4]                    # equal pairs meet
+    assert parts.min() >= 0 and parts.max() < 7
+
+
+def test_equal_pairs_share_a_partition_and_partitions_are_balanced():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2 ** 40, 20_000)
+    b = rng.integers(0, 2 ** 40, 20_000)
+    parts = pair_partition(np.concatenate([a, a]), np.concatenate([b, b]), 16)
+    assert np.array_equal(parts[:20_000], parts[20_000:])
+    counts = np.bincount(parts, minlength=16)
+    assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
+
+
+def test_partition_count_follows_the_budget():
+    assert partition_count(1_000_000, 96, 1024) == 1                    # 91.6 MiB in 1 GiB
+    assert partition_count(100_000_000 * 18, 96, 1024) == 161            # 1.8e9 band keys * 96 B / 1 GiB
+    assert partition_count(10, 96, 1e-8) == 4096                         # capped
+    assert partition_count(0, 96, 1024) == 1
+
+
+def test_partitioned_file_holds_each_partition_as_one_batch_in_input_order(tmp_path):
+    schema = pa.schema([("doc", pa.int64()), ("key", pa.uint64())])
+    part = np.array([2, 0, 2, 1, 0, 2])
+    write_partitioned(tmp_path / "f.arrow", schema, {"doc": np.arange(6), "key": np.arange(6, dtype=np.uint64) * 10},
+                      part, 4)
+    got = [read_partition(tmp_path / "f.arrow", p).column("doc").to_pylist() for p in range(4)]
+    assert got == [[1, 4], [3], [0, 2, 5], []]
+    assert read_partition(tmp_path / "f.arrow", 2).column("key").to_pylist() == [0, 20, 50]
+
+
+def _union_find_roots(nodes, a, b):
+    parent = {n: n for n in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+    for x, y in zip(a, b):
+        rx, ry = find(x), find(y)
+        parent[max(rx, ry)] = min(rx, ry)
+    return [find(n) for n in nodes]
+
+
+def test_linked_components_merge_partition_stars_to_the_global_components():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 5000, 3000) * 1_000_003      # sparse large node ids
+    b = rng.integers(0, 5000, 3000) * 1_000_003
+    nodes, roots = linked_components(a, b)
+    assert nodes.tolist() == sorted(set(a.tolist()) | set(b.tolist()))
+    assert roots.tolist() == _union_find_roots(nodes.tolist(), a.tolist(), b.tolist())
+    # Components of each of 4 edge partitions, then of their (node, root) links: the same roots.
+    part = pair_partition(a, b, 4)
+    stars = [linked_components(a[part == p], b[part == p]) for p in range(4)]
+    merged = linked_components(np.concatenate([s[0] for s in stars]), np.concatenate([s[1] for s in stars]))
+    assert np.array_equal(merged[0], nodes) and np.array_equal(merged[1], roots)
+
+
+@pytest.fixture(scope="module")
+def copies_corpus(tmp_path_factory):
+    """Sample documents with verbatim, case-changed and edited copies, shuffled into 6+ shards."""
+    rng = random.Random(5)
+    rows = []
+    for lang in ("en", "zh"):
+        for r in pq.read_table(REPO / "data/sample" / f"{lang}.parquet").to_pylist()[:40]:
+            rows.append({"id": r["id"], "text": r["text"], "lang": lang, "source": "t",
+                         "quality_score": round(rng.random(), 2), "annotations": "{}"})
+            text = r["text"]
+            for k in range(rng.randrange(4)):
+                words = text.split(" ") if lang == "en" else list(text)
+                words[rng.randrange(len(words))] = "edit"
+                text = text.upper() if k == 0 else (" " if lang == "en" else "").join(words)
+                rows.append({**rows[-1], "id": f"{r['id']}-{k}", "text": text, "quality_score": rng.random()})
+    rng.shuffle(rows)
+    src = tmp_path_factory.mktemp("copies") / "in"
+    write_table(src, pa.Table.from_pylist(rows, schema=DOC_SCHEMA), target_bytes=40_000)
+    return src
+
+
+def _result(out):
+    files = {sub: [(f["name"], f["rows"], f["sha256"]) for f in read_manifest(out / sub)["files"]]
+             for sub in ("kept", "excluded")}
+    stats = json.loads((out / "stats.json").read_text())
+    for key in ("seconds", "step_seconds", "peak_rss_mb", "partitions", "hash", "order", "group", "write"):
+        stats.pop(key, None)
+    return files, stats
+
+
+@pytest.mark.parametrize("stage,tiny", [("exact_dedup", 0.002), ("minhash_dedup", 0.02)])
+def test_many_partitions_give_the_one_partition_output(copies_corpus, tmp_path, stage, tiny):
+    one = GLOBAL_STAGES[stage](copies_corpus, tmp_path / "one", {}, 1, "local", None)
+    many = GLOBAL_STAGES[stage](copies_corpus, tmp_path / "many", {"memory_budget_mb": tiny}, 2, "local", None)
+    assert one["partitions"] == 1 and many["partitions"] >= 5
+    assert _result(tmp_path / "many") == _result(tmp_path / "one")
+    assert one["clusters"] >= 20 and sum(one["excluded"].values()) >= 30     # the corpus has duplicates
+    # Decisions are written per input shard, each holding only that shard's documents.
+    shards = read_manifest(copies_corpus)["files"]
+    first = 0
+    for f in shards:
+        docs = read_arrow(tmp_path / "many/work/decisions" / f"{Path(f['name']).stem}.arrow").column("doc").to_numpy()
+        assert ((docs >= first) & (docs < first + f["rows"])).all()
+        first += f["rows"]
+    assert len(shards) >= 5
