@@ -72,9 +72,9 @@ def our_pairs(out_dir: Path) -> list[tuple[str, str]]:
     work = out_dir / "work"
     names = sorted(p.name for p in (work / "signatures").glob("*.arrow"))
     ids = [i for n in names for i in arrow(work / "signatures" / n).column("id").to_pylist()]
-    by_rank = np.argsort(arrow(work / "order.arrow").column("rank").to_numpy())
+    by_rank = np.load(work / "order" / "doc.npy")
     pairs = []
-    for path in sorted((work / "verified").glob("chunk-*.arrow")):
+    for path in sorted((work / "verified").glob("part-*.arrow")):
         t = arrow(path)
         a, b = by_rank[t.column("a").to_numpy()], by_rank[t.column("b").to_numpy()]
         pairs += [(ids[x], ids[y]) for x, y in zip(a, b)]

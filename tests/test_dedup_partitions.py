@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.common import (pair_partition, partition_count, read_arrow, read_partition, unique_pairs,
-                                        write_partitioned)
+from data_pipeline.dedup.common import (Shard, pair_partition, partition_count, read_arrow, read_order,
+                                        read_partition, survivor_rank, unique_pairs, write_arrow, write_partitioned)
+from data_pipeline.dedup.order import build_order, range_key
 from data_pipeline.dedup.unionfind import linked_components
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.shards import read_manifest, write_table
@@ -114,7 +115,7 @@ def _result(out):
     files = {sub: [(f["name"], f["rows"], f["sha256"]) for f in read_manifest(out / sub)["files"]]
              for sub in ("kept", "excluded")}
     stats = json.loads((out / "stats.json").read_text())
-    for key in ("seconds", "step_seconds", "peak_rss_mb", "partitions", "hash", "order", "group", "write"):
+    for key in ("seconds", "step_seconds", "peak_rss_mb", "partitions", "order_ranges", "hash", "order", "group", "write"):
         stats.pop(key, None)
     return files, stats
 
@@ -134,3 +135,32 @@ def test_many_partitions_give_the_one_partition_output(copies_corpus, tmp_path, 
         assert ((docs >= first) & (docs < first + f["rows"])).all()
         first += f["rows"]
     assert len(shards) >= 5
+
+
+def _meta_shards(work, n_shards=5, rows=400, seed=0):
+    """meta/<shard>.arrow files with many ties: 4 quality values (and null, -0.0), 6 lengths, random ids."""
+    rng = np.random.default_rng(seed)
+    shards, first = [], 0
+    for i in range(n_shards):
+        quality = rng.choice(np.array([0.5, 0.0, -0.0, 0.9, np.nan], dtype=np.float32), rows)
+        table = pa.table({"id": [f"d{x}" for x in rng.integers(0, 10 ** 6, rows)],
+                          "quality_score": pa.array(quality, pa.float32(), mask=np.isnan(quality)),
+                          "n_chars": rng.choice([0, 10, 11, 500, 2 ** 33, 2 ** 33 + 1], rows)})
+        write_arrow(work / "meta" / f"s{i}.arrow", table)
+        shards.append(Shard(i, work / f"s{i}", f"s{i}", first, rows))
+        first += rows
+    return shards
+
+
+def test_range_partitioned_order_is_the_global_sort(tmp_path):
+    shards = _meta_shards(tmp_path)
+    meta = pa.concat_tables([read_arrow(tmp_path / "meta" / f"{s.name}.arrow") for s in shards])
+    ranges = build_order(tmp_path, shards, "meta", memory_budget_mb=0.02)
+    assert ranges >= 8
+    rank, by_rank = read_order(tmp_path)
+    assert np.array_equal(rank, survivor_rank(meta))
+    assert np.array_equal(by_rank[rank], np.arange(len(meta)))
+    # range_key never orders two documents against the survivor order; it merges -0.0 with 0.0 and
+    # lengths past 2**32 (4 qualities x 5 lengths), whose ties the in-range sort breaks.
+    keys = range_key(meta)[by_rank]
+    assert (keys[1:] >= keys[:-1]).all() and len(np.unique(keys)) == 4 * 5

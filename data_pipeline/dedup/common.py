@@ -107,18 +107,9 @@ def survivor_rank(meta: pa.Table) -> np.ndarray:
     return rank
 
 
-def write_order(work: Path, meta: pa.Table) -> None:
-    """work/order.arrow, uncompressed so tasks memory-map it: `rank` by document, `doc` by rank."""
-    rank = survivor_rank(meta)
-    by_rank = np.empty_like(rank)
-    by_rank[rank] = np.arange(len(rank), dtype=np.int64)
-    write_arrow(work / "order.arrow", pa.table({"rank": rank, "doc": by_rank}), compression=None)
-
-
 def read_order(work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(rank of each document, document of each rank), memory-mapped views of work/order.arrow."""
-    table = read_arrow(work / "order.arrow")
-    return column_numpy(table, "rank"), column_numpy(table, "doc")
+    """(rank of each document, document of each rank): memory-mapped views of work/order/ (order.py)."""
+    return (np.load(work / "order" / "rank.npy", mmap_mode="r"), np.load(work / "order" / "doc.npy", mmap_mode="r"))
 
 
 def column_numpy(table: pa.Table, name: str) -> np.ndarray:

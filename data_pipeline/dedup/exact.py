@@ -3,7 +3,7 @@
 Steps (each resumable; an artifact under work/ that exists is not recomputed):
   1. hash      per input shard, in parallel: survivor meta (id, quality, length) and the digests,
                partitioned by digest prefix into P record batches of one uncompressed file.
-  2. order     survivor rank of every document (common.write_order).
+  2. order     survivor rank of every document (order.py, a range-partitioned sort).
   3. group     per partition, in parallel: equal digests form a group; its best-ranked document
                survives. Groups never span partitions, so no merge is needed.
   4. write     decisions per input shard, then kept/excluded per shard, manifests and stats.json.
@@ -24,8 +24,9 @@ from stack_common.config import Checks
 
 from .common import (Shard, apply_cluster_decisions, column_numpy, doc_meta, finish_stage, input_shards, iter_shard,
                      load_config, partition_count, peak_rss_mb, prepare_work, read_arrow, read_order,
-                     read_partition, run_apply, timed, write_arrow, write_cluster_decisions, write_order,
+                     read_partition, run_apply, timed, write_arrow, write_cluster_decisions,
                      write_partitioned)
+from .order import build_order
 from .parallel import run_tasks
 from .text import text_digest
 
@@ -115,8 +116,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     run_tasks(_hash_shard, [(s, work, conf.digest_bytes, parts) for s in todo], desc=f"{stage}: hash", **par)
     t0 = timed(steps, "hash", t0)
 
-    if not (work / "order.arrow").is_file():
-        write_order(work, pa.concat_tables([read_arrow(work / "meta" / f"{n}.arrow") for n in names]))
+    order_ranges = build_order(work, shards, "meta", conf.memory_budget_mb, **par)
     t0 = timed(steps, "order", t0)
 
     todo = [p for p in range(parts) if not (work / "groups" / f"part-{p:05d}.arrow").is_file()]
@@ -131,4 +131,4 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     timed(steps, "write", t0)
     clusters = read_json(work / "decisions.json")["clusters"]
     return finish_stage(stage, output_dir, records, started,
-                        {"clusters": clusters, "partitions": parts, **steps, "peak_rss_mb": peak_rss_mb()})
+                        {"clusters": clusters, "partitions": parts, "order_ranges": order_ranges, **steps, "peak_rss_mb": peak_rss_mb()})

@@ -5,7 +5,8 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed); P
   1. signatures  per input shard, in parallel: shingle hashes (sorted, uncompressed, for the Jaccard
                  check), MinHash signatures beside ids, and one 64-bit key per LSH band, written once
                  as P record batches (partition = hash of the key) of one uncompressed file.
-  2. order       survivor rank of every document (quality, length, id): input order plays no part.
+  2. order       survivor rank of every document (quality, length, id), a range-partitioned sort
+                 (order.py): input order plays no part.
   3. pairs       per band-key partition, in parallel: per band, sort (key, rank); every document in a
                  bucket is paired with the bucket's best-ranked document and with the `bucket_window`
                  documents ranked just above it (all pairs in buckets of up to bucket_window + 1), so
@@ -39,7 +40,8 @@ from stack_common.atomic import read_json
 from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, column_numpy, doc_meta, finish_stage,
                      hash_partition, input_shards, iter_shard, load_config, pair_partition, partition_count,
                      peak_rss_mb, prepare_work, read_arrow, read_columns, read_order, read_partition, run_apply, timed,
-                     unique_pairs, write_arrow, write_cluster_decisions, write_order, write_partitioned)
+                     unique_pairs, write_arrow, write_cluster_decisions, write_partitioned)
+from .order import build_order
 from .parallel import run_tasks
 from .text import char_shingle_hashes, shingle_hashes
 from .unionfind import linked_components
@@ -303,12 +305,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
               desc=f"{stage}: signatures", **par)
     t0 = timed(steps, "signatures", t0)
 
-    meta_columns = ["id", "quality_score", "n_chars", "n_shingles"]
-    meta = pa.concat_tables([read_columns(work / "signatures" / f"{n}.arrow", meta_columns) for n in names])
-    if not (work / "order.arrow").is_file():
-        write_order(work, meta.select(["id", "quality_score", "n_chars"]))
-    docs_without_shingles = int((column_numpy(meta.combine_chunks(), "n_shingles") == 0).sum())
-    del meta
+    order_ranges = build_order(work, shards, "signatures", conf.memory_budget_mb, **par)
     t0 = timed(steps, "order", t0)
     peaks["order"] = peak_rss_mb()
 
@@ -332,14 +329,17 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON), **par)
     timed(steps, "write", t0)
     peaks["write"] = peak_rss_mb()
-    candidates = verified = 0
+    candidates = verified = docs_without_shingles = 0
+    for n in names:
+        n_shingles = read_columns(work / "signatures" / f"{n}.arrow", ["n_shingles"]).column("n_shingles")
+        docs_without_shingles += int((n_shingles.to_numpy() == 0).sum())
     for p in range(parts):
         table = read_arrow(work / "verified" / f"part-{p:05d}.arrow")
         candidates += int(table.schema.metadata[b"candidates"])
         verified += len(table)
     return finish_stage(stage, output_dir, records, started, {
         "threshold": conf.threshold, "num_perm": conf.num_perm, "shingle": conf.shingle, "ngram": conf.ngram,
-        "bands": bands, "rows": rows, "partitions": parts,
+        "bands": bands, "rows": rows, "partitions": parts, "order_ranges": order_ranges,
         "candidate_pairs": candidates, "verified_pairs": verified,
         "clusters": read_json(work / "decisions.json")["clusters"],
         "docs_without_shingles": docs_without_shingles, "step_seconds": steps.get("step_seconds", {}),
