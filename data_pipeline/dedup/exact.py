@@ -115,9 +115,11 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     todo = [s for s in shards if not (work / "meta" / f"{s.name}.arrow").is_file()]
     run_tasks(_hash_shard, [(s, work, conf.digest_bytes, parts) for s in todo], desc=f"{stage}: hash", **par)
     t0 = timed(steps, "hash", t0)
+    peaks = {"hash": peak_rss_mb()}
 
     order_ranges = build_order(work, shards, "meta", conf.memory_budget_mb, **par)
     t0 = timed(steps, "order", t0)
+    peaks["order"] = peak_rss_mb()
 
     todo = [p for p in range(parts) if not (work / "groups" / f"part-{p:05d}.arrow").is_file()]
     run_tasks(_group_partition, [(p, work, names, conf.digest_bytes) for p in todo], desc=f"{stage}: group", **par)
@@ -126,9 +128,12 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         write_cluster_decisions(work, shards, np.concatenate([column_numpy(g, "node") for g in groups]),
                                 np.concatenate([column_numpy(g, "root") for g in groups]), "meta")
     t0 = timed(steps, "group", t0)
+    peaks["group"] = peak_rss_mb()
 
     records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON), **par)
     timed(steps, "write", t0)
+    peaks["write"] = peak_rss_mb()
     clusters = read_json(work / "decisions.json")["clusters"]
     return finish_stage(stage, output_dir, records, started,
-                        {"clusters": clusters, "partitions": parts, "order_ranges": order_ranges, **steps, "peak_rss_mb": peak_rss_mb()})
+                        {"clusters": clusters, "partitions": parts, "order_ranges": order_ranges, **steps,
+                         "peak_rss_mb": peaks})
