@@ -2,9 +2,8 @@
 connected components, one deterministic survivor per cluster.
 
 Steps, each resumable (an artifact under work/ that exists is not recomputed); P partitions:
-  1. signatures  per input shard, in parallel: shingle hashes (sorted, uncompressed, for the Jaccard
-                 check), MinHash signatures beside ids, and one 64-bit key per LSH band, written once
-                 as P record batches (partition = hash of the key) of one uncompressed file.
+  1. signatures  per input shard, in parallel: shingle hashes (sorted, raw, for the Jaccard check),
+                 MinHash signatures beside ids, and one 64-bit key per LSH band, written once as P record batches (partition = hash of the key) of one uncompressed file.
   2. order       survivor rank of every document (quality, length, id), a range-partitioned sort
                  (order.py): input order plays no part.
   3. pairs       per band-key partition, in parallel: per band, sort (key, rank); every document in a
@@ -13,7 +12,7 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed); P
                  two near copies that both miss the head are still compared. The pairs are written as
                  P record batches by a hash of the pair.
   4. verify      per pair partition, in parallel: distinct pairs (the same pair from several bands
-                 meets in one partition), exact Jaccard of the shingle sets memory-mapped per shard;
+                 meets in one partition), exact Jaccard of the shingle sets, read per document;
                  pairs below the threshold are dropped; the partition's components (scipy) are
                  reduced to (document, smallest rank) links.
   5. clusters    the links of all partitions merged with scipy; the root (smallest rank) survives;
@@ -25,6 +24,7 @@ task holds its partition's (document, band, key, rank) rows, their sort order an
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from datasketch import MinHash, MinHashLSH
 
 from stack_common.config import Checks
 
-from stack_common.atomic import read_json
+from stack_common.atomic import atomic_path, read_json
 
 from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, column_numpy, doc_meta, finish_stage,
                      hash_partition, input_shards, iter_shard, load_config, pair_partition, partition_count,
@@ -128,28 +128,29 @@ def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarr
 def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, rows: int, parts: int) -> None:
     """Signatures, band keys and shingle sets of one shard, streamed batch by batch (band keys are held
     until the end of the shard, then written by partition)."""
-    schemas = _work_schemas(conf.num_perm)
-    docs, keys = [], []
+    docs, keys, counts = [], [], [np.zeros(1, np.int64)]
     with contextlib.ExitStack() as stack:
-        # Shingles uncompressed: the verify step memory-maps single rows.
-        out = {name: stack.enter_context(ArrowFileWriter(work / name / f"{shard.name}.arrow", schemas[name],
-                                                         compression=None if name == "shingles" else "zstd"))
-               for name in ("signatures", "shingles")}
+        signature_file = stack.enter_context(ArrowFileWriter(work / "signatures" / f"{shard.name}.arrow",
+                                                             _signature_schema(conf.num_perm)))
+        # Shingles raw: the verify step reads single documents' sets with pread (ShingleStore).
+        values_file = stack.enter_context(open(stack.enter_context(atomic_path(_shingle_path(work, shard.name))),
+                                               "wb"))
         row = shard.first_doc
         for batch in iter_shard(shard, ["id", "text", "quality_score"]):
             sets = [shingle_set(t or "", conf) for t in batch.column("text").to_pylist()]
             sig = signatures(sets, conf.num_perm, conf.seed)
             has = np.array([len(s) > 0 for s in sets], dtype=bool)
-            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
-            np.cumsum([len(s) for s in sets], out=offsets[1:])
-            values = np.concatenate(sets) if sets else np.zeros(0, np.uint32)
-            out["shingles"].write({"shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))})
+            counts.append(np.array([len(s) for s in sets], dtype=np.int64))
+            for values in sets:
+                values_file.write(values.astype("<u4").tobytes())
             docs.append(row + np.flatnonzero(has))
             keys.append(band_keys(sig[has], bands, rows))
-            out["signatures"].write({**doc_meta(batch), "n_shingles": pa.array([len(s) for s in sets], pa.int64()),
-                                     "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)),
-                                                                                    conf.num_perm)})
+            signature_file.write({**doc_meta(batch), "n_shingles": pa.array(counts[-1], pa.int64()),
+                                  "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)),
+                                                                                 conf.num_perm)})
             row += batch.num_rows
+        with atomic_path(_shingle_path(work, shard.name, "offsets.npy")) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.cumsum(np.concatenate(counts)))
         doc = np.concatenate(docs + [np.zeros(0, np.int64)])
         key = np.concatenate(keys + [np.zeros((0, bands), np.uint64)])
         write_partitioned(work / "bands" / f"{shard.name}.arrow", BAND_SCHEMA,
@@ -159,11 +160,15 @@ def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, 
         # last and marks the shard done.
 
 
-def _work_schemas(num_perm: int) -> dict[str, pa.Schema]:
-    return {"shingles": pa.schema([("shingles", pa.large_list(pa.uint32()))]),
-            "signatures": pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64()),
-                                     ("n_shingles", pa.int64()),
-                                     ("signature", pa.list_(pa.uint32(), num_perm))])}
+def _signature_schema(num_perm: int) -> pa.Schema:
+    return pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64()),
+                      ("n_shingles", pa.int64()), ("signature", pa.list_(pa.uint32(), num_perm))])
+
+
+def _shingle_path(work: Path, shard_name: str, suffix: str = "u32") -> Path:
+    """work/shingles/<shard>.u32: every document's sorted shingle hashes, little-endian uint32, in
+    document order; <shard>.offsets.npy: where each document's starts (documents + 1 values)."""
+    return work / "shingles" / f"{shard_name}.{suffix}"
 
 
 # ---- 3. bands ----------------------------------------------------------------------------------------
@@ -230,25 +235,32 @@ def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class ShingleStore:
-    """Shingle sets by global document index, memory-mapped from the per-shard files (no copy: each
-    record batch's offsets and values are views of the map)."""
+    """Shingle sets by global document index, read one set at a time (pread) from the per-shard raw
+    files: a task's memory holds the sets it compares, not the files (a memory map of randomly
+    accessed sets would bring most of every file's pages into the task's resident memory)."""
+
+    MAX_OPEN = 256
 
     def __init__(self, work: Path, names: list[str], first_docs: list[int]):
         self.work, self.names, self.first = work, names, np.asarray(first_docs, dtype=np.int64)
-        self._open: dict[int, tuple[np.ndarray, list]] = {}
+        self._open: dict[int, tuple[int, np.ndarray]] = {}
 
     def get(self, doc: int) -> np.ndarray:
         s = int(np.searchsorted(self.first, doc, side="right") - 1)
         if s not in self._open:
-            chunks = read_arrow(self.work / "shingles" / f"{self.names[s]}.arrow").column("shingles").chunks
-            starts = np.cumsum([0] + [len(c) for c in chunks])
-            self._open[s] = (starts, [(c.offsets.to_numpy(), c.values.to_numpy()) for c in chunks])
-        starts, chunks = self._open[s]
+            if len(self._open) >= self.MAX_OPEN:
+                self.close()
+            offsets = np.load(_shingle_path(self.work, self.names[s], "offsets.npy"), mmap_mode="r")
+            self._open[s] = (os.open(_shingle_path(self.work, self.names[s]), os.O_RDONLY), offsets)
+        fd, offsets = self._open[s]
         i = doc - self.first[s]
-        c = int(np.searchsorted(starts, i, side="right") - 1)
-        offsets, values = chunks[c]
-        i -= starts[c]
-        return values[offsets[i]:offsets[i + 1]]
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        return np.frombuffer(os.pread(fd, 4 * (hi - lo), 4 * lo), dtype="<u4")
+
+    def close(self) -> None:
+        for fd, _ in self._open.values():
+            os.close(fd)
+        self._open.clear()
 
 
 def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[int], threshold: float,
@@ -261,9 +273,12 @@ def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[
     del batches
     _, by_rank = read_order(work)
     store = ShingleStore(work, names, first_docs)
-    sims = np.array([jaccard_sorted(store.get(x), store.get(y)) for x, y in zip(by_rank[a].tolist(),
-                                                                                 by_rank[b].tolist())],
-                    dtype=np.float32)
+    try:
+        sims = np.array([jaccard_sorted(store.get(x), store.get(y)) for x, y in zip(by_rank[a].tolist(),
+                                                                                     by_rank[b].tolist())],
+                        dtype=np.float32)
+    finally:
+        store.close()
     keep = sims >= threshold
     nodes, roots = linked_components(a[keep], b[keep])
     write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({"node": nodes, "root": roots}))
