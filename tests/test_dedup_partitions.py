@@ -13,7 +13,7 @@ from data_pipeline.dedup import GLOBAL_STAGES
 from data_pipeline.dedup.common import (Shard, pair_partition, partition_count, read_arrow, read_order,
                                         read_partition, survivor_rank, unique_pairs, write_arrow, write_partitioned)
 from data_pipeline.dedup.order import build_order, range_key
-from data_pipeline.dedup.unionfind import linked_components
+from data_pipeline.dedup.unionfind import linked_components, merge_links
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.shards import read_manifest, write_table
 
@@ -88,6 +88,10 @@ def test_linked_components_merge_partition_stars_to_the_global_components():
     stars = [linked_components(a[part == p], b[part == p]) for p in range(4)]
     merged = linked_components(np.concatenate([s[0] for s in stars]), np.concatenate([s[1] for s in stars]))
     assert np.array_equal(merged[0], nodes) and np.array_equal(merged[1], roots)
+    # Merged in rounds (collapsed whenever more than 50 links are held): the same components.
+    for limit in (50, 10 ** 9):
+        rounds = merge_links(((a[part == p], b[part == p]) for p in range(4)), limit)
+        assert np.array_equal(rounds[0], nodes) and np.array_equal(rounds[1], roots)
 
 
 @pytest.fixture(scope="module")

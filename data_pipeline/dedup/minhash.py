@@ -44,13 +44,14 @@ from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, column_num
 from .order import build_order
 from .parallel import run_tasks
 from .text import char_shingle_hashes, shingle_hashes
-from .unionfind import linked_components
+from .unionfind import linked_components, merge_links
 
 STAGE = "minhash_dedup"
 REASON = "near_duplicate"
 _KEY_MUL = np.uint64(0x100000001B3)
 SHINGLES = ("chars", "tokens")
 BYTES_PER_BAND_KEY = 96     # a pairs task: document, band, key, rank, sort order, bucket flags, the pairs made
+MERGE_BYTES_PER_LINK = 130  # linked_components: unique with inverse, sparse matrix, labels (measured peak)
 BAND_SCHEMA = pa.schema([("doc", pa.int64()), ("band", pa.int16()), ("key", pa.uint64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 
@@ -281,18 +282,19 @@ def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[
         store.close()
     keep = sims >= threshold
     nodes, roots = linked_components(a[keep], b[keep])
-    write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({"node": nodes, "root": roots}))
+    moved = nodes != roots                      # a root's link to itself adds nothing to the merge
+    write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({"node": nodes[moved], "root": roots[moved]}))
     verified = pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]})
     write_arrow(work / "verified" / f"part-{part:05d}.arrow",      # last: marks the partition done
                 verified.replace_schema_metadata({"candidates": str(len(a))}))
     return int(keep.sum())
 
 
-def _merge_clusters(work: Path, shards: list[Shard], parts: int) -> None:
+def _merge_clusters(work: Path, shards: list[Shard], parts: int, memory_budget_mb: float) -> None:
     """Components of all partitions' links (scipy), then decisions per input shard."""
-    links = [read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts)]
-    nodes, roots = linked_components(np.concatenate([column_numpy(t, "node") for t in links]),
-                                     np.concatenate([column_numpy(t, "root") for t in links]))
+    links = (read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts))
+    nodes, roots = merge_links(((column_numpy(t, "node"), column_numpy(t, "root")) for t in links),
+                               max(1, int(memory_budget_mb * 2 ** 20 / MERGE_BYTES_PER_LINK)))
     write_cluster_decisions(work, shards, nodes, roots, "signatures")
 
 
@@ -337,7 +339,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     peaks["verify"] = peak_rss_mb()
 
     if not (work / "decisions.json").is_file():
-        _merge_clusters(work, shards, parts)
+        _merge_clusters(work, shards, parts, conf.memory_budget_mb)
     t0 = timed(steps, "clusters", t0)
     peaks["clusters"] = peak_rss_mb()
 

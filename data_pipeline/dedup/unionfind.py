@@ -6,6 +6,8 @@ reduced to (node, root) stars and the stars of all partitions merged the same wa
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -30,3 +32,22 @@ def component_roots(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     nodes, linked = linked_components(a, b)
     roots[nodes] = linked
     return roots
+
+
+def merge_links(parts: Iterable[tuple[np.ndarray, np.ndarray]], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """linked_components of the links of every part, holding about max(limit, 2 x linked nodes) links.
+
+    Links are added part by part; past the limit (or twice what the last collapse left) they are
+    collapsed to one (node, root) link per linked node that is not a root, which keeps every component.
+    """
+    a, b, held, kept = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0, 0
+    for part_a, part_b in parts:
+        a.append(part_a)
+        b.append(part_b)
+        held += len(part_a)
+        if held > max(limit, 2 * kept):
+            nodes, roots = linked_components(np.concatenate(a), np.concatenate(b))
+            moved = nodes != roots
+            a, b, held = [nodes[moved]], [roots[moved]], int(moved.sum())
+            kept = held
+    return linked_components(np.concatenate(a), np.concatenate(b))
