@@ -6,8 +6,8 @@ Corpus: windows of ../shared/corpus documents (--chars characters), half of them
 a tenth verbatim copies (bench/dedup_data.py), in shards of about 8 MB. Each stage runs in a fresh
 process; its stats.json gives the partition count and the peak RSS of the driver and of the largest
 pool task after each step (getrusage; a forked task's figure includes the driver pages it shares).
-Also printed: the bytes per document of the one global step left, the survivor order (meta table +
-sort indices + rank + doc-of-rank), and the driver's RSS after imports (the floor of every figure).
+Also printed: the bytes per document that an order range-sort task holds (id, quality, length as
+Arrow, plus index, sort indices and rank), and the driver's RSS after imports (the floor of every figure).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def main() -> None:
             cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             print(f"{stage:13s} docs={n:8d} partitions={stats['partitions']:4d} wall={time.time() - t0:6.1f}s "
                   f"cpu={cpu:6.1f}s peak driver={driver:6.0f} MB task={tasks:6.0f} MB "
-                  f"excluded={sum(stats['excluded'].values())} order={order:.0f} B/doc", flush=True)
+                  f"excluded={sum(stats['excluded'].values())} order_ranges={stats['order_ranges']} sort={order:.0f} B/doc", flush=True)
             print("   per step:", json.dumps(steps), flush=True)
 
 
