@@ -26,18 +26,21 @@ from dedup_data import build_scale  # noqa: E402
 
 from stack_common.shards import read_table, write_table  # noqa: E402
 
-# Run in a child process so that the driver's peak RSS is the stage's alone. ru_maxrss of the
-# children is the largest pool worker (each pool is joined when its step ends).
+# Run in a child process so that the driver's peak RSS is the stage's alone: VmHWM of the driver
+# (ru_maxrss would carry over the launching process's peak across exec); ru_maxrss of the children
+# is the largest pool worker (each pool is joined when its step ends; a forked worker starts with
+# the driver's resident pages).
 RUN_STAGE = """
 import json, resource, sys
 from pathlib import Path
 import psutil
 from data_pipeline.dedup import GLOBAL_STAGES
+def vm_hwm():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 baseline = psutil.Process().memory_info().rss     # the imports, before the stage
 src, out, workers, cfg = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 stats = GLOBAL_STAGES["line_dedup"](src, out, cfg, workers, "local", None)
-rss = {who: resource.getrusage(w).ru_maxrss * 1024 for who, w in
-       (("driver", resource.RUSAGE_SELF), ("task", resource.RUSAGE_CHILDREN))}
+rss = {"driver": vm_hwm(), "task": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
 print(json.dumps({**stats, "peak_rss": {**rss, "driver_after_imports": baseline}}))
 """
 

@@ -29,7 +29,8 @@ def _doc(id_, text, lang, quality):
 
 def _corpus(path, n_docs=90, seed=3):
     """Documents of a unique body and repeated boilerplate (lines, and sentences within lines);
-    qualities with ties and nulls; some documents are boilerplate only, so they end up too short, one of them a first keeper."""
+    qualities with ties and nulls; some documents are boilerplate only, so they end up too short,
+    one of them a first keeper."""
     rng = random.Random(seed)
     docs = []
     for i in range(n_docs):
@@ -39,13 +40,14 @@ def _corpus(path, n_docs=90, seed=3):
         if rng.random() < 0.2:
             lines = [" ".join(rng.sample(pool, 2))]          # two boilerplate sentences on one line
         if rng.random() < 0.75:
-            lines.insert(rng.randrange(len(lines) + 1), f"Document {i} has its own body text about item {i * 7}, written for this test alone.")
+            body = f"Document {i} has its own body text about item {i * 7}, written for this test alone."
+            lines.insert(rng.randrange(len(lines) + 1), body)
         quality = None if rng.random() < 0.1 else round(rng.random(), 1)
         docs.append(_doc(f"d{i:03d}", "\n".join(lines) + "\n", lang, quality))
     # the best holder of EN[0] loses EN[1] to a better document and is left too short
     docs.insert(n_docs // 2, _doc("best-0", f"{EN[0]}\n{EN[1]}\n", "en", 1.5))
-    docs.insert(n_docs // 3, _doc("best-1", f"{EN[1]}\nA long body line that only this one document has, nowhere else.\n",
-                                  "en", 1.6))
+    body = "A long body line that only this one document has, nowhere else."
+    docs.insert(n_docs // 3, _doc("best-1", f"{EN[1]}\n{body}\n", "en", 1.6))
     write_table(path, pa.Table.from_pylist(docs, schema=DOC_SCHEMA), target_bytes=1500)
     return path
 
@@ -72,7 +74,8 @@ def test_many_partitions_give_the_output_of_one(tmp_path, unit):
     assert len(read_manifest(src)["files"]) >= 10
     cfg = {"unit": unit, "min_count": 3, "min_doc_chars": 70}
     one = GLOBAL_STAGES["line_dedup"](src, tmp_path / "one", cfg, 1, "local", None)
-    many = GLOBAL_STAGES["line_dedup"](src, tmp_path / "many", {**cfg, "memory_budget_mb": TINY_BUDGET}, 2, "local", None)
+    many = GLOBAL_STAGES["line_dedup"](src, tmp_path / "many", {**cfg, "memory_budget_mb": TINY_BUDGET}, 2, "local",
+                                       None)
     assert one["partitions"] == 1 and many["partitions"] >= 5
     assert one["removed_units"] > 50 and one["excluded"]["too_short_after_line_dedup"] >= 5
     assert _outputs(tmp_path / "many") == _outputs(tmp_path / "one")
