@@ -9,7 +9,7 @@ from _helpers import run_killed_stage
 
 from data_pipeline.dedup import GLOBAL_STAGES
 from data_pipeline.dedup.lines import BYTES_PER_PAIR, key_range, partition_count
-from data_pipeline.dedup.text import unit_key
+from data_pipeline.dedup.text import normalize, split_units, unit_key
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.shards import read_manifest, read_table, write_table
 
@@ -43,13 +43,48 @@ def _corpus(path, n_docs=90, seed=3):
             body = f"Document {i} has its own body text about item {i * 7}, written for this test alone."
             lines.insert(rng.randrange(len(lines) + 1), body)
         quality = None if rng.random() < 0.1 else round(rng.random(), 1)
-        docs.append(_doc(f"d{i:03d}", "\n".join(lines) + "\n", lang, quality))
+        docs.append(_doc(f"d{i * 37 % n_docs:03d}", "\n".join(lines) + "\n", lang, quality))   # ids out of order
     # the best holder of EN[0] loses EN[1] to a better document and is left too short
     docs.insert(n_docs // 2, _doc("best-0", f"{EN[0]}\n{EN[1]}\n", "en", 1.5))
     body = "A long body line that only this one document has, nowhere else."
     docs.insert(n_docs // 3, _doc("best-1", f"{EN[1]}\n{body}\n", "en", 1.6))
+    # best holders tied on quality and length: the smallest id keeps, not the first in input order
+    for j, name in enumerate(["tie-c", "tie-a", "tie-b"]):
+        docs.insert(n_docs // 4 + 20 * j, _doc(name, f"{EN[2]}\n{EN[3]}\n", "en", 1.7))
     write_table(path, pa.Table.from_pylist(docs, schema=DOC_SCHEMA), target_bytes=1500)
     return path
+
+
+def by_definition(docs, cfg):
+    """Line dedup computed per document from its definition: {id: text} kept, [id] excluded."""
+    def order(i):                              # survivor order: quality (null last), length, id, input order
+        q = docs[i]["quality_score"]
+        return (q is None or q != q, -(q or 0.0), -len(docs[i]["text"]), docs[i]["id"], i)
+
+    def unit_keys(text):
+        return [(u, k if n >= 20 else None) for u in split_units(text, cfg["unit"]) for k, n in [unit_key(u)]]
+
+    holders = {}
+    for i, d in enumerate(docs):
+        for k in {k for _, k in unit_keys(d["text"]) if k is not None}:
+            holders.setdefault(k, []).append(i)
+
+    def stripped(keeper):
+        return {i: "".join(u for u, k in unit_keys(d["text"]) if keeper.get(k, i) == i) for i, d in enumerate(docs)}
+
+    def too_short(texts):
+        return {i for i, t in texts.items() if t != docs[i]["text"] and len(normalize(t)) < cfg["min_doc_chars"]}
+
+    repeated = {k: h for k, h in holders.items() if len(h) >= cfg["min_count"]}
+    short = too_short(stripped({k: min(h, key=order) for k, h in repeated.items()}))
+    texts = stripped({k: min(h, key=lambda i: (i in short, order(i))) for k, h in repeated.items()})
+    excluded = too_short(texts)
+    return {docs[i]["id"]: t for i, t in texts.items() if i not in excluded}, sorted(docs[i]["id"] for i in excluded)
+
+
+def _kept_and_excluded(out_dir):
+    kept = {r["id"]: r["text"] for r in read_table(out_dir / "kept").to_pylist()}
+    return kept, sorted(r["id"] for r in read_table(out_dir / "excluded").to_pylist())
 
 
 def _outputs(out_dir):
@@ -65,7 +100,7 @@ def test_partition_count_follows_the_budget():
     assert partition_count(0, 1) == 1
     assert partition_count(2 ** 20 // BYTES_PER_PAIR, 1) == 1
     assert partition_count(2 ** 20 // BYTES_PER_PAIR + 1, 1) == 2
-    assert partition_count(10 ** 8, 1024) == 8       # 100M pairs * 80 B = 7.45 GiB -> 8 tasks of <= 1 GiB
+    assert partition_count(10 ** 8, 1024) == 12      # 100M pairs * 128 B = 11.9 GiB -> 12 tasks of <= 1 GiB
 
 
 @pytest.mark.parametrize("unit", ["paragraph", "sentence"])
@@ -79,6 +114,9 @@ def test_many_partitions_give_the_output_of_one(tmp_path, unit):
     assert one["partitions"] == 1 and many["partitions"] >= 5
     assert one["removed_units"] > 50 and one["excluded"]["too_short_after_line_dedup"] >= 5
     assert _outputs(tmp_path / "many") == _outputs(tmp_path / "one")
+    assert _kept_and_excluded(tmp_path / "many") == by_definition(read_table(src).to_pylist(), cfg)
+    kept, excluded = _kept_and_excluded(tmp_path / "many")
+    assert "tie-a" in kept and {"tie-b", "tie-c"} <= set(excluded)
     # the corpus has keepers left too short, so the second pass hands units on
     assert _removals(tmp_path / "many/work/first") != _removals(tmp_path / "many/work/final")
 

@@ -4,16 +4,17 @@ the first in survivor order (highest quality, longest, smallest id) among the do
 A document left shorter than `min_doc_chars` is excluded.
 
 Steps (each resumable, each a set of tasks):
-  units       per shard: the (key, doc) pairs of its documents, sorted by key, in an uncompressed
-              Arrow file that later steps memory-map;
+  units       per shard: the (key, doc) pairs of its documents sorted by key, with the document's
+              quality and length, in an uncompressed Arrow file that later steps memory-map;
   count       per key partition (a range of the 64-bit key hash, P of them): the first keepers, and
               per input shard the (doc, key) pairs it must remove (one record batch per shard);
   too short   per shard, from its own batches only: the documents the first keepers leave too short;
   keepers     per key partition: the final keepers, passed over the too-short documents;
   write       per shard: rewrite it from its own batches of the final removals; manifests, stats.json.
 P = ceil(pairs * BYTES_PER_PAIR / memory_budget_mb), pairs counted after the units step, so a keeper
-task holds about one budget of pairs; what stays whole-corpus is the survivor rank (8 bytes a
-document, memory-mapped by the tasks) and the list of too-short documents.
+task holds about one budget. Survivor order is decided inside a partition from the pairs' quality
+and length; ids are read (from the shards' memory-mapped meta) only where those tie. Nothing holds
+the whole corpus but the list of too-short documents, which every keeper task of the second pass reads.
 
 A keeper that turns out too short (it lost other units) would take its unit out of kept/ with it,
 so keepers are chosen again without the too-short documents. That only gives units back to the
@@ -29,19 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.config import Checks
 
 from .common import (ArrowFileWriter, Shard, ShardOutput, add_annotations, doc_meta, finish_stage, input_shards,
-                     iter_shard, load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed, write_arrow)
+                     iter_shard, load_config, prepare_work, read_arrow, run_apply, timed, write_arrow)
 from .parallel import run_tasks
 from .text import normalize, split_units, unit_key
 
 STAGE = "line_dedup"
 REASON = "too_short_after_line_dedup"
 UNITS = ("paragraph", "sentence")
-BYTES_PER_PAIR = 80     # a keeper task's peak bytes per (key, doc) pair: key, doc, rank, sort order, copies
+BYTES_PER_PAIR = 128    # a keeper task's peak bytes per pair (measured 118: columns, sort orders, copies)
 REMOVE_SCHEMA = pa.schema([("doc", pa.int64()), ("key", pa.uint64())])
 
 
@@ -74,24 +76,29 @@ def doc_unit_keys(text: str, conf: LineConfig) -> list[int | None]:
 
 
 def _unit_shard(shard: Shard, work: Path, conf: LineConfig) -> None:
-    metas, keys, docs = [], [], []
-    row = shard.first_doc
+    """The shard's (key, doc) pairs sorted by key, each with its document's survivor-order columns
+    (quality, n_chars; the id is looked up only for ties), and the documents' meta."""
+    metas, keys, counts = [], [], []
     for batch in iter_shard(shard, ["id", "text", "lang", "quality_score"]):
         for text, lang in zip(batch.column("text").to_pylist(), batch.column("lang").to_pylist()):
-            if lang not in conf.skip_langs:
-                distinct = {k for k in doc_unit_keys(text or "", conf) if k is not None}
-                keys.extend(distinct)
-                docs.extend([row] * len(distinct))
-            row += 1
+            distinct = set() if lang in conf.skip_langs else \
+                {k for k in doc_unit_keys(text or "", conf) if k is not None}
+            keys.extend(distinct)
+            counts.append(len(distinct))
         metas.append(pa.table(doc_meta(batch)))
-    keys, docs = np.array(keys, np.uint64), np.array(docs, np.int64)
-    order = np.lexsort((docs, keys))       # by key: a partition is one contiguous key range
-    write_arrow(work / "units" / f"{shard.name}.arrow", pa.table({"key": keys[order], "doc": docs[order]}),
-                compression=None)
     meta = pa.concat_tables(metas) if metas else pa.table({"id": pa.array([], pa.string()),
                                                            "quality_score": pa.array([], pa.float32()),
                                                            "n_chars": pa.array([], pa.int64())})
-    write_arrow(work / "docs" / f"{shard.name}.arrow", meta)     # last: marks the shard done
+    counts = np.array(counts, np.int64)
+    keys = np.array(keys, np.uint64)
+    local = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((local, keys))       # by key: a partition is one contiguous key range
+    local = local[order]
+    quality = meta.column("quality_score").to_numpy(zero_copy_only=False).astype(np.float32)  # null: NaN
+    units = {"key": keys[order], "doc": local + shard.first_doc, "quality": quality[local],
+             "n_chars": meta.column("n_chars").to_numpy()[local]}
+    write_arrow(work / "units" / f"{shard.name}.arrow", pa.table(units), compression=None)
+    write_arrow(work / "docs" / f"{shard.name}.arrow", meta, compression=None)     # last: marks the shard done
 
 
 def partition_count(pairs: int, memory_budget_mb: float) -> int:
@@ -122,39 +129,75 @@ def repeated_units(keys: np.ndarray, min_count: int) -> tuple[np.ndarray, np.nda
     return np.repeat(hit, counts), np.repeat(starts, counts), int(np.count_nonzero(hit))
 
 
-def _partition_pairs(part: int, n_parts: int, shards: list[Shard], work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The (key, doc) pairs of one key partition, read from every shard's memory-mapped units file."""
-    keys, docs = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
+def _partition_pairs(part: int, n_parts: int, shards: list[Shard], work: Path) -> dict[str, np.ndarray]:
+    """The pairs of one key partition, read from every shard's memory-mapped units file."""
+    columns = {"key": [np.zeros(0, np.uint64)], "doc": [np.zeros(0, np.int64)],
+               "quality": [np.zeros(0, np.float32)], "n_chars": [np.zeros(0, np.int64)]}
     for s in shards:
         units = read_arrow(work / "units" / f"{s.name}.arrow")
-        k = _numpy(units, "key")
-        lo, hi = key_range(k, part, n_parts)
-        keys.append(k[lo:hi])
-        docs.append(_numpy(units, "doc")[lo:hi])
-    return np.concatenate(keys), np.concatenate(docs)
+        lo, hi = key_range(_numpy(units, "key"), part, n_parts)
+        for name, parts in columns.items():
+            parts.append(_numpy(units, name)[lo:hi])
+    return {name: np.concatenate(parts) for name, parts in columns.items()}
+
+
+def _doc_ids(docs: np.ndarray, shards: list[Shard], work: Path) -> pa.ChunkedArray:
+    """Ids of `docs` (sorted global indices), taken from the shards' memory-mapped meta files."""
+    ids = [pa.chunked_array([], pa.string())]
+    firsts = np.array([s.first_doc for s in shards], np.int64)
+    which = np.searchsorted(firsts, docs, side="right") - 1
+    for i in np.unique(which):
+        meta = read_arrow(work / "docs" / f"{shards[i].name}.arrow")
+        ids.append(meta.column("id").take(pa.array(docs[which == i] - firsts[i])))
+    return pa.chunked_array([c for chunked in ids for c in chunked.chunks], pa.string())
+
+
+def survivor_order(pairs: dict[str, np.ndarray], short: np.ndarray, shards: list[Shard], work: Path) -> np.ndarray:
+    """Order of `pairs` by key, then holders in survivor order (common.survivor_rank: highest quality,
+    null last; longest; smallest id; input order), documents in `short` after all others. Ids are
+    read only for holders that tie on the other columns with their key's best holder."""
+    quality = pairs["quality"].astype(np.float64)
+    columns = [pairs["key"], short, np.where(np.isnan(quality), np.inf, -quality), -pairs["n_chars"]]
+    order = np.lexsort((pairs["doc"], *columns[::-1]))
+    same = np.ones(len(order) - 1 if len(order) else 0, bool)
+    for c in columns:
+        c = c[order]
+        same &= c[1:] == c[:-1]
+    run = np.concatenate([[0], np.cumsum(~same)]) if len(order) else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], columns[0][order][1:] != columns[0][order][:-1]])) \
+        if len(order) else np.zeros(0, np.int64)
+    tied_runs = run[starts][np.isin(run[starts], run[np.flatnonzero(same) + 1])]
+    tied = np.flatnonzero(np.isin(run, tied_runs))          # positions tied with their key's best holder
+    if not len(tied):
+        return order
+    tied_docs = np.unique(pairs["doc"][order[tied]])
+    id_rank = pc.rank(_doc_ids(tied_docs, shards, work), tiebreaker="dense").to_numpy()     # 1 = smallest, null last
+    id_code = np.zeros(len(order), np.int64)
+    id_code[order[tied]] = id_rank[np.searchsorted(tied_docs, pairs["doc"][order[tied]])]
+    return np.lexsort((pairs["doc"], id_code, *columns[::-1]))
 
 
 def _keeper_partition(part: int, n_parts: int, shards: list[Shard], work: Path, min_count: int,
                       out_dir: str, too_short_dir: str | None) -> None:
-    """Choose the keeper of every repeated key of one partition: its best-ranked holder; documents
-    found too short by the first keepers (`too_short_dir`) rank last, so they keep a unit only when
-    every holder is too short. Written: what each input shard must remove, as one record batch per
-    shard (in shard order) of (doc, key) sorted by doc."""
-    keys, docs = _partition_pairs(part, n_parts, shards, work)
-    all_ranks = _numpy(read_arrow(work / "rank.arrow"), "rank")      # memory-mapped, read where needed
-    rank = all_ranks[docs]
+    """Choose the keeper of every repeated key of one partition: its first holder in survivor order;
+    documents found too short by the first keepers (`too_short_dir`) come last, so they keep a unit
+    only when every holder is too short. Written: what each input shard must remove, as one record
+    batch per shard (in shard order) of (doc, key) sorted by doc."""
+    pairs = _partition_pairs(part, n_parts, shards, work)
+    short = np.zeros(len(pairs["doc"]), bool)
     if too_short_dir is not None:
-        short = np.concatenate([np.zeros(0, np.int64)] + [
-            _numpy(read_arrow(work / too_short_dir / f"{s.name}.arrow"), "doc") for s in shards])
-        rank += len(all_ranks) * np.isin(docs, short)
-    order = np.lexsort((rank, keys))
-    del rank
-    keys, docs = keys[order], docs[order]
+        short = np.isin(pairs["doc"], np.concatenate([np.zeros(0, np.int64)] + [
+            _numpy(read_arrow(work / too_short_dir / f"{s.name}.arrow"), "doc") for s in shards]))
+    order = survivor_order(pairs, short, shards, work)
+    keys, docs = pairs["key"][order], pairs["doc"][order]
+    del pairs, short, order
     repeated, first, n_repeated = repeated_units(keys, min_count)
     drop = repeated & (docs != docs[first])
-    order = np.lexsort((keys[drop], docs[drop]))
-    keys, docs = keys[drop][order], docs[drop][order]
-    cuts = np.searchsorted(docs, [s.first_doc for s in shards] + [len(all_ranks)])
+    keys, docs = keys[drop], docs[drop]
+    order = np.lexsort((keys, docs))
+    keys, docs = keys[order], docs[order]
+    n_docs = shards[-1].first_doc + shards[-1].rows if shards else 0
+    cuts = np.searchsorted(docs, [s.first_doc for s in shards] + [n_docs])
     schema = REMOVE_SCHEMA.with_metadata({"repeated_units": str(n_repeated)})
     with ArrowFileWriter(work / out_dir / f"p{part:05d}.arrow", schema, compression=None) as writer:
         for i in range(len(shards)):
@@ -239,12 +282,6 @@ def _run_keepers(out_dir: str, too_short_dir: str | None, n_parts: int, shards: 
               desc=desc, **par)
 
 
-def _write_rank(work: Path, shards: list[Shard]) -> None:
-    """rank[doc] in survivor order, uncompressed so that keeper tasks memory-map it."""
-    meta = pa.concat_tables([read_arrow(work / "docs" / f"{s.name}.arrow") for s in shards])
-    write_arrow(work / "rank.arrow", pa.table({"rank": survivor_rank(meta)}), compression=None)
-
-
 def _repeated_count(work: Path, n_parts: int) -> int:
     total = 0
     for part in range(n_parts):
@@ -271,8 +308,6 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
 
     pairs = sum(read_arrow(work / "units" / f"{s.name}.arrow").num_rows for s in shards)
     n_parts = partition_count(pairs, conf.memory_budget_mb)
-    if not (work / "rank.arrow").is_file():
-        _write_rank(work, shards)
     _run_keepers("first", None, n_parts, shards, work, conf, par, f"{stage}: count")
     t0 = timed(steps, "count", t0)
     todo = [s for s in shards if not (work / "too_short" / f"{s.name}.arrow").is_file()]
