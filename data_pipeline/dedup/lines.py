@@ -159,15 +159,16 @@ def survivor_order(pairs: dict[str, np.ndarray], short: np.ndarray, shards: list
     quality = pairs["quality"].astype(np.float64)
     columns = [pairs["key"], short, np.where(np.isnan(quality), np.inf, -quality), -pairs["n_chars"]]
     order = np.lexsort((pairs["doc"], *columns[::-1]))
-    same = np.ones(len(order) - 1 if len(order) else 0, bool)
+    if not len(order):
+        return order
+    same = np.ones(len(order) - 1, bool)            # position i + 1 ties with position i on every column
     for c in columns:
         c = c[order]
         same &= c[1:] == c[:-1]
-    run = np.concatenate([[0], np.cumsum(~same)]) if len(order) else np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.concatenate([[True], columns[0][order][1:] != columns[0][order][:-1]])) \
-        if len(order) else np.zeros(0, np.int64)
-    tied_runs = run[starts][np.isin(run[starts], run[np.flatnonzero(same) + 1])]
-    tied = np.flatnonzero(np.isin(run, tied_runs))          # positions tied with their key's best holder
+    run = np.concatenate([[0], np.cumsum(~same)])   # runs of tied positions
+    keys = pairs["key"][order]
+    best = run[np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))]     # each key's leading run
+    tied = np.flatnonzero(np.isin(run, best[np.isin(best, run[1:][same])]))       # ... when it has 2+ holders
     if not len(tied):
         return order
     tied_docs = np.unique(pairs["doc"][order[tied]])
