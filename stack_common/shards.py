@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from .atomic import atomic_write_json, read_json, remove_stale_tmp, sha256_file, tmp_name_for
+from .atomic import atomic_write_json, publish, read_json, remove_stale_tmp, sha256_file, tmp_name_for
 from .errors import UserError
 
 MANIFEST = "manifest.json"
@@ -43,33 +43,45 @@ class ShardFile:
     sha256: str
 
 
-class ShardWriter:
-    """Write record batches into shards of about `target_bytes` each, then a manifest.
+class ArrowWriter:
+    """The one Arrow IPC writer: every file is written under a temporary name and renamed into
+    place only when complete.
 
-    Use as a context manager; leaving the block with an exception writes no manifest and
-    removes the shard in progress.
+    Directory mode (default): `<prefix>-NNNNN.arrow` files of about `target_bytes` each (batches
+    are sliced to stay near it), and a manifest on close unless write_manifest=False.
+    File mode (`single_file=True`, `out` is the file): one file holding every batch exactly as
+    written, present (possibly empty) after close.
+    `write` takes a record batch, a table, a list of row dicts or a dict of columns; `add` takes
+    one row, buffered into batches of `batch_rows` (the same batches, hence bytes, for any caller).
+    As a context manager, leaving with an exception removes the file in progress, writes no manifest.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, schema: pa.Schema, *, prefix: str = "shard",
-                 target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
-                 write_manifest: bool = True, first_index: int = 0):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out: str | os.PathLike, schema: pa.Schema, *, single_file: bool = False,
+                 prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
+                 write_manifest: bool = True, first_index: int = 0, batch_rows: int = 2000):
+        self.single_file = single_file
+        self.out_dir = Path(out).parent if single_file else Path(out)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = Path(out) if single_file else None
         self.schema = schema
         self.prefix = prefix
         self.target_bytes = target_bytes
         self.options = pa.ipc.IpcWriteOptions(compression=compression)
-        self.write_manifest = write_manifest
+        self.write_manifest = write_manifest and not single_file
+        self.batch_rows = batch_rows
         self.files: list[ShardFile] = []
         self._index = first_index
         self._sink = None
         self._writer = None
         self._tmp: Path | None = None
         self._rows = 0
+        self._buffer: list[dict] = []
+
+    def _final(self) -> Path:
+        return self.path if self.single_file else self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
 
     def _open(self) -> None:
-        final = self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
-        self._tmp = tmp_name_for(final)
+        self._tmp = tmp_name_for(self._final())
         self._sink = pa.OSFile(str(self._tmp), "wb")
         self._writer = pa.ipc.new_file(self._sink, self.schema, options=self.options)
         self._rows = 0
@@ -79,42 +91,70 @@ class ShardWriter:
             return
         self._writer.close()
         self._sink.close()
-        with open(self._tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        final = self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
-        os.replace(self._tmp, final)
-        self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
+        final = self._final()
+        publish(self._tmp, final)
+        if not self.single_file:
+            self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
         self._writer = self._sink = self._tmp = None
         self._index += 1
 
-    def write(self, data: pa.RecordBatch | pa.Table | Sequence[dict]) -> None:
-        if isinstance(data, (list, tuple)):
+    def write(self, data: pa.RecordBatch | pa.Table | Sequence[dict] | dict) -> None:
+        if isinstance(data, dict):
+            data = pa.record_batch(data, schema=self.schema)
+        elif isinstance(data, (list, tuple)):
             data = pa.Table.from_pylist(list(data), schema=self.schema)
-        batches = data.to_batches() if isinstance(data, pa.Table) else [data]
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if not batch.schema.equals(self.schema):
-                batch = pa.Table.from_batches([batch]).cast(self.schema).combine_chunks().to_batches()[0]
-            # Slices of about a quarter of the target (uncompressed) keep shard sizes near it.
-            row_bytes = max(1, batch.nbytes // batch.num_rows)
-            step = max(1, min(65536, self.target_bytes // (4 * row_bytes)))
-            for start in range(0, batch.num_rows, step):
-                if self._writer is None:
-                    self._open()
-                piece = batch.slice(start, step)
-                self._writer.write_batch(piece)
-                self._rows += piece.num_rows
-                if self._sink.tell() >= self.target_bytes:
-                    self._close_current()
+        if self.single_file:
+            self._write_as_given(data)
+            return
+        for batch in data.to_batches() if isinstance(data, pa.Table) else [data]:
+            if batch.num_rows:
+                self._write_sliced(batch)
+
+    def _write_as_given(self, data: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            self._open()
+        if isinstance(data, pa.Table):
+            self._writer.write_table(data)
+        else:
+            self._writer.write_batch(data)
+        self._rows += data.num_rows
+
+    def _write_sliced(self, batch: pa.RecordBatch) -> None:
+        if not batch.schema.equals(self.schema):
+            batch = pa.Table.from_batches([batch]).cast(self.schema).combine_chunks().to_batches()[0]
+        # Slices of about a quarter of the target (uncompressed) keep shard sizes near it.
+        row_bytes = max(1, batch.nbytes // batch.num_rows)
+        step = max(1, min(65536, self.target_bytes // (4 * row_bytes)))
+        for start in range(0, batch.num_rows, step):
+            if self._writer is None:
+                self._open()
+            piece = batch.slice(start, step)
+            self._writer.write_batch(piece)
+            self._rows += piece.num_rows
+            if self._sink.tell() >= self.target_bytes:
+                self._close_current()
+
+    def add(self, row: dict) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            self.write(rows)
 
     def close(self, extra: dict | None = None) -> list[ShardFile]:
+        self.flush()
+        if self.single_file and self._writer is None and self._index == 0:
+            self._open()   # a file that got no batch still exists, with its schema
         self._close_current()
         if self.write_manifest:
             write_manifest(self.out_dir, self.files, self.schema, extra)
         return self.files
 
     def abort(self) -> None:
+        self._buffer = []
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -123,7 +163,7 @@ class ShardWriter:
                 Path(self._tmp).unlink(missing_ok=True)
             self._writer = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> "ArrowWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -131,6 +171,20 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+ShardWriter = ArrowWriter   # the directory mode's historical name
+
+
+def write_arrow(path: str | os.PathLike, table: pa.Table, compression: str | None = "zstd") -> None:
+    """One table as one Arrow IPC file, written atomically (work artifacts)."""
+    with ArrowWriter(path, table.schema, single_file=True, compression=compression) as writer:
+        writer.write(table)
+
+
+def read_arrow(path: str | os.PathLike) -> pa.Table:
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).read_all()
 
 
 def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schema: pa.Schema,
@@ -151,7 +205,7 @@ def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schem
 def write_table(out_dir: str | os.PathLike, table: pa.Table, **kwargs) -> list[ShardFile]:
     """Write one table as a complete shard directory."""
     extra = kwargs.pop("extra", None)
-    writer = ShardWriter(out_dir, table.schema, **kwargs)
+    writer = ArrowWriter(out_dir, table.schema, **kwargs)
     try:
         writer.write(table)
     except BaseException:

@@ -1,0 +1,195 @@
+"""One way to run independent tasks: inline, on spawned local processes, or as Ray tasks.
+
+`run_tasks(fn, tasks)` is `[fn(*t) for t in tasks]` whatever the executor: results come back in
+task order, not completion order, so nothing downstream depends on scheduling. Tasks must be
+idempotent (they publish their outputs atomically), because Ray re-runs a task whose worker or
+node died. Local workers are spawned, never forked: the parent may hold threads (Ray, Arrow,
+tokenizers) that fork would copy half-way.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import os
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .errors import UserError
+from .progress import progress
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RayConfig:
+    """How tasks run on a Ray cluster (`executor=ray`); none of it changes a task's output."""
+    cpus_per_task: float = 1.0
+    memory_per_task_mb: int = 2048         # Ray `memory` resource: a node runs no more tasks than its memory holds; 0: none
+    max_retries: int = 3                   # re-runs of a task whose worker or node died, or that raised OSError
+    packages: list[str] = field(default_factory=lambda: ["stack_common", "data_pipeline"])  # shipped to every node
+    env_vars: dict[str, str] = field(default_factory=dict)   # set in every task's environment
+    trace_dir: Optional[str] = None        # each task attempt writes a JSON line here: task, node, pid
+
+
+_ray_config = RayConfig()
+_placements: list[dict] = []
+
+
+def configure_ray(cfg: RayConfig) -> None:
+    """Set the Ray options of this process's later `run_tasks` calls (the runtime_env only takes
+    effect if Ray is not yet initialised here)."""
+    global _ray_config
+    _ray_config = cfg
+
+
+def ray_placements() -> list[dict]:
+    """Where this process's Ray tasks ran: desc, index, node id, and the file their function came from."""
+    return list(_placements)
+
+
+def run_tasks(fn: Callable, tasks: Sequence[tuple], *, workers: int = 1, executor: str = "local",
+              ray_address: str | None = None, desc: str = "", unit: str = "task",
+              weights: Sequence[int] | None = None, initializer: Callable | None = None,
+              initargs: tuple = ()) -> list:
+    """`[fn(*t) for t in tasks]` inline (workers=1), on `workers` spawned processes, or as Ray tasks.
+
+    `weights[i]` is how far task i advances the progress bar (e.g. its bytes; default 1).
+    `initializer(*initargs)` runs once in every local worker process (or inline) before its tasks;
+    Ray workers do not run it, so a function that needs it is local-only.
+    """
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}", field="executor", expected=" or ".join(EXECUTORS))
+    tasks = [tuple(t) for t in tasks]
+    weights = list(weights) if weights is not None else [1] * len(tasks)
+    if not tasks:
+        return []
+    bar = progress(total=sum(weights), desc=desc, unit=unit)
+    if unit == "B":
+        bar.unit_scale = True
+    with bar:
+        if executor == "ray":
+            if initializer is not None:
+                raise ValueError("run_tasks: an initializer runs only in local workers")
+            return _run_ray(fn, tasks, workers, ray_address, desc, lambda i: bar.update(weights[i]))
+        if workers <= 1 or len(tasks) == 1:
+            if initializer is not None:
+                initializer(*initargs)
+            results = []
+            for i, task in enumerate(tasks):
+                results.append(fn(*task))
+                bar.update(weights[i])
+            return results
+        return _run_processes(fn, tasks, workers, initializer, initargs, lambda i: bar.update(weights[i]))
+
+
+def _run_processes(fn: Callable, tasks: list[tuple], workers: int, initializer, initargs,
+                   done_hook: Callable[[int], None]) -> list:
+    results: list[Any] = [None] * len(tasks)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=initializer, initargs=initargs)
+    try:
+        pending = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                results[i] = future.result()
+                done_hook(i)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+# ---- Ray ----------------------------------------------------------------------------------------
+
+def package_dirs(packages: Sequence[str]) -> list[str]:
+    """The directories of importable top-level packages (what runtime_env py_modules ships)."""
+    dirs = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"ray.packages: '{name}' is not an importable package", field="ray.packages")
+        dirs.append(str(Path(list(spec.submodule_search_locations)[0]).resolve()))
+    return dirs
+
+
+def runtime_env(cfg: RayConfig) -> dict:
+    env = {"py_modules": package_dirs(cfg.packages), "excludes": ["__pycache__", "*.pyc"]}
+    if cfg.env_vars:
+        env["env_vars"] = {str(k): str(v) for k, v in cfg.env_vars.items()}
+    return env
+
+
+def ensure_ray(address: str | None, num_cpus: int, cfg: RayConfig | None = None):
+    """Connect to the cluster at `address` (or start a local one) with the packages' runtime_env;
+    reuse a live connection."""
+    import ray
+
+    if not ray.is_initialized():
+        env = runtime_env(cfg or _ray_config)
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, num_cpus), runtime_env=env, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def _check_memory_fits(ray, memory: int) -> None:
+    """A task asking for more memory than any node has would wait forever: refuse it now."""
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if memory > largest:
+        raise UserError(f"ray.memory_per_task_mb={memory >> 20} is more than any node offers "
+                        f"(largest: {int(largest) >> 20} MiB)", field="ray.memory_per_task_mb")
+
+
+def _ray_call(fn: Callable, args: tuple, desc: str, index: int, trace_dir: str | None) -> tuple[Any, dict]:
+    """Runs on a Ray worker: the task, plus where it ran (node id, the file `fn` was imported from)."""
+    import sys
+
+    import ray
+
+    where = {"desc": desc, "index": index, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+             "module_file": getattr(sys.modules.get(fn.__module__), "__file__", None)}
+    if trace_dir:
+        _trace(trace_dir, {**where, "event": "start", "time": time.time()})
+    result = fn(*args)
+    if trace_dir:
+        _trace(trace_dir, {**where, "event": "end", "time": time.time()})
+    return result, where
+
+
+def _trace(trace_dir: str, record: dict) -> None:
+    path = Path(trace_dir) / f"{record['node'][:12]}-{record['pid']}-{uuid.uuid4().hex[:8]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record) + "\n")
+
+
+def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None, desc: str,
+             done_hook: Callable[[int], None]) -> list:
+    cfg = _ray_config
+    ray = ensure_ray(address, workers, cfg)
+    memory = cfg.memory_per_task_mb << 20
+    options: dict = {"num_cpus": cfg.cpus_per_task, "max_retries": cfg.max_retries, "retry_exceptions": [OSError]}
+    if memory:
+        _check_memory_fits(ray, memory)
+        options["memory"] = memory
+    remote = ray.remote(**options)(_ray_call)
+    refs = [remote.remote(fn, task, desc, i, cfg.trace_dir) for i, task in enumerate(tasks)]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(tasks)
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            i = index[ref]
+            results[i], where = ray.get(ref)
+            _placements.append(where)
+            done_hook(i)
+    return results
