@@ -27,7 +27,7 @@ from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.shards import ShardFile, read_manifest, read_table, write_manifest
-from stack_common.tasks import configure_ray
+from stack_common.tasks import ray_options
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
 from .dedup.instances import check_stages as check_global_stages, split_stage, stage_settings
@@ -189,8 +189,12 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    with ray_options(cfg.ray):
+        return _run_pipeline(cfg)
+
+
+def _run_pipeline(cfg: PipelineConfig) -> dict:
     start = time.time()
-    configure_ray(cfg.ray)
     stages = resolve_stages(cfg)
     validate(cfg, stages)
     out = Path(cfg.output)

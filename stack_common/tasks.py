@@ -8,6 +8,7 @@ tokenizers) that fork would copy half-way.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -17,9 +18,9 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .progress import progress
 
 EXECUTORS = ("local", "ray")
@@ -33,18 +34,40 @@ class RayConfig:
     max_retries: int = 3                   # re-runs of a task whose worker or node died, or that raised OSError
     packages: list[str] = field(default_factory=lambda: ["stack_common", "data_pipeline"])  # shipped to every node
     env_vars: dict[str, str] = field(default_factory=dict)   # set in every task's environment
-    trace_dir: Optional[str] = None        # each task attempt writes a JSON line here: task, node, pid
+    trace_dir: Optional[str] = None        # each task attempt writes a JSON record here: task, node, pid
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.cpus_per_task <= 0:
+            problems.append(f"ray.cpus_per_task: must be > 0, got {self.cpus_per_task}")
+        if self.memory_per_task_mb < 0:
+            problems.append(f"ray.memory_per_task_mb: must be >= 0 (0: no memory resource), got {self.memory_per_task_mb}")
+        if self.max_retries < 0:
+            problems.append(f"ray.max_retries: must be >= 0, got {self.max_retries}")
+        if problems:
+            raise ConfigError(problems)
 
 
 _ray_config = RayConfig()
 _placements: list[dict] = []
 
 
-def configure_ray(cfg: RayConfig) -> None:
+def configure_ray(cfg: RayConfig) -> RayConfig:
     """Set the Ray options of this process's later `run_tasks` calls (the runtime_env only takes
-    effect if Ray is not yet initialised here)."""
+    effect if Ray is not yet initialised here); returns the previous options."""
     global _ray_config
-    _ray_config = cfg
+    previous, _ray_config = _ray_config, cfg
+    return previous
+
+
+@contextlib.contextmanager
+def ray_options(cfg: RayConfig) -> Iterator[None]:
+    """`configure_ray(cfg)` for the duration of a block."""
+    previous = configure_ray(cfg)
+    try:
+        yield
+    finally:
+        configure_ray(previous)
 
 
 def ray_placements() -> list[dict]:
@@ -141,12 +164,14 @@ def ensure_ray(address: str | None, num_cpus: int, cfg: RayConfig | None = None)
     return ray
 
 
-def _check_memory_fits(ray, memory: int) -> None:
-    """A task asking for more memory than any node has would wait forever: refuse it now."""
-    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
-    if memory > largest:
-        raise UserError(f"ray.memory_per_task_mb={memory >> 20} is more than any node offers "
-                        f"(largest: {int(largest) >> 20} MiB)", field="ray.memory_per_task_mb")
+def _check_fits(ray, cpus: float, memory: int) -> None:
+    """A task that no live node can hold (CPUs and memory together) would wait forever: refuse it now."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= cpus and r.get("memory", 0) >= memory for r in nodes):
+        largest = max((r.get("memory", 0) for r in nodes if r.get("CPU", 0) >= cpus), default=0)
+        raise UserError(f"ray.memory_per_task_mb={memory >> 20} with ray.cpus_per_task={cpus} fits no node "
+                        f"(the most memory on a node with {cpus} CPUs: {int(largest) >> 20} MiB)",
+                        field="ray.memory_per_task_mb")
 
 
 def _ray_call(fn: Callable, args: tuple, desc: str, index: int, trace_dir: str | None) -> tuple[Any, dict]:
@@ -177,8 +202,8 @@ def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None
     ray = ensure_ray(address, workers, cfg)
     memory = cfg.memory_per_task_mb << 20
     options: dict = {"num_cpus": cfg.cpus_per_task, "max_retries": cfg.max_retries, "retry_exceptions": [OSError]}
+    _check_fits(ray, cfg.cpus_per_task, memory)
     if memory:
-        _check_memory_fits(ray, memory)
         options["memory"] = memory
     remote = ray.remote(**options)(_ray_call)
     refs = [remote.remote(fn, task, desc, i, cfg.trace_dir) for i, task in enumerate(tasks)]
