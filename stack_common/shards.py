@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from .atomic import atomic_write_json, publish, read_json, remove_stale_tmp, sha256_file, tmp_name_for
 from .errors import UserError
+from .storage import Place, is_uri
 
 MANIFEST = "manifest.json"
 FORMAT = "bc-arrow-shards/1"
@@ -60,9 +62,15 @@ class ArrowWriter:
                  prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
                  write_manifest: bool = True, first_index: int = 0, batch_rows: int = 2000):
         self.single_file = single_file
-        self.out_dir = Path(out).parent if single_file else Path(out)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = Path(out) if single_file else None
+        self._remote = None if not is_uri(out) else Place.of(out)   # a URI: written through pyarrow.fs
+        if self._remote is not None:
+            self.out_dir = str(out).rsplit("/", 1)[0] if single_file else str(out).rstrip("/")
+            Place.of(self.out_dir).make_dirs()
+            self.path = str(out) if single_file else None
+        else:
+            self.out_dir = Path(out).parent if single_file else Path(out)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.path = Path(out) if single_file else None
         self.schema = schema
         self.prefix = prefix
         self.target_bytes = target_bytes
@@ -77,12 +85,19 @@ class ArrowWriter:
         self._rows = 0
         self._buffer: list[dict] = []
 
-    def _final(self) -> Path:
-        return self.path if self.single_file else self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
+    def _final(self):
+        if self.single_file:
+            return self.path
+        name = f"{self.prefix}-{self._index:05d}.arrow"
+        return f"{self.out_dir}/{name}" if self._remote is not None else self.out_dir / name
 
     def _open(self) -> None:
-        self._tmp = tmp_name_for(self._final())
-        self._sink = pa.OSFile(str(self._tmp), "wb")
+        if self._remote is not None:
+            self._tmp = Place.of(self._final()).tmp_sibling()
+            self._sink = self._tmp.open_output()
+        else:
+            self._tmp = tmp_name_for(self._final())
+            self._sink = pa.OSFile(str(self._tmp), "wb")
         self._writer = pa.ipc.new_file(self._sink, self.schema, options=self.options)
         self._rows = 0
 
@@ -92,9 +107,15 @@ class ArrowWriter:
         self._writer.close()
         self._sink.close()
         final = self._final()
-        publish(self._tmp, final)
-        if not self.single_file:
-            self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
+        if self._remote is not None:
+            place = Place.of(final)
+            self._tmp.move_to(place)
+            if not self.single_file:
+                self.files.append(ShardFile(place.name, self._rows, place.size(), place.sha256()))
+        else:
+            publish(self._tmp, final)
+            if not self.single_file:
+                self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
         self._writer = self._sink = self._tmp = None
         self._index += 1
 
@@ -160,7 +181,10 @@ class ArrowWriter:
                 self._writer.close()
                 self._sink.close()
             finally:
-                Path(self._tmp).unlink(missing_ok=True)
+                if self._remote is not None:
+                    self._tmp.delete()
+                else:
+                    Path(self._tmp).unlink(missing_ok=True)
             self._writer = None
 
     def __enter__(self) -> "ArrowWriter":
@@ -183,7 +207,7 @@ def write_arrow(path: str | os.PathLike, table: pa.Table, compression: str | Non
 
 
 def read_arrow(path: str | os.PathLike) -> pa.Table:
-    with pa.memory_map(str(path)) as src:
+    with Place.of(path).open_input() as src:
         return pa.ipc.open_file(src).read_all()
 
 
@@ -198,7 +222,10 @@ def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schem
         "schema": schema_to_json(schema),
         "extra": extra or {},
     }
-    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
+    if is_uri(out_dir):
+        Place.of(out_dir).child(MANIFEST).write_bytes((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    else:
+        atomic_write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
 
 
@@ -215,14 +242,17 @@ def write_table(out_dir: str | os.PathLike, table: pa.Table, **kwargs) -> list[S
 
 
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    path = Path(shard_dir) / MANIFEST
-    if not Path(shard_dir).is_dir():
+    """The manifest of a shard directory (a local path or a URI)."""
+    place = Place.of(shard_dir)
+    path = place.child(MANIFEST)
+    if not place.is_dir():
         raise UserError("shard directory does not exist", file=shard_dir)
     if not path.is_file():
         raise UserError("no manifest.json: the shard directory is incomplete (its writer did not finish)",
                         file=shard_dir)
+    path = path.location()
     try:
-        manifest = read_json(path)
+        manifest = read_json(path) if not is_uri(path) else json.loads(Place.of(path).read_bytes())
     except json.JSONDecodeError as err:
         raise UserError(f"manifest is not valid JSON ({err})", file=path) from None
     if manifest.get("format") != FORMAT:
@@ -234,24 +264,27 @@ def manifest_schema(shard_dir: str | os.PathLike) -> pa.Schema:
     return schema_from_json(read_manifest(shard_dir)["schema"])
 
 
-def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list[Path]:
-    """Paths of the complete shards listed in the manifest; with verify, check size and sha256."""
+def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list:
+    """Paths (URIs for a URI directory) of the complete shards listed in the manifest; with verify,
+    check size and sha256."""
     manifest = read_manifest(shard_dir)
     paths = []
     for entry in manifest["files"]:
-        path = Path(shard_dir) / entry["name"]
-        if not path.is_file():
+        place = Place.of(shard_dir).child(entry["name"])
+        path = place.location()
+        info = place.info()
+        if info.type != pafs.FileType.File:
             raise UserError("shard listed in manifest is missing", file=path)
-        if path.stat().st_size != entry["bytes"]:
-            raise UserError(f"shard has {path.stat().st_size} bytes, manifest says {entry['bytes']}", file=path)
-        if verify and sha256_file(path) != entry["sha256"]:
+        if info.size != entry["bytes"]:
+            raise UserError(f"shard has {info.size} bytes, manifest says {entry['bytes']}", file=path)
+        if verify and (sha256_file(path) if place.local else place.sha256()) != entry["sha256"]:
             raise UserError("shard sha256 does not match the manifest", file=path)
         paths.append(path)
     return paths
 
 
 def iter_file_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-    with pa.memory_map(str(path)) as src:
+    with Place.of(path).open_input() as src:
         reader = pa.ipc.open_file(src)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
