@@ -127,3 +127,8 @@ def test_task_memory_larger_than_any_node_is_refused(ray_cluster, raw_web, tmp_p
     expected = r"memory_per_task_mb=4096 with ray.cpus_per_task=1.0 fits no node \(the most memory on a node with 1.0 CPUs: 1024 MiB"
     with pytest.raises(UserError, match=expected):
         run(raw_web, tmp_path / "out", *ray_cluster.overrides(), "ray.memory_per_task_mb=4096")
+
+
+def test_two_local_workers_give_the_same_result_at_every_stage(raw_web, local_reference, tmp_path):
+    run(raw_web, tmp_path / "two", "workers=2")
+    assert run_digest(tmp_path / "two") == local_reference
