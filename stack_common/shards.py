@@ -223,7 +223,8 @@ def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schem
         "extra": extra or {},
     }
     if is_uri(out_dir):
-        Place.of(out_dir).child(MANIFEST).write_bytes((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        Place.of(out_dir).child(MANIFEST).write_bytes(text.encode("utf-8"))
     else:
         atomic_write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest

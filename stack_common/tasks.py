@@ -30,7 +30,7 @@ EXECUTORS = ("local", "ray")
 class RayConfig:
     """How tasks run on a Ray cluster (`executor=ray`); none of it changes a task's output."""
     cpus_per_task: float = 1.0
-    memory_per_task_mb: int = 2048         # Ray `memory` resource: a node runs no more tasks than its memory holds; 0: none
+    memory_per_task_mb: int = 2048         # Ray `memory` resource; a node runs no more tasks than it holds; 0: none
     max_retries: int = 3                   # re-runs of a task whose worker or node died, or that raised OSError
     packages: list[str] = field(default_factory=lambda: ["stack_common", "data_pipeline"])  # shipped to every node
     env_vars: dict[str, str] = field(default_factory=dict)   # set in every task's environment
@@ -41,7 +41,7 @@ class RayConfig:
         if self.cpus_per_task <= 0:
             problems.append(f"ray.cpus_per_task: must be > 0, got {self.cpus_per_task}")
         if self.memory_per_task_mb < 0:
-            problems.append(f"ray.memory_per_task_mb: must be >= 0 (0: no memory resource), got {self.memory_per_task_mb}")
+            problems.append(f"ray.memory_per_task_mb: must be >= 0 (0: none), got {self.memory_per_task_mb}")
         if self.max_retries < 0:
             problems.append(f"ray.max_retries: must be >= 0, got {self.max_retries}")
         if problems:

@@ -124,7 +124,8 @@ def test_a_node_removed_mid_stage_costs_a_retry_not_the_result(ray_cluster, raw_
 
 
 def test_task_memory_larger_than_any_node_is_refused(ray_cluster, raw_web, tmp_path):
-    expected = r"memory_per_task_mb=4096 with ray.cpus_per_task=1.0 fits no node \(the most memory on a node with 1.0 CPUs: 1024 MiB"
+    expected = (r"memory_per_task_mb=4096 with ray.cpus_per_task=1.0 fits no node "
+                r"\(the most memory on a node with 1.0 CPUs: 1024 MiB")
     with pytest.raises(UserError, match=expected):
         run(raw_web, tmp_path / "out", *ray_cluster.overrides(), "ray.memory_per_task_mb=4096")
 

@@ -51,5 +51,5 @@ def test_a_failing_task_raises_its_error():
 def test_bad_executor_and_ray_settings_are_refused():
     with pytest.raises(UserError, match="unknown executor 'dask'"):
         run_tasks(_fail_on, [(1, 0)], executor="dask")
-    with pytest.raises(ConfigError, match="ray.memory_per_task_mb: must be >= 0"):
+    with pytest.raises(ConfigError, match="ray.memory_per_task_mb: must be >= 0 \\(0: none\\), got -1"):
         RayConfig(memory_per_task_mb=-1)
