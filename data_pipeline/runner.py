@@ -29,7 +29,7 @@ from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.shards import ShardFile, iter_batches, read_manifest, write_manifest
-from stack_common.tasks import ray_options
+from stack_common.tasks import ray_options, shared_workers
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
 from .dedup.instances import check_stages as check_global_stages, split_stage, stage_settings
@@ -191,7 +191,7 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    with ray_options(cfg.ray):
+    with ray_options(cfg.ray), shared_workers():   # one set of local workers for every stage
         return _run_pipeline(cfg)
 
 

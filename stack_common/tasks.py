@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -110,11 +111,46 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], *, workers: int = 1, executo
         return _run_processes(fn, tasks, workers, initializer, initargs, lambda i: bar.update(weights[i]))
 
 
+_pools: dict[int, ProcessPoolExecutor] = {}
+_sharing = False
+
+
+@contextlib.contextmanager
+def shared_workers() -> Iterator[None]:
+    """Within the block, spawned workers (slow to start: they import the tasks' modules) serve every
+    `run_tasks` call without an initializer; they are stopped at its end, so no worker state (a
+    cached model, say) outlives it. Outside such a block every call has its own workers."""
+    global _sharing
+    outer, _sharing = _sharing, True
+    try:
+        yield
+    finally:
+        _sharing = outer
+        if not outer:
+            for pool in list(_pools.values()):
+                _drop_pool(pool)
+
+
+def _pool(workers: int, initializer, initargs) -> ProcessPoolExecutor:
+    spawn = multiprocessing.get_context("spawn")
+    if initializer is not None or not _sharing:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=initializer, initargs=initargs)
+    if workers not in _pools:
+        _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=spawn)
+    return _pools[workers]
+
+
+def _drop_pool(pool: ProcessPoolExecutor) -> None:
+    for key in [k for k, p in _pools.items() if p is pool]:
+        del _pools[key]
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_processes(fn: Callable, tasks: list[tuple], workers: int, initializer, initargs,
                    done_hook: Callable[[int], None]) -> list:
     results: list[Any] = [None] * len(tasks)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=initializer, initargs=initargs)
+    pool = _pool(min(workers, len(tasks)) if not _sharing else workers, initializer, initargs)
+    pending: dict = {}
     try:
         pending = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
         while pending:
@@ -123,10 +159,18 @@ def _run_processes(fn: Callable, tasks: list[tuple], workers: int, initializer, 
                 i = pending.pop(future)
                 results[i] = future.result()
                 done_hook(i)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except Exception as err:
+        if isinstance(err, BrokenProcessPool):   # a worker died: its pool cannot run anything more
+            _drop_pool(pool)
+        for future in pending:
+            future.cancel()
         raise
-    pool.shutdown(wait=True)
+    except BaseException:                        # interrupted: stop the workers too
+        _drop_pool(pool)
+        raise
+    finally:
+        if pool not in _pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from stack_common.errors import ConfigError, UserError
-from stack_common.tasks import RayConfig, run_tasks
+from stack_common.tasks import RayConfig, run_tasks, shared_workers
 
 _state: dict = {}
 
@@ -35,6 +35,18 @@ def test_results_come_back_in_task_order_from_spawned_workers_with_their_initial
     assert len({r[1] for r in results}) == 2 and os.getpid() not in {r[1] for r in results}
     assert {r[2] for r in results} == {"set in worker"}
     assert "value" not in _state   # the initializer ran in the workers, not here
+
+
+def test_shared_workers_serve_every_call_in_the_block_and_stop_at_its_end():
+    with shared_workers():
+        first = {r[1] for r in run_tasks(_slow_square, [(i, 0.2) for i in range(4)], workers=2)}
+        second = {r[1] for r in run_tasks(_slow_square, [(i, 0.2) for i in range(4)], workers=2)}
+    assert first == second and len(first) == 2
+    for pid in first:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    outside = [{r[1] for r in run_tasks(_slow_square, [(i, 0.2) for i in range(4)], workers=2)} for _ in range(2)]
+    assert not outside[0] & outside[1], "outside the block every call has its own workers"
 
 
 def test_one_worker_runs_inline_after_the_initializer():
