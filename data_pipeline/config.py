@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from stack_common.errors import ConfigError
+from stack_common.tasks import RayConfig
 
 PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "harmful", "pii", "decontaminate", "quality")
 GLOBAL_STAGE_NAMES = ("exact_dedup", "minhash_dedup", "line_dedup", "semantic_dedup", "cluster_balance")  # also <stage>@<instance>
@@ -180,6 +181,7 @@ class PipelineConfig:
     workers: int = 1
     executor: str = "local"                # local | ray
     ray_address: Optional[str] = None
+    ray: RayConfig = field(default_factory=RayConfig)
     overwrite: bool = False
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)

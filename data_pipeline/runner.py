@@ -22,11 +22,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from stack_common.atomic import atomic_dir, atomic_write_json, read_json, remove_stale_tmp, sha256_file
 from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
-from stack_common.shards import ShardFile, read_manifest, read_table, write_manifest
+from stack_common.shards import ShardFile, iter_batches, read_manifest, write_manifest
+from stack_common.tasks import ray_options, shared_workers
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
 from .dedup.instances import check_stages as check_global_stages, split_stage, stage_settings
@@ -188,6 +191,11 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    with ray_options(cfg.ray), shared_workers():   # one set of local workers for every stage
+        return _run_pipeline(cfg)
+
+
+def _run_pipeline(cfg: PipelineConfig) -> dict:
     start = time.time()
     stages = resolve_stages(cfg)
     validate(cfg, stages)
@@ -237,7 +245,8 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     unit_dirs = [unit_dir(work, i) for i in range(len(units))]
     if cfg.quality.mode == "top_fraction" and segment.stages[-1] == "quality":
         from .top_fraction import apply_top_fraction
-        apply_top_fraction(unit_dirs, cfg.quality.top_fraction)
+        apply_top_fraction(unit_dirs, cfg.quality.top_fraction, lambda fn, tasks: run_units(
+            fn, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="quality: top_fraction"))
     assemble_segment(segment, dirs, unit_dirs, out, first)
     shutil.rmtree(work)
     if not any(work.parent.iterdir()):
@@ -363,7 +372,10 @@ def write_run_stats(out: Path, segments: list[Segment], final_kept: Path, second
     chain_ok = all(a["docs_out"] == b["docs_in"] for a, b in zip(stage_stats, stage_stats[1:]))
     stages_ok = all(s["docs_in"] == s["docs_out"] + sum(s["excluded"].values()) for s in stage_stats)
     publish_final(final_kept, out / "final")
-    langs = Counter(read_table(out / "final", columns=["lang"]).column("lang").to_pylist())
+    langs: Counter = Counter()
+    for batch in iter_batches(out / "final", columns=["lang"]):
+        for entry in pc.value_counts(batch.column("lang")).to_pylist():
+            langs[entry["values"]] += entry["counts"]
     stats = {
         "records_read": docs_read + quarantined, "docs_read": docs_read, "quarantined": quarantined,
         "quarantine_reasons": quarantine["extra"].get("reasons", {}), "docs_kept": kept,

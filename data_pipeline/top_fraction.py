@@ -89,17 +89,21 @@ def cutoffs(unit_dirs: list[Path], fractions: dict[str, float]) -> dict[str, lis
     return {lang: key for (_, key), lang in sorted(found)}
 
 
-def apply_top_fraction(unit_dirs: list[Path], fractions: dict[str, float]) -> None:
+def apply_top_fraction(unit_dirs: list[Path], fractions: dict[str, float], run_units=None) -> None:
+    """Cut-offs from every unit's scores (here), then each unit split by them: one task per unit
+    through `run_units(fn, tasks)` (the pipeline's executor), inline without one."""
     state = unit_dirs[0].parent / "top_fraction.json" if unit_dirs else None
     if state is None:
         return
     if not state.is_file():
         atomic_write_json(state, cutoffs(unit_dirs, fractions))
     limits = {lang: tuple(key) for lang, key in read_json(state).items()}
-    for directory in unit_dirs:
-        stats = read_json(directory / "stats.json")
-        if not stats.get(MARK):
-            _split_unit(directory, stats, limits)
+    tasks = [(str(d), limits) for d in unit_dirs if not read_json(d / "stats.json").get(MARK)]
+    if run_units is None:
+        for task in tasks:
+            split_unit(*task)
+    else:
+        run_units(split_unit, tasks)
 
 
 def below_cutoff(table: pa.Table, limits: dict[str, tuple]) -> np.ndarray:
@@ -114,7 +118,9 @@ def below_cutoff(table: pa.Table, limits: dict[str, tuple]) -> np.ndarray:
     return drop
 
 
-def _split_unit(directory: Path, stats: dict, limits: dict[str, tuple]) -> None:
+def split_unit(directory: str, limits: dict[str, tuple]) -> None:
+    directory = Path(directory)
+    stats = read_json(directory / "stats.json")
     kept = read_table(directory / "kept")
     drop = below_cutoff(kept, limits)
     dropped = kept.filter(pa.array(drop))

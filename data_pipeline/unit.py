@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from stack_common.atomic import atomic_dir, atomic_write_json
-from stack_common.shards import ShardWriter
+from stack_common.shards import ArrowWriter
 
 from .config import PipelineConfig
 from .readers import BadRecord, read_unit
@@ -25,41 +25,16 @@ def doc_row(doc) -> dict:
             "quality_score": doc.quality_score, "annotations": json.dumps(doc.annotations, ensure_ascii=False, sort_keys=True)}
 
 
-class BufferedWriter:
-    """A ShardWriter fed row by row, flushed in fixed-size batches (same batches, same bytes)."""
-
-    def __init__(self, out_dir: Path, schema, batch_rows: int):
-        self.writer = ShardWriter(out_dir, schema, prefix="part")
-        self.rows: list[dict] = []
-        self.batch_rows = batch_rows
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.writer.write(self.rows)
-            self.rows = []
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
-
-    def abort(self) -> None:
-        self.writer.abort()
-
-
 def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig,
                  id_name: str | None = None) -> dict:
     steps = build_steps(stage_names, cfg)
     batch = cfg.reader.batch_docs
     quarantine_reasons: Counter = Counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        kept = BufferedWriter(tmp / "kept", DOC_SCHEMA, batch)
-        excluded = {s.name: BufferedWriter(tmp / "excluded" / s.name, EXCLUDED_SCHEMA, batch) for s in steps}
-        quarantine = BufferedWriter(tmp / "quarantine", QUARANTINE_SCHEMA, batch)
+        kept = ArrowWriter(tmp / "kept", DOC_SCHEMA, prefix="part", batch_rows=batch)
+        excluded = {s.name: ArrowWriter(tmp / "excluded" / s.name, EXCLUDED_SCHEMA, prefix="part", batch_rows=batch)
+                    for s in steps}
+        quarantine = ArrowWriter(tmp / "quarantine", QUARANTINE_SCHEMA, prefix="part", batch_rows=batch)
         writers = [kept, quarantine, *excluded.values()]
         try:
             for record in read_unit(Path(path), cfg.reader, id_name):

@@ -41,6 +41,15 @@ def fsync_tree(directory: str | os.PathLike) -> None:
         _fsync_dir(path)   # os.open + fsync works for files and folders alike
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Flush a completely written temporary file and rename it onto its final name."""
+    if tmp.is_file():
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is fsynced and renamed onto `path`."""
@@ -49,11 +58,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = tmp_name_for(final)
     try:
         yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        publish(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()

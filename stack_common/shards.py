@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
-from .atomic import atomic_write_json, read_json, remove_stale_tmp, sha256_file, tmp_name_for
+from .atomic import atomic_write_json, publish, read_json, remove_stale_tmp, sha256_file, tmp_name_for
 from .errors import UserError
+from .storage import Place, is_uri
 
 MANIFEST = "manifest.json"
 FORMAT = "bc-arrow-shards/1"
@@ -43,34 +45,59 @@ class ShardFile:
     sha256: str
 
 
-class ShardWriter:
-    """Write record batches into shards of about `target_bytes` each, then a manifest.
+class ArrowWriter:
+    """The one Arrow IPC writer: every file is written under a temporary name and renamed into
+    place only when complete.
 
-    Use as a context manager; leaving the block with an exception writes no manifest and
-    removes the shard in progress.
+    Directory mode (default): `<prefix>-NNNNN.arrow` files of about `target_bytes` each (batches
+    are sliced to stay near it), and a manifest on close unless write_manifest=False.
+    File mode (`single_file=True`, `out` is the file): one file holding every batch exactly as
+    written, present (possibly empty) after close.
+    `write` takes a record batch, a table, a list of row dicts or a dict of columns; `add` takes
+    one row, buffered into batches of `batch_rows` (the same batches, hence bytes, for any caller).
+    As a context manager, leaving with an exception removes the file in progress, writes no manifest.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, schema: pa.Schema, *, prefix: str = "shard",
-                 target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
-                 write_manifest: bool = True, first_index: int = 0):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out: str | os.PathLike, schema: pa.Schema, *, single_file: bool = False,
+                 prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
+                 write_manifest: bool = True, first_index: int = 0, batch_rows: int = 2000):
+        self.single_file = single_file
+        self._remote = None if not is_uri(out) else Place.of(out)   # a URI: written through pyarrow.fs
+        if self._remote is not None:
+            self.out_dir = str(out).rsplit("/", 1)[0] if single_file else str(out).rstrip("/")
+            Place.of(self.out_dir).make_dirs()
+            self.path = str(out) if single_file else None
+        else:
+            self.out_dir = Path(out).parent if single_file else Path(out)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.path = Path(out) if single_file else None
         self.schema = schema
         self.prefix = prefix
         self.target_bytes = target_bytes
         self.options = pa.ipc.IpcWriteOptions(compression=compression)
-        self.write_manifest = write_manifest
+        self.write_manifest = write_manifest and not single_file
+        self.batch_rows = batch_rows
         self.files: list[ShardFile] = []
         self._index = first_index
         self._sink = None
         self._writer = None
         self._tmp: Path | None = None
         self._rows = 0
+        self._buffer: list[dict] = []
+
+    def _final(self):
+        if self.single_file:
+            return self.path
+        name = f"{self.prefix}-{self._index:05d}.arrow"
+        return f"{self.out_dir}/{name}" if self._remote is not None else self.out_dir / name
 
     def _open(self) -> None:
-        final = self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
-        self._tmp = tmp_name_for(final)
-        self._sink = pa.OSFile(str(self._tmp), "wb")
+        if self._remote is not None:
+            self._tmp = Place.of(self._final()).tmp_sibling()
+            self._sink = self._tmp.open_output()
+        else:
+            self._tmp = tmp_name_for(self._final())
+            self._sink = pa.OSFile(str(self._tmp), "wb")
         self._writer = pa.ipc.new_file(self._sink, self.schema, options=self.options)
         self._rows = 0
 
@@ -79,51 +106,88 @@ class ShardWriter:
             return
         self._writer.close()
         self._sink.close()
-        with open(self._tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        final = self.out_dir / f"{self.prefix}-{self._index:05d}.arrow"
-        os.replace(self._tmp, final)
-        self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
+        final = self._final()
+        if self._remote is not None:
+            place = Place.of(final)
+            self._tmp.move_to(place)
+            if not self.single_file:
+                self.files.append(ShardFile(place.name, self._rows, place.size(), place.sha256()))
+        else:
+            publish(self._tmp, final)
+            if not self.single_file:
+                self.files.append(ShardFile(final.name, self._rows, final.stat().st_size, sha256_file(final)))
         self._writer = self._sink = self._tmp = None
         self._index += 1
 
-    def write(self, data: pa.RecordBatch | pa.Table | Sequence[dict]) -> None:
-        if isinstance(data, (list, tuple)):
+    def write(self, data: pa.RecordBatch | pa.Table | Sequence[dict] | dict) -> None:
+        if isinstance(data, dict):
+            data = pa.record_batch(data, schema=self.schema)
+        elif isinstance(data, (list, tuple)):
             data = pa.Table.from_pylist(list(data), schema=self.schema)
-        batches = data.to_batches() if isinstance(data, pa.Table) else [data]
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if not batch.schema.equals(self.schema):
-                batch = pa.Table.from_batches([batch]).cast(self.schema).combine_chunks().to_batches()[0]
-            # Slices of about a quarter of the target (uncompressed) keep shard sizes near it.
-            row_bytes = max(1, batch.nbytes // batch.num_rows)
-            step = max(1, min(65536, self.target_bytes // (4 * row_bytes)))
-            for start in range(0, batch.num_rows, step):
-                if self._writer is None:
-                    self._open()
-                piece = batch.slice(start, step)
-                self._writer.write_batch(piece)
-                self._rows += piece.num_rows
-                if self._sink.tell() >= self.target_bytes:
-                    self._close_current()
+        if self.single_file:
+            self._write_as_given(data)
+            return
+        for batch in data.to_batches() if isinstance(data, pa.Table) else [data]:
+            if batch.num_rows:
+                self._write_sliced(batch)
+
+    def _write_as_given(self, data: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            self._open()
+        if isinstance(data, pa.Table):
+            self._writer.write_table(data)
+        else:
+            self._writer.write_batch(data)
+        self._rows += data.num_rows
+
+    def _write_sliced(self, batch: pa.RecordBatch) -> None:
+        if not batch.schema.equals(self.schema):
+            batch = pa.Table.from_batches([batch]).cast(self.schema).combine_chunks().to_batches()[0]
+        # Slices of about a quarter of the target (uncompressed) keep shard sizes near it.
+        row_bytes = max(1, batch.nbytes // batch.num_rows)
+        step = max(1, min(65536, self.target_bytes // (4 * row_bytes)))
+        for start in range(0, batch.num_rows, step):
+            if self._writer is None:
+                self._open()
+            piece = batch.slice(start, step)
+            self._writer.write_batch(piece)
+            self._rows += piece.num_rows
+            if self._sink.tell() >= self.target_bytes:
+                self._close_current()
+
+    def add(self, row: dict) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            self.write(rows)
 
     def close(self, extra: dict | None = None) -> list[ShardFile]:
+        self.flush()
+        if self.single_file and self._writer is None and self._index == 0:
+            self._open()   # a file that got no batch still exists, with its schema
         self._close_current()
         if self.write_manifest:
             write_manifest(self.out_dir, self.files, self.schema, extra)
         return self.files
 
     def abort(self) -> None:
+        self._buffer = []
         if self._writer is not None:
             try:
                 self._writer.close()
                 self._sink.close()
             finally:
-                Path(self._tmp).unlink(missing_ok=True)
+                if self._remote is not None:
+                    self._tmp.delete()
+                else:
+                    Path(self._tmp).unlink(missing_ok=True)
             self._writer = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> "ArrowWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -131,6 +195,20 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+ShardWriter = ArrowWriter   # the directory mode's historical name
+
+
+def write_arrow(path: str | os.PathLike, table: pa.Table, compression: str | None = "zstd") -> None:
+    """One table as one Arrow IPC file, written atomically (work artifacts)."""
+    with ArrowWriter(path, table.schema, single_file=True, compression=compression) as writer:
+        writer.write(table)
+
+
+def read_arrow(path: str | os.PathLike) -> pa.Table:
+    with Place.of(path).open_input() as src:
+        return pa.ipc.open_file(src).read_all()
 
 
 def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schema: pa.Schema,
@@ -144,14 +222,18 @@ def write_manifest(out_dir: str | os.PathLike, files: Iterable[ShardFile], schem
         "schema": schema_to_json(schema),
         "extra": extra or {},
     }
-    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
+    if is_uri(out_dir):
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        Place.of(out_dir).child(MANIFEST).write_bytes(text.encode("utf-8"))
+    else:
+        atomic_write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
 
 
 def write_table(out_dir: str | os.PathLike, table: pa.Table, **kwargs) -> list[ShardFile]:
     """Write one table as a complete shard directory."""
     extra = kwargs.pop("extra", None)
-    writer = ShardWriter(out_dir, table.schema, **kwargs)
+    writer = ArrowWriter(out_dir, table.schema, **kwargs)
     try:
         writer.write(table)
     except BaseException:
@@ -161,14 +243,17 @@ def write_table(out_dir: str | os.PathLike, table: pa.Table, **kwargs) -> list[S
 
 
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    path = Path(shard_dir) / MANIFEST
-    if not Path(shard_dir).is_dir():
+    """The manifest of a shard directory (a local path or a URI)."""
+    place = Place.of(shard_dir)
+    path = place.child(MANIFEST)
+    if not place.is_dir():
         raise UserError("shard directory does not exist", file=shard_dir)
     if not path.is_file():
         raise UserError("no manifest.json: the shard directory is incomplete (its writer did not finish)",
                         file=shard_dir)
+    path = path.location()
     try:
-        manifest = read_json(path)
+        manifest = read_json(path) if not is_uri(path) else json.loads(Place.of(path).read_bytes())
     except json.JSONDecodeError as err:
         raise UserError(f"manifest is not valid JSON ({err})", file=path) from None
     if manifest.get("format") != FORMAT:
@@ -180,24 +265,27 @@ def manifest_schema(shard_dir: str | os.PathLike) -> pa.Schema:
     return schema_from_json(read_manifest(shard_dir)["schema"])
 
 
-def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list[Path]:
-    """Paths of the complete shards listed in the manifest; with verify, check size and sha256."""
+def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list:
+    """Paths (URIs for a URI directory) of the complete shards listed in the manifest; with verify,
+    check size and sha256."""
     manifest = read_manifest(shard_dir)
     paths = []
     for entry in manifest["files"]:
-        path = Path(shard_dir) / entry["name"]
-        if not path.is_file():
+        place = Place.of(shard_dir).child(entry["name"])
+        path = place.location()
+        info = place.info()
+        if info.type != pafs.FileType.File:
             raise UserError("shard listed in manifest is missing", file=path)
-        if path.stat().st_size != entry["bytes"]:
-            raise UserError(f"shard has {path.stat().st_size} bytes, manifest says {entry['bytes']}", file=path)
-        if verify and sha256_file(path) != entry["sha256"]:
+        if info.size != entry["bytes"]:
+            raise UserError(f"shard has {info.size} bytes, manifest says {entry['bytes']}", file=path)
+        if verify and (sha256_file(path) if place.local else place.sha256()) != entry["sha256"]:
             raise UserError("shard sha256 does not match the manifest", file=path)
         paths.append(path)
     return paths
 
 
 def iter_file_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-    with pa.memory_map(str(path)) as src:
+    with Place.of(path).open_input() as src:
         reader = pa.ipc.open_file(src)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)

@@ -143,30 +143,14 @@ def test_top_fraction_per_language(raw_web, quality_model, tmp_path):
         assert quality["excluded"][f"{lang}:quality.top_fraction"] == len(d)
 
 
-@pytest.fixture
-def local_ray():
-    """A local Ray instance (2 CPUs, no dashboard); one already running in the session is reused,
-    one started here is shut down again so that later tests can start their own."""
-    import ray
-
-    from data_pipeline.executors import ensure_ray
-
-    started = not ray.is_initialized()
-    ensure_ray(None, 2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("executor,workers", [("local", 2), ("ray", 2)])
 def test_same_output_for_any_worker_count_and_executor(reference_run, raw_web, quality_model, tmp_path, executor,
                                                        workers, request):
-    if executor == "ray":
-        request.getfixturevalue("local_ray")
+    where = request.getfixturevalue("ray_cluster").overrides() if executor == "ray" else ["executor=local"]
     out = tmp_path / "out"
     run(f"{raw_web}/*.jsonl*", out, "stages=[normalize,clean_lines,filter,quality]", f"quality.model={quality_model}",
-        "quality.threshold=0.2", f"workers={workers}", f"executor={executor}")
+        "quality.threshold=0.2", f"workers={workers}", *where)
     assert shard_digest(out) == shard_digest(reference_run)
 
 

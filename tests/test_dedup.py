@@ -405,16 +405,10 @@ def test_killed_stage_resumes_to_identical_output(near_dup_corpus, tmp_path):
 # ---- Ray ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_ray_executor_matches_local(near_dup_corpus, minhash_run, tmp_path):
-    import ray
-
+def test_ray_executor_matches_local(near_dup_corpus, minhash_run, ray_cluster, tmp_path):
     src, _, _ = near_dup_corpus
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        GLOBAL_STAGES["minhash_dedup"](src, tmp_path / "ray", SMALL_PARTS, 2, "ray", None)
-        GLOBAL_STAGES["exact_dedup"](src, tmp_path / "ray-exact", {}, 2, "ray", None)
-    finally:
-        ray.shutdown()
+    GLOBAL_STAGES["minhash_dedup"](src, tmp_path / "ray", SMALL_PARTS, 2, "ray", ray_cluster.address)
+    GLOBAL_STAGES["exact_dedup"](src, tmp_path / "ray-exact", {}, 2, "ray", ray_cluster.address)
     assert _outputs(tmp_path / "ray") == _outputs(minhash_run[0])
     GLOBAL_STAGES["exact_dedup"](src, tmp_path / "local-exact", {}, 1, "local", None)
     assert _outputs(tmp_path / "ray-exact") == _outputs(tmp_path / "local-exact")

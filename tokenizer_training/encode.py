@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import json
-import multiprocessing as mp
 import re
 import shutil
 import time
@@ -38,6 +37,7 @@ from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.progress import progress
 from stack_common.shards import read_manifest
+from stack_common.tasks import run_tasks
 
 from .config import AppConfig, EncodeConfig, check_encode
 from .export_hf import load_sentencepiece, read_pad_id
@@ -252,23 +252,8 @@ def load_done(parts: Path, units: Sequence[Unit]) -> dict[int, dict]:
 
 def run_units(pending: Sequence[Unit], model_path: Path, enc: EncodeConfig, dtype, parts: Path) -> list[dict]:
     init = (str(model_path), enc.group_by, enc.append_eod, DType.code_from_dtype(dtype), str(parts))
-    bar = progress(total=sum(u.text_bytes for u in pending), desc="encode", unit="B")
-    bar.unit_scale = True
-    results = []
-    try:
-        if enc.workers == 1:
-            _init_worker(*init)
-            for unit in pending:
-                results.append(encode_unit(unit))
-                bar.update(unit.text_bytes)
-        else:
-            with mp.get_context("fork").Pool(enc.workers, initializer=_init_worker, initargs=init) as pool:
-                for record in pool.imap_unordered(encode_unit, pending):
-                    results.append(record)
-                    bar.update(record["unit"]["text_bytes"])
-    finally:
-        bar.close()
-    return results
+    return run_tasks(encode_unit, [(u,) for u in pending], workers=enc.workers, desc="encode", unit="B",
+                     weights=[u.text_bytes for u in pending], initializer=_init_worker, initargs=init)
 
 
 def merge_group(out: Path, group: str, units: Sequence[Unit], parts: Path, dtype) -> None:

@@ -8,7 +8,6 @@ Layout of a stage's output directory:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import resource
@@ -22,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
-from stack_common.atomic import atomic_path, atomic_write_json, read_json
+from stack_common.atomic import atomic_write_json, read_json
 from stack_common.config import as_plain, to_dataclass
 from stack_common.errors import UserError
-from stack_common.shards import ShardFile, ShardWriter, clean_incomplete, iter_file_batches, manifest_schema, \
-    read_manifest, shard_paths, write_manifest
+from stack_common.shards import ArrowWriter, ShardFile, ShardWriter, clean_incomplete, iter_file_batches, \
+    manifest_schema, read_arrow, read_manifest, shard_paths, write_arrow, write_manifest
 
 from .parallel import run_tasks
 
@@ -223,40 +222,10 @@ def read_columns(path: Path, names: list[str]) -> pa.Table:
         return pa.ipc.open_file(src, options=options).read_all()
 
 
-def read_arrow(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as src:
-        return pa.ipc.open_file(src).read_all()
-
-
-def write_arrow(path: Path, table: pa.Table, compression: str | None = "zstd") -> None:
-    """One Arrow IPC file, written under a temp name and renamed (work artifacts)."""
-    with atomic_path(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, \
-                pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
-            w.write_table(table)
-
-
-class ArrowFileWriter:
-    """One Arrow IPC file written batch by batch under `atomic_path`: renamed when the block exits
-    without an error (the file then holds every batch), removed otherwise."""
-
-    def __init__(self, path: Path, schema: pa.Schema, compression: str | None = "zstd"):
-        self.path, self.schema, self.compression = Path(path), schema, compression
-
-    def __enter__(self) -> "ArrowFileWriter":
-        with contextlib.ExitStack() as stack:
-            tmp = stack.enter_context(atomic_path(self.path))
-            sink = stack.enter_context(pa.OSFile(str(tmp), "wb"))
-            options = pa.ipc.IpcWriteOptions(compression=self.compression)
-            self.writer = stack.enter_context(pa.ipc.new_file(sink, self.schema, options=options))
-            self._stack = stack.pop_all()
-        return self
-
-    def write(self, columns: dict) -> None:
-        self.writer.write_batch(pa.record_batch(columns, schema=self.schema))
-
-    def __exit__(self, exc_type, exc, tb):
-        return self._stack.__exit__(exc_type, exc, tb)
+def ArrowFileWriter(path: Path, schema: pa.Schema, compression: str | None = "zstd") -> ArrowWriter:
+    """One Arrow IPC file written batch by batch (`write(columns)`), renamed into place when the
+    block exits without an error, removed otherwise."""
+    return ArrowWriter(path, schema, single_file=True, compression=compression)
 
 
 def add_annotations(raw: str | None, extra: dict) -> str:

@@ -1,0 +1,125 @@
+"""Where shard files live: a local path, or a URI (file://, s3://, gs://, hdfs://) that pyarrow.fs
+resolves (`FileSystem.from_uri`).
+
+A local path keeps the POSIX route of `stack_common.atomic` (temp name, fsync, rename; reads are
+memory-mapped). Through a URI a file is also written under a temp name and then moved onto its final
+name: a rename on local disks and HDFS, a server-side copy on object stores, where the final key
+appears only complete either way.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .atomic import TMP_SUFFIX
+
+
+def is_uri(location) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+@dataclass(frozen=True)
+class Place:
+    """A file or directory: `fs` None for a local path, else the pyarrow FileSystem of its URI."""
+    fs: Optional[pafs.FileSystem]
+    path: str
+    uri: str = ""
+
+    @classmethod
+    def of(cls, location) -> "Place":
+        if isinstance(location, Place):
+            return location
+        if is_uri(location):
+            fs, path = pafs.FileSystem.from_uri(location)
+            return cls(fs, path.rstrip("/") or "/", location.rstrip("/"))
+        return cls(None, str(location))
+
+    @property
+    def local(self) -> bool:
+        return self.fs is None
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def child(self, name: str) -> "Place":
+        if self.local:
+            return Place(None, str(Path(self.path) / name))
+        return Place(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.uri}/{name}")
+
+    def location(self):
+        """What callers get back: a Path for a local place, the URI otherwise."""
+        return Path(self.path) if self.local else self.uri
+
+    def tmp_sibling(self) -> "Place":
+        """A temporary name next to this file (`.<name>.<pid>.<random>.tmp`, skipped by listings)."""
+        parent, _, name = self.path.rpartition("/")
+        tmp_name = f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+        return Place(self.fs, f"{parent}/{tmp_name}", f"{self.uri.rpartition('/')[0]}/{tmp_name}")
+
+    def make_dirs(self) -> None:
+        if self.local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+        else:
+            self.fs.create_dir(self.path, recursive=True)
+
+    def info(self) -> pafs.FileInfo:
+        if self.local:
+            return pafs.LocalFileSystem().get_file_info(os.path.abspath(self.path))
+        return self.fs.get_file_info(self.path)
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self.info().type == pafs.FileType.Directory
+
+    def size(self) -> int:
+        return self.info().size
+
+    def read_bytes(self) -> bytes:
+        if self.local:
+            return Path(self.path).read_bytes()
+        with self.fs.open_input_stream(self.path) as src:
+            return src.read()
+
+    def sha256(self, chunk: int = 1 << 20) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path) as src:
+            while block := src.read(chunk):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def open_output(self) -> pa.NativeFile:
+        return self.fs.open_output_stream(self.path)
+
+    def open_input(self) -> pa.NativeFile:
+        """Random access for Arrow IPC files: memory-mapped when local."""
+        return pa.memory_map(self.path) if self.local else self.fs.open_input_file(self.path)
+
+    def move_to(self, final: "Place") -> None:
+        self.fs.move(self.path, final.path)
+
+    def delete(self) -> None:
+        try:
+            self.fs.delete_file(self.path)
+        except FileNotFoundError:
+            pass
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write a whole file under a temp name and move it into place (remote places)."""
+        tmp = self.tmp_sibling()
+        try:
+            with tmp.open_output() as sink:
+                sink.write(data)
+            tmp.move_to(self)
+        finally:
+            if tmp.is_file():
+                tmp.delete()
