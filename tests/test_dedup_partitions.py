@@ -159,7 +159,7 @@ def _meta_shards(work, n_shards=5, rows=400, seed=0):
 def test_range_partitioned_order_is_the_global_sort(tmp_path):
     shards = _meta_shards(tmp_path)
     meta = pa.concat_tables([read_arrow(tmp_path / "meta" / f"{s.name}.arrow") for s in shards])
-    ranges = build_order(tmp_path, shards, "meta", memory_budget_mb=0.02)
+    ranges = build_order(tmp_path, shards, "meta", memory_budget_mb=0.02, stage="test")
     assert ranges >= 8
     rank, by_rank = read_order(tmp_path)
     assert np.array_equal(rank, survivor_rank(meta))

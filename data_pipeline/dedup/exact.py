@@ -117,7 +117,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     t0 = timed(steps, "hash", t0)
     peaks = {"hash": peak_rss_mb()}
 
-    order_ranges = build_order(work, shards, "meta", conf.memory_budget_mb, **par)
+    order_ranges = build_order(work, shards, "meta", conf.memory_budget_mb, stage=stage, **par)
     t0 = timed(steps, "order", t0)
     peaks["order"] = peak_rss_mb()
 

@@ -322,7 +322,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
               desc=f"{stage}: signatures", **par)
     t0 = timed(steps, "signatures", t0)
 
-    order_ranges = build_order(work, shards, "signatures", conf.memory_budget_mb, **par)
+    order_ranges = build_order(work, shards, "signatures", conf.memory_budget_mb, stage=stage, **par)
     t0 = timed(steps, "order", t0)
     peaks["order"] = peak_rss_mb()
 

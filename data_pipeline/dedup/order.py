@@ -71,7 +71,7 @@ def _sort_range(part: int, work: Path, names: list[str]) -> int:
     return len(docs)
 
 
-def build_order(work: Path, shards: list[Shard], meta_dir: str, memory_budget_mb: float, **par) -> int:
+def build_order(work: Path, shards: list[Shard], meta_dir: str, memory_budget_mb: float, stage: str, **par) -> int:
     """work/order/rank.npy and doc.npy (common.read_order); returns the number of ranges."""
     n_docs = sum(s.rows for s in shards)
     parts = partition_count(n_docs, ORDER_BYTES_PER_DOC, memory_budget_mb)
@@ -80,9 +80,9 @@ def build_order(work: Path, shards: list[Shard], meta_dir: str, memory_budget_mb
     names = [s.name for s in shards]
     splitters = _splitters(work / meta_dir, shards, parts)
     todo = [s for s in shards if not (work / "order" / f"split-{s.name}.arrow").is_file()]
-    run_tasks(_split_shard, [(s, work, work / meta_dir, splitters, parts) for s in todo], desc="order: split", **par)
+    run_tasks(_split_shard, [(s, work, work / meta_dir, splitters, parts) for s in todo], desc=f"{stage}: order split", **par)
     todo = [p for p in range(parts) if not (work / "order" / f"sorted-{p:05d}.arrow").is_file()]
-    run_tasks(_sort_range, [(p, work, names) for p in todo], desc="order: sort", **par)
+    run_tasks(_sort_range, [(p, work, names) for p in todo], desc=f"{stage}: order sort", **par)
     # rank.npy, renamed last, marks the order done.
     with atomic_path(work / "order" / "rank.npy") as rank_tmp, atomic_path(work / "order" / "doc.npy") as doc_tmp:
         by_rank = np.lib.format.open_memmap(doc_tmp, mode="w+", dtype=np.int64, shape=(n_docs,))
