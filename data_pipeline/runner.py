@@ -44,6 +44,9 @@ from .unit import process_unit
 log = get_logger("data_pipeline.run")
 DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "content_type", "rules", "quality", "dedup",
                  "harmful", "pii", "decontaminate")
+# Sections read by these stages only: free to change while none of them has run.
+SETTINGS_OF_LATER_STAGES = {"dedup": GLOBAL_STAGE_NAMES, "harmful": ("harmful",), "pii": ("pii",),
+                            "decontaminate": ("decontaminate",)}
 
 
 @dataclass
@@ -178,6 +181,9 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
         # Models of stages appended to the run (or unrecorded by an older run) are new, not changed.
         comparable = {**previous, "stages": stages,
                       "model_sha256": {**before, **{k: v for k, v in models.items() if k not in before}}}
+        # Settings read only by stages the run has not reached yet may change (appended stages).
+        comparable.update({key: decisive[key] for key in SETTINGS_OF_LATER_STAGES
+                           if not any(s.partition("@")[0] in SETTINGS_OF_LATER_STAGES[key] for s in previous["stages"])})
         same_but_stages = comparable == decisive
         if not (same_but_stages and stages[:len(previous["stages"])] == previous["stages"]):
             if not cfg.overwrite:

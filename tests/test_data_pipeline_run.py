@@ -209,6 +209,10 @@ def test_rerun_skips_completed_stages_and_refuses_other_settings(raw_web, tmp_pa
     assert extended["stages"][-1]["stage"] == "exact_dedup" and extended["stages"][-1]["docs_in"] == first["docs_kept"]
     with pytest.raises(UserError, match="different settings"):
         run(inputs, out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10")
+    # dedup settings changed after exact_dedup ran: refused; those of a stage not run yet (pii): free
+    with pytest.raises(UserError, match="different settings"):
+        run(inputs, out, "stages=[normalize,clean_lines,filter,exact_dedup]", "dedup.exact.digest_bytes=8")
+    run(inputs, out, "stages=[normalize,clean_lines,filter,exact_dedup]", "pii.keep_private_ip=false")
     with pytest.raises(UserError, match="different settings"):
         run(inputs, out, "stages=[normalize,filter]")
     stats = run(inputs, out, FILTER_STAGES, "rules.en.filter.gopher_quality.min_words=10", "overwrite=true")
