@@ -83,6 +83,9 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
     checks.require(len(set(stages)) == len(stages), f"stages: a stage is listed twice: {stages}")
     checks.require(bool(cfg.input), "input: give input files, e.g. input='raw/*.jsonl.gz'")
     checks.require(bool(cfg.output), "output: give an output directory, e.g. output=out/")
+    for key, value in [("output", str(cfg.output))] + [(f"input[{i}]", str(v)) for i, v in enumerate(cfg.input)]:
+        checks.require("://" not in value, f"{key}: {value!r}: the pipeline reads and writes local (or mounted) "
+                       "paths; URIs work for shard IO in stack_common.shards, not yet for a run's input and output")
     checks.require(cfg.workers >= 1, f"workers: must be >= 1, got {cfg.workers}")
     checks.require(cfg.executor in ("local", "ray"), f"executor: 'local' or 'ray', got '{cfg.executor}'")
     if "quality" in stages:
@@ -197,7 +200,7 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    with ray_options(cfg.ray), shared_workers():   # one set of local workers for every stage
+    with ray_options(cfg.ray):
         return _run_pipeline(cfg)
 
 
@@ -213,16 +216,25 @@ def _run_pipeline(cfg: PipelineConfig) -> dict:
     for seg_no, segment in enumerate(segments):
         if all((d / "stats.json").is_file() for d in segment.stage_dirs(out)):
             log.info("stages %s already complete: skipped", ", ".join(segment.stages))
-        elif segment.kind == "docs":
-            run_doc_segment(segment, units, cfg, out, first=seg_no == 0)
         else:
-            source = units_dir_of(segments[seg_no - 1], out) if seg_no else single_shard_dir(cfg.input, segment)
-            run_global_stage(segment, source, cfg, out)
+            # One set of local workers per segment: its steps share them, and what a stage cached in
+            # them (models, n-gram sets) is gone before the next stage's memory budget applies.
+            with shared_workers():
+                run_segment(segment, seg_no, segments, units, cfg, out)
         units = [str(p) for p in kept_files(units_dir_of(segment, out))]
     stats = write_run_stats(out, segments, units_dir_of(segments[-1], out), time.time() - start)
     log.info("done: %d documents read, %d kept, %d quarantined -> %s", stats["docs_read"], stats["docs_kept"],
              stats["quarantined"], out / "final")
     return stats
+
+
+def run_segment(segment: Segment, seg_no: int, segments: list[Segment], units: list[str], cfg: PipelineConfig,
+                out: Path) -> None:
+    if segment.kind == "docs":
+        run_doc_segment(segment, units, cfg, out, first=seg_no == 0)
+    else:
+        source = units_dir_of(segments[seg_no - 1], out) if seg_no else single_shard_dir(cfg.input, segment)
+        run_global_stage(segment, source, cfg, out)
 
 
 def units_dir_of(segment: Segment, out: Path) -> Path:

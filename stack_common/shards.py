@@ -285,8 +285,17 @@ def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list:
 
 
 def iter_file_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of one Arrow file; with `columns`, only those are read and decoded (in that order)."""
     with Place.of(path).open_input() as src:
         reader = pa.ipc.open_file(src)
+        if columns:
+            names = reader.schema.names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise UserError(f"shard lacks column(s) {', '.join(missing)}", file=path,
+                                expected=f"columns {', '.join(names)}")
+            fields = sorted({names.index(c) for c in columns})
+            reader = pa.ipc.open_file(src, options=pa.ipc.IpcReadOptions(included_fields=fields))
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             yield batch.select(columns) if columns else batch

@@ -2,12 +2,15 @@
 the same route but cannot be reached offline."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from stack_common.errors import UserError
-from stack_common.shards import ArrowWriter, read_arrow, read_manifest, read_table, shard_paths, write_arrow, \
+from stack_common.shards import ArrowWriter, iter_file_batches, read_arrow, read_manifest, read_table, shard_paths, write_arrow, \
     write_table
 
 
@@ -52,3 +55,23 @@ def test_a_truncated_uri_shard_is_named(tmp_path):
     with pytest.raises(UserError, match="bytes, manifest says") as err:
         shard_paths(f"file://{tmp_path}/out")
     assert f"file://{tmp_path}/out/shard-00000.arrow" in str(err.value)
+
+
+def test_reading_some_columns_decodes_only_those_and_names_a_missing_one(tmp_path):
+    table = pa.table({"id": ["a", "b"], "text": ["x" * 1000, "y"], "lang": ["en", "zh"]})
+    write_arrow(tmp_path / "one.arrow", table)
+    batches = list(iter_file_batches(tmp_path / "one.arrow", ["lang", "id"]))
+    assert [b.schema.names for b in batches] == [["lang", "id"]]
+    assert pa.Table.from_batches(batches).to_pydict() == {"lang": ["en", "zh"], "id": ["a", "b"]}
+    with pytest.raises(UserError, match="shard lacks column\\(s\\) score"):
+        list(iter_file_batches(tmp_path / "one.arrow", ["id", "score"]))
+
+
+def test_the_pipeline_refuses_a_uri_output_instead_of_writing_a_local_s3_folder(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"id": "1", "text": "hello"}\n')
+    result = subprocess.run([sys.executable, "-m", "data_pipeline", f"input={tmp_path / 'in.jsonl'}",
+                             "output=s3://bucket/out", "stages=[normalize]"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 2, result.stderr
+    assert "output: 's3://bucket/out': the pipeline reads and writes local (or mounted) paths" in result.stderr
+    assert not (tmp_path / "s3:").exists()
