@@ -4,12 +4,14 @@
 
 Corpus (built once under OUT/corpus-<N>/, one Parquet file (zstd) of 50,000 documents at a time,
 each written atomically, so an interrupted build resumes; needs ../shared/corpus):
-  * an *original* document takes a real corpus document as template (its source, language, layout
-    and length; windows of at most 6,000 characters of long documents) and splices every line of at
-    least 8 characters: a random 30-70 % prefix of the template line, then the matching suffix of a
-    random line of another document of the same language (cut at a space in English). The corpus has
-    about 85,000 documents and 1.5 million lines, so a 10M-document corpus is made of unique lines
-    and unique documents (accidental near duplicates would show up as unplanted removals below);
+  * an *original* document takes a real corpus document as template (half drawn per document,
+    half per source: about 2.2 kB of text a document), its source, language, layout and length (a
+    window of at most 4,000 characters of a long one), and splices every line of at least 4
+    characters: the first 20-50 % of the template line, then as many characters from the ends of
+    random lines of the same language (cut at a space in English), so lines keep a real ending. The
+    corpus has about 85,000 documents and 1.5 million lines: siblings of one template share at most
+    half their text, and a 10M-document corpus has no accidental near duplicates (they would show
+    up as unplanted removals below);
   * 10 % of the documents are *exact copies* of a random original (byte for byte), 10 % *near
     copies*: `dedup_data.perturbed_copy` (word / character edits, reflow, truncation, paragraph
     swaps, added boilerplate). Copies are spread over the whole corpus (a seeded permutation);
@@ -25,11 +27,15 @@ only the appended stages), each in a fresh process tree that is measured:
   peak RSS of the driver and of the largest other process (psutil, polled every 0.25 s);
   disk: peak growth of OUT/run-<N>/ while the segment runs, the stage directory after it
   (kept/, excluded/, each work artifact), and bytes per input document of each.
-Planted duplicates, per dedup stage, over the documents that reach it (earlier stages filter some):
-  recall: planted pairs (original, copy) that entered the stage with one of them removed by it, per
-  kind (exact; near with truth >= 0.8); precision: removals that are a member of such a pair whose
-  partner entered the stage, over all removals. Removals of a near copy below the truth threshold
-  (or of its original) are counted apart; everything else is an unplanted removal.
+Planted duplicates, per dedup stage (exact, MinHash), over the documents that reach it (earlier
+stages filter some); an original and its exact copies are one *text*, whichever of them survived:
+  exact recall: removals of a text's extra occurrences / (occurrences that entered - 1), summed
+  over texts; near recall: near copies with truth >= 0.8 that entered with their text, and where
+  the copy or an occurrence of the text was removed; precision: removals that belong to such a
+  truth pair (an extra occurrence of a text, a text with a true near copy in, a true near copy with
+  its text in) over all removals. Other removals inside a planted family (a near copy below the
+  threshold, two near copies whose original was filtered) are counted apart, as errors; removals
+  outside any planted family are unplanted (errors or accidental duplicates of the generator).
 Prints a table and writes OUT/scale-<N>.json.
 """
 from __future__ import annotations
@@ -362,14 +368,18 @@ def check_disk(path: Path, need: int, what: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, required=True)
+    ap.add_argument("--docs", type=int)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="/work/scale")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stages", nargs="+", default=DEFAULT_STAGES)
+    ap.add_argument("--project", metavar="JSON", help="print the 100M / 1B projection of a finished run's OUT/scale-<N>.json")
+    ap.add_argument("--build-only", action="store_true", help="build (or finish building) the corpus, run nothing")
     ap.add_argument("--keep-run", action="store_true", help="keep OUT/run-<N> (default: removed after the figures)")
     ap.add_argument("overrides", nargs="*", help="extra `python -m data_pipeline` overrides, e.g. dedup.minhash.num_perm=64")
     args = ap.parse_args()
+    if args.project:
+        return project(read_json(Path(args.project)))
     if not CORPUS.is_dir():
         raise SystemExit(f"{CORPUS} is missing: the benchmark builds its corpus from it")
     root = Path(args.out)
@@ -381,6 +391,8 @@ def main() -> None:
     print(f"corpus {corpus}: {info['docs']} docs, {info['text_bytes_uncompressed'] / 2**30:.2f} GiB of text, "
           f"{info['disk_bytes'] / 2**30:.2f} GiB on disk, roles {info['roles']}, near copies with truth >= "
           f"{TRUTH_THRESHOLD}: {info['near_at_or_above_threshold']} (built in {info['seconds']}s)")
+    if args.build_only:
+        return
     # kept/ and excluded/ of each global stage and the fused segment hold the corpus again (zstd Arrow).
     check_disk(root, info["disk_bytes"] * (2 + len(segments_of(args.stages))) - (dir_bytes(run) if run.exists() else 0),
                "the run")
@@ -443,6 +455,37 @@ def print_table(report: dict) -> None:
               f"{(r['disk_peak_growth'] / 1e9 if first else 0):7.3f}  {planted}")
     print(f"(B/doc: bytes of the stage directory per corpus document; peak+GB: growth of the run directory while "
           f"the segment ran; n = {n})")
+
+
+# Work artifacts that a distributed run repartitions by key (every byte crosses the network once);
+# the others are read back by the task of their own shard. Shingles are read per candidate pair.
+SHUFFLED = {"work/hashes", "work/bands", "work/edges", "work/candidates", "work/verified", "work/units", "work/docs"}
+
+
+def project(report: dict, sizes: tuple[int, ...] = (100_000_000, 1_000_000_000), budget: int = 1 << 30) -> None:
+    """Linear projection of each stage's artifacts and CPU time from a measured run: bytes per
+    document that entered the stage x the share of documents that reach it (as measured) x N."""
+    n = report["corpus"]["docs"]
+    print(f"projection from {n} measured documents (linear in N; shares reaching each stage as measured)")
+    print(f"{'stage':14s} {'artifact':24s} {'B/doc in':>9s} " + " ".join(f"{f'GB @{m // 10**6}M':>10s} {'parts':>6s}"
+                                                                        for m in sizes) + "  kind")
+    for r in report["rows"]:
+        share = r["docs_in"] / n
+        for part, size in r["disk"]["parts"].items():
+            if size < 64 << 10 and n >= 100_000:
+                continue
+            per_doc = size / max(1, r["docs_in"])
+            cols = " ".join(f"{m * share * per_doc / 1e9:10.1f} {-(-int(m * share * per_doc) // budget):6d}" for m in sizes)
+            kind = "shuffle" if part in SHUFFLED else "per shard" if part.startswith("work/") else "output"
+            print(f"{r['stage']:14s} {part:24s} {per_doc:9.1f} {cols}  {kind}")
+    seen = set()
+    for r in report["rows"]:
+        if r["segment"] in seen:
+            continue
+        seen.add(r["segment"])
+        print(f"{r['segment']:40s} CPU s/doc {r['cpu_s'] / n * 1e3:.2f} ms: " +
+              ", ".join(f"{m * r['cpu_s'] / n / 3600:,.0f} CPU-h @{m // 10**6}M" for m in sizes))
+    print(f"(parts: partitions of at most {budget >> 20} MiB, a task's share when the artifact is partitioned)")
 
 
 if __name__ == "__main__":
