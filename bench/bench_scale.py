@@ -393,9 +393,11 @@ def main() -> None:
           f"{TRUTH_THRESHOLD}: {info['near_at_or_above_threshold']} (built in {info['seconds']}s)")
     if args.build_only:
         return
-    # kept/ and excluded/ of each global stage and the fused segment hold the corpus again (zstd Arrow).
-    check_disk(root, info["disk_bytes"] * (2 + len(segments_of(args.stages))) - (dir_bytes(run) if run.exists() else 0),
-               "the run")
+    # kept/ + excluded/ of each segment hold the corpus again (zstd Arrow); MinHash keeps its shingles
+    # uncompressed (4 bytes a character, as measured: about 2x the text's UTF-8 bytes).
+    need = info["disk_bytes"] * (1 + len(segments_of(args.stages))) + \
+        2 * info["text_bytes_uncompressed"] * any(s.startswith("minhash_dedup") for s in args.stages)
+    check_disk(root, need - (dir_bytes(run) if run.exists() else 0), "the run")
     shutil.rmtree(run, ignore_errors=True)
     truth = read_truth(corpus)
     rows, done = [], []
