@@ -335,9 +335,10 @@ def planted_scores(stage_dir: Path, truth: dict[str, np.ndarray]) -> dict:
     # exact: a family whose text entered k times should leave it once
     expected = np.maximum(text_in - 1, 0)
     exact_caught = np.minimum(per_family(same_text & removed), expected)
-    # near: a true near copy that entered with its text is caught if one of them was removed
+    # near: a true near copy that entered with its text is caught if the copy, or every occurrence
+    # of the text, was removed
     near_pairs = near_true & entered & (text_in[family] > 0)
-    near_caught = near_pairs & (removed | (text_kept[family] < text_in[family]))
+    near_caught = near_pairs & (removed | (text_kept[family] == 0))
     explained = removed & ((same_text & ((text_in[family] > 1) | (near_in[family] > 0))) |
                            (near_true & (text_in[family] > 0)))
     same_family = removed & ~explained & (family_in[family] > 1)
