@@ -41,7 +41,6 @@ Prints a table and writes OUT/scale-<N>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
