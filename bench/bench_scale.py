@@ -380,6 +380,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.project:
         return project(read_json(Path(args.project)))
+    if not args.docs:
+        ap.error("--docs N is required (or --project JSON)")
     if not CORPUS.is_dir():
         raise SystemExit(f"{CORPUS} is missing: the benchmark builds its corpus from it")
     root = Path(args.out)
