@@ -8,7 +8,8 @@ import pytest
 from _helpers import run_killed_stage
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.lines import BYTES_PER_PAIR, key_range, partition_count
+from data_pipeline.dedup.common import MAX_PARTITIONS, partition_count
+from data_pipeline.dedup.lines import BYTES_PER_ROW, key_range
 from data_pipeline.dedup.text import normalize, split_units, unit_key
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.shards import read_manifest, read_table, write_table
@@ -97,10 +98,11 @@ def _outputs(out_dir):
 
 
 def test_partition_count_follows_the_budget():
-    assert partition_count(0, 1) == 1
-    assert partition_count(2 ** 20 // BYTES_PER_PAIR, 1) == 1
-    assert partition_count(2 ** 20 // BYTES_PER_PAIR + 1, 1) == 2
-    assert partition_count(10 ** 8, 1024) == 12      # 100M pairs * 128 B = 11.9 GiB -> 12 tasks of <= 1 GiB
+    assert partition_count(0, BYTES_PER_ROW, 1) == 1
+    assert partition_count(2 ** 20 // BYTES_PER_ROW, BYTES_PER_ROW, 1) == 1
+    assert partition_count(2 ** 20 // BYTES_PER_ROW + 1, BYTES_PER_ROW, 1) == 2
+    assert partition_count(10 ** 8, BYTES_PER_ROW, 1024) == 15    # 100M rows * 160 B = 14.9 GiB -> 15 tasks
+    assert partition_count(10 ** 12, BYTES_PER_ROW, 1) == MAX_PARTITIONS
 
 
 @pytest.mark.parametrize("unit", ["paragraph", "sentence"])
