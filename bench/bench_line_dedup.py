@@ -3,8 +3,11 @@
 half of them perturbed copies), resharded into ~8 MB shards so that tasks spread over workers.
 
     .venv/bin/python bench/bench_line_dedup.py --sizes 100000 400000 --workers 2 --budget-mb 1024 16
-With --reference-tree DIR (a checkout of another commit, e.g. `git archive d5d4122 | tar -x -C DIR`)
-the same stage also runs with DIR's code, and kept/ and excluded/ are compared file by file.
+With --reference-tree DIR (a checkout of another commit, e.g. `git archive d5d4122 | tar -x -C DIR`;
+may be given more than once) the same stage also runs with DIR's code (with the first budget when
+DIR's line dedup has one), and kept/ and excluded/ are compared file by file.
+With --footer every document ends with the same boilerplate line (a skewed corpus: one key held by
+every document, which a keeper task must not hold one row per document of).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
+import pyarrow.compute as pc  # noqa: E402
 from dedup_data import build_scale  # noqa: E402
 
 from stack_common.shards import read_table, write_table  # noqa: E402
@@ -45,15 +49,22 @@ print(json.dumps({**stats, "peak_rss": {**rss, "driver_after_imports": baseline}
 """
 
 
-def corpus(root: Path, n_docs: int) -> Path:
-    data = root / f"corpus-{n_docs}"
+FOOTER = "\nCopyright the example company and its partners. All rights reserved worldwide.\n"
+
+
+def corpus(root: Path, n_docs: int, footer: bool = False) -> Path:
+    data = root / f"corpus-{n_docs}{'-footer' if footer else ''}"
     if not (data / "manifest.json").is_file():
         t = time.time()
         raw = root / f"raw-{n_docs}"
         shutil.rmtree(raw, ignore_errors=True)
         build_scale(raw, n_docs)
         shutil.rmtree(data, ignore_errors=True)
-        write_table(data, read_table(raw), prefix="part", target_bytes=8 << 20)
+        table = read_table(raw)
+        if footer:
+            table = table.set_column(table.schema.get_field_index("text"), "text",
+                                     pc.binary_join_element_wise(table.column("text"), FOOTER, ""))
+        write_table(data, table, prefix="part", target_bytes=8 << 20)
         shutil.rmtree(raw)
         print(f"built {n_docs} documents in {time.time() - t:.0f}s", flush=True)
     return data
@@ -81,20 +92,22 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=int, nargs="+", default=[1024])
     ap.add_argument("--unit", default="paragraph", choices=["paragraph", "sentence"])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--reference-tree", default="", help="checkout whose line dedup output must be identical")
+    ap.add_argument("--reference-tree", action="append", default=[],
+                    help="checkout whose line dedup output must be identical (repeatable)")
+    ap.add_argument("--footer", action="store_true", help="append one boilerplate line to every document")
     ap.add_argument("--out", default=str(REPO / "bench_out" / "line_dedup"))
     args = ap.parse_args()
     root = Path(args.out)
     rows = []
     for n in args.sizes:
-        data = corpus(root, n)
+        data = corpus(root, n, args.footer)
         runs = [("this", REPO, b) for b in args.budget_mb]
-        if args.reference_tree:
-            runs.append(("reference", Path(args.reference_tree), args.budget_mb[0]))
+        runs += [(f"ref{i}", Path(tree), args.budget_mb[0]) for i, tree in enumerate(args.reference_tree)]
         digests = {}
         for name, tree, budget in runs:
             out = root / f"out-{n}-{name}-{budget}"
-            cfg = {"unit": args.unit} if name == "reference" else {"unit": args.unit, "memory_budget_mb": budget}
+            has_budget = "memory_budget_mb" in (tree / "data_pipeline/dedup/lines.py").read_text()
+            cfg = {"unit": args.unit, **({"memory_budget_mb": budget} if has_budget else {})}
             seconds, stats = run_stage(tree, data, out, args.workers, cfg)
             digests[(name, budget)] = output_digest(out)
             rows.append((n, name, budget, stats.get("partitions", "-"), seconds, stats["peak_rss"]["driver"],
