@@ -28,7 +28,9 @@ sys.path.insert(0, str(REPO))
 import pyarrow.compute as pc  # noqa: E402
 from dedup_data import build_scale  # noqa: E402
 
-from stack_common.shards import read_table, write_table  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stack_common.shards import read_arrow, read_table, write_table  # noqa: E402
 
 # Run in a child process so that the driver's peak RSS is the stage's alone: VmHWM of the driver
 # (ru_maxrss would carry over the launching process's peak across exec); ru_maxrss of the children
@@ -81,6 +83,19 @@ def run_stage(tree: Path, data: Path, out: Path, workers: int, cfg: dict) -> tup
     return time.time() - t, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def largest_keeper_task(out: Path, parts: int) -> int:
+    """Rows the largest keeper task held: holder rows (one per key and shard) where the run wrote
+    work/holders1/, else (key, document) pairs from work/units/."""
+    rows = "holders1" if (out / "work" / "holders1").is_dir() else "units"
+    keys = [read_arrow(f).column("key").to_numpy() for f in sorted((out / "work" / rows).glob("*.arrow"))]
+    if not keys:
+        return 0
+    keys = np.sort(np.concatenate(keys))
+    bounds = np.searchsorted(keys, np.array([(p << 64) // parts for p in range(parts)] + [0], np.uint64))
+    bounds[-1] = len(keys)
+    return int(np.diff(bounds).max())
+
+
 def output_digest(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for sub in ("kept", "excluded") for p in sorted((out / sub).rglob("*")) if p.is_file()}
@@ -110,11 +125,13 @@ def main() -> None:
             cfg = {"unit": args.unit, **({"memory_budget_mb": budget} if has_budget else {})}
             seconds, stats = run_stage(tree, data, out, args.workers, cfg)
             digests[(name, budget)] = output_digest(out)
+            stats["keeper_rows"] = largest_keeper_task(out, stats.get("partitions", 1))
             rows.append((n, name, budget, stats.get("partitions", "-"), seconds, stats["peak_rss"]["driver"],
                          stats["peak_rss"]["task"], stats["bytes_in"], stats["repeated_units"],
                          stats["peak_rss"]["driver_after_imports"]))
             print(json.dumps({"docs": n, "code": name, "budget_mb": budget, "wall_s": round(seconds, 1),
-                              **{k: stats[k] for k in ("partitions", "step_seconds", "peak_rss") if k in stats}}),
+                              **{k: stats[k] for k in ("partitions", "keeper_rows", "step_seconds", "peak_rss")
+                                 if k in stats}}),
                   flush=True)
         first = next(iter(digests.values()))
         print(f"{n} docs: kept/ and excluded/ identical across runs: "

@@ -44,6 +44,8 @@ print(json.dumps({"cutoffs": result, "seconds": time.time() - t, "peak_rss": hwm
 def build(root: Path, n_docs: int, n_units: int = 8, text_chars: int = 3000) -> None:
     rng = np.random.default_rng(0)
     base = "\n".join(d["text"] for d in load_corpus())
+    if len(base) < 2 * text_chars:
+        raise SystemExit("no text in ../shared/corpus (bench/dedup_data.CORPUS): the bench needs it")
     per_unit = n_docs // n_units
     for u in range(n_units):
         starts = rng.integers(0, len(base) - text_chars, per_unit)
