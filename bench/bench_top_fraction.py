@@ -49,7 +49,8 @@ def build(root: Path, n_docs: int, n_units: int = 8, text_chars: int = 3000) -> 
     per_unit = n_docs // n_units
     for u in range(n_units):
         starts = rng.integers(0, len(base) - text_chars, per_unit)
-        texts = [base[s:s + int(n)] for s, n in zip(starts, rng.integers(text_chars // 2, text_chars * 3 // 2, per_unit))]
+        lengths = rng.integers(text_chars // 2, text_chars * 3 // 2, per_unit)
+        texts = [base[s:s + int(n)] for s, n in zip(starts, lengths)]
         score = rng.random(per_unit).astype(np.float32)
         score[rng.random(per_unit) < 0.3] = np.float32(0.5)                 # a large tie
         langs = np.array(["zh", "en", "code"])[rng.integers(0, 3, per_unit)]

@@ -101,7 +101,7 @@ def test_partition_count_follows_the_budget():
     assert partition_count(0, BYTES_PER_ROW, 1) == 1
     assert partition_count(2 ** 20 // BYTES_PER_ROW, BYTES_PER_ROW, 1) == 1
     assert partition_count(2 ** 20 // BYTES_PER_ROW + 1, BYTES_PER_ROW, 1) == 2
-    assert partition_count(10 ** 8, BYTES_PER_ROW, 1024) == 15    # 100M rows * 160 B = 14.9 GiB -> 15 tasks
+    assert partition_count(10 ** 8, BYTES_PER_ROW, 1024) == 19    # 100M rows * 200 B = 18.6 GiB -> 19 tasks
     assert partition_count(10 ** 12, BYTES_PER_ROW, 1) == MAX_PARTITIONS
 
 
