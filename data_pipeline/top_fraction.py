@@ -40,11 +40,13 @@ SYMBOLS = 257           # per id byte: 0 = the id has ended, b + 1 = byte b
 
 
 def _scored(unit_dirs: list[Path], langs: list[str], with_ids: bool = False
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, pa.Array | None, pa.Array | None]]:
-    """Per batch of every unit, the rows scored >= 0 in one of `langs`: language index, float32
-    bits of the score (they sort like the scores), and with `with_ids` their ids and scores."""
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array | None, pa.Array]]:
+    """Per batch of every unit, the rows scored >= 0 in one of `langs`: language index, float32 bits
+    of the score (they sort like the scores), position among all rows, with `with_ids` their ids,
+    and their scores."""
     value_set = pa.array(langs, pa.string())
     columns = ["lang", "quality_score"] + (["id"] if with_ids else [])
+    rows_before = 0
     for directory in unit_dirs:
         for batch in iter_batches(directory / "kept", columns):
             code = pc.index_in(batch.column("lang"), value_set=value_set)
@@ -52,29 +54,21 @@ def _scored(unit_dirs: list[Path], langs: list[str], with_ids: bool = False
             mine = pc.fill_null(pc.and_(pc.is_valid(code), pc.greater_equal(score, 0.0)), False)
             score = score.filter(mine)
             bits = (score.to_numpy(zero_copy_only=False) + np.float32(0.0)).view(np.uint32)  # -0.0 -> 0.0
+            position = rows_before + np.flatnonzero(mine.to_numpy(zero_copy_only=False))
             ids = batch.column("id").filter(mine) if with_ids else None
-            yield code.filter(mine).to_numpy(zero_copy_only=False).astype(np.int64), bits, ids, score
+            rows_before += batch.num_rows
+            yield code.filter(mine).to_numpy(zero_copy_only=False).astype(np.int64), bits, position, ids, score
 
 
-def _first_rows(unit_dirs: list[Path], langs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _high_bins(unit_dirs: list[Path], langs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per language: documents scored >= 0, by high 16 bits of the score; and the position (rows
     before it) of its first such document, for the order of the saved cut-offs."""
     high = np.zeros((len(langs), 1 << LOW_BITS), np.int64)
     first = np.full(len(langs), np.iinfo(np.int64).max)
-    rows_before = 0
-    for directory in unit_dirs:
-        for batch in iter_batches(directory / "kept", ["lang", "quality_score"]):
-            code = pc.index_in(batch.column("lang"), value_set=pa.array(langs, pa.string()))
-            score = batch.column("quality_score").cast(pa.float32())
-            mine = pc.fill_null(pc.and_(pc.is_valid(code), pc.greater_equal(score, 0.0)), False)
-            rows = np.flatnonzero(mine.to_numpy(zero_copy_only=False))
-            codes = code.filter(mine).to_numpy(zero_copy_only=False).astype(np.int64)
-            bits = (score.filter(mine).to_numpy(zero_copy_only=False) + np.float32(0.0)).view(np.uint32)
-            high += np.bincount(codes * (1 << LOW_BITS) + (bits >> LOW_BITS),
-                                minlength=high.size).reshape(high.shape)
-            seen, at = np.unique(codes, return_index=True)
-            first[seen] = np.minimum(first[seen], rows_before + rows[at])
-            rows_before += batch.num_rows
+    for codes, bits, position, _, _ in _scored(unit_dirs, langs):
+        high += np.bincount(codes * (1 << LOW_BITS) + (bits >> LOW_BITS), minlength=high.size).reshape(high.shape)
+        seen, at = np.unique(codes, return_index=True)
+        first[seen] = np.minimum(first[seen], position[at])
     return high, first
 
 
@@ -118,7 +112,7 @@ def _tied_ids(unit_dirs: list[Path], langs: list[str], ties: dict[int, dict]) ->
         pending = {lang: tie for lang, tie in ties.items() if lang not in found}
         hist = {lang: np.zeros(SYMBOLS * SYMBOLS, np.int64) for lang, tie in pending.items() if tie["count"] > TIE_CAP}
         collected: dict[int, list] = {lang: [] for lang in pending if lang not in hist}
-        for codes, bits, ids, scores in _scored(unit_dirs, langs, with_ids=True):
+        for codes, bits, _, ids, scores in _scored(unit_dirs, langs, with_ids=True):
             for lang, tie in pending.items():
                 rows = np.flatnonzero((codes == lang) & (bits == tie["value"]))
                 if not len(rows):
@@ -156,7 +150,7 @@ def _tied_ids(unit_dirs: list[Path], langs: list[str], ties: dict[int, dict]) ->
 def cutoffs(unit_dirs: list[Path], fractions: dict[str, float]) -> dict[str, list]:
     """Per language with scored documents, in order of their first one: [-score, id] of its last kept document."""
     langs = list(fractions)
-    high, first = _first_rows(unit_dirs, langs)
+    high, first = _high_bins(unit_dirs, langs)
     k, top_high, above = {}, {}, {}
     for lang in range(len(langs)):
         n = int(high[lang].sum())
@@ -166,7 +160,7 @@ def cutoffs(unit_dirs: list[Path], fractions: dict[str, float]) -> dict[str, lis
     low = np.zeros((len(langs), 1 << LOW_BITS), np.int64)
     wanted = np.full(len(langs), -1, np.int64)
     wanted[list(top_high)] = list(top_high.values())
-    for codes, bits, _, _ in _scored(unit_dirs, langs):
+    for codes, bits, _, _, _ in _scored(unit_dirs, langs):
         hit = (bits >> LOW_BITS) == wanted[codes]
         low += np.bincount(codes[hit] * (1 << LOW_BITS) + (bits[hit] & 0xFFFF), minlength=low.size).reshape(low.shape)
     ties = {}
