@@ -3,8 +3,11 @@
 half of them perturbed copies), resharded into ~8 MB shards so that tasks spread over workers.
 
     .venv/bin/python bench/bench_line_dedup.py --sizes 100000 400000 --workers 2 --budget-mb 1024 16
-With --reference-tree DIR (a checkout of another commit, e.g. `git archive d5d4122 | tar -x -C DIR`)
-the same stage also runs with DIR's code, and kept/ and excluded/ are compared file by file.
+With --reference-tree DIR (a checkout of another commit, e.g. `git archive d5d4122 | tar -x -C DIR`;
+may be given more than once) the same stage also runs with DIR's code (with the first budget when
+DIR's line dedup has one), and kept/ and excluded/ are compared file by file.
+With --footer every document ends with the same boilerplate line (a skewed corpus: one key held by
+every document, which a keeper task must not hold one row per document of).
 """
 from __future__ import annotations
 
@@ -22,9 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
+import pyarrow.compute as pc  # noqa: E402
 from dedup_data import build_scale  # noqa: E402
 
-from stack_common.shards import read_table, write_table  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stack_common.shards import read_arrow, read_table, write_table  # noqa: E402
 
 # Run in a child process so that the driver's peak RSS is the stage's alone: VmHWM of the driver
 # (ru_maxrss would carry over the launching process's peak across exec); ru_maxrss of the children
@@ -45,15 +51,22 @@ print(json.dumps({**stats, "peak_rss": {**rss, "driver_after_imports": baseline}
 """
 
 
-def corpus(root: Path, n_docs: int) -> Path:
-    data = root / f"corpus-{n_docs}"
+FOOTER = "\nCopyright the example company and its partners. All rights reserved worldwide.\n"
+
+
+def corpus(root: Path, n_docs: int, footer: bool = False) -> Path:
+    data = root / f"corpus-{n_docs}{'-footer' if footer else ''}"
     if not (data / "manifest.json").is_file():
         t = time.time()
         raw = root / f"raw-{n_docs}"
         shutil.rmtree(raw, ignore_errors=True)
         build_scale(raw, n_docs)
         shutil.rmtree(data, ignore_errors=True)
-        write_table(data, read_table(raw), prefix="part", target_bytes=8 << 20)
+        table = read_table(raw)
+        if footer:
+            table = table.set_column(table.schema.get_field_index("text"), "text",
+                                     pc.binary_join_element_wise(table.column("text"), FOOTER, ""))
+        write_table(data, table, prefix="part", target_bytes=8 << 20)
         shutil.rmtree(raw)
         print(f"built {n_docs} documents in {time.time() - t:.0f}s", flush=True)
     return data
@@ -70,6 +83,19 @@ def run_stage(tree: Path, data: Path, out: Path, workers: int, cfg: dict) -> tup
     return time.time() - t, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def largest_keeper_task(out: Path, parts: int) -> int:
+    """Rows the largest keeper task held: holder rows (one per key and shard) where the run wrote
+    work/holders1/, else (key, document) pairs from work/units/."""
+    rows = "holders1" if (out / "work" / "holders1").is_dir() else "units"
+    keys = [read_arrow(f).column("key").to_numpy() for f in sorted((out / "work" / rows).glob("*.arrow"))]
+    if not keys:
+        return 0
+    keys = np.sort(np.concatenate(keys))
+    bounds = np.searchsorted(keys, np.array([(p << 64) // parts for p in range(parts)] + [0], np.uint64))
+    bounds[-1] = len(keys)
+    return int(np.diff(bounds).max())
+
+
 def output_digest(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for sub in ("kept", "excluded") for p in sorted((out / sub).rglob("*")) if p.is_file()}
@@ -81,27 +107,31 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=int, nargs="+", default=[1024])
     ap.add_argument("--unit", default="paragraph", choices=["paragraph", "sentence"])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--reference-tree", default="", help="checkout whose line dedup output must be identical")
+    ap.add_argument("--reference-tree", action="append", default=[],
+                    help="checkout whose line dedup output must be identical (repeatable)")
+    ap.add_argument("--footer", action="store_true", help="append one boilerplate line to every document")
     ap.add_argument("--out", default=str(REPO / "bench_out" / "line_dedup"))
     args = ap.parse_args()
     root = Path(args.out)
     rows = []
     for n in args.sizes:
-        data = corpus(root, n)
+        data = corpus(root, n, args.footer)
         runs = [("this", REPO, b) for b in args.budget_mb]
-        if args.reference_tree:
-            runs.append(("reference", Path(args.reference_tree), args.budget_mb[0]))
+        runs += [(f"ref{i}", Path(tree), args.budget_mb[0]) for i, tree in enumerate(args.reference_tree)]
         digests = {}
         for name, tree, budget in runs:
             out = root / f"out-{n}-{name}-{budget}"
-            cfg = {"unit": args.unit} if name == "reference" else {"unit": args.unit, "memory_budget_mb": budget}
+            has_budget = "memory_budget_mb" in (tree / "data_pipeline/dedup/lines.py").read_text()
+            cfg = {"unit": args.unit, **({"memory_budget_mb": budget} if has_budget else {})}
             seconds, stats = run_stage(tree, data, out, args.workers, cfg)
             digests[(name, budget)] = output_digest(out)
+            stats["keeper_rows"] = largest_keeper_task(out, stats.get("partitions", 1))
             rows.append((n, name, budget, stats.get("partitions", "-"), seconds, stats["peak_rss"]["driver"],
                          stats["peak_rss"]["task"], stats["bytes_in"], stats["repeated_units"],
                          stats["peak_rss"]["driver_after_imports"]))
             print(json.dumps({"docs": n, "code": name, "budget_mb": budget, "wall_s": round(seconds, 1),
-                              **{k: stats[k] for k in ("partitions", "step_seconds", "peak_rss") if k in stats}}),
+                              **{k: stats[k] for k in ("partitions", "keeper_rows", "step_seconds", "peak_rss")
+                                 if k in stats}}),
                   flush=True)
         first = next(iter(digests.values()))
         print(f"{n} docs: kept/ and excluded/ identical across runs: "

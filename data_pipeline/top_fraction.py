@@ -7,10 +7,16 @@ resumes with the same cut-offs and skips the units already done.
 
 Order: best score first, ties by smallest id. A language's cut-off is the k-th document in that
 order, k = max(1, ceil(fraction * n)) of its n documents scored >= 0. It is found without holding
-every score: quality scores are float32, and a non-negative float32's bits sort like its value, so
-two passes over the units count documents per high and then per low 16 bits of the score (a radix
-selection: memory is two 65536-bin histograms per language), and a third collects the ids of the
-documents with exactly the k-th score, only these are sorted. Each unit is read batch by batch.
+every score (a radix selection; each round is one pass over the units for all languages, reading
+only the lang and quality_score columns, and id in the tie rounds):
+  1. quality scores are float32, and a non-negative float32's bits sort like its value: count the
+     documents per language and high 16 bits of the score (65536 bins per language);
+  2. the same for the low 16 bits, within the high bin that holds the k-th: the k-th score is known,
+     and how many documents tie on it;
+  3. among the tied documents the cut-off is the j-th smallest id: when at most TIE_CAP documents tie,
+     their ids are collected and sorted; otherwise each round counts them per next two bytes of the
+     id (257 * 257 bins: end of id, or a byte) and keeps the bin that holds the j-th, until few enough
+     remain (UTF-8 bytes sort like the strings' code points, the order pyarrow compares ids in).
 """
 from __future__ import annotations
 
@@ -29,18 +35,41 @@ from .schema import EXCLUDED_SCHEMA
 
 MARK = "top_fraction_applied"
 LOW_BITS = 16
+TIE_CAP = 1 << 20       # tied ids collected and sorted at once; more are narrowed by id bytes first
+SYMBOLS = 257           # per id byte: 0 = the id has ended, b + 1 = byte b
 
 
-def _score_bits(batches: Iterator[pa.RecordBatch], lang: str) -> Iterator[tuple[np.ndarray, pa.RecordBatch, int]]:
-    """Per batch: the float32 bits of the scores >= 0 of `lang` (they sort like the scores), those
-    rows, and the position of the first of them in the batch (its row count when there is none)."""
-    for batch in batches:
-        score = batch.column("quality_score").cast(pa.float32())
-        mine = pc.fill_null(pc.and_(pc.equal(batch.column("lang"), lang), pc.greater_equal(score, 0.0)), False)
-        rows = batch.filter(mine)
-        first = int(np.argmax(mine.to_numpy(zero_copy_only=False))) if rows.num_rows else batch.num_rows
-        values = rows.column("quality_score").cast(pa.float32()).to_numpy(zero_copy_only=False) + np.float32(0.0)
-        yield values.view(np.uint32), rows, first      # + 0.0: -0.0 becomes 0.0, which it equals
+def _scored(unit_dirs: list[Path], langs: list[str], with_ids: bool = False
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array | None, pa.Array]]:
+    """Per batch of every unit, the rows scored >= 0 in one of `langs`: language index, float32 bits
+    of the score (they sort like the scores), position among all rows, with `with_ids` their ids,
+    and their scores."""
+    value_set = pa.array(langs, pa.string())
+    columns = ["lang", "quality_score"] + (["id"] if with_ids else [])
+    rows_before = 0
+    for directory in unit_dirs:
+        for batch in iter_batches(directory / "kept", columns):
+            code = pc.index_in(batch.column("lang"), value_set=value_set)
+            score = batch.column("quality_score").cast(pa.float32())
+            mine = pc.fill_null(pc.and_(pc.is_valid(code), pc.greater_equal(score, 0.0)), False)
+            score = score.filter(mine)
+            bits = (score.to_numpy(zero_copy_only=False) + np.float32(0.0)).view(np.uint32)  # -0.0 -> 0.0
+            position = rows_before + np.flatnonzero(mine.to_numpy(zero_copy_only=False))
+            ids = batch.column("id").filter(mine) if with_ids else None
+            rows_before += batch.num_rows
+            yield code.filter(mine).to_numpy(zero_copy_only=False).astype(np.int64), bits, position, ids, score
+
+
+def _high_bins(unit_dirs: list[Path], langs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per language: documents scored >= 0, by high 16 bits of the score; and the position (rows
+    before it) of its first such document, for the order of the saved cut-offs."""
+    high = np.zeros((len(langs), 1 << LOW_BITS), np.int64)
+    first = np.full(len(langs), np.iinfo(np.int64).max)
+    for codes, bits, position, _, _ in _scored(unit_dirs, langs):
+        high += np.bincount(codes * (1 << LOW_BITS) + (bits >> LOW_BITS), minlength=high.size).reshape(high.shape)
+        seen, at = np.unique(codes, return_index=True)
+        first[seen] = np.minimum(first[seen], position[at])
+    return high, first
 
 
 def _kth_bin(hist: np.ndarray, k: int) -> tuple[int, int]:
@@ -51,42 +80,97 @@ def _kth_bin(hist: np.ndarray, k: int) -> tuple[int, int]:
     return top_bin, int(from_top[i] - hist[top_bin])
 
 
-def _cutoff(unit_dirs: list[Path], lang: str, fraction: float) -> tuple[int, list] | None:
-    """Where the language's first scored document is (rows before it), and its cut-off [-score, id]."""
-    def scored(columns):
-        for directory in unit_dirs:
-            yield from _score_bits(iter_batches(directory / "kept", columns), lang)
+def _id_bytes(ids: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and length of each id's UTF-8 bytes in the returned byte buffer (null: empty)."""
+    ids = ids.cast(pa.large_binary())
+    buffers = ids.buffers()
+    offsets = np.frombuffer(buffers[1], np.int64)[ids.offset:ids.offset + len(ids) + 1]
+    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None and buffers[2].size else np.zeros(1, np.uint8)
+    return offsets[:-1], np.diff(offsets), data
 
-    high = np.zeros(1 << LOW_BITS, np.int64)
-    first, rows_before = None, 0
-    for bits, _, first_in_batch in scored(["lang", "quality_score"]):
-        high += np.bincount(bits >> LOW_BITS, minlength=1 << LOW_BITS)
-        if first is None:
-            rows_before += first_in_batch
-            first = rows_before if len(bits) else None
-    n = int(high.sum())
-    if n == 0:
-        return None
-    k = max(1, math.ceil(fraction * n))
-    top_high, above = _kth_bin(high, k)
-    low = np.zeros(1 << LOW_BITS, np.int64)
-    for bits, _, _ in scored(["lang", "quality_score"]):
-        low += np.bincount(bits[(bits >> LOW_BITS) == top_high] & 0xFFFF, minlength=1 << LOW_BITS)
-    top_low, above_low = _kth_bin(low, k - above)
-    value = np.uint32((top_high << LOW_BITS) | top_low)
-    tied = []
-    for bits, rows, _ in scored(["id", "lang", "quality_score"]):
-        rows = rows.filter(pa.array(bits == value))
-        tied += zip(rows.column("id").to_pylist(), rows.column("quality_score").to_pylist())
-    tied.sort()
-    doc_id, score = tied[k - above - above_low - 1]     # its own score: 0.0 and -0.0 tie, keep its sign
-    return first, [-score, doc_id]
+
+def _symbol(ids: tuple[np.ndarray, np.ndarray, np.ndarray], pos: int) -> np.ndarray:
+    """Per id: 0 when it ends before byte `pos`, else that byte + 1."""
+    start, length, data = ids
+    return np.where(length > pos, data[np.minimum(start + pos, len(data) - 1)].astype(np.int64) + 1, 0)
+
+
+def _has_prefix(ids: tuple[np.ndarray, np.ndarray, np.ndarray], prefix: bytes) -> np.ndarray:
+    match = np.ones(len(ids[0]), bool)
+    for pos, b in enumerate(prefix):
+        match &= _symbol(ids, pos) == b + 1
+    return match
+
+
+def _tied_ids(unit_dirs: list[Path], langs: list[str], ties: dict[int, dict]) -> dict[int, tuple[str, float]]:
+    """Per language index in `ties` ({value: score bits, j, count: documents with those bits}):
+    the id and score of the j-th smallest id among its documents scored `value`."""
+    found: dict[int, tuple[str, float]] = {}
+    for tie in ties.values():
+        tie["prefix"] = b""
+    while len(found) < len(ties):
+        pending = {lang: tie for lang, tie in ties.items() if lang not in found}
+        hist = {lang: np.zeros(SYMBOLS * SYMBOLS, np.int64) for lang, tie in pending.items() if tie["count"] > TIE_CAP}
+        collected: dict[int, list] = {lang: [] for lang in pending if lang not in hist}
+        for codes, bits, _, ids, scores in _scored(unit_dirs, langs, with_ids=True):
+            for lang, tie in pending.items():
+                rows = np.flatnonzero((codes == lang) & (bits == tie["value"]))
+                if not len(rows):
+                    continue
+                mine = _id_bytes(ids.take(pa.array(rows)))
+                rows = rows[_has_prefix(mine, tie["prefix"])]
+                if lang in hist:
+                    mine = _id_bytes(ids.take(pa.array(rows)))
+                    pos = len(tie["prefix"])
+                    hist[lang] += np.bincount(_symbol(mine, pos) * SYMBOLS + _symbol(mine, pos + 1),
+                                              minlength=SYMBOLS * SYMBOLS)
+                else:
+                    collected[lang].append((ids.take(pa.array(rows)), scores.take(pa.array(rows))))
+        for lang, parts in collected.items():
+            ids = pa.concat_arrays([pa.array([], pa.string())] + [i.cast(pa.string()) for i, _ in parts])
+            scores = pa.concat_arrays([pa.array([], pa.float32())] + [s for _, s in parts])
+            pick = pc.sort_indices(ids)[ties[lang]["j"] - 1]
+            found[lang] = (ids[pick.as_py()].as_py(), scores[pick.as_py()].as_py())
+        for lang, counts in hist.items():
+            tie = ties[lang]
+            below = np.cumsum(counts)
+            symbol = int(np.searchsorted(below, tie["j"]))
+            tie["j"] -= int(below[symbol] - counts[symbol])
+            tie["count"] = int(counts[symbol])
+            first, second = divmod(symbol, SYMBOLS)
+            if first == 0 or second == 0:       # the id ends here: every remaining candidate is this id
+                tail = bytes([first - 1]) if first else b""
+                score = float(np.array([tie["value"]], np.uint32).view(np.float32)[0])
+                found[lang] = ((tie["prefix"] + tail).decode(), score)
+            else:
+                tie["prefix"] += bytes([first - 1, second - 1])
+    return found
 
 
 def cutoffs(unit_dirs: list[Path], fractions: dict[str, float]) -> dict[str, list]:
     """Per language with scored documents, in order of their first one: [-score, id] of its last kept document."""
-    found = [(c, lang) for lang, fraction in fractions.items() if (c := _cutoff(unit_dirs, lang, fraction))]
-    return {lang: key for (_, key), lang in sorted(found)}
+    langs = list(fractions)
+    high, first = _high_bins(unit_dirs, langs)
+    k, top_high, above = {}, {}, {}
+    for lang in range(len(langs)):
+        n = int(high[lang].sum())
+        if n:
+            k[lang] = max(1, math.ceil(fractions[langs[lang]] * n))
+            top_high[lang], above[lang] = _kth_bin(high[lang], k[lang])
+    low = np.zeros((len(langs), 1 << LOW_BITS), np.int64)
+    wanted = np.full(len(langs), -1, np.int64)
+    wanted[list(top_high)] = list(top_high.values())
+    for codes, bits, _, _, _ in _scored(unit_dirs, langs):
+        hit = (bits >> LOW_BITS) == wanted[codes]
+        low += np.bincount(codes[hit] * (1 << LOW_BITS) + (bits[hit] & 0xFFFF), minlength=low.size).reshape(low.shape)
+    ties = {}
+    for lang in k:
+        top_low, above_low = _kth_bin(low[lang], k[lang] - above[lang])
+        ties[lang] = {"value": np.uint32((top_high[lang] << LOW_BITS) | top_low),
+                      "j": k[lang] - above[lang] - above_low, "count": int(low[lang][top_low])}
+    found = _tied_ids(unit_dirs, langs, ties)
+    # its own score: 0.0 and -0.0 tie, keep its sign
+    return {langs[lang]: [-found[lang][1], found[lang][0]] for lang in sorted(found, key=lambda lang: first[lang])}
 
 
 def apply_top_fraction(unit_dirs: list[Path], fractions: dict[str, float], run_units=None) -> None:

@@ -8,7 +8,8 @@ import pytest
 from _helpers import run_killed_stage
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.lines import BYTES_PER_PAIR, key_range, partition_count
+from data_pipeline.dedup.common import MAX_PARTITIONS, doc_meta, partition_count, survivor_rank
+from data_pipeline.dedup.lines import BYTES_PER_ROW, key_range
 from data_pipeline.dedup.text import normalize, split_units, unit_key
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.shards import read_manifest, read_table, write_table
@@ -97,10 +98,11 @@ def _outputs(out_dir):
 
 
 def test_partition_count_follows_the_budget():
-    assert partition_count(0, 1) == 1
-    assert partition_count(2 ** 20 // BYTES_PER_PAIR, 1) == 1
-    assert partition_count(2 ** 20 // BYTES_PER_PAIR + 1, 1) == 2
-    assert partition_count(10 ** 8, 1024) == 12      # 100M pairs * 128 B = 11.9 GiB -> 12 tasks of <= 1 GiB
+    assert partition_count(0, BYTES_PER_ROW, 1) == 1
+    assert partition_count(2 ** 20 // BYTES_PER_ROW, BYTES_PER_ROW, 1) == 1
+    assert partition_count(2 ** 20 // BYTES_PER_ROW + 1, BYTES_PER_ROW, 1) == 2
+    assert partition_count(10 ** 8, BYTES_PER_ROW, 1024) == 19    # 100M rows * 200 B = 18.6 GiB -> 19 tasks
+    assert partition_count(10 ** 12, BYTES_PER_ROW, 1) == MAX_PARTITIONS
 
 
 @pytest.mark.parametrize("unit", ["paragraph", "sentence"])
@@ -166,3 +168,21 @@ def test_killed_keeper_step_resumes_to_identical_output(tmp_path):
     assert 0 < len(list((out / "work/final").glob("p*.arrow"))) < n_parts
     GLOBAL_STAGES["line_dedup"](src, out, cfg, 1, "local", None)
     assert _outputs(out) == _outputs(tmp_path / "ref")
+
+
+def test_minus_infinity_quality_keeps_ahead_of_null_as_in_survivor_rank(tmp_path):
+    """Survivor order is common.survivor_rank's across shards too: -inf is a score (ahead of null),
+    and null holders tie on length are ordered by id."""
+    u = "Subscribe to our newsletter for the latest updates and offers.\n"
+    body = lambda i: f"Body paragraph {i} carries enough unique words to stay above the limit.\n"  # noqa
+    docs = [_doc("a-c", u + body(1), "en", None), _doc("z-a", u + body(2), "en", float("-inf")),
+            _doc("a-b", u + body(3), "en", None)]
+    src = tmp_path / "in"
+    write_table(src, pa.Table.from_pylist(docs, schema=DOC_SCHEMA), target_bytes=1)     # one document a shard
+    assert len(read_manifest(src)["files"]) == 3
+    rank = survivor_rank(pa.table(doc_meta(read_table(src).combine_chunks().to_batches()[0])))
+    assert [docs[i]["id"] for i in np.argsort(rank)] == ["z-a", "a-b", "a-c"]
+    stats = GLOBAL_STAGES["line_dedup"](src, tmp_path / "out", {"min_count": 3}, 1, "local", None)
+    kept = {r["id"]: r["text"] for r in read_table(tmp_path / "out/kept").to_pylist()}
+    assert kept == {"z-a": u + body(2), "a-b": body(3), "a-c": body(1)}
+    assert stats["removed_units"] == 2

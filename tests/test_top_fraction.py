@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
+import data_pipeline.top_fraction as top_fraction
 from data_pipeline.top_fraction import MARK, apply_top_fraction, cutoffs
 from stack_common.shards import read_table, write_table
 
@@ -49,6 +50,36 @@ def _units(root, n_units=4, per_unit=300, seed=5):
         (d / "stats.json").write_text(json.dumps(stats))
         dirs.append(d)
     return dirs
+
+
+def _tied_units(root, n=600, seed=11):
+    """Two units where every en document scores 1.0 (a saturated classifier): ids share prefixes,
+    end inside others' prefixes, repeat, and hold multi-byte characters."""
+    rng = random.Random(seed)
+    stems = ["doc-", "doc-1", "doc-1é", "doc-é", "x", "doc-10", "ä文"]
+    dirs = []
+    for u in range(2):
+        rows = [{"id": rng.choice(stems) + "".join(rng.choice("01é") for _ in range(rng.randint(0, 3))),
+                 "text": "t", "lang": rng.choice(["en", "en", "zh"]), "source": "t",
+                 "quality_score": 1.0 if rng.random() < 0.9 else rng.random(), "annotations": "{}"} for _ in range(n)]
+        write_table(root / f"u{u}" / "kept", pa.Table.from_pylist(rows, schema=DOC_SCHEMA), target_bytes=3000)
+        dirs.append(root / f"u{u}")
+    return dirs
+
+
+@pytest.mark.parametrize("cap", [1, 7, 10 ** 6])
+def test_tied_ids_are_narrowed_by_their_bytes_not_collected(tmp_path, monkeypatch, cap):
+    """More tied documents than TIE_CAP: the j-th id is selected by rounds over two id bytes each,
+    holding at most TIE_CAP ids (cap 1 ends on a run of equal ids); the result is the full sort's."""
+    dirs = _tied_units(tmp_path)
+    collected = []
+    concat = pa.concat_arrays
+    monkeypatch.setattr(top_fraction, "TIE_CAP", cap)
+    monkeypatch.setattr(pa, "concat_arrays", lambda arrays: collected.append(len(out := concat(arrays))) or out)
+    for fraction in (0.01, 0.37, 0.5, 0.93, 1.0):
+        fractions = {"en": fraction, "zh": 1 - fraction / 3}
+        assert cutoffs(dirs, fractions) == sorted_cutoffs(dirs, fractions)
+    assert max(collected) <= cap if cap < 10 ** 6 else max(collected) > 400
 
 
 @pytest.mark.parametrize("fraction", [0.001, 0.3, 0.999, 1.0])

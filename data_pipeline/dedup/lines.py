@@ -4,26 +4,31 @@ the first in survivor order (highest quality, longest, smallest id) among the do
 A document left shorter than `min_doc_chars` is excluded.
 
 Steps (each resumable, each a set of tasks):
-  units       per shard: the (key, doc) pairs of its documents sorted by key, with the document's
-              quality and length, in an uncompressed Arrow file that later steps memory-map;
-  count       per key partition (a range of the 64-bit key hash, P of them): the first keepers, and
-              per input shard the (doc, key) pairs it must remove (one record batch per shard);
-  too short   per shard, from its own batches only: the documents the first keepers leave too short;
-  keepers     per key partition: the final keepers, passed over the too-short documents;
-  write       per shard: rewrite it from its own batches of the final removals; manifests, stats.json.
-P = ceil(pairs * BYTES_PER_PAIR / memory_budget_mb), pairs counted after the units step, so a keeper
-task holds about one budget. Survivor order is decided inside a partition from the pairs' quality
-and length; ids are read (from the shards' memory-mapped meta) only where those tie. Nothing holds
-the whole corpus but the list of too-short documents, which every keeper task of the second pass reads.
+  units       per shard: its (key, doc) pairs sorted by key and, per distinct key, a holder row: how
+              many of the shard's documents hold the key and the best of them in survivor order (the
+              shard ranks its own documents: common.survivor_rank); uncompressed Arrow, memory-mapped;
+  count       per key partition (a range of the 64-bit key hash, P of them): the holder rows of every
+              shard for its keys; a key held by >= min_count documents in all is repeated, its first
+              keeper is the best of its shards' best holders. Written per input shard (one record
+              batch each): the repeated keys the shard holds, with their keeper;
+  too short   per shard: its removals (its pairs joined with its own keeper batches, the pairs of
+              other documents than the keeper), the documents they leave too short, and holder rows
+              again with the too-short documents ranked after all others;
+  keepers     per key partition, from those holder rows: the final keepers;
+  write       per shard: rewrite it from its own keeper batches; manifests, stats.json.
+A keeper task holds one row per (key, shard holding it), never one per (key, document), so a
+boilerplate line held by every document costs one row per shard: P = ceil(rows * BYTES_PER_ROW /
+memory_budget_mb) (common.partition_count). Ids are read (from the shards' memory-mapped meta) only
+for best holders of one key that tie on quality and length across shards.
 
 A keeper that turns out too short (it lost other units) would take its unit out of kept/ with it,
-so keepers are chosen again without the too-short documents. That only gives units back to the
+so keepers are chosen again with the too-short documents last. That only gives units back to the
 documents that stay, so no other document becomes too short and the rewrite excludes exactly them.
-Each key's keeper depends only on the holders of that key, so the argument holds per partition.
+Each key's keeper depends only on the holders of that key, so the argument holds per partition, and
+the best holder of a shard with the too-short documents last is found by the shard alone.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +40,19 @@ import pyarrow.compute as pc
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.config import Checks
 
-from .common import (ArrowFileWriter, Shard, ShardOutput, add_annotations, doc_meta, finish_stage, input_shards,
-                     iter_shard, load_config, prepare_work, read_arrow, run_apply, timed, write_arrow)
+from .common import (Shard, ShardOutput, _ids_of, add_annotations, column_numpy, doc_meta,
+                     finish_stage, input_shards, iter_shard, load_config, partition_count, prepare_work,
+                     read_arrow, read_partition, run_apply, survivor_rank, timed, write_arrow, write_partitioned)
 from .parallel import run_tasks
 from .text import normalize, split_units, unit_key
 
 STAGE = "line_dedup"
 REASON = "too_short_after_line_dedup"
 UNITS = ("paragraph", "sentence")
-BYTES_PER_PAIR = 128    # a keeper task's peak bytes per pair (measured 118: columns, sort orders, copies)
-REMOVE_SCHEMA = pa.schema([("doc", pa.int64()), ("key", pa.uint64())])
+BYTES_PER_ROW = 200     # a keeper task's peak bytes per holder row (measured 164 in numpy; Arrow output copies)
+HOLDER_SCHEMA = pa.schema([("key", pa.uint64()), ("count", pa.int64()), ("doc", pa.int64()), ("short", pa.bool_()),
+                           ("quality", pa.float32()), ("n_chars", pa.int64())])
+KEEPER_SCHEMA = pa.schema([("key", pa.uint64()), ("keeper", pa.int64())])
 
 
 @dataclass
@@ -76,8 +84,7 @@ def doc_unit_keys(text: str, conf: LineConfig) -> list[int | None]:
 
 
 def _unit_shard(shard: Shard, work: Path, conf: LineConfig) -> None:
-    """The shard's (key, doc) pairs sorted by key, each with its document's survivor-order columns
-    (quality, n_chars; the id is looked up only for ties), and the documents' meta."""
+    """The shard's (key, doc) pairs sorted by key, its documents' meta, and its holder rows."""
     metas, keys, counts = [], [], []
     for batch in iter_shard(shard, ["id", "text", "lang", "quality_score"]):
         for text, lang in zip(batch.column("text").to_pylist(), batch.column("lang").to_pylist()):
@@ -92,73 +99,55 @@ def _unit_shard(shard: Shard, work: Path, conf: LineConfig) -> None:
     counts = np.array(counts, np.int64)
     keys = np.array(keys, np.uint64)
     local = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((local, keys))       # by key: a partition is one contiguous key range
-    local = local[order]
-    quality = meta.column("quality_score").to_numpy(zero_copy_only=False).astype(np.float32)  # null: NaN
-    units = {"key": keys[order], "doc": local + shard.first_doc, "quality": quality[local],
-             "n_chars": meta.column("n_chars").to_numpy()[local]}
-    write_arrow(work / "units" / f"{shard.name}.arrow", pa.table(units), compression=None)
+    order = np.lexsort((survivor_rank(meta)[local], keys))    # by key, holders in survivor order
+    keys, local = keys[order], local[order]
+    write_arrow(work / "units" / f"{shard.name}.arrow", pa.table({"key": keys, "doc": local + shard.first_doc}),
+                compression=None)
+    write_arrow(work / "holders1" / f"{shard.name}.arrow",
+                _holder_rows(keys, local, meta, shard.first_doc, np.zeros(len(counts), bool)), compression=None)
     write_arrow(work / "docs" / f"{shard.name}.arrow", meta, compression=None)     # last: marks the shard done
 
 
-def partition_count(pairs: int, memory_budget_mb: float) -> int:
-    """Key partitions so that one keeper task holds at most `memory_budget_mb` of pairs:
-    P = ceil(pairs * BYTES_PER_PAIR / budget)."""
-    return max(1, math.ceil(pairs * BYTES_PER_PAIR / (memory_budget_mb * 2 ** 20)))
+def _holder_rows(keys: np.ndarray, local: np.ndarray, meta: pa.Table, first_doc: int, short: np.ndarray) -> pa.Table:
+    """One row per distinct key of one shard's pairs (`keys` sorted, each key's holders `local` in
+    survivor order): how many documents hold it, and the first of them with its survivor-order columns."""
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else np.zeros(0, np.int64)
+    best = local[starts]
+    quality = meta.column("quality_score").to_numpy(zero_copy_only=False).astype(np.float32)    # null: NaN
+    return pa.table({"key": keys[starts], "count": np.diff(np.append(starts, len(keys))), "doc": best + first_doc,
+                     "short": short[best], "quality": quality[best], "n_chars": column_numpy(meta, "n_chars")[best]},
+                    schema=HOLDER_SCHEMA)
 
 
 def key_range(keys: np.ndarray, part: int, n_parts: int) -> tuple[int, int]:
     """Rows of sorted `keys` in partition `part`: keys in [part, part + 1) * 2**64 / n_parts.
-    The keys are hashes, so equal ranges hold about equal shares of the pairs."""
+    The keys are hashes, so equal ranges hold about equal shares of the rows."""
     lo = int(np.searchsorted(keys, np.uint64((part << 64) // n_parts)))
     hi = len(keys) if part + 1 == n_parts else int(np.searchsorted(keys, np.uint64(((part + 1) << 64) // n_parts)))
     return lo, hi
 
 
-def _numpy(table: pa.Table, name: str) -> np.ndarray:
-    column = table.column(name)
-    return column.chunk(0).to_numpy() if column.num_chunks == 1 else column.to_numpy()
-
-
-def repeated_units(keys: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """For sorted `keys` (a key once per document holding it): per pair, whether its key is found in
-    >= min_count documents and the position of its key's first pair; and how many keys are repeated."""
-    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else np.zeros(0, int)
-    counts = np.diff(np.append(starts, len(keys)))
-    hit = counts >= min_count
-    return np.repeat(hit, counts), np.repeat(starts, counts), int(np.count_nonzero(hit))
-
-
-def _partition_pairs(part: int, n_parts: int, shards: list[Shard], work: Path) -> dict[str, np.ndarray]:
-    """The pairs of one key partition, read from every shard's memory-mapped units file."""
-    columns = {"key": [np.zeros(0, np.uint64)], "doc": [np.zeros(0, np.int64)],
-               "quality": [np.zeros(0, np.float32)], "n_chars": [np.zeros(0, np.int64)]}
+def _partition_rows(part: int, n_parts: int, shards: list[Shard], work: Path,
+                    holders_dir: str) -> dict[str, np.ndarray]:
+    """The holder rows of one key partition, read from every shard's memory-mapped holders file."""
+    columns = {f.name: [np.zeros(0, f.type.to_pandas_dtype())] for f in HOLDER_SCHEMA}
     for s in shards:
-        units = read_arrow(work / "units" / f"{s.name}.arrow")
-        lo, hi = key_range(_numpy(units, "key"), part, n_parts)
+        rows = read_arrow(work / holders_dir / f"{s.name}.arrow")
+        lo, hi = key_range(column_numpy(rows, "key"), part, n_parts)
         for name, parts in columns.items():
-            parts.append(_numpy(units, name)[lo:hi])
+            parts.append(rows.column(name).slice(lo, hi - lo).to_numpy(zero_copy_only=False))
     return {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
-def _doc_ids(docs: np.ndarray, shards: list[Shard], work: Path) -> pa.ChunkedArray:
-    """Ids of `docs` (sorted global indices), taken from the shards' memory-mapped meta files."""
-    ids = [pa.chunked_array([], pa.string())]
-    firsts = np.array([s.first_doc for s in shards], np.int64)
-    which = np.searchsorted(firsts, docs, side="right") - 1
-    for i in np.unique(which):
-        meta = read_arrow(work / "docs" / f"{shards[i].name}.arrow")
-        ids.append(meta.column("id").take(pa.array(docs[which == i] - firsts[i])))
-    return pa.chunked_array([c for chunked in ids for c in chunked.chunks], pa.string())
-
-
-def survivor_order(pairs: dict[str, np.ndarray], short: np.ndarray, shards: list[Shard], work: Path) -> np.ndarray:
-    """Order of `pairs` by key, then holders in survivor order (common.survivor_rank: highest quality,
-    null last; longest; smallest id; input order), documents in `short` after all others. Ids are
-    read only for holders that tie on the other columns with their key's best holder."""
-    quality = pairs["quality"].astype(np.float64)
-    columns = [pairs["key"], short, np.where(np.isnan(quality), np.inf, -quality), -pairs["n_chars"]]
-    order = np.lexsort((pairs["doc"], *columns[::-1]))
+def survivor_order(rows: dict[str, np.ndarray], shards: list[Shard], work: Path) -> np.ndarray:
+    """Order of holder `rows` by key, then holders in survivor order (common.survivor_rank: highest
+    quality, null last, -inf before null; longest; smallest id; input order), too-short documents
+    (`short`) after all others. Ids are read only for holders that tie on the other columns with their
+    key's best holder."""
+    quality = rows["quality"].astype(np.float64)
+    null = np.isnan(quality)
+    columns = [rows["key"], rows["short"], null, np.where(null, 0.0, -quality), -rows["n_chars"]]
+    order = np.lexsort((rows["doc"], *columns[::-1]))
     if not len(order):
         return order
     same = np.ones(len(order) - 1, bool)            # position i + 1 ties with position i on every column
@@ -166,69 +155,73 @@ def survivor_order(pairs: dict[str, np.ndarray], short: np.ndarray, shards: list
         c = c[order]
         same &= c[1:] == c[:-1]
     run = np.concatenate([[0], np.cumsum(~same)])   # runs of tied positions
-    keys = pairs["key"][order]
+    keys = rows["key"][order]
     best = run[np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))]     # each key's leading run
     tied = np.flatnonzero(np.isin(run, best[np.isin(best, run[1:][same])]))       # ... when it has 2+ holders
     if not len(tied):
         return order
-    tied_docs = np.unique(pairs["doc"][order[tied]])
-    id_rank = pc.rank(_doc_ids(tied_docs, shards, work), tiebreaker="dense").to_numpy()     # 1 = smallest, null last
+    tied_docs = np.unique(rows["doc"][order[tied]])
+    id_rank = pc.rank(_ids_of(work / "docs", shards, tied_docs), tiebreaker="dense").to_numpy()   # 1: smallest
     id_code = np.zeros(len(order), np.int64)
-    id_code[order[tied]] = id_rank[np.searchsorted(tied_docs, pairs["doc"][order[tied]])]
-    return np.lexsort((pairs["doc"], id_code, *columns[::-1]))
+    id_code[order[tied]] = id_rank[np.searchsorted(tied_docs, rows["doc"][order[tied]])]
+    return np.lexsort((rows["doc"], id_code, *columns[::-1]))
 
 
 def _keeper_partition(part: int, n_parts: int, shards: list[Shard], work: Path, min_count: int,
-                      out_dir: str, too_short_dir: str | None) -> None:
-    """Choose the keeper of every repeated key of one partition: its first holder in survivor order;
-    documents found too short by the first keepers (`too_short_dir`) come last, so they keep a unit
-    only when every holder is too short. Written: what each input shard must remove, as one record
-    batch per shard (in shard order) of (doc, key) sorted by doc."""
-    pairs = _partition_pairs(part, n_parts, shards, work)
-    short = np.zeros(len(pairs["doc"]), bool)
-    if too_short_dir is not None:
-        short = np.isin(pairs["doc"], np.concatenate([np.zeros(0, np.int64)] + [
-            _numpy(read_arrow(work / too_short_dir / f"{s.name}.arrow"), "doc") for s in shards]))
-    order = survivor_order(pairs, short, shards, work)
-    keys, docs = pairs["key"][order], pairs["doc"][order]
-    del pairs, short, order
-    repeated, first, n_repeated = repeated_units(keys, min_count)
-    drop = repeated & (docs != docs[first])
-    keys, docs = keys[drop], docs[drop]
-    order = np.lexsort((keys, docs))
-    keys, docs = keys[order], docs[order]
-    n_docs = shards[-1].first_doc + shards[-1].rows if shards else 0
-    cuts = np.searchsorted(docs, [s.first_doc for s in shards] + [n_docs])
-    schema = REMOVE_SCHEMA.with_metadata({"repeated_units": str(n_repeated)})
-    with ArrowFileWriter(work / out_dir / f"p{part:05d}.arrow", schema, compression=None) as writer:
-        for i in range(len(shards)):
-            writer.write({"doc": docs[cuts[i]:cuts[i + 1]], "key": keys[cuts[i]:cuts[i + 1]]})
+                      holders_dir: str, out_dir: str) -> None:
+    """Keeper of every repeated key of one partition: its first holder in survivor order (holder rows
+    written after the too-short step rank too-short documents last, so those keep a unit only when
+    every holder is too short). Written: one record batch per input shard (in shard order) of the
+    repeated keys it holds, sorted, with their keeper."""
+    rows = _partition_rows(part, n_parts, shards, work, holders_dir)
+    order = survivor_order(rows, shards, work)
+    keys, counts, docs = rows["key"][order], rows["count"][order], rows["doc"][order]
+    del rows, order
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else np.zeros(0, np.int64)
+    lengths = np.diff(np.append(starts, len(keys)))
+    hit = (np.add.reduceat(counts, starts) if len(keys) else np.zeros(0, np.int64)) >= min_count
+    mine = np.repeat(hit, lengths)
+    firsts = np.array([s.first_doc for s in shards], np.int64)
+    shard_of = np.searchsorted(firsts, docs[mine], side="right") - 1
+    schema = KEEPER_SCHEMA.with_metadata({"repeated_units": str(int(np.count_nonzero(hit)))})
+    write_partitioned(work / out_dir / f"p{part:05d}.arrow", schema,
+                      {"key": keys[mine], "keeper": np.repeat(docs[starts], lengths)[mine]}, shard_of, len(shards))
 
 
 def _shard_removals(shard: Shard, work: Path, keeper_dir: str, n_parts: int) -> dict[int, set[int]]:
-    """(doc, key) pairs this shard must remove, from its own batch of every partition's file."""
+    """Keys each document of this shard must remove: its pairs whose key is repeated and kept by
+    another document, from its own batch of every partition's keepers."""
+    units = read_arrow(work / "units" / f"{shard.name}.arrow")
+    keys, docs = column_numpy(units, "key"), column_numpy(units, "doc")
+    batches = [read_partition(work / keeper_dir / f"p{part:05d}.arrow", shard.index) for part in range(n_parts)]
+    repeated = np.concatenate([np.zeros(0, np.uint64)] + [b.column("key").to_numpy() for b in batches])
+    keeper = np.concatenate([np.zeros(0, np.int64)] + [b.column("keeper").to_numpy() for b in batches])
     removals: dict[int, set[int]] = {}
-    for part in range(n_parts):
-        with pa.memory_map(str(work / keeper_dir / f"p{part:05d}.arrow")) as src:
-            batch = pa.ipc.open_file(src).get_batch(shard.index)
-            for doc, key in zip(batch.column("doc").to_pylist(), batch.column("key").to_pylist()):
-                removals.setdefault(doc, set()).add(key)
+    if not len(repeated):
+        return removals
+    at = np.minimum(np.searchsorted(repeated, keys), len(repeated) - 1)    # partitions are ascending key ranges
+    drop = (repeated[at] == keys) & (keeper[at] != docs)
+    for doc, key in zip(docs[drop].tolist(), keys[drop].tolist()):
+        removals.setdefault(doc, set()).add(key)
     return removals
 
 
 def _too_short_shard(shard: Shard, work: Path, conf: LineConfig, n_parts: int) -> None:
-    """Documents of one shard that the first keepers leave shorter than min_doc_chars."""
+    """Documents of one shard that the first keepers leave shorter than min_doc_chars, and the shard's
+    holder rows again with those documents ranked after all others."""
     removals = _shard_removals(shard, work, "first", n_parts)
-    short, doc = [], shard.first_doc
+    short, doc = np.zeros(shard.rows, bool), shard.first_doc
     for batch in iter_shard(shard, ["text"]):
         for i, text in enumerate(batch.column("text").to_pylist()):
             if doc + i in removals:
                 new_text, removed = _strip_repeated(text, conf, removals[doc + i])
-                if removed and len(normalize(new_text)) < conf.min_doc_chars:
-                    short.append(doc + i)
+                short[doc + i - shard.first_doc] = bool(removed) and len(normalize(new_text)) < conf.min_doc_chars
         doc += batch.num_rows
-    write_arrow(work / "too_short" / f"{shard.name}.arrow", pa.table({"doc": pa.array(short, pa.int64())}),
-                compression=None)
+    units, meta = read_arrow(work / "units" / f"{shard.name}.arrow"), read_arrow(work / "docs" / f"{shard.name}.arrow")
+    keys, local = column_numpy(units, "key"), column_numpy(units, "doc") - shard.first_doc
+    order = np.lexsort((survivor_rank(meta)[local], short[local], keys))
+    write_arrow(work / "holders2" / f"{shard.name}.arrow",
+                _holder_rows(keys[order], local[order], meta, shard.first_doc, short), compression=None)
 
 
 def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig, stage: str, n_parts: int) -> dict:
@@ -276,19 +269,16 @@ def _strip_repeated(text: str, conf: LineConfig, remove: set[int]) -> tuple[str,
     return "".join(kept), removed
 
 
-def _run_keepers(out_dir: str, too_short_dir: str | None, n_parts: int, shards: list[Shard], work: Path,
+def _run_keepers(holders_dir: str, out_dir: str, n_parts: int, shards: list[Shard], work: Path,
                  conf: LineConfig, par: dict, desc: str) -> None:
     todo = [p for p in range(n_parts) if not (work / out_dir / f"p{p:05d}.arrow").is_file()]
-    run_tasks(_keeper_partition, [(p, n_parts, shards, work, conf.min_count, out_dir, too_short_dir) for p in todo],
+    run_tasks(_keeper_partition, [(p, n_parts, shards, work, conf.min_count, holders_dir, out_dir) for p in todo],
               desc=desc, **par)
 
 
 def _repeated_count(work: Path, n_parts: int) -> int:
-    total = 0
-    for part in range(n_parts):
-        with pa.memory_map(str(work / "final" / f"p{part:05d}.arrow")) as src:
-            total += int(pa.ipc.open_file(src).schema.metadata[b"repeated_units"])
-    return total
+    return sum(int(read_arrow(work / "final" / f"p{part:05d}.arrow").schema.metadata[b"repeated_units"])
+               for part in range(n_parts))
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
@@ -307,13 +297,13 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     run_tasks(_unit_shard, [(s, work, conf) for s in todo], desc=f"{stage}: units", **par)
     t0 = timed(steps, "units", t0)
 
-    pairs = sum(read_arrow(work / "units" / f"{s.name}.arrow").num_rows for s in shards)
-    n_parts = partition_count(pairs, conf.memory_budget_mb)
-    _run_keepers("first", None, n_parts, shards, work, conf, par, f"{stage}: count")
+    rows = sum(read_arrow(work / "holders1" / f"{s.name}.arrow").num_rows for s in shards)
+    n_parts = partition_count(rows, BYTES_PER_ROW, conf.memory_budget_mb)
+    _run_keepers("holders1", "first", n_parts, shards, work, conf, par, f"{stage}: count")
     t0 = timed(steps, "count", t0)
-    todo = [s for s in shards if not (work / "too_short" / f"{s.name}.arrow").is_file()]
+    todo = [s for s in shards if not (work / "holders2" / f"{s.name}.arrow").is_file()]
     run_tasks(_too_short_shard, [(s, work, conf, n_parts) for s in todo], desc=f"{stage}: too short", **par)
-    _run_keepers("final", "too_short", n_parts, shards, work, conf, par, f"{stage}: keepers")
+    _run_keepers("holders2", "final", n_parts, shards, work, conf, par, f"{stage}: keepers")
     t0 = timed(steps, "keepers", t0)
 
     records = run_apply(stage, output_dir, shards, _apply_shard, (conf, stage, n_parts), **par)
