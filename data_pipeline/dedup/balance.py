@@ -5,9 +5,14 @@ the best in survivor order (highest quality_score, longest, smallest id), or a s
 sample (`keep: random`). Documents without a cluster (cluster_id -1 or none) all stay; an input
 where no document has a cluster_id is refused (semantic_dedup did not run before).
 
-Steps, each resumable: per shard, in parallel, cluster ids and the terms of each cluster's
-documents -> caps and decisions -> `clusters.tsv` (cluster, size, kept, top terms) and
-`clusters.png` (cluster sizes before and after) in the stage directory -> kept/excluded per shard.
+Steps, each resumable, as tasks: per shard, cluster ids (work/clusters) and, partitioned by term,
+each cluster's term counts (work/terms) -> per shard, cluster sizes, summed in the driver (one number
+per cluster) -> the cap -> survivor order (order.py, for keep: quality) -> per shard, clustered
+documents with their keep-order key by cluster partition (cluster id % P, P from
+`memory_budget_mb`) -> per partition, the documents past their cluster's cap, written by input shard
+(work/drops) -> per term partition, each cluster's best terms, merged (top_terms per cluster) ->
+`clusters.tsv` (cluster, size, kept, top terms) and `clusters.png` (cluster sizes before and after)
+in the stage directory -> kept/excluded per shard, each task reading only its own decisions.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import pyarrow as pa
 from stack_common.atomic import atomic_path
 from stack_common.config import Checks
 from stack_common.errors import UserError
+from stack_common.tasks import shared_workers
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
                      load_config, partition_count, peak_rss_mb, prepare_work, read_columns, read_order,
@@ -288,6 +294,12 @@ def _apply_shard(shard: Shard, output_dir: Path, cap: int, stage: str, sizes: np
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
         ray_address: str | None = None, stage: str = STAGE) -> dict:
+    with shared_workers():          # the stage's many steps share one set of spawned workers
+        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage)
+
+
+def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: str, ray_address: str | None,
+         stage: str) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, BalanceConfig, "dedup.balance")
     check_config(conf)

@@ -7,17 +7,26 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed):
   2. embed     per input shard, in parallel: the first `max_chars` characters of each document ->
                its TF-IDF row (all its n-grams; work/tfidf, memory-mapped later) and a unit-length
                embedding. A text with no n-gram of the SVD vocabulary has no embedding.
-  3. cluster   spherical k-means (faiss, seeded, one thread); each document goes to its nearest
-               centroid. Cluster ids number clusters by size (largest first).
-  4. dedup     per cluster, documents in survivor order (highest quality_score, longest, smallest
-               id): a document whose cosine similarity (of TF-IDF rows, or of embeddings with
-               `compare: embedding`) to an already kept one is above `threshold` is removed as a
-               duplicate of the most similar kept one.
+  3. cluster   the survivor order (order.py: highest quality_score, longest, smallest id) as range
+               tasks; spherical k-means (faiss, seeded, one thread) trained on up to `kmeans_docs`
+               embeddings evenly spread over those the input has; each document goes to its nearest
+               centroid in a task per shard. Cluster ids number clusters by size (largest first),
+               from per-shard counts summed in the driver (one number per cluster).
+  4. dedup     clustered documents written by cluster partition (cluster id % P, P from
+               `memory_budget_mb`), one task per partition: per cluster, documents in survivor order;
+               a document whose cosine similarity (of TF-IDF rows, memory-mapped from work/tfidf, or
+               of embeddings with `compare: embedding`) to an already kept one is above `threshold`
+               is removed as a duplicate of the most similar kept one. Duplicates are written by input
+               shard (work/dups/<partition>.arrow, record batch = shard).
   5. write     every kept document gets `cluster_id` and `cluster_distance` (1 - cosine to its
                centroid; cluster_id -1: no embedding) in its annotations; removed ones also
-               `duplicate_of` and `similarity`.
-The output does not depend on the number of workers: the model, k-means and decisions run in the
-driver, the per-shard steps are independent per document.
+               `duplicate_of` and `similarity`. A shard task reads only its own assignments and its
+               record batch of each partition's duplicates.
+No step holds the corpus: the driver holds the k-means sample (kmeans_docs x dim floats) and one
+number per cluster. The output does not depend on the number of workers or on `memory_budget_mb`:
+a cluster is deduplicated whole inside one partition, in survivor order. With at most `kmeans_docs`
+documents with an embedding, k-means sees every one of them (as before partitioning); a larger
+input trains k-means on the evenly spread sample and assigns every document to those centroids.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ import pyarrow as pa
 from stack_common.atomic import atomic_path, atomic_write_json, read_json
 from stack_common.config import Checks
 from stack_common.logging import get_logger
+from stack_common.tasks import shared_workers
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
                      load_config, partition_count, peak_rss_mb, prepare_work, read_arrow, read_columns, read_order,
@@ -490,6 +500,12 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int) -> dict
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
         ray_address: str | None = None, stage: str = STAGE) -> dict:
+    with shared_workers():          # the stage's many steps share one set of spawned workers
+        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage)
+
+
+def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: str, ray_address: str | None,
+         stage: str) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, SemanticConfig, "dedup.semantic")
     check_config(conf)
