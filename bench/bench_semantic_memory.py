@@ -5,7 +5,9 @@
 Corpus: bench_dedup_memory.build (windows of ../shared/corpus documents, perturbed and verbatim
 copies, shards of about 8 MB). semantic_dedup runs on it, cluster_balance on semantic_dedup's kept
 documents, each stage in a fresh process with `memory_budget_mb` = --budget-mb; stats.json gives
-the partition counts and the peak RSS of the driver and of the largest pool task after each step.
+the partition counts and the peak RSS of the driver after each step; the largest worker's peak is
+read when the stage has returned (its shared workers are reaped only then). A step with a single
+task runs it in the driver, so use sizes of several 8 MB shards.
 """
 from __future__ import annotations
 
@@ -22,14 +24,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from bench_dedup_memory import IMPORTS, RUN, build  # noqa: E402
 
+# After the stage returns its workers are stopped and reaped, so RUSAGE_CHILDREN is their peak.
+PEAKS = RUN + "; from data_pipeline.dedup.common import peak_rss_mb; print(json.dumps(peak_rss_mb()))"
+
 
 def run_stage(stage: str, src: Path, out: Path, conf: dict, workers: int, env: dict) -> tuple[dict, float, float]:
     t0, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", RUN, stage, str(src), str(out), json.dumps(conf), str(workers)],
-                   env=env, check=True)
+    done = subprocess.run([sys.executable, "-c", PEAKS, stage, str(src), str(out), json.dumps(conf), str(workers)],
+                          env=env, check=True, capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return json.loads((out / "stats.json").read_text()), time.time() - t0, cpu
+    stats = json.loads((out / "stats.json").read_text())
+    stats["peak_rss_mb"]["stage end"] = json.loads(done.stdout.strip().splitlines()[-1])
+    return stats, time.time() - t0, cpu
 
 
 def main() -> None:

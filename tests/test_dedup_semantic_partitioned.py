@@ -48,7 +48,8 @@ def test_semantic_partitioned_same_output_for_two_workers_and_a_tiny_budget(corp
                                            2, "local", None)
     assert tiny["partitions"] >= 4
     assert _digests(tmp_path / "tiny") == _digests(out)
-    assert {k: tiny[k] for k in ("clusters", "cluster_sizes", "k")} == {k: stats[k] for k in ("clusters", "cluster_sizes", "k")}
+    same = ("clusters", "cluster_sizes", "k")
+    assert {k: tiny[k] for k in same} == {k: stats[k] for k in same}
     # Each partition wrote one record batch of duplicates per input shard.
     assert len(list((tmp_path / "tiny" / "work" / "dups").glob("*.arrow"))) == tiny["partitions"]
 

@@ -167,7 +167,8 @@ def _split_shard(shard: Shard, work: Path, keep: str, seed: int, parts: int) -> 
     else:
         key = random_keys(table.column("id").take(pa.array(rows, pa.int64())).to_pylist(), seed)
     write_partitioned(work / "split" / f"{shard.name}.arrow", SPLIT_SCHEMA,
-                      {"doc": shard.first_doc + rows, "cluster": cluster[rows], "key": key}, cluster[rows] % parts, parts)
+                      {"doc": shard.first_doc + rows, "cluster": cluster[rows], "key": key},
+                      cluster[rows] % parts, parts)
 
 
 def decide(cluster: np.ndarray, key: np.ndarray, doc: np.ndarray, cap: int) -> np.ndarray:

@@ -483,7 +483,8 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int) -> dict
             drop = np.zeros(batch.num_rows, dtype=bool)
             for i in range(batch.num_rows):
                 j = row + i
-                facts = {"cluster_id": cluster[j], "cluster_distance": None if cluster[j] < 0 else round(distance[j], 5)}
+                facts = {"cluster_id": cluster[j],
+                         "cluster_distance": None if cluster[j] < 0 else round(distance[j], 5)}
                 if j in dup_of:
                     drop[i] = True
                     facts.update(duplicate_of=dup_of[j][0], similarity=round(dup_of[j][1], 5), dedup_stage=stage)
