@@ -30,6 +30,7 @@ input trains k-means on the evenly spread sample and assigns every document to t
 """
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -223,15 +224,41 @@ def _embed_shard(shard: Shard, work: Path) -> None:
 
 
 class TfidfRows:
-    """TF-IDF rows by global document index, memory-mapped from the per-shard files."""
+    """TF-IDF rows by global document index, each read with pread from the per-shard uncompressed Arrow
+    files: a task's memory holds the rows it compares, not the files (a memory map of randomly read rows
+    would bring most of every file's pages into the task's resident memory)."""
 
     def __init__(self, work: Path, shards: list[Shard]):
         self.first = np.array([s.first_doc for s in shards], dtype=np.int64)
-        self.parts = []
-        for shard in shards:
-            table = read_columns(work / "tfidf" / f"{shard.name}.arrow", ["hashes", "weights"])   # memory-mapped
-            hashes, weights = (c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in table.columns)
-            self.parts.append((hashes.offsets.to_numpy(), hashes.values.to_numpy(), weights.values.to_numpy()))
+        self.paths = [work / "tfidf" / f"{s.name}.arrow" for s in shards]
+        self._open: dict[int, tuple[int, np.ndarray, int, int]] = {}
+
+    def _layout(self, s: int) -> tuple[int, np.ndarray, int, int]:
+        """(file descriptor, row offsets, file positions of the hashes and of the weights values)."""
+        if s not in self._open:
+            source = pa.memory_map(str(self.paths[s]))
+            table = pa.ipc.open_file(source).read_all()        # zero-copy: reads the metadata only
+            source.seek(0)
+            base = source.read_buffer(1).address
+            hashes, weights = (table.column(c).chunk(0) for c in ("hashes", "weights"))   # one record batch
+            offsets = np.array(hashes.offsets, dtype=np.int64)
+            at = [v.buffers()[1].address - base + 4 * v.offset for v in (hashes.values, weights.values)]
+            del table, hashes, weights
+            source.close()
+            self._open[s] = (os.open(self.paths[s], os.O_RDONLY), offsets, *at)
+        return self._open[s]
+
+    def row(self, doc: int) -> tuple[np.ndarray, np.ndarray]:
+        s = int(np.searchsorted(self.first, doc, side="right") - 1)
+        fd, offsets, hashes_at, weights_at = self._layout(s)
+        lo, hi = int(offsets[doc - self.first[s]]), int(offsets[doc - self.first[s] + 1])
+        return (np.frombuffer(os.pread(fd, 4 * (hi - lo), hashes_at + 4 * lo), dtype="<u4"),
+                np.frombuffer(os.pread(fd, 4 * (hi - lo), weights_at + 4 * lo), dtype="<f4"))
+
+    def close(self) -> None:
+        for fd, *_ in self._open.values():
+            os.close(fd)
+        self._open.clear()
 
     def rows(self, docs: np.ndarray):
         """The documents' rows as a CSR matrix over the n-grams they hold (columns numbered locally)."""
@@ -239,12 +266,10 @@ class TfidfRows:
 
         hashes, weights, indptr = [], [], [0]
         for doc in docs:
-            s = int(np.searchsorted(self.first, doc, side="right") - 1)
-            offsets, h, w = self.parts[s]
-            lo, hi = offsets[doc - self.first[s]], offsets[doc - self.first[s] + 1]
-            hashes.append(h[lo:hi])
-            weights.append(w[lo:hi])
-            indptr.append(indptr[-1] + hi - lo)
+            h, w = self.row(int(doc))
+            hashes.append(h)
+            weights.append(w)
+            indptr.append(indptr[-1] + len(h))
         columns, local = np.unique(np.concatenate(hashes or [np.zeros(0, np.uint32)]), return_inverse=True)
         return csr_matrix((np.concatenate(weights or [np.zeros(0, np.float32)]), local, np.array(indptr)),
                           shape=(len(docs), len(columns)))
@@ -383,15 +408,18 @@ def _dedup_partition(part: int, work: Path, shards: list[Shard], compare: str, t
     docs, rank, cluster = (table.column(c).to_numpy() for c in ("doc", "rank", "cluster"))
     column = table.column("embedding").chunk(0) if table.num_rows else None
     vectors = column.values.to_numpy().reshape(len(docs), -1) if column is not None else None
-    tfidf = TfidfRows(work, shards) if compare == "tfidf" else None
+    tfidf = TfidfRows(work, shards)
     order = np.lexsort((rank, cluster))
     dup_row, similarity = np.full(len(docs), -1, np.int64), np.zeros(len(docs), np.float32)
-    for members in np.split(order, np.flatnonzero(np.diff(cluster[order])) + 1) if len(order) else []:
-        dup, sim = greedy_dedup(len(members), similarities(compare, vectors[members], tfidf, docs[members]),
-                                threshold)
-        hit = dup >= 0
-        dup_row[members[hit]] = members[dup[hit]]
-        similarity[members[hit]] = sim[hit]
+    try:
+        for members in np.split(order, np.flatnonzero(np.diff(cluster[order])) + 1) if len(order) else []:
+            dup, sim = greedy_dedup(len(members), similarities(compare, vectors[members], tfidf, docs[members]),
+                                    threshold)
+            hit = dup >= 0
+            dup_row[members[hit]] = members[dup[hit]]
+            similarity[members[hit]] = sim[hit]
+    finally:
+        tfidf.close()
     hit = np.flatnonzero(dup_row >= 0)
     first = np.array([s.first_doc for s in shards], np.int64)
     write_partitioned(work / "dups" / f"{part:05d}.arrow", DUP_SCHEMA, {
