@@ -267,8 +267,9 @@ def test_instances_are_configured_and_unknown_ones_are_refused(tmp_path):
 
 # ---- resume after SIGKILL -------------------------------------------------------------------------------
 
-KILL_POINTS = [("semantic_dedup", "semantic._embed_shard", 2), ("semantic_dedup", "semantic.decide", 1),
-               ("semantic_dedup", "common.ShardOutput.keep", 2), ("cluster_balance", "balance._scan_shard", 1),
+KILL_POINTS = [("semantic_dedup", "semantic._embed_shard", 2), ("semantic_dedup", "semantic._assign_shard", 2),
+               ("semantic_dedup", "semantic.decide", 1), ("semantic_dedup", "common.ShardOutput.keep", 2),
+               ("cluster_balance", "balance._scan_shard", 1), ("cluster_balance", "balance._split_shard", 2),
                ("cluster_balance", "common.ShardOutput.keep", 2)]
 
 

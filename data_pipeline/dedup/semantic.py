@@ -7,20 +7,30 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed):
   2. embed     per input shard, in parallel: the first `max_chars` characters of each document ->
                its TF-IDF row (all its n-grams; work/tfidf, memory-mapped later) and a unit-length
                embedding. A text with no n-gram of the SVD vocabulary has no embedding.
-  3. cluster   spherical k-means (faiss, seeded, one thread); each document goes to its nearest
-               centroid. Cluster ids number clusters by size (largest first).
-  4. dedup     per cluster, documents in survivor order (highest quality_score, longest, smallest
-               id): a document whose cosine similarity (of TF-IDF rows, or of embeddings with
-               `compare: embedding`) to an already kept one is above `threshold` is removed as a
-               duplicate of the most similar kept one.
+  3. cluster   the survivor order (order.py: highest quality_score, longest, smallest id) as range
+               tasks; spherical k-means (faiss, seeded, one thread) trained on up to `kmeans_docs`
+               embeddings evenly spread over those the input has; each document goes to its nearest
+               centroid in a task per shard. Cluster ids number clusters by size (largest first),
+               from per-shard counts summed in the driver (one number per cluster).
+  4. dedup     clustered documents written by cluster partition (cluster id % P, P from
+               `memory_budget_mb`), one task per partition: per cluster, documents in survivor order;
+               a document whose cosine similarity (of TF-IDF rows, memory-mapped from work/tfidf, or
+               of embeddings with `compare: embedding`) to an already kept one is above `threshold`
+               is removed as a duplicate of the most similar kept one. Duplicates are written by input
+               shard (work/dups/<partition>.arrow, record batch = shard).
   5. write     every kept document gets `cluster_id` and `cluster_distance` (1 - cosine to its
                centroid; cluster_id -1: no embedding) in its annotations; removed ones also
-               `duplicate_of` and `similarity`.
-The output does not depend on the number of workers: the model, k-means and decisions run in the
-driver, the per-shard steps are independent per document.
+               `duplicate_of` and `similarity`. A shard task reads only its own assignments and its
+               record batch of each partition's duplicates.
+No step holds the corpus: the driver holds the k-means sample (kmeans_docs x dim floats) and one
+number per cluster. The output does not depend on the number of workers or on `memory_budget_mb`:
+a cluster is deduplicated whole inside one partition, in survivor order. With at most `kmeans_docs`
+documents with an embedding, k-means sees every one of them (as before partitioning); a larger
+input trains k-means on the evenly spread sample and assigns every document to those centroids.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -32,9 +42,12 @@ import pyarrow as pa
 from stack_common.atomic import atomic_path, atomic_write_json, read_json
 from stack_common.config import Checks
 from stack_common.logging import get_logger
+from stack_common.tasks import shared_workers
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
-                     load_config, prepare_work, read_arrow, run_apply, survivor_rank, timed, write_arrow)
+                     load_config, partition_count, peak_rss_mb, prepare_work, read_arrow, read_columns, read_order,
+                     read_partition, run_apply, timed, write_arrow, write_partitioned)
+from .order import build_order
 from .parallel import run_tasks
 from .text import char_ngram_hashes
 
@@ -65,6 +78,8 @@ class SemanticConfig:
     compare: str = "tfidf"
     threshold: float = 0.85         # similarity to a kept document above which a document is removed
     seed: int = 0
+    kmeans_docs: int = 100_000      # embeddings k-means is trained on, evenly spread over the input
+    memory_budget_mb: float = 1024.0  # a dedup task's partition of clusters (and an order range) fits in this
 
 
 def check_config(conf: SemanticConfig) -> None:
@@ -76,6 +91,8 @@ def check_config(conf: SemanticConfig) -> None:
     checks.require(conf.fit_docs >= 2, "dedup.semantic.fit_docs: must be at least 2")
     checks.require(conf.n_clusters >= 0, "dedup.semantic.n_clusters: 0 (automatic) or a positive number")
     checks.require(conf.kmeans_iter >= 1, "dedup.semantic.kmeans_iter: must be positive")
+    checks.require(conf.kmeans_docs >= 2, "dedup.semantic.kmeans_docs: must be at least 2")
+    checks.require(conf.memory_budget_mb > 0, "dedup.semantic.memory_budget_mb: must be positive")
     checks.require(0.0 < conf.threshold <= 1.0, "dedup.semantic.threshold: cosine similarity in (0, 1]")
     checks.require(conf.compare in COMPARE,
                    f"dedup.semantic.compare: {conf.compare!r} is not one of {', '.join(COMPARE)}")
@@ -170,6 +187,11 @@ def save_model(path: Path, model: Embedder) -> None:
         tmp.write_bytes(pickle.dumps(model))
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
 def load_model(path: Path) -> Embedder:
     return pickle.loads(path.read_bytes())   # written by this stage into its own work directory
 
@@ -202,15 +224,41 @@ def _embed_shard(shard: Shard, work: Path) -> None:
 
 
 class TfidfRows:
-    """TF-IDF rows by global document index, memory-mapped from the per-shard files."""
+    """TF-IDF rows by global document index, each read with pread from the per-shard uncompressed Arrow
+    files: a task's memory holds the rows it compares, not the files (a memory map of randomly read rows
+    would bring most of every file's pages into the task's resident memory)."""
 
     def __init__(self, work: Path, shards: list[Shard]):
         self.first = np.array([s.first_doc for s in shards], dtype=np.int64)
-        self.parts = []
-        for shard in shards:
-            table = read_arrow(work / "tfidf" / f"{shard.name}.arrow")
-            hashes, weights = table.column("hashes").combine_chunks(), table.column("weights").combine_chunks()
-            self.parts.append((hashes.offsets.to_numpy(), hashes.values.to_numpy(), weights.values.to_numpy()))
+        self.paths = [work / "tfidf" / f"{s.name}.arrow" for s in shards]
+        self._open: dict[int, tuple[int, np.ndarray, int, int]] = {}
+
+    def _layout(self, s: int) -> tuple[int, np.ndarray, int, int]:
+        """(file descriptor, row offsets, file positions of the hashes and of the weights values)."""
+        if s not in self._open:
+            source = pa.memory_map(str(self.paths[s]))
+            table = pa.ipc.open_file(source).read_all()        # zero-copy: reads the metadata only
+            source.seek(0)
+            base = source.read_buffer(1).address
+            hashes, weights = (table.column(c).chunk(0) for c in ("hashes", "weights"))   # one record batch
+            offsets = np.array(hashes.offsets, dtype=np.int64)
+            at = [v.buffers()[1].address - base + 4 * v.offset for v in (hashes.values, weights.values)]
+            del table, hashes, weights
+            source.close()
+            self._open[s] = (os.open(self.paths[s], os.O_RDONLY), offsets, *at)
+        return self._open[s]
+
+    def row(self, doc: int) -> tuple[np.ndarray, np.ndarray]:
+        s = int(np.searchsorted(self.first, doc, side="right") - 1)
+        fd, offsets, hashes_at, weights_at = self._layout(s)
+        lo, hi = int(offsets[doc - self.first[s]]), int(offsets[doc - self.first[s] + 1])
+        return (np.frombuffer(os.pread(fd, 4 * (hi - lo), hashes_at + 4 * lo), dtype="<u4"),
+                np.frombuffer(os.pread(fd, 4 * (hi - lo), weights_at + 4 * lo), dtype="<f4"))
+
+    def close(self) -> None:
+        for fd, *_ in self._open.values():
+            os.close(fd)
+        self._open.clear()
 
     def rows(self, docs: np.ndarray):
         """The documents' rows as a CSR matrix over the n-grams they hold (columns numbered locally)."""
@@ -218,12 +266,10 @@ class TfidfRows:
 
         hashes, weights, indptr = [], [], [0]
         for doc in docs:
-            s = int(np.searchsorted(self.first, doc, side="right") - 1)
-            offsets, h, w = self.parts[s]
-            lo, hi = offsets[doc - self.first[s]], offsets[doc - self.first[s] + 1]
-            hashes.append(h[lo:hi])
-            weights.append(w[lo:hi])
-            indptr.append(indptr[-1] + hi - lo)
+            h, w = self.row(int(doc))
+            hashes.append(h)
+            weights.append(w)
+            indptr.append(indptr[-1] + len(h))
         columns, local = np.unique(np.concatenate(hashes or [np.zeros(0, np.uint32)]), return_inverse=True)
         return csr_matrix((np.concatenate(weights or [np.zeros(0, np.float32)]), local, np.array(indptr)),
                           shape=(len(docs), len(columns)))
@@ -257,15 +303,14 @@ def assign(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
     return cluster, distance
 
 
-def renumber_by_size(cluster: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """Cluster ids 0.. from the largest cluster down (ties: the cluster with the best-ranked document)."""
-    ids, inverse, sizes = np.unique(cluster, return_inverse=True, return_counts=True)
-    best = np.full(len(ids), np.iinfo(np.int64).max)
-    np.minimum.at(best, inverse, rank)
-    order = np.lexsort((best, -sizes))
-    new_id = np.empty(len(ids), np.int64)
-    new_id[order] = np.arange(len(ids))
-    return new_id[inverse]
+def renumbering(sizes: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """new_id[k-means cluster]: 0.. from the largest cluster down (ties: the cluster with the
+    best-ranked document); -1 for an empty cluster."""
+    used = np.flatnonzero(sizes)
+    order = used[np.lexsort((best[used], -sizes[used]))]
+    new_id = np.full(len(sizes), -1, np.int64)
+    new_id[order] = np.arange(len(order))
+    return new_id
 
 
 def greedy_dedup(n: int, block_sims, threshold: float, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -296,53 +341,167 @@ def similarities(measure: str, vectors: np.ndarray, tfidf: TfidfRows, members: n
     return lambda lo, hi: (rows[lo:hi] @ rows[:hi].T).toarray()
 
 
-def decide(work: Path, shards: list[Shard], conf: SemanticConfig) -> dict:
-    tables = [read_arrow(work / "embeddings" / f"{s.name}.arrow") for s in shards]
-    meta = pa.concat_tables([t.select(["id", "quality_score", "n_chars"]) for t in tables])
-    dim = tables[0].schema.field("embedding").type.list_size
-    vectors = np.concatenate([t.column("embedding").combine_chunks().values.to_numpy().reshape(-1, dim)
-                              for t in tables])
-    del tables
+def _embeddings(work: Path, shard: Shard) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(the shard's embeddings file, its vectors, which have an embedding)."""
+    table = read_arrow(work / "embeddings" / f"{shard.name}.arrow")
+    column = table.column("embedding").combine_chunks()
+    vectors = column.values.to_numpy().reshape(len(table), column.type.list_size)
+    return table, vectors, np.linalg.norm(vectors, axis=1) > 0.5
+
+
+def _count_embedded(shard: Shard, work: Path) -> int:
+    return int(_embeddings(work, shard)[2].sum())
+
+
+def _sample_shard(shard: Shard, work: Path, picks: np.ndarray) -> np.ndarray:
+    """The vectors of the shard's documents with an embedding at positions `picks` (among those)."""
+    _, vectors, has = _embeddings(work, shard)
+    return vectors[np.flatnonzero(has)[picks]]
+
+
+def _assign_shard(shard: Shard, work: Path, centroids: np.ndarray) -> None:
+    """work/assign/<shard>.arrow: each document's k-means cluster (-1: no embedding) and distance."""
+    _, vectors, has = _embeddings(work, shard)
+    cluster = np.full(len(has), -1, np.int64)
+    distance = np.full(len(has), np.nan, np.float32)
+    if has.any():
+        cluster[has], distance[has] = assign(vectors[has], centroids)
+    write_arrow(work / "assign" / f"{shard.name}.arrow", pa.table({"cluster": cluster, "distance": distance}))
+
+
+def _cluster_counts(shard: Shard, work: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per k-means cluster: the shard's documents in it and the best survivor rank among them."""
+    cluster = read_columns(work / "assign" / f"{shard.name}.arrow", ["cluster"]).column("cluster").to_numpy()
+    rank = read_order(work)[0][shard.first_doc:shard.first_doc + shard.rows]
+    inside = cluster >= 0
+    best = np.full(k, np.iinfo(np.int64).max)
+    np.minimum.at(best, cluster[inside], rank[inside])
+    return np.bincount(cluster[inside], minlength=k), best
+
+
+SPLIT_SCHEMA = pa.schema([("doc", pa.int64()), ("rank", pa.int64()), ("cluster", pa.int64()), ("id", pa.string())])
+
+
+def _split_shard(shard: Shard, work: Path, new_id: np.ndarray, parts: int) -> None:
+    """The shard's documents with an embedding, by cluster partition (cluster id % parts)."""
+    table, vectors, has = _embeddings(work, shard)
+    rows = np.flatnonzero(has)
+    cluster = new_id[read_columns(work / "assign" / f"{shard.name}.arrow", ["cluster"]).column("cluster")
+                     .to_numpy()[rows]]
+    rank = read_order(work)[0][shard.first_doc:shard.first_doc + shard.rows][rows]
+    dim = vectors.shape[1]
+    schema = SPLIT_SCHEMA.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
+    write_partitioned(work / "clusters" / f"split-{shard.name}.arrow", schema, {
+        "doc": shard.first_doc + rows, "rank": np.asarray(rank), "cluster": cluster,
+        "id": table.column("id").combine_chunks().take(pa.array(rows, pa.int64())),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].reshape(-1)), dim)},
+        cluster % parts, parts)
+
+
+DUP_SCHEMA = pa.schema([("doc", pa.int64()), ("duplicate_of", pa.string()), ("similarity", pa.float32())])
+
+
+def _dedup_partition(part: int, work: Path, shards: list[Shard], compare: str, threshold: float) -> None:
+    """Greedy dedup of every cluster of the partition; its duplicates written by input shard."""
+    batches = [read_partition(work / "clusters" / f"split-{s.name}.arrow", part) for s in shards]
+    table = pa.Table.from_batches(batches).combine_chunks()
+    docs, rank, cluster = (table.column(c).to_numpy() for c in ("doc", "rank", "cluster"))
+    column = table.column("embedding").chunk(0) if table.num_rows else None
+    vectors = column.values.to_numpy().reshape(len(docs), -1) if column is not None else None
     tfidf = TfidfRows(work, shards)
-    rank = survivor_rank(meta)
-    has = np.linalg.norm(vectors, axis=1) > 0.5
-    n_valid = int(has.sum())
-    cluster = np.full(len(meta), -1, np.int64)
-    distance = np.full(len(meta), np.nan, np.float32)
-    dup_doc = np.full(len(meta), -1, np.int64)
-    similarity = np.full(len(meta), np.nan, np.float32)
-    k = min(n_valid, conf.n_clusters or max(1, int(round(np.sqrt(n_valid)))))
-    if n_valid:
-        valid = np.flatnonzero(has)
-        centroids = kmeans(vectors[valid], k, conf.kmeans_iter, conf.seed)
-        c, d = assign(vectors[valid], centroids)
-        cluster[valid] = renumber_by_size(c, rank[valid])
-        distance[valid] = d
-        order = valid[np.lexsort((rank[valid], cluster[valid]))]        # by cluster, then survivor rank
-        bounds = np.flatnonzero(np.diff(cluster[order])) + 1
-        for members in np.split(order, bounds):
-            dup, sim = greedy_dedup(len(members), similarities(conf.compare, vectors[members], tfidf, members),
-                                    conf.threshold)
+    order = np.lexsort((rank, cluster))
+    dup_row, similarity = np.full(len(docs), -1, np.int64), np.zeros(len(docs), np.float32)
+    try:
+        for members in np.split(order, np.flatnonzero(np.diff(cluster[order])) + 1) if len(order) else []:
+            dup, sim = greedy_dedup(len(members), similarities(compare, vectors[members], tfidf, docs[members]),
+                                    threshold)
             hit = dup >= 0
-            dup_doc[members[hit]] = members[dup[hit]]
+            dup_row[members[hit]] = members[dup[hit]]
             similarity[members[hit]] = sim[hit]
-    ids = meta.column("id")
-    dup_ids = ids.take(pa.array(np.maximum(dup_doc, 0))).to_pylist()
-    write_arrow(work / "decisions.arrow", pa.table({
-        "cluster_id": pa.array(cluster), "distance": pa.array(distance),
-        "duplicate_of": pa.array([x if d >= 0 else None for x, d in zip(dup_ids, dup_doc)], pa.string()),
-        "similarity": pa.array(similarity)}))
-    sizes = np.bincount(cluster[has]) if n_valid else np.zeros(0, np.int64)
-    return {"k": int(k), "clusters": len(sizes), "docs_without_embedding": int(len(meta) - n_valid),
+    finally:
+        tfidf.close()
+    hit = np.flatnonzero(dup_row >= 0)
+    first = np.array([s.first_doc for s in shards], np.int64)
+    write_partitioned(work / "dups" / f"{part:05d}.arrow", DUP_SCHEMA, {
+        "doc": docs[hit], "duplicate_of": table.column("id").take(pa.array(dup_row[hit], pa.int64())),
+        "similarity": similarity[hit]}, np.searchsorted(first, docs[hit], side="right") - 1, len(shards))
+
+
+def split_bytes_per_doc(conf: SemanticConfig) -> int:
+    """What a dedup task holds per document of its partition: the split row and the compared vector
+    (dense embedding, or the TF-IDF row of up to ~3 n-grams per character, memory-mapped, plus its
+    CSR copy)."""
+    return 64 + 4 * conf.dim + (TFIDF_BYTES_PER_DOC if conf.compare == "tfidf" else 4 * conf.dim)
+
+
+TFIDF_BYTES_PER_DOC = 16_384
+
+
+def decide(work: Path, shards: list[Shard], conf: SemanticConfig, stage: str, par: dict) -> dict:
+    """Steps 3 and 4 as tasks: survivor order, k-means on a sample, assignment per shard, clusters
+    partitioned, greedy dedup per partition. Returns the facts for stats.json."""
+    order_ranges = build_order(work, shards, "embeddings", conf.memory_budget_mb, stage=stage, **par)
+    counts = np.array(run_tasks(_count_embedded, [(s, work) for s in shards], desc=f"{stage}: count", **par)
+                      or [0], np.int64)
+    n_valid = int(counts.sum())
+    k = min(n_valid, conf.n_clusters or max(1, int(round(np.sqrt(n_valid)))))
+    facts = {"k": int(k), "docs_without_embedding": sum(s.rows for s in shards) - n_valid,
+             "kmeans_sample": int(min(n_valid, conf.kmeans_docs)), "order_ranges": order_ranges}
+    if not (work / "centroids.npy").is_file() and n_valid:
+        wanted = np.unique(np.linspace(0, n_valid - 1, min(n_valid, conf.kmeans_docs)).astype(np.int64))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        picks = [wanted[(wanted >= lo) & (wanted < hi)] - lo for lo, hi in zip(starts[:-1], starts[1:])]
+        sample = run_tasks(_sample_shard, [(s, work, p) for s, p in zip(shards, picks) if len(p)],
+                           desc=f"{stage}: k-means sample", **par)
+        centroids = kmeans(np.concatenate(sample), min(k, len(wanted)), conf.kmeans_iter, conf.seed)
+        save_npy(work / "centroids.npy", centroids)
+    facts["peak_rss_mb"] = {"kmeans": peak_rss_mb()}
+    if n_valid:
+        centroids = np.load(work / "centroids.npy")
+        todo = [s for s in shards if not (work / "assign" / f"{s.name}.arrow").is_file()]
+        run_tasks(_assign_shard, [(s, work, centroids) for s in todo], desc=f"{stage}: assign", **par)
+    else:
+        centroids = np.zeros((0, 1), np.float32)
+        for shard in shards:
+            _assign_shard(shard, work, centroids)
+    sizes, best = _summed_counts(work, shards, len(centroids), stage, par)
+    new_id = renumbering(sizes, best)
+    parts = partition_count(n_valid, split_bytes_per_doc(conf), conf.memory_budget_mb)
+    todo = [s for s in shards if not (work / "clusters" / f"split-{s.name}.arrow").is_file()]
+    run_tasks(_split_shard, [(s, work, new_id, parts) for s in todo], desc=f"{stage}: partition", **par)
+    todo = [p for p in range(parts) if not (work / "dups" / f"{p:05d}.arrow").is_file()]
+    run_tasks(_dedup_partition, [(p, work, shards, conf.compare, conf.threshold) for p in todo],
+              desc=f"{stage}: dedup", **par)
+    facts["peak_rss_mb"]["dedup"] = peak_rss_mb()
+    save_npy(work / "renumber.npy", new_id)
+    sizes = np.sort(sizes[sizes > 0])
+    return {**facts, "clusters": len(sizes), "partitions": parts,
             "cluster_sizes": {"min": int(sizes.min()) if len(sizes) else 0,
                               "median": float(np.median(sizes)) if len(sizes) else 0.0,
                               "max": int(sizes.max()) if len(sizes) else 0}}
 
 
+def _summed_counts(work: Path, shards: list[Shard], k: int, stage: str, par: dict) -> tuple[np.ndarray, np.ndarray]:
+    sizes, best = np.zeros(k, np.int64), np.full(k, np.iinfo(np.int64).max)
+    if k:
+        for n, b in run_tasks(_cluster_counts, [(s, work, k) for s in shards], desc=f"{stage}: sizes", **par):
+            sizes += n
+            np.minimum(best, b, out=best)
+    return sizes, best
+
+
 # ---- 5. write --------------------------------------------------------------------------------------------
 
-def _apply_shard(shard: Shard, output_dir: Path, stage: str) -> dict:
-    decisions = read_arrow(output_dir / "work" / "decisions.arrow").slice(shard.first_doc, shard.rows).to_pydict()
+def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int) -> dict:
+    work = output_dir / "work"
+    assigned = read_arrow(work / "assign" / f"{shard.name}.arrow")
+    new_id = np.load(work / "renumber.npy") if parts else np.zeros(0, np.int64)
+    raw = assigned.column("cluster").to_numpy()
+    cluster = np.where(raw >= 0, new_id[np.maximum(raw, 0)] if len(new_id) else -1, -1).tolist()
+    distance = assigned.column("distance").to_pylist()
+    dups = pa.Table.from_batches([read_partition(work / "dups" / f"{p:05d}.arrow", shard.index) for p in range(parts)],
+                                 schema=DUP_SCHEMA).to_pydict()
+    dup_of = {d - shard.first_doc: (x, s) for d, x, s in zip(dups["doc"], dups["duplicate_of"], dups["similarity"])}
     out = ShardOutput(output_dir, shard, stage)
     try:
         row = 0
@@ -352,12 +511,11 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str) -> dict:
             drop = np.zeros(batch.num_rows, dtype=bool)
             for i in range(batch.num_rows):
                 j = row + i
-                cluster, dist = decisions["cluster_id"][j], decisions["distance"][j]
-                facts = {"cluster_id": cluster, "cluster_distance": None if cluster < 0 else round(dist, 5)}
-                if decisions["duplicate_of"][j] is not None:
+                facts = {"cluster_id": cluster[j],
+                         "cluster_distance": None if cluster[j] < 0 else round(distance[j], 5)}
+                if j in dup_of:
                     drop[i] = True
-                    facts.update(duplicate_of=decisions["duplicate_of"][j],
-                                 similarity=round(decisions["similarity"][j], 5), dedup_stage=stage)
+                    facts.update(duplicate_of=dup_of[j][0], similarity=round(dup_of[j][1], 5), dedup_stage=stage)
                 notes[i] = add_annotations(notes[i], facts)
             row += batch.num_rows
             out.split(batch, notes, drop, REASON)
@@ -371,6 +529,12 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str) -> dict:
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
         ray_address: str | None = None, stage: str = STAGE) -> dict:
+    with shared_workers():          # the stage's many steps share one set of spawned workers
+        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage)
+
+
+def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: str, ray_address: str | None,
+         stage: str) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, SemanticConfig, "dedup.semantic")
     check_config(conf)
@@ -393,19 +557,18 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
             t0 = timed(steps, "embed", t0)
             model = load_model(work / "model.pkl")
             facts = {"dim": model.dim, "explained_variance": round(float(model.svd.explained_variance_ratio_.sum()), 4),
-                     **decide(work, shards, conf)}
+                     **decide(work, shards, conf, stage, par)}
         except TooLittleText as err:        # nothing to compare: every document passes, unclustered
             log.warning("%s: %s; every document is kept without a cluster", stage, err)
-            write_arrow(work / "decisions.arrow", pa.table({
-                "cluster_id": pa.array(np.full(n_docs, -1, np.int64)),
-                "distance": pa.array(np.zeros(n_docs, np.float32)),
-                "duplicate_of": pa.array([None] * n_docs, pa.string()),
-                "similarity": pa.array(np.zeros(n_docs, np.float32))}))
+            for shard in shards:
+                write_arrow(work / "assign" / f"{shard.name}.arrow", pa.table({
+                    "cluster": np.full(shard.rows, -1, np.int64), "distance": np.zeros(shard.rows, np.float32)}))
             facts = {"dim": 0, "explained_variance": 0.0, "clusters": 0, "docs_without_embedding": n_docs,
-                     "not_fitted": str(err)}
+                     "partitions": 0, "not_fitted": str(err)}
         atomic_write_json(summary, facts)
     t0 = timed(steps, "cluster_dedup", t0)
     extra = {"threshold": conf.threshold, **read_json(summary)}
-    records = run_apply(stage, output_dir, shards, _apply_shard, (stage,), **par)
+    records = run_apply(stage, output_dir, shards, _apply_shard, (stage, extra["partitions"]), **par)
     timed(steps, "write", t0)
+    extra.setdefault("peak_rss_mb", {})["write"] = peak_rss_mb()
     return finish_stage(stage, output_dir, records, started, {**extra, **steps})
