@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.common import (Shard, pair_partition, partition_count, read_arrow, read_order,
+from data_pipeline.dedup.common import (Shard, input_shards, pair_partition, partition_count, read_arrow, read_decisions, read_order,
                                         read_partition, survivor_rank, unique_pairs, write_arrow, write_partitioned)
 from data_pipeline.dedup.order import build_order, range_key
 from data_pipeline.dedup.unionfind import linked_components, merge_links
@@ -131,14 +131,14 @@ def test_many_partitions_give_the_one_partition_output(copies_corpus, tmp_path, 
     assert one["partitions"] == 1 and many["partitions"] >= 5
     assert _result(tmp_path / "many") == _result(tmp_path / "one")
     assert one["clusters"] >= 20 and sum(one["excluded"].values()) >= 30     # the corpus has duplicates
-    # Decisions are written per input shard, each holding only that shard's documents.
-    shards = read_manifest(copies_corpus)["files"]
-    first = 0
-    for f in shards:
-        docs = read_arrow(tmp_path / "many/work/decisions" / f"{Path(f['name']).stem}.arrow").column("doc").to_numpy()
-        assert ((docs >= first) & (docs < first + f["rows"])).all()
-        first += f["rows"]
-    assert len(shards) >= 5
+    # Decisions are written per rank range and input shard: a shard reads only its own documents'.
+    shards = input_shards(copies_corpus)
+    clustered = 0
+    for shard in shards:
+        docs = read_decisions(tmp_path / "many/work", shard).column("doc").to_numpy()
+        assert ((docs >= shard.first_doc) & (docs < shard.first_doc + shard.rows)).all()
+        clustered += len(docs)
+    assert len(shards) >= 5 and clustered == one["clusters"] + sum(one["excluded"].values())
 
 
 def _meta_shards(work, n_shards=5, rows=400, seed=0):
