@@ -170,8 +170,11 @@ def write_partitioned(path: Path, schema: pa.Schema, columns: dict, part: np.nda
 
 
 def read_partition(path: Path, part: int) -> pa.RecordBatch:
-    """Record batch `part` of a write_partitioned file, memory-mapped (no copy)."""
-    return pa.ipc.open_file(pa.memory_map(str(path))).get_batch(part)
+    """Record batch `part` of a write_partitioned file, memory-mapped (no copy). The file is closed on
+    return (the mapping lives as long as the batch): a task holding a batch of every shard's file
+    needs no descriptor per file."""
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).get_batch(part)
 
 
 # ---- ranks -------------------------------------------------------------------------------------------

@@ -304,21 +304,20 @@ def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[
 def _merge_clusters(work: Path, shards: list[Shard], parts: int, memory_budget_mb: float, stage: str, **par) -> None:
     """Components of all partitions' links (scipy) on the driver, written as one cluster file; then
     decisions per rank range and input shard (common.write_decisions)."""
-    links = (read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts))
-    nodes, roots = merge_links(((column_numpy(t, "node"), column_numpy(t, "root")) for t in links),
-                               max(1, int(memory_budget_mb * 2 ** 20 / MERGE_BYTES_PER_LINK)))
-    doc_of = np.full(len(nodes), -1, np.int64)             # document of each linked node (nodes are sorted)
-    for p in range(parts):
-        t = read_arrow(work / "links" / f"part-{p:05d}.arrow")
-        for rank, doc in (("node", "node_doc"), ("root", "root_doc")):
-            doc_of[np.searchsorted(nodes, column_numpy(t, rank))] = column_numpy(t, doc)
-    docs, root_docs = doc_of, doc_of[np.searchsorted(nodes, roots)]
-    survivors, survivor_of = np.unique(root_docs, return_inverse=True)
-    ids = ids_of(work / "signatures", shards, survivors).take(pa.array(survivor_of.ravel(), pa.int64()))
-    n_docs = sum(s.rows for s in shards)
     clusters = work / "groups" / "merged.arrow"
     if not clusters.is_file():
-        write_clusters(clusters, docs, roots, root_docs, ids, n_docs, parts)
+        links = (read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts))
+        nodes, roots = merge_links(((column_numpy(t, "node"), column_numpy(t, "root")) for t in links),
+                                   max(1, int(memory_budget_mb * 2 ** 20 / MERGE_BYTES_PER_LINK)))
+        docs = np.full(len(nodes), -1, np.int64)             # document of each linked node (nodes are sorted)
+        for p in range(parts):
+            t = read_arrow(work / "links" / f"part-{p:05d}.arrow")
+            for rank, doc in (("node", "node_doc"), ("root", "root_doc")):
+                docs[np.searchsorted(nodes, column_numpy(t, rank))] = column_numpy(t, doc)
+        root_docs = docs[np.searchsorted(nodes, roots)]
+        survivors, survivor_of = np.unique(root_docs, return_inverse=True)
+        ids = ids_of(work / "signatures", shards, survivors).take(pa.array(survivor_of.ravel(), pa.int64()))
+        write_clusters(clusters, docs, roots, root_docs, ids, sum(s.rows for s in shards), parts)
     write_decisions(work, shards, [clusters], parts, stage, **par)
 
 
