@@ -33,7 +33,8 @@ from stack_common.shards import ShardWriter  # noqa: E402
 
 RUN = ("import json, sys; from pathlib import Path; from data_pipeline.dedup import GLOBAL_STAGES; "
        "GLOBAL_STAGES[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]), "
-       "'local', None); import resource; print('pool workers peak MB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+       "'local', None); import resource; "
+       "print('pool workers peak MB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
 IMPORTS = "import resource, data_pipeline.dedup; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
 
 

@@ -185,14 +185,13 @@ def add_ranks(src: Path, dst: Path, work: Path, shard: Shard) -> None:
     A per-shard task after the order step, so no partition task looks up ranks across the corpus."""
     rank = np.load(work / "order" / "rank.npy", mmap_mode="r")
     ranks = np.array(rank[shard.first_doc:shard.first_doc + shard.rows])
-    reader = pa.ipc.open_file(pa.memory_map(str(src)))
-    schema = reader.schema.append(pa.field("rank", pa.int64()))
-    with ArrowFileWriter(dst, schema, compression=None) as out:
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            out.write({**dict(zip(batch.schema.names, batch.columns)),
-                       "rank": pa.array(ranks[batch.column("doc").to_numpy() - shard.first_doc], pa.int64())})
-    del reader
+    with pa.memory_map(str(src)) as mapped:
+        reader = pa.ipc.open_file(mapped)
+        with ArrowFileWriter(dst, reader.schema.append(pa.field("rank", pa.int64())), compression=None) as out:
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                out.write({**dict(zip(batch.schema.names, batch.columns)),
+                           "rank": pa.array(ranks[batch.column("doc").to_numpy() - shard.first_doc], pa.int64())})
     src.unlink()
 
 
@@ -232,6 +231,7 @@ def write_clusters(path: Path, docs: np.ndarray, roots: np.ndarray, root_docs: n
 
 
 def _number_range(j: int, work: Path, cluster_files: list[Path], first_id: int, first_docs: list[int]) -> None:
+    """Step 3 for rank range j: its clusters get ids first_id, first_id + 1, ... in survivor order."""
     table = pa.Table.from_batches([read_partition(f, j) for f in cluster_files], schema=CLUSTER_SCHEMA)
     docs = table.column("doc").to_numpy()
     _, cluster_of = np.unique(table.column("root").to_numpy(), return_inverse=True)

@@ -93,6 +93,7 @@ def _digest_bytes(column: pa.FixedSizeBinaryArray, width: int) -> np.ndarray:
 
 
 def _group_partition(part: int, work: Path, names: list[str], digest_bytes: int, n_docs: int, ranges: int) -> int:
+    """Groups of equal digests in one partition, written as whole clusters (common.write_clusters)."""
     batches = [read_partition(work / "ranked" / f"{n}.arrow", part) for n in names]
     column = lambda name: np.concatenate([b.column(name).to_numpy() for b in batches]  # noqa: E731
                                          + [np.zeros(0, np.int64)])

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +40,8 @@ from stack_common.config import Checks
 
 from stack_common.atomic import atomic_path, read_json
 
-from .common import (ArrowFileWriter, Shard, ids_of, add_ranks, apply_cluster_decisions, column_numpy, doc_meta,
-                     finish_stage, hash_partition, input_shards, iter_shard, load_config, pair_partition,
+from .common import (ArrowFileWriter, Shard, add_ranks, apply_cluster_decisions, column_numpy, doc_meta,
+                     finish_stage, hash_partition, ids_of, input_shards, iter_shard, load_config, pair_partition,
                      partition_count, peak_rss_mb, prepare_work, read_arrow, read_columns, read_partition, run_apply,
                      timed, unique_pair_rows, write_arrow, write_clusters, write_decisions, write_partitioned)
 from .order import build_order
