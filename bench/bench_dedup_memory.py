@@ -4,8 +4,9 @@
 
 Corpus: windows of ../shared/corpus documents (--chars characters), half of them perturbed copies and
 a tenth verbatim copies (bench/dedup_data.py), in shards of about 8 MB. Each stage runs in a fresh
-process; its stats.json gives the partition count and the peak RSS of the driver and of the largest
-pool task after each step (getrusage; a forked task's figure includes the driver pages it shares).
+process; its stats.json gives the partition count and the driver's peak RSS after each step; the
+stage process prints the peak RSS of its largest pool worker (getrusage of its children once the
+stage's pools are shut down; spawned workers, so no pages shared with the driver).
 Also printed: the bytes per document that an order range-sort task holds (id, quality, length as
 Arrow, plus index, sort indices and rank), and the driver's RSS after imports (the floor of every figure).
 """
@@ -32,7 +33,8 @@ from stack_common.shards import ShardWriter  # noqa: E402
 
 RUN = ("import json, sys; from pathlib import Path; from data_pipeline.dedup import GLOBAL_STAGES; "
        "GLOBAL_STAGES[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]), "
-       "'local', None)")
+       "'local', None); import resource; "
+       "print('pool workers peak MB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
 IMPORTS = "import resource, data_pipeline.dedup; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
 
 
@@ -89,14 +91,15 @@ def main() -> None:
         for stage in args.stages:
             out = args.dir / f"out-{n}-{stage}-{args.budget_mb:g}"
             t0, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run([sys.executable, "-c", RUN, stage, str(src), str(out),
-                            json.dumps({"memory_budget_mb": args.budget_mb}), str(args.workers)], env=env, check=True)
+            done = subprocess.run([sys.executable, "-c", RUN, stage, str(src), str(out),
+                                   json.dumps({"memory_budget_mb": args.budget_mb}), str(args.workers)], env=env,
+                                  check=True, stdout=subprocess.PIPE, text=True)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             stats = json.loads((out / "stats.json").read_text())
             peaks = stats["peak_rss_mb"]
             steps = peaks if "driver" not in peaks else {"all": peaks}
             driver = max(p["driver"] for p in steps.values())
-            tasks = max(p["tasks"] for p in steps.values())
+            tasks = float(done.stdout.strip().splitlines()[-1].rsplit(" ", 1)[1])
             order = order_bytes_per_doc(out / "work", "meta" if stage == "exact_dedup" else "signatures")
             cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             print(f"{stage:13s} docs={n:8d} partitions={stats['partitions']:4d} wall={time.time() - t0:6.1f}s "

@@ -1,6 +1,7 @@
 """Partitioned exact and MinHash dedup: partition helpers, components, and a run with many
 partitions that equals the one-partition run."""
 import json
+import os
 import random
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.common import (Shard, pair_partition, partition_count, read_arrow, read_order,
-                                        read_partition, survivor_rank, unique_pairs, write_arrow, write_partitioned)
+from data_pipeline.dedup.common import (Shard, input_shards, pair_partition, partition_count, read_arrow,
+                                        read_decisions, read_order, read_partition, survivor_rank, unique_pairs,
+                                        write_arrow, write_clusters, write_decisions, write_partitioned)
+from data_pipeline.dedup.minhash import ShingleStore
 from data_pipeline.dedup.order import build_order, range_key
 from data_pipeline.dedup.unionfind import linked_components, merge_links
 from data_pipeline.schema import DOC_SCHEMA
@@ -131,14 +134,14 @@ def test_many_partitions_give_the_one_partition_output(copies_corpus, tmp_path, 
     assert one["partitions"] == 1 and many["partitions"] >= 5
     assert _result(tmp_path / "many") == _result(tmp_path / "one")
     assert one["clusters"] >= 20 and sum(one["excluded"].values()) >= 30     # the corpus has duplicates
-    # Decisions are written per input shard, each holding only that shard's documents.
-    shards = read_manifest(copies_corpus)["files"]
-    first = 0
-    for f in shards:
-        docs = read_arrow(tmp_path / "many/work/decisions" / f"{Path(f['name']).stem}.arrow").column("doc").to_numpy()
-        assert ((docs >= first) & (docs < first + f["rows"])).all()
-        first += f["rows"]
-    assert len(shards) >= 5
+    # Decisions are written per rank range and input shard: a shard reads only its own documents'.
+    shards = input_shards(copies_corpus)
+    clustered = 0
+    for shard in shards:
+        docs = read_decisions(tmp_path / "many/work", shard).column("doc").to_numpy()
+        assert ((docs >= shard.first_doc) & (docs < shard.first_doc + shard.rows)).all()
+        clustered += len(docs)
+    assert len(shards) >= 5 and clustered == one["clusters"] + sum(one["excluded"].values())
 
 
 def _meta_shards(work, n_shards=5, rows=400, seed=0):
@@ -168,3 +171,62 @@ def test_range_partitioned_order_is_the_global_sort(tmp_path):
     # lengths past 2**32 (4 qualities x 5 lengths), whose ties the in-range sort breaks.
     keys = range_key(meta)[by_rank]
     assert (keys[1:] >= keys[:-1]).all() and len(np.unique(keys)) == 4 * 5
+
+
+def test_clusters_numbered_per_rank_range_match_the_global_survivor_order(tmp_path):
+    # 3 cluster files (as 3 group partitions write them), 40 clusters with survivors at random ranks,
+    # 5 rank ranges, 4 input shards of 250 documents: cluster ids must be the survivors' order overall.
+    rng = np.random.default_rng(1)
+    n_docs, ranges = 1000, 5
+    shards = [Shard(i, tmp_path, f"s{i}", 250 * i, 250) for i in range(4)]
+    doc_of_rank = rng.permutation(n_docs)
+    members = rng.permutation(n_docs)[:160].reshape(40, 4)       # ranks: 40 clusters of 4
+    files = []
+    for f in range(3):
+        mine = members[f::3]
+        ranks, roots = mine.ravel(), np.repeat(mine.min(axis=1), 4)
+        docs, root_docs = doc_of_rank[ranks], doc_of_rank[roots]
+        files.append(tmp_path / f"part-{f}.arrow")
+        assert write_clusters(files[-1], docs, roots, root_docs, pa.array([f"id{d}" for d in root_docs]),
+                              n_docs, ranges) == len(mine)
+    assert write_decisions(tmp_path, shards, files, ranges, "test", workers=1, executor="local",
+                           ray_address=None) == 40
+    got = pa.concat_tables([read_decisions(tmp_path, s) for s in shards]).to_pydict()
+    want_id = {r: i for i, r in enumerate(sorted(members.min(axis=1).tolist()))}
+    want = {}
+    for cluster in members:
+        root = int(cluster.min())
+        for r in cluster.tolist():
+            want[int(doc_of_rank[r])] = (want_id[root], 4, None if r == root else f"id{doc_of_rank[root]}")
+    assert dict(zip(got["doc"], zip(got["cluster_id"], got["cluster_size"], got["duplicate_of"]))) == want
+    for s in shards:                                       # each shard's batch holds only its documents
+        docs = read_decisions(tmp_path, s).column("doc").to_numpy()
+        assert ((docs >= s.first_doc) & (docs < s.first_doc + s.rows)).all()
+
+
+def test_partition_batches_hold_no_file_descriptor(tmp_path):
+    schema = pa.schema([("doc", pa.int64())])
+    for i in range(40):
+        write_partitioned(tmp_path / f"s{i}.arrow", schema, {"doc": np.arange(10) + 10 * i}, np.arange(10) % 2, 2)
+    before = len(os.listdir("/proc/self/fd"))
+    batches = [read_partition(tmp_path / f"s{i}.arrow", 1) for i in range(40)]
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert sum(int(b.column("doc").to_numpy().sum()) for b in batches) == sum(range(1, 400, 2))
+
+
+def test_shingle_store_closes_the_least_recently_read_file(tmp_path):
+    shards = [Shard(i, tmp_path, f"s{i}", 2 * i, 2) for i in range(3)]
+    (tmp_path / "shingles").mkdir()
+    for s in shards:
+        sets = [np.array([s.index, 100], "<u4"), np.array([7], "<u4")]
+        (tmp_path / "shingles" / f"{s.name}.u32").write_bytes(b"".join(x.tobytes() for x in sets))
+        np.save(tmp_path / "shingles" / f"{s.name}.offsets.npy", np.array([0, 2, 3]))
+    store = ShingleStore(tmp_path, [s.name for s in shards], [s.first_doc for s in shards])
+    store.MAX_OPEN = 2
+    try:
+        assert store.get(0).tolist() == [0, 100] and store.get(3).tolist() == [7]      # s0, s1 open
+        assert store.get(1).tolist() == [7]                                            # s0 read again
+        assert store.get(4).tolist() == [2, 100]                                       # s2 opens, s1 closes
+        assert list(store._open) == [0, 2]
+    finally:
+        store.close()

@@ -142,13 +142,19 @@ def pair_partition(a: np.ndarray, b: np.ndarray, parts: int) -> np.ndarray:
         return hash_partition(a.astype(np.uint64) * _MIX ^ b.astype(np.uint64), parts)
 
 
-def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct pairs, sorted by (a, b), from two int64 columns (no a * n + b encoding to overflow)."""
+def unique_pair_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rows of the distinct pairs (a, b) of two int64 columns, in (a, b) order (no a * n + b encoding to overflow)."""
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
     first = np.ones(len(a), dtype=bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    return a[first], b[first]
+    return order[first]
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct pairs, sorted by (a, b)."""
+    rows = unique_pair_rows(a, b)
+    return a[rows], b[rows]
 
 
 def write_partitioned(path: Path, schema: pa.Schema, columns: dict, part: np.ndarray, parts: int) -> None:
@@ -164,46 +170,101 @@ def write_partitioned(path: Path, schema: pa.Schema, columns: dict, part: np.nda
 
 
 def read_partition(path: Path, part: int) -> pa.RecordBatch:
-    """Record batch `part` of a write_partitioned file, memory-mapped (no copy)."""
-    return pa.ipc.open_file(pa.memory_map(str(path))).get_batch(part)
+    """Record batch `part` of a write_partitioned file, memory-mapped (no copy). The file is closed on
+    return (the mapping lives as long as the batch): a task holding a batch of every shard's file
+    needs no descriptor per file."""
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).get_batch(part)
+
+
+# ---- ranks -------------------------------------------------------------------------------------------
+
+def add_ranks(src: Path, dst: Path, work: Path, shard: Shard) -> None:
+    """dst: the write_partitioned file `src` of one shard with a `rank` column (survivor rank of `doc`),
+    read from the shard's contiguous slice of work/order/rank.npy; src is removed once dst is in place.
+    A per-shard task after the order step, so no partition task looks up ranks across the corpus."""
+    rank = np.load(work / "order" / "rank.npy", mmap_mode="r")
+    ranks = np.array(rank[shard.first_doc:shard.first_doc + shard.rows])
+    with pa.memory_map(str(src)) as mapped:
+        reader = pa.ipc.open_file(mapped)
+        with ArrowFileWriter(dst, reader.schema.append(pa.field("rank", pa.int64())), compression=None) as out:
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                out.write({**dict(zip(batch.schema.names, batch.columns)),
+                           "rank": pa.array(ranks[batch.column("doc").to_numpy() - shard.first_doc], pa.int64())})
+    src.unlink()
 
 
 # ---- cluster decisions ---------------------------------------------------------------------------------
+#
+# Clusters are numbered in survivor order (by the survivor's rank), so ids do not depend on input order
+# or partitioning. Without a global step over every clustered document:
+#   1. each cluster task (exact: a group partition; MinHash: the merge) writes whole clusters, one
+#      row per member, as record batches by range of the survivor's rank, and counts its survivors
+#      per range (schema metadata);
+#   2. the driver sums the counts: cluster ids of range j start at the survivors of ranges < j;
+#   3. per rank range, in parallel: its clusters numbered, the rows written as record batches by input shard;
+#   4. the per-shard apply reads its batch of every range file.
 
+CLUSTER_SCHEMA = pa.schema([("doc", pa.int64()), ("root", pa.int64()), ("cluster_size", pa.int64()),
+                            ("duplicate_of", pa.string())])
 DECISION_SCHEMA = pa.schema([("doc", pa.int64()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
                              ("duplicate_of", pa.string())])
 
 
-def write_cluster_decisions(work: Path, shards: list[Shard], nodes: np.ndarray, roots: np.ndarray,
-                            meta_dir: str) -> int:
-    """work/decisions/<shard>.arrow for every input shard, then work/decisions.json; returns clusters.
+def root_range(roots: np.ndarray, n_docs: int, ranges: int) -> np.ndarray:
+    """Rank range of each survivor rank: ranges of equal width over 0..n_docs-1."""
+    return (np.asarray(roots, dtype=np.int64) * ranges) // max(1, n_docs)
 
-    `nodes` are the ranks of the documents in clusters of 2+, `roots[i]` the smallest rank in the
-    cluster of nodes[i], i.e. its survivor. Per document: cluster_id (clusters numbered in survivor
-    order, so independent of input order), cluster_size and duplicate_of (the survivor's id; null for
-    the survivor). Survivor ids are read from the `id` column of work/<meta_dir>/<shard>.arrow, one
-    shard at a time. Memory: proportional to the clustered documents, not to the corpus.
-    """
-    _, by_rank = read_order(work)
+
+def write_clusters(path: Path, docs: np.ndarray, roots: np.ndarray, root_docs: np.ndarray, root_ids: pa.Array,
+                   n_docs: int, ranges: int) -> int:
+    """Members of whole clusters (doc, survivor rank `roots`, survivor doc and id of each), as `ranges`
+    record batches by survivor rank range; schema metadata `roots`: survivors per range. Returns clusters."""
     cluster_roots, cluster_of, sizes = np.unique(roots, return_inverse=True, return_counts=True)
-    docs, survivors = by_rank[nodes], by_rank[roots]
-    order = np.argsort(docs)
-    docs, survivors, cluster_of = docs[order], survivors[order], cluster_of[order]
-    survivor_docs, survivor_of = np.unique(survivors, return_inverse=True)
-    survivor_ids = _ids_of(work / meta_dir, shards, survivor_docs)
-    dup_of = survivor_ids.take(pa.array(survivor_of, pa.int64()))
-    dup_of = pc.if_else(pa.array(survivors == docs), pa.scalar(None, pa.string()), dup_of)
-    for shard in shards:
-        lo, hi = np.searchsorted(docs, [shard.first_doc, shard.first_doc + shard.rows])
-        write_arrow(work / "decisions" / f"{shard.name}.arrow", pa.table({
-            "doc": pa.array(docs[lo:hi], pa.int64()), "cluster_id": pa.array(cluster_of[lo:hi], pa.int64()),
-            "cluster_size": pa.array(sizes[cluster_of[lo:hi]], pa.int64()), "duplicate_of": dup_of[lo:hi]},
-            schema=DECISION_SCHEMA))
-    atomic_write_json(work / "decisions.json", {"clusters": len(cluster_roots), "clustered_docs": len(docs)})
+    dup_of = pc.if_else(pa.array(root_docs == docs), pa.scalar(None, pa.string()), root_ids.cast(pa.string()))
+    counts = np.bincount(root_range(cluster_roots, n_docs, ranges), minlength=ranges)
+    schema = CLUSTER_SCHEMA.with_metadata({"roots": json.dumps(counts.tolist())})
+    write_partitioned(path, schema, {"doc": docs, "root": roots, "cluster_size": sizes[cluster_of.ravel()],
+                                     "duplicate_of": dup_of}, root_range(roots, n_docs, ranges), ranges)
     return len(cluster_roots)
 
 
-def _ids_of(meta_dir: Path, shards: list[Shard], docs: np.ndarray) -> pa.Array:
+def _number_range(j: int, work: Path, cluster_files: list[Path], first_id: int, first_docs: list[int]) -> None:
+    """Step 3 for rank range j: its clusters get ids first_id, first_id + 1, ... in survivor order."""
+    table = pa.Table.from_batches([read_partition(f, j) for f in cluster_files], schema=CLUSTER_SCHEMA)
+    docs = table.column("doc").to_numpy()
+    _, cluster_of = np.unique(table.column("root").to_numpy(), return_inverse=True)
+    shard_of = np.searchsorted(np.asarray(first_docs, np.int64), docs, side="right") - 1
+    write_partitioned(work / "decisions" / f"range-{j:05d}.arrow", DECISION_SCHEMA,
+                      {"doc": docs, "cluster_id": first_id + cluster_of.ravel(),
+                       "cluster_size": table.column("cluster_size").combine_chunks(),
+                       "duplicate_of": table.column("duplicate_of").combine_chunks()}, shard_of, len(first_docs))
+
+
+def write_decisions(work: Path, shards: list[Shard], cluster_files: list[Path], ranges: int, stage: str,
+                    **par) -> int:
+    """Steps 2-3 above, then work/decisions.json (last: marks the decisions done); returns clusters."""
+    counts = np.zeros(ranges, np.int64)
+    for f in cluster_files:
+        counts += json.loads(pa.ipc.open_file(pa.memory_map(str(f))).schema.metadata[b"roots"])
+    first_id = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    firsts = [s.first_doc for s in shards]
+    todo = [j for j in range(ranges) if not (work / "decisions" / f"range-{j:05d}.arrow").is_file()]
+    run_tasks(_number_range, [(j, work, cluster_files, int(first_id[j]), firsts) for j in todo],
+              desc=f"{stage}: decisions", **par)
+    atomic_write_json(work / "decisions.json", {"clusters": int(counts.sum()), "ranges": ranges})
+    return int(counts.sum())
+
+
+def read_decisions(work: Path, shard: Shard) -> pa.Table:
+    """One shard's decisions (doc, cluster_id, cluster_size, duplicate_of): its batch of every range file."""
+    ranges = read_json(work / "decisions.json")["ranges"]
+    return pa.Table.from_batches([read_partition(work / "decisions" / f"range-{j:05d}.arrow", shard.index)
+                                  for j in range(ranges)], schema=DECISION_SCHEMA)
+
+
+def ids_of(meta_dir: Path, shards: list[Shard], docs: np.ndarray) -> pa.Array:
     """Ids of the sorted global document indices `docs`, reading one shard's id column at a time."""
     parts = [pa.array([], pa.string())]
     for shard in shards:
@@ -327,9 +388,10 @@ def finish_stage(stage: str, output_dir: Path, records: list[dict], started: flo
 
 
 def peak_rss_mb() -> dict:
-    """Peak resident memory so far of this process and of its largest finished child (a pool task)."""
-    mb = lambda who: round(resource.getrusage(who).ru_maxrss / 1024, 1)  # noqa: E731  (Linux: KiB)
-    return {"driver": mb(resource.RUSAGE_SELF), "tasks": mb(resource.RUSAGE_CHILDREN)}
+    """Peak resident memory so far of this (the driver's) process. Tasks are not measured here: pool
+    workers outlive a stage in a pipeline run and Ray tasks run elsewhere (bench/bench_dedup_memory.py
+    measures a stage's pool workers)."""
+    return {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}   # Linux: KiB
 
 
 def timed(stats: dict, key: str, t0: float) -> float:
@@ -340,7 +402,7 @@ def timed(stats: dict, key: str, t0: float) -> float:
 
 def apply_cluster_decisions(shard: Shard, output_dir: Path, stage: str, reason: str) -> dict:
     """Write one shard's kept and excluded documents from its own file of cluster decisions."""
-    mine = read_arrow(output_dir / "work" / "decisions" / f"{shard.name}.arrow").to_pydict()
+    mine = read_decisions(output_dir / "work", shard).to_pydict()
     by_doc = {d - shard.first_doc: (c, s, dup) for d, c, s, dup in
               zip(mine["doc"], mine["cluster_id"], mine["cluster_size"], mine["duplicate_of"])}
     out = ShardOutput(output_dir, shard, stage)

@@ -5,18 +5,20 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed); P
   1. signatures  per input shard, in parallel: shingle hashes (sorted, raw, for the Jaccard check),
                  MinHash signatures beside ids, and one 64-bit key per LSH band, written once as P record batches (partition = hash of the key) of one uncompressed file.
   2. order       survivor rank of every document (quality, length, id), a range-partitioned sort
-                 (order.py): input order plays no part.
+                 (order.py): input order plays no part; then per input shard, in parallel, its
+                 slice of the ranks is added to its band-key partitions.
   3. pairs       per band-key partition, in parallel: per band, sort (key, rank); every document in a
                  bucket is paired with the bucket's best-ranked document and with the `bucket_window`
                  documents ranked just above it (all pairs in buckets of up to bucket_window + 1), so
-                 two near copies that both miss the head are still compared. The pairs are written as
-                 P record batches by a hash of the pair.
+                 two near copies that both miss the head are still compared. The pairs (ranks and
+                 documents) are written as P record batches by a hash of the pair.
   4. verify      per pair partition, in parallel: distinct pairs (the same pair from several bands
                  meets in one partition), exact Jaccard of the shingle sets, read per document;
                  pairs below the threshold are dropped; the partition's components (scipy) are
-                 reduced to (document, smallest rank) links.
-  5. clusters    the links of all partitions merged with scipy; the root (smallest rank) survives;
-                 decisions written per input shard.
+                 reduced to (node, smallest rank) links, with the documents of both.
+  5. clusters    on the driver, the links of all partitions merged with scipy (memory: the linked
+                 documents); the root (smallest rank) survives; then per rank range, in parallel,
+                 the clusters numbered and written per input shard (common.write_decisions).
   6. write       kept/excluded per input shard from its own decisions, then manifests and stats.json.
 P = ceil(documents * bands * BYTES_PER_BAND_KEY / memory_budget_mb), at most MAX_PARTITIONS: a pairs
 task holds its partition's (document, band, key, rank) rows, their sort order and the pairs made.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +40,10 @@ from stack_common.config import Checks
 
 from stack_common.atomic import atomic_path, read_json
 
-from .common import (ArrowFileWriter, Shard, apply_cluster_decisions, column_numpy, doc_meta, finish_stage,
-                     hash_partition, input_shards, iter_shard, load_config, pair_partition, partition_count,
-                     peak_rss_mb, prepare_work, read_arrow, read_columns, read_order, read_partition, run_apply, timed,
-                     unique_pairs, write_arrow, write_cluster_decisions, write_partitioned)
+from .common import (ArrowFileWriter, Shard, add_ranks, apply_cluster_decisions, column_numpy, doc_meta,
+                     finish_stage, hash_partition, ids_of, input_shards, iter_shard, load_config, pair_partition,
+                     partition_count, peak_rss_mb, prepare_work, read_arrow, read_columns, read_partition, run_apply,
+                     timed, unique_pair_rows, write_arrow, write_clusters, write_decisions, write_partitioned)
 from .order import build_order
 from .parallel import run_tasks
 from .text import char_shingle_hashes, shingle_hashes
@@ -50,10 +53,10 @@ STAGE = "minhash_dedup"
 REASON = "near_duplicate"
 _KEY_MUL = np.uint64(0x100000001B3)
 SHINGLES = ("chars", "tokens")
-BYTES_PER_BAND_KEY = 96     # a pairs task: document, band, key, rank, sort order, bucket flags, the pairs made
+BYTES_PER_BAND_KEY = 112    # a pairs task: document, band, key, rank, sort order, bucket flags, the pairs made
 MERGE_BYTES_PER_LINK = 130  # linked_components: unique with inverse, sparse matrix, labels (measured peak)
 BAND_SCHEMA = pa.schema([("doc", pa.int64()), ("band", pa.int16()), ("key", pa.uint64())])
-PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("doc_a", pa.int64()), ("doc_b", pa.int64())])
 
 
 @dataclass
@@ -200,12 +203,12 @@ def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, window: int) -> tuple[np.n
 
 
 def _pair_partition(part: int, work: Path, names: list[str], window: int, parts: int) -> int:
-    """Candidate pairs (by rank) of one band-key partition, written as `parts` pair-hash partitions."""
-    rank, _ = read_order(work)
-    batches = [read_partition(work / "bands" / f"{n}.arrow", part) for n in names]
+    """Candidate pairs (ranks and documents) of one band-key partition, written as `parts` pair-hash partitions."""
+    batches = [read_partition(work / "ranked_bands" / f"{n}.arrow", part) for n in names]
     column = lambda name, dtype: np.concatenate([b.column(name).to_numpy() for b in batches]  # noqa: E731
                                                 + [np.zeros(0, dtype)])
-    docs, band, keys = column("doc", np.int64), column("band", np.int16), column("key", np.uint64)
+    docs, band, keys, rank = (column("doc", np.int64), column("band", np.int16), column("key", np.uint64),
+                              column("rank", np.int64))
     del batches
     by_band = np.argsort(band, kind="stable")
     bounds = np.searchsorted(band[by_band], np.arange(band.max(initial=-1) + 2))
@@ -213,12 +216,14 @@ def _pair_partition(part: int, work: Path, names: list[str], window: int, parts:
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if hi - lo > 1:
             rows = by_band[lo:hi]
-            pa_, pb = bucket_pairs(keys[rows], rank[docs[rows]], window)
+            pa_, pb = bucket_pairs(keys[rows], rank[rows], window)
             a.append(pa_)
             b.append(pb)
     a, b = np.concatenate(a), np.concatenate(b)
-    write_partitioned(work / "pairs" / f"part-{part:05d}.arrow", PAIR_SCHEMA, {"a": a, "b": b},
-                      pair_partition(a, b, parts), parts)
+    ranks, first = np.unique(rank, return_index=True)         # the partition's documents by rank
+    doc_of = lambda r: docs[first[np.searchsorted(ranks, r)]]  # noqa: E731
+    write_partitioned(work / "pairs" / f"part-{part:05d}.arrow", PAIR_SCHEMA,
+                      {"a": a, "b": b, "doc_a": doc_of(a), "doc_b": doc_of(b)}, pair_partition(a, b, parts), parts)
     return len(a)
 
 
@@ -240,17 +245,19 @@ class ShingleStore:
     files: a task's memory holds the sets it compares, not the files (a memory map of randomly
     accessed sets would bring most of every file's pages into the task's resident memory)."""
 
-    MAX_OPEN = 256
+    MAX_OPEN = 256      # files held open; past it, the least recently read is closed
 
     def __init__(self, work: Path, names: list[str], first_docs: list[int]):
         self.work, self.names, self.first = work, names, np.asarray(first_docs, dtype=np.int64)
-        self._open: dict[int, tuple[int, np.ndarray]] = {}
+        self._open: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
 
     def get(self, doc: int) -> np.ndarray:
         s = int(np.searchsorted(self.first, doc, side="right") - 1)
-        if s not in self._open:
+        if s in self._open:
+            self._open.move_to_end(s)
+        else:
             if len(self._open) >= self.MAX_OPEN:
-                self.close()
+                os.close(self._open.popitem(last=False)[1][0])
             offsets = np.load(_shingle_path(self.work, self.names[s], "offsets.npy"), mmap_mode="r")
             self._open[s] = (os.open(_shingle_path(self.work, self.names[s]), os.O_RDONLY), offsets)
         fd, offsets = self._open[s]
@@ -267,35 +274,51 @@ class ShingleStore:
 def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[int], threshold: float,
                       parts: int) -> int:
     """Distinct candidate pairs of one pair partition, verified; writes the verified pairs and the
-    partition's components as (node, root) links. Returns the verified pair count."""
+    partition's components as (node, root) links with their documents. Returns the verified pair count."""
     batches = [read_partition(work / "pairs" / f"part-{p:05d}.arrow", part) for p in range(parts)]
-    a, b = unique_pairs(*(np.concatenate([x.column(c).to_numpy() for x in batches] + [np.zeros(0, np.int64)])
-                          for c in ("a", "b")))
+    a, b, doc_a, doc_b = (np.concatenate([x.column(c).to_numpy() for x in batches] + [np.zeros(0, np.int64)])
+                          for c in PAIR_SCHEMA.names)
     del batches
-    _, by_rank = read_order(work)
+    rows = unique_pair_rows(a, b)
+    a, b, doc_a, doc_b = a[rows], b[rows], doc_a[rows], doc_b[rows]
     store = ShingleStore(work, names, first_docs)
     try:
-        sims = np.array([jaccard_sorted(store.get(x), store.get(y)) for x, y in zip(by_rank[a].tolist(),
-                                                                                     by_rank[b].tolist())],
+        sims = np.array([jaccard_sorted(store.get(x), store.get(y)) for x, y in zip(doc_a.tolist(), doc_b.tolist())],
                         dtype=np.float32)
     finally:
         store.close()
     keep = sims >= threshold
     nodes, roots = linked_components(a[keep], b[keep])
+    ranks, first = np.unique(np.concatenate([a[keep], b[keep]]), return_index=True)
+    docs = np.concatenate([doc_a[keep], doc_b[keep]])[first]             # ranks == nodes
     moved = nodes != roots                      # a root's link to itself adds nothing to the merge
-    write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({"node": nodes[moved], "root": roots[moved]}))
+    write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({
+        "node": nodes[moved], "root": roots[moved], "node_doc": docs[moved],
+        "root_doc": docs[np.searchsorted(ranks, roots[moved])]}))
     verified = pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]})
     write_arrow(work / "verified" / f"part-{part:05d}.arrow",      # last: marks the partition done
                 verified.replace_schema_metadata({"candidates": str(len(a))}))
     return int(keep.sum())
 
 
-def _merge_clusters(work: Path, shards: list[Shard], parts: int, memory_budget_mb: float) -> None:
-    """Components of all partitions' links (scipy), then decisions per input shard."""
-    links = (read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts))
-    nodes, roots = merge_links(((column_numpy(t, "node"), column_numpy(t, "root")) for t in links),
-                               max(1, int(memory_budget_mb * 2 ** 20 / MERGE_BYTES_PER_LINK)))
-    write_cluster_decisions(work, shards, nodes, roots, "signatures")
+def _merge_clusters(work: Path, shards: list[Shard], parts: int, memory_budget_mb: float, stage: str, **par) -> None:
+    """Components of all partitions' links (scipy) on the driver, written as one cluster file; then
+    decisions per rank range and input shard (common.write_decisions)."""
+    clusters = work / "groups" / "merged.arrow"
+    if not clusters.is_file():
+        links = (read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts))
+        nodes, roots = merge_links(((column_numpy(t, "node"), column_numpy(t, "root")) for t in links),
+                                   max(1, int(memory_budget_mb * 2 ** 20 / MERGE_BYTES_PER_LINK)))
+        docs = np.full(len(nodes), -1, np.int64)             # document of each linked node (nodes are sorted)
+        for p in range(parts):
+            t = read_arrow(work / "links" / f"part-{p:05d}.arrow")
+            for rank, doc in (("node", "node_doc"), ("root", "root_doc")):
+                docs[np.searchsorted(nodes, column_numpy(t, rank))] = column_numpy(t, doc)
+        root_docs = docs[np.searchsorted(nodes, roots)]
+        survivors, survivor_of = np.unique(root_docs, return_inverse=True)
+        ids = ids_of(work / "signatures", shards, survivors).take(pa.array(survivor_of.ravel(), pa.int64()))
+        write_clusters(clusters, docs, roots, root_docs, ids, sum(s.rows for s in shards), parts)
+    write_decisions(work, shards, [clusters], parts, stage, **par)
 
 
 # ---- the stage ---------------------------------------------------------------------------------------
@@ -326,6 +349,11 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     t0 = timed(steps, "order", t0)
     peaks["order"] = peak_rss_mb()
 
+    todo = [s for s in shards if not (work / "ranked_bands" / f"{s.name}.arrow").is_file()]
+    run_tasks(add_ranks, [(work / "bands" / f"{s.name}.arrow", work / "ranked_bands" / f"{s.name}.arrow", work, s)
+                          for s in todo], desc=f"{stage}: rank", **par)
+    t0 = timed(steps, "rank", t0)
+
     todo = [p for p in range(parts) if not (work / "pairs" / f"part-{p:05d}.arrow").is_file()]
     run_tasks(_pair_partition, [(p, work, names, conf.bucket_window, parts) for p in todo],
               desc=f"{stage}: pairs", **par)
@@ -339,7 +367,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     peaks["verify"] = peak_rss_mb()
 
     if not (work / "decisions.json").is_file():
-        _merge_clusters(work, shards, parts, conf.memory_budget_mb)
+        _merge_clusters(work, shards, parts, conf.memory_budget_mb, stage, **par)
     t0 = timed(steps, "clusters", t0)
     peaks["clusters"] = peak_rss_mb()
 
