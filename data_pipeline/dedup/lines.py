@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.config import Checks
 
-from .common import (Shard, ShardOutput, _ids_of, add_annotations, column_numpy, doc_meta,
+from .common import (Shard, ShardOutput, ids_of, add_annotations, column_numpy, doc_meta,
                      finish_stage, input_shards, iter_shard, load_config, partition_count, prepare_work,
                      read_arrow, read_partition, run_apply, survivor_rank, timed, write_arrow, write_partitioned)
 from .parallel import run_tasks
@@ -161,7 +161,7 @@ def survivor_order(rows: dict[str, np.ndarray], shards: list[Shard], work: Path)
     if not len(tied):
         return order
     tied_docs = np.unique(rows["doc"][order[tied]])
-    id_rank = pc.rank(_ids_of(work / "docs", shards, tied_docs), tiebreaker="dense").to_numpy()   # 1: smallest
+    id_rank = pc.rank(ids_of(work / "docs", shards, tied_docs), tiebreaker="dense").to_numpy()   # 1: smallest
     id_code = np.zeros(len(order), np.int64)
     id_code[order[tied]] = id_rank[np.searchsorted(tied_docs, rows["doc"][order[tied]])]
     return np.lexsort((rows["doc"], id_code, *columns[::-1]))

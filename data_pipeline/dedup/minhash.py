@@ -205,10 +205,9 @@ def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, window: int) -> tuple[np.n
 def _pair_partition(part: int, work: Path, names: list[str], window: int, parts: int) -> int:
     """Candidate pairs (ranks and documents) of one band-key partition, written as `parts` pair-hash partitions."""
     batches = [read_partition(work / "ranked_bands" / f"{n}.arrow", part) for n in names]
-    column = lambda name, dtype: np.concatenate([b.column(name).to_numpy() for b in batches]  # noqa: E731
-                                                + [np.zeros(0, dtype)])
-    docs, band, keys, rank = (column("doc", np.int64), column("band", np.int16), column("key", np.uint64),
-                              column("rank", np.int64))
+    docs, band, keys, rank = (np.concatenate([b.column(name).to_numpy() for b in batches] + [np.zeros(0, dtype)])
+                              for name, dtype in (("doc", np.int64), ("band", np.int16), ("key", np.uint64),
+                                                  ("rank", np.int64)))
     del batches
     by_band = np.argsort(band, kind="stable")
     bounds = np.searchsorted(band[by_band], np.arange(band.max(initial=-1) + 2))
