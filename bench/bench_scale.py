@@ -376,6 +376,9 @@ def main() -> None:
     ap.add_argument("--project", metavar="JSON", help="print the 100M / 1B projection of a finished run's OUT/scale-<N>.json")
     ap.add_argument("--build-only", action="store_true", help="build (or finish building) the corpus, run nothing")
     ap.add_argument("--keep-run", action="store_true", help="keep OUT/run-<N> (default: removed after the figures)")
+    ap.add_argument("--resume", action="store_true", help="keep the segments an interrupted run of the same N "
+                    "finished (its OUT/run-<N> and scale-<N>.partial.json) and run the rest; the code may have changed "
+                    "for the stages still to run")
     ap.add_argument("overrides", nargs="*", help="extra `python -m data_pipeline` overrides, e.g. dedup.minhash.num_perm=64")
     args = ap.parse_args()
     if args.project:
@@ -400,12 +403,17 @@ def main() -> None:
     need = info["disk_bytes"] * (1 + len(segments_of(args.stages))) + \
         2 * info["text_bytes_uncompressed"] * any(s.startswith("minhash_dedup") for s in args.stages)
     check_disk(root, need - (dir_bytes(run) if run.exists() else 0), "the run")
-    shutil.rmtree(run, ignore_errors=True)
+    partial = root / f"scale-{args.docs}.partial.json"
+    rows = read_json(partial)["rows"] if args.resume and partial.is_file() and run.is_dir() else []
+    if not rows:
+        shutil.rmtree(run, ignore_errors=True)
     truth = read_truth(corpus)
-    rows, done = [], []
-    t0 = time.time()
+    done = []
     for segment in segments_of(args.stages):
         done += segment
+        if args.resume and {r["stage"] for r in rows} >= set(segment):
+            print(f"  {'+'.join(segment)}: measured by the interrupted run, kept", flush=True)
+            continue
         measured = run_segment(corpus, run, done, args.workers, args.overrides)
         stage_dirs = {d.name.split("_", 1)[1]: d for d in (run / "stages").iterdir()}
         for name in segment:
@@ -422,7 +430,7 @@ def main() -> None:
               flush=True)
     run_stats = read_json(run / "stats.json")
     report = {"corpus": info, "workers": args.workers, "stages": args.stages, "overrides": args.overrides,
-              "wall_s": round(time.time() - t0, 1), "cpu_s": round(sum(r["cpu_s"] for r in rows if r["stage"] == r["segment"].split("+")[-1]), 1),
+              "wall_s": round(sum(r["wall_s"] for r in rows if r["stage"] == r["segment"].split("+")[-1]), 1), "cpu_s": round(sum(r["cpu_s"] for r in rows if r["stage"] == r["segment"].split("+")[-1]), 1),
               "peak_rss_driver": max(r["peak_rss_driver"] for r in rows),
               "peak_rss_largest_worker": max(r["peak_rss_largest_worker"] for r in rows),
               "peak_rss_tree": max(r["peak_rss_tree"] for r in rows),
