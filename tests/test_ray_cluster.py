@@ -90,20 +90,24 @@ def test_every_stage_runs_on_several_nodes_with_the_local_result(ray_cluster, ra
 
 
 def test_a_node_removed_mid_stage_costs_a_retry_not_the_result(ray_cluster, raw_web, local_reference, tmp_path):
-    victim = ray_cluster.add_node()
-    victim_id = victim.node_id
+    """The worker node that starts the first MinHash task is removed while it runs it; a new node
+    takes its place afterwards (the cluster is shared by the session's Ray tests)."""
     trace = tmp_path / "trace"
     removed, stop = threading.Event(), threading.Event()
+    victim_ids: list[str] = []
 
-    def remove_victim_once_it_runs_a_task():
+    def remove_the_node_running_minhash():
         while not stop.is_set():
-            if any(r["node"] == victim_id and r["event"] == "start" for r in read_trace(trace)):
+            started = [r for r in read_trace(trace) if r["event"] == "start" and r["desc"].startswith("minhash_dedup")]
+            if started:
+                victim_ids.append(started[0]["node"])
+                victim = next(n for n in ray_cluster.cluster.worker_nodes if n.node_id == victim_ids[0])
                 ray_cluster.cluster.remove_node(victim)
                 removed.set()
                 return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=remove_victim_once_it_runs_a_task, daemon=True)
+    killer = threading.Thread(target=remove_the_node_running_minhash, daemon=True)
     killer.start()
     out = tmp_path / "ray"
     try:
@@ -111,7 +115,10 @@ def test_a_node_removed_mid_stage_costs_a_retry_not_the_result(ray_cluster, raw_
     finally:
         stop.set()
         killer.join(timeout=10)
-    assert removed.is_set(), "the victim node ran a task and was removed"
+        if removed.is_set():
+            ray_cluster.add_node()
+    assert removed.is_set(), "the node running the first MinHash task was removed"
+    victim_id = victim_ids[0]
     assert run_digest(out) == local_reference
 
     records = read_trace(trace)
