@@ -11,16 +11,21 @@ Output layout (OUT = cfg.output):
     OUT/final/                            the last stage's kept shards (hard links) + manifest
     OUT/stats.json, OUT/funnel.png        per-stage funnel with reconciled counts
     OUT/work/                             per-unit results while a segment runs (removed after)
+    OUT/.lock                             flock held by the run's driver, with its pid and host (see `run_lock`)
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.compute as pc
 
@@ -42,6 +47,7 @@ from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
 
 log = get_logger("data_pipeline.run")
+LOCK_NAME = ".lock"
 DECISIVE_KEYS = ("stages", "reader", "normalize", "lang", "content_type", "rules", "quality", "dedup",
                  "harmful", "pii", "decontaminate")
 # Sections read by these stages only: free to change while none of them has run.
@@ -193,10 +199,46 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages:
                 raise UserError("the output directory holds a run with different settings (see its run_config.json)",
                                 file=out, expected="a new output directory, or overwrite=true to replace it")
             log.warning("overwrite=true: removing the previous run in %s", out)
-            shutil.rmtree(out)
+            clear_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or read_json(path) != decisive:
         atomic_write_json(path, decisive)
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove a previous run from `out`, all but the lock file this run holds."""
+    for entry in out.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive flock on OUT/.lock for the whole run: a second driver on the same output
+    directory is refused, naming the holder's pid and host (written into the lock file), instead
+    of redoing and overwriting the first one's units. The kernel drops the lock when its holder
+    exits, however it died (SIGKILL included), so a rerun after a crash is never blocked. The
+    file stays: deleting it would let the next driver lock a new file while one still holds the
+    old. Workers do not inherit it (Python opens it close-on-exec; local workers are spawned)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown pid"
+            raise UserError(f"another run ({holder}) is writing this output directory; its lock is {path}",
+                            file=out, expected="that run to end first, or another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -208,8 +250,14 @@ def _run_pipeline(cfg: PipelineConfig) -> dict:
     start = time.time()
     stages = resolve_stages(cfg)
     validate(cfg, stages)
-    out = Path(cfg.output)
     inputs = expand_inputs(list(cfg.input))
+    # One driver per output directory: two would redo each other's units and publish over them.
+    with run_lock(Path(cfg.output)):
+        return _run_locked(cfg, stages, inputs, start)
+
+
+def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Path], start: float) -> dict:
+    out = Path(cfg.output)
     check_run_config(out, cfg, inputs, stages)
     units = [str(p) for p in inputs]
     segments = plan(stages, cfg)

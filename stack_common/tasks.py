@@ -5,14 +5,25 @@ task order, not completion order, so nothing downstream depends on scheduling. T
 idempotent (they publish their outputs atomically), because Ray re-runs a task whose worker or
 node died. Local workers are spawned, never forked: the parent may hold threads (Ray, Arrow,
 tokenizers) that fork would copy half-way.
+
+Safety when things go wrong:
+- A local worker ends as soon as its driver process is gone, however the driver died (SIGKILL
+  included), so no orphan finishes an old task and publishes into the directory of a rerun
+  (`_exit_with_parent`).
+- With Ray, a task that fails for good makes `run_tasks` cancel (kill) its still pending or
+  running siblings and wait for them before it raises; an OSError is retried only when it is
+  transient (`is_transient`: EIO, ETIMEDOUT, ECONNRESET, ESTALE, ...), never a permanent one
+  (ENOENT, EACCES, ENOSPC, EROFS, ...), which would fail the same way every attempt.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import multiprocessing
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -22,7 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from .errors import ConfigError, UserError
+from .logging import get_logger
 from .progress import progress
+
+log = get_logger("stack_common.tasks")
 
 EXECUTORS = ("local", "ray")
 
@@ -32,7 +46,7 @@ class RayConfig:
     """How tasks run on a Ray cluster (`executor=ray`); none of it changes a task's output."""
     cpus_per_task: float = 1.0
     memory_per_task_mb: int = 2048         # Ray `memory` resource; a node runs no more tasks than it holds; 0: none
-    max_retries: int = 3                   # re-runs of a task whose worker or node died, or that raised OSError
+    max_retries: int = 3                   # re-runs of a task whose worker or node died, or that raised a transient OSError
     packages: list[str] = field(default_factory=lambda: ["stack_common", "data_pipeline"])  # shipped to every node
     env_vars: dict[str, str] = field(default_factory=dict)   # set in every task's environment
     trace_dir: Optional[str] = None        # each task attempt writes a JSON record here: task, node, pid
@@ -134,10 +148,43 @@ def shared_workers() -> Iterator[None]:
 def _pool(workers: int, initializer, initargs) -> ProcessPoolExecutor:
     spawn = multiprocessing.get_context("spawn")
     if initializer is not None or not _sharing:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=initializer, initargs=initargs)
+        return ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_start_worker,
+                                   initargs=(initializer, initargs))
     if workers not in _pools:
-        _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=spawn)
+        _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_start_worker,
+                                              initargs=(None, ()))
     return _pools[workers]
+
+
+def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
+    """First thing in every spawned worker: tie its life to the driver's, then the caller's initializer."""
+    _exit_with_parent()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """End this worker (os._exit) as soon as the process that spawned it is gone, however it died.
+
+    A daemon thread waits on multiprocessing's parent sentinel, a pipe whose write end only the
+    parent process holds: it reads EOF the moment the parent exits or is killed (SIGKILL
+    included). The parent pid is checked too (every `poll_s`), in case a fork of the parent
+    inherited the pipe. Not prctl(PR_SET_PDEATHSIG): it fires when the *thread* that created
+    the worker ends, and ProcessPoolExecutor (3.11) spawns workers from whichever thread calls
+    `submit` (and replaces exited ones from its manager thread), so a shared pool created by a
+    short-lived thread would lose its workers.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:          # not a spawned worker (inline run)
+        return
+    ppid = parent.pid
+
+    def watch() -> None:
+        while os.getppid() == ppid and parent.is_alive():
+            parent.join(timeout=poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _drop_pool(pool: ProcessPoolExecutor) -> None:
@@ -228,7 +275,12 @@ def _ray_call(fn: Callable, args: tuple, desc: str, index: int, trace_dir: str |
              "module_file": getattr(sys.modules.get(fn.__module__), "__file__", None)}
     if trace_dir:
         _trace(trace_dir, {**where, "event": "start", "time": time.time()})
-    result = fn(*args)
+    try:
+        result = fn(*args)
+    except OSError as err:
+        if is_transient(err):
+            raise TransientOSError(err.errno, err.strerror, err.filename, None, err.filename2) from err
+        raise
     if trace_dir:
         _trace(trace_dir, {**where, "event": "end", "time": time.time()})
     return result, where
@@ -245,7 +297,8 @@ def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None
     cfg = _ray_config
     ray = ensure_ray(address, workers, cfg)
     memory = cfg.memory_per_task_mb << 20
-    options: dict = {"num_cpus": cfg.cpus_per_task, "max_retries": cfg.max_retries, "retry_exceptions": [OSError]}
+    options: dict = {"num_cpus": cfg.cpus_per_task, "max_retries": cfg.max_retries,
+                     "retry_exceptions": [TransientOSError]}
     _check_fits(ray, cfg.cpus_per_task, memory)
     if memory:
         options["memory"] = memory
@@ -254,11 +307,46 @@ def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(tasks)
     pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        for ref in done:
-            i = index[ref]
-            results[i], where = ray.get(ref)
-            _placements.append(where)
-            done_hook(i)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                i = index[ref]
+                results[i], where = ray.get(ref)
+                _placements.append(where)
+                done_hook(i)
+    except BaseException:     # a task failed for good (or the driver was interrupted): stop its siblings
+        _cancel(ray, pending, desc)
+        raise
     return results
+
+
+def _cancel(ray, refs: list, desc: str, wait_s: float = 60.0) -> None:
+    """Cancel the tasks of `refs` and wait (up to `wait_s`) until none runs any more. force=True
+    kills the worker of a running task: safe for tasks that publish atomically (a rerun removes
+    their temporary files), and unlike KeyboardInterrupt it cannot be caught by the task."""
+    if not refs:
+        return
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+    log.warning("%s: stopped; %d unfinished task(s) cancelled%s", desc or "run_tasks", len(refs),
+                f", {len(running)} still running after {wait_s:.0f} s" if running else "")
+
+
+# errnos of a failure that another attempt may not meet: I/O and network hiccups, stale NFS handles.
+# Everything else (ENOENT, EACCES, ENOSPC, EROFS, EISDIR, ...) fails the same way every time.
+TRANSIENT_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EIO", "EAGAIN", "EINTR", "ETIMEDOUT", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE",
+    "ENETDOWN", "ENETUNREACH", "ENETRESET", "EHOSTDOWN", "EHOSTUNREACH", "ESTALE", "EREMOTEIO",
+) if hasattr(errno, name))
+
+
+def is_transient(err: OSError) -> bool:
+    """Whether a Ray task that raised `err` is worth another attempt. An OSError without an errno
+    (pyarrow's S3/GCS errors) is not: those filesystems retry their transient errors themselves."""
+    return err.errno in TRANSIENT_ERRNOS
+
+
+class TransientOSError(OSError):
+    """A transient OSError of a Ray task (the original is its __cause__): what Ray retries."""
