@@ -532,11 +532,11 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
         ray_address: str | None = None, stage: str = STAGE,
         compression: ShardCompression = ShardCompression()) -> dict:
     with shared_workers():          # the stage's many steps share one set of spawned workers
-        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage)
+        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage, compression)
 
 
 def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: str, ray_address: str | None,
-         stage: str) -> dict:
+         stage: str, compression: ShardCompression) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, SemanticConfig, "dedup.semantic")
     check_config(conf)
