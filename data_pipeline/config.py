@@ -184,7 +184,7 @@ class PipelineConfig:
     ray_address: Optional[str] = None
     ray: RayConfig = field(default_factory=RayConfig)
     overwrite: bool = False
-    shards: ShardCompression = field(default_factory=ShardCompression)   # document shards' compression
+    shards: ShardCompression = field(default_factory=ShardCompression)   # document shards' codec: not decisive
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     lang: LangConfig = field(default_factory=LangConfig)

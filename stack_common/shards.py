@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -86,14 +86,15 @@ class ArrowWriter:
     written, present (possibly empty) after close.
     `write` takes a record batch, a table, a list of row dicts or a dict of columns; `add` takes
     one row, buffered into batches of `batch_rows` (the same batches, hence bytes, for any caller).
-    `compression`: "zstd", "lz4", None, or a pa.Codec (`ShardCompression.codec()`); batch
-    boundaries and rows do not depend on it, only the bytes of each buffer.
+    `compression`: "zstd", "lz4", None, or a pa.Codec (`ShardCompression.codec()`); the batches do
+    not depend on it, the bytes do, and so does where a directory's files split (at target_bytes on disk).
     As a context manager, leaving with an exception removes the file in progress, writes no manifest.
     """
 
     def __init__(self, out: str | os.PathLike, schema: pa.Schema, *, single_file: bool = False,
-                 prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | pa.Codec | None = "zstd",
-                 write_manifest: bool = True, first_index: int = 0, batch_rows: int = 2000):
+                 prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES,
+                 compression: str | pa.Codec | None = "zstd", write_manifest: bool = True, first_index: int = 0,
+                 batch_rows: int = 2000):
         self.single_file = single_file
         self._remote = None if not is_uri(out) else Place.of(out)   # a URI: written through pyarrow.fs
         if self._remote is not None:

@@ -24,8 +24,8 @@ from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
 from stack_common.atomic import atomic_write_json, read_json
 from stack_common.config import as_plain, to_dataclass
 from stack_common.errors import UserError
-from stack_common.shards import ArrowWriter, ShardCompression, ShardFile, ShardWriter, clean_incomplete, iter_file_batches, \
-    manifest_schema, read_manifest, shard_paths, write_manifest
+from stack_common.shards import ArrowWriter, ShardCompression, ShardFile, ShardWriter, clean_incomplete, \
+    iter_file_batches, manifest_schema, read_manifest, shard_paths, write_manifest
 from stack_common.shards import read_arrow, write_arrow  # noqa: F401 (the dedup stages import them from here)
 
 from .parallel import run_tasks
