@@ -5,14 +5,14 @@ half of them perturbed copies), resharded into ~8 MB shards so that tasks spread
     .venv/bin/python bench/bench_line_dedup.py --sizes 100000 400000 --workers 2 --budget-mb 1024 16
 With --reference-tree DIR (a checkout of another commit, e.g. `git archive d5d4122 | tar -x -C DIR`;
 may be given more than once) the same stage also runs with DIR's code (with the first budget when
-DIR's line dedup has one), and kept/ and excluded/ are compared file by file.
+DIR's line dedup has one), and kept/ and excluded/ are compared record by record (rows and
+`records_sha256`, which does not depend on the shards' codec or file splits).
 With --footer every document ends with the same boilerplate line (a skewed corpus: one key held by
 every document, which a keeper task must not hold one row per document of).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +30,7 @@ from dedup_data import build_scale  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from stack_common.shards import read_arrow, read_table, write_table  # noqa: E402
+from stack_common.shards import read_arrow, read_manifest, read_table, records_sha256, write_table  # noqa: E402
 
 # Run in a child process so that the driver's peak RSS is the stage's alone: VmHWM of the driver
 # (ru_maxrss would carry over the launching process's peak across exec); ru_maxrss of the children
@@ -96,9 +96,8 @@ def largest_keeper_task(out: Path, parts: int) -> int:
     return int(np.diff(bounds).max())
 
 
-def output_digest(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for sub in ("kept", "excluded") for p in sorted((out / sub).rglob("*")) if p.is_file()}
+def output_digest(out: Path) -> dict[str, tuple[int, str]]:
+    return {sub: (read_manifest(out / sub)["rows"], records_sha256(out / sub)) for sub in ("kept", "excluded")}
 
 
 def main() -> None:
@@ -135,7 +134,7 @@ def main() -> None:
                   flush=True)
         first = next(iter(digests.values()))
         print(f"{n} docs: kept/ and excluded/ identical across runs: "
-              f"{all(d == first for d in digests.values())} ({len(first)} files)", flush=True)
+              f"{all(d == first for d in digests.values())} ({first['kept'][0]} kept rows)", flush=True)
     print(f"\n{'docs':>7} {'code':9} {'budget MB':>9} {'parts':>5} {'wall s':>7} {'driver MiB':>10} {'task MiB':>9} "
           f"{'text MB':>8} {'repeated':>9}   (driver RSS after imports: {rows[0][-1] / 2**20:.0f} MiB)")
     for n, name, budget, parts, seconds, driver, task, text_bytes, repeated, _ in rows:

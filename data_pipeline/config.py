@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from stack_common.errors import ConfigError
+from stack_common.shards import ShardCompression
 from stack_common.tasks import RayConfig
 
 PER_DOC_STAGES = ("normalize", "annotate", "clean_lines", "filter", "harmful", "pii", "decontaminate", "quality")
@@ -183,6 +184,7 @@ class PipelineConfig:
     ray_address: Optional[str] = None
     ray: RayConfig = field(default_factory=RayConfig)
     overwrite: bool = False
+    shards: ShardCompression = field(default_factory=ShardCompression)   # document shards' codec: not decisive
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     lang: LangConfig = field(default_factory=LangConfig)

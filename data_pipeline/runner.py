@@ -312,7 +312,7 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     if cfg.quality.mode == "top_fraction" and segment.stages[-1] == "quality":
         from .top_fraction import apply_top_fraction
         apply_top_fraction(unit_dirs, cfg.quality.top_fraction, lambda fn, tasks: run_units(
-            fn, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="quality: top_fraction"))
+            fn, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="quality: top_fraction"), cfg.shards)
     assemble_segment(segment, dirs, unit_dirs, out, first)
     shutil.rmtree(work)
     if not any(work.parent.iterdir()):
@@ -414,7 +414,7 @@ def run_global_stage(segment: Segment, input_dir: Path, cfg: PipelineConfig, out
     log.info("stage %s (global) on %s", stage, input_dir)
     stage_dir = segment.stage_dirs(out)[0]
     registry[split_stage(stage)[0]](input_dir, stage_dir, stage_settings(stage, cfg.dedup), cfg.workers, cfg.executor,
-                                    cfg.ray_address, stage=stage)
+                                    cfg.ray_address, stage=stage, compression=cfg.shards)
     if not (stage_dir / "stats.json").is_file():
         raise RuntimeError(f"stage {stage} returned without writing {stage_dir / 'stats.json'}")
 

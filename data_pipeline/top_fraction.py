@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stack_common.atomic import atomic_dir, atomic_write_json, read_json
-from stack_common.shards import iter_batches, read_table, write_table
+from stack_common.shards import ShardCompression, iter_batches, read_table, write_table
 
 from .schema import EXCLUDED_SCHEMA
 
@@ -173,7 +173,8 @@ def cutoffs(unit_dirs: list[Path], fractions: dict[str, float]) -> dict[str, lis
     return {langs[lang]: [-found[lang][1], found[lang][0]] for lang in sorted(found, key=lambda lang: first[lang])}
 
 
-def apply_top_fraction(unit_dirs: list[Path], fractions: dict[str, float], run_units=None) -> None:
+def apply_top_fraction(unit_dirs: list[Path], fractions: dict[str, float], run_units=None,
+                       compression: ShardCompression = ShardCompression()) -> None:
     """Cut-offs from every unit's scores (here), then each unit split by them: one task per unit
     through `run_units(fn, tasks)` (the pipeline's executor), inline without one."""
     state = unit_dirs[0].parent / "top_fraction.json" if unit_dirs else None
@@ -182,7 +183,7 @@ def apply_top_fraction(unit_dirs: list[Path], fractions: dict[str, float], run_u
     if not state.is_file():
         atomic_write_json(state, cutoffs(unit_dirs, fractions))
     limits = {lang: tuple(key) for lang, key in read_json(state).items()}
-    tasks = [(str(d), limits) for d in unit_dirs if not read_json(d / "stats.json").get(MARK)]
+    tasks = [(str(d), limits, compression) for d in unit_dirs if not read_json(d / "stats.json").get(MARK)]
     if run_units is None:
         for task in tasks:
             split_unit(*task)
@@ -202,7 +203,7 @@ def below_cutoff(table: pa.Table, limits: dict[str, tuple]) -> np.ndarray:
     return drop
 
 
-def split_unit(directory: str, limits: dict[str, tuple]) -> None:
+def split_unit(directory: str, limits: dict[str, tuple], compression: ShardCompression = ShardCompression()) -> None:
     directory = Path(directory)
     stats = read_json(directory / "stats.json")
     kept = read_table(directory / "kept")
@@ -223,8 +224,8 @@ def split_unit(directory: str, limits: dict[str, tuple]) -> None:
             if sub.name != "quality":
                 _copy_dir(sub, tmp / "excluded" / sub.name)
         _copy_dir(directory / "quarantine", tmp / "quarantine")
-        write_table(tmp / "kept", kept.filter(pa.array(~drop)), prefix="part")
-        write_table(tmp / "excluded" / "quality", excluded, prefix="part")
+        write_table(tmp / "kept", kept.filter(pa.array(~drop)), prefix="part", compression=compression.codec())
+        write_table(tmp / "excluded" / "quality", excluded, prefix="part", compression=compression.codec())
         atomic_write_json(tmp / "stats.json", {**stats, MARK: True})
 
 

@@ -28,13 +28,12 @@ def doc_row(doc) -> dict:
 def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig,
                  id_name: str | None = None) -> dict:
     steps = build_steps(stage_names, cfg)
-    batch = cfg.reader.batch_docs
+    options = dict(prefix="part", batch_rows=cfg.reader.batch_docs, compression=cfg.shards.codec())
     quarantine_reasons: Counter = Counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        kept = ArrowWriter(tmp / "kept", DOC_SCHEMA, prefix="part", batch_rows=batch)
-        excluded = {s.name: ArrowWriter(tmp / "excluded" / s.name, EXCLUDED_SCHEMA, prefix="part", batch_rows=batch)
-                    for s in steps}
-        quarantine = ArrowWriter(tmp / "quarantine", QUARANTINE_SCHEMA, prefix="part", batch_rows=batch)
+        kept = ArrowWriter(tmp / "kept", DOC_SCHEMA, **options)
+        excluded = {s.name: ArrowWriter(tmp / "excluded" / s.name, EXCLUDED_SCHEMA, **options) for s in steps}
+        quarantine = ArrowWriter(tmp / "quarantine", QUARANTINE_SCHEMA, **options)
         writers = [kept, quarantine, *excluded.values()]
         try:
             for record in read_unit(Path(path), cfg.reader, id_name):

@@ -1,4 +1,4 @@
-"""Arrow IPC shards (zstd) with a manifest: the one format every stage reads and writes.
+"""Arrow IPC shards (zstd by default) with a manifest: the one format every stage reads and writes.
 
 A shard directory holds `<prefix>-NNNNN.arrow` files and a `manifest.json` listing each file
 with its rows, bytes and sha256, plus the schema. The manifest is written last, atomically,
@@ -8,6 +8,7 @@ closed, so a killed writer leaves only `.…tmp` names that nothing reads.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .atomic import atomic_write_json, publish, read_json, remove_stale_tmp, sha256_file, tmp_name_for
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .storage import Place, is_uri
 
 MANIFEST = "manifest.json"
@@ -35,6 +36,36 @@ def schema_to_json(schema: pa.Schema) -> dict:
 
 def schema_from_json(obj: dict) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(obj["ipc"])))
+
+
+CODECS = ("zstd", "lz4", "none")
+
+
+@dataclass
+class ShardCompression:
+    """Arrow IPC buffer compression of document shards (`shards:` in a pipeline config). Readers
+    need no setting: pyarrow decompresses what it reads, so directories written with different
+    settings mix freely. Work artifacts that are memory-mapped or read with pread are written
+    uncompressed by their own code, never through this."""
+    compression: str = "zstd"          # zstd | lz4 (lz4 frame) | none
+    zstd_level: int = 3                # 1 (Arrow's default) to 22; used by zstd only
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.compression not in CODECS:
+            problems.append(f"shards.compression: one of {', '.join(CODECS)}, got '{self.compression}'")
+        if not 1 <= self.zstd_level <= 22:
+            problems.append(f"shards.zstd_level: 1 to 22, got {self.zstd_level}")
+        if problems:
+            raise ConfigError(problems)
+
+    def codec(self) -> pa.Codec | None:
+        """What `ArrowWriter(compression=...)` takes."""
+        if self.compression == "none":
+            return None
+        if self.compression == "lz4":
+            return pa.Codec("lz4_frame")
+        return pa.Codec("zstd", compression_level=self.zstd_level)
 
 
 @dataclass
@@ -55,12 +86,15 @@ class ArrowWriter:
     written, present (possibly empty) after close.
     `write` takes a record batch, a table, a list of row dicts or a dict of columns; `add` takes
     one row, buffered into batches of `batch_rows` (the same batches, hence bytes, for any caller).
+    `compression`: "zstd", "lz4", None, or a pa.Codec (`ShardCompression.codec()`); the batches do
+    not depend on it, the bytes do, and so does where a directory's files split (at target_bytes on disk).
     As a context manager, leaving with an exception removes the file in progress, writes no manifest.
     """
 
     def __init__(self, out: str | os.PathLike, schema: pa.Schema, *, single_file: bool = False,
-                 prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES, compression: str | None = "zstd",
-                 write_manifest: bool = True, first_index: int = 0, batch_rows: int = 2000):
+                 prefix: str = "shard", target_bytes: int = DEFAULT_TARGET_BYTES,
+                 compression: str | pa.Codec | None = "zstd", write_manifest: bool = True, first_index: int = 0,
+                 batch_rows: int = 2000):
         self.single_file = single_file
         self._remote = None if not is_uri(out) else Place.of(out)   # a URI: written through pyarrow.fs
         if self._remote is not None:
@@ -200,7 +234,7 @@ class ArrowWriter:
 ShardWriter = ArrowWriter   # the directory mode's historical name
 
 
-def write_arrow(path: str | os.PathLike, table: pa.Table, compression: str | None = "zstd") -> None:
+def write_arrow(path: str | os.PathLike, table: pa.Table, compression: str | pa.Codec | None = "zstd") -> None:
     """One table as one Arrow IPC file, written atomically (work artifacts)."""
     with ArrowWriter(path, table.schema, single_file=True, compression=compression) as writer:
         writer.write(table)
@@ -313,6 +347,34 @@ def read_table(shard_dir: str | os.PathLike, columns: Sequence[str] | None = Non
     if columns:
         schema = pa.schema([schema.field(c) for c in columns])
     return pa.Table.from_batches(list(iter_batches(shard_dir, columns)), schema=schema)
+
+
+def records_sha256(shard_dir: str | os.PathLike, block_rows: int = 8192) -> str:
+    """sha256 of a shard directory's schema and records in order, whatever their codec and however
+    they are split into files and batches (file bytes differ with `shards.compression`): the rows
+    are re-cut into blocks of `block_rows`, each copied (`take`: a slice would serialize its parent's
+    whole buffers) and hashed in uncompressed IPC form."""
+    schema = manifest_schema(shard_dir)
+    digest = hashlib.sha256(schema.serialize().to_pybytes())
+
+    def add(table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, schema, options=pa.ipc.IpcWriteOptions(compression=None)) as writer:
+            writer.write_table(table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks())
+        digest.update(sink.getvalue().to_pybytes())
+
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in iter_batches(shard_dir):
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= block_rows:
+            table = pa.Table.from_batches(pending, schema)
+            add(table.slice(0, block_rows))
+            pending, rows = table.slice(block_rows).to_batches(), rows - block_rows
+    if rows:
+        add(pa.Table.from_batches(pending, schema))
+    return digest.hexdigest()
 
 
 def clean_incomplete(shard_dir: str | os.PathLike) -> int:

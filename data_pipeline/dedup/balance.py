@@ -31,6 +31,7 @@ import pyarrow as pa
 from stack_common.atomic import atomic_path
 from stack_common.config import Checks
 from stack_common.errors import UserError
+from stack_common.shards import ShardCompression
 from stack_common.tasks import shared_workers
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
@@ -269,14 +270,15 @@ def plot_sizes(path: Path, sizes: np.ndarray, kept: np.ndarray, cap: int) -> Non
 
 # ---- 3. write ---------------------------------------------------------------------------------------------
 
-def _apply_shard(shard: Shard, output_dir: Path, cap: int, stage: str, sizes: np.ndarray, parts: int) -> dict:
+def _apply_shard(shard: Shard, output_dir: Path, cap: int, stage: str, sizes: np.ndarray, parts: int,
+                 compression: ShardCompression) -> dict:
     work = output_dir / "work"
     cluster = _cluster_of_docs(work, shard)
     dropped = pa.Table.from_batches([read_partition(work / "drops" / f"{p:05d}.arrow", shard.index)
                                      for p in range(parts)], schema=pa.schema([("doc", pa.int64())]))
     drop_all = np.zeros(shard.rows, dtype=bool)
     drop_all[dropped.column("doc").to_numpy() - shard.first_doc] = True
-    out = ShardOutput(output_dir, shard, stage)
+    out = ShardOutput(output_dir, shard, stage, compression)
     try:
         row = 0
         for batch in iter_shard(shard):
@@ -294,13 +296,14 @@ def _apply_shard(shard: Shard, output_dir: Path, cap: int, stage: str, sizes: np
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None, stage: str = STAGE) -> dict:
+        ray_address: str | None = None, stage: str = STAGE,
+        compression: ShardCompression = ShardCompression()) -> dict:
     with shared_workers():          # the stage's many steps share one set of spawned workers
-        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage)
+        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage, compression)
 
 
 def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: str, ray_address: str | None,
-         stage: str) -> dict:
+         stage: str, compression: ShardCompression) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, BalanceConfig, "dedup.balance")
     check_config(conf)
@@ -345,7 +348,8 @@ def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: s
     plot_sizes(output_dir / "clusters.png", sizes, kept, cap)
     t0 = timed(steps, "report", t0)
 
-    records = run_apply(stage, output_dir, shards, _apply_shard, (cap, stage, sizes, parts), **par)
+    records = run_apply(stage, output_dir, shards, _apply_shard, (cap, stage, sizes, parts),
+                        compression=compression, **par)
     timed(steps, "write", t0)
     peaks["write"] = peak_rss_mb()
     over = sizes > cap

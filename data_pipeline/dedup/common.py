@@ -24,8 +24,8 @@ from data_pipeline.schema import DOC_SCHEMA, EXCLUDED_SCHEMA
 from stack_common.atomic import atomic_write_json, read_json
 from stack_common.config import as_plain, to_dataclass
 from stack_common.errors import UserError
-from stack_common.shards import ArrowWriter, ShardFile, ShardWriter, clean_incomplete, iter_file_batches, \
-    manifest_schema, read_manifest, shard_paths, write_manifest
+from stack_common.shards import ArrowWriter, ShardCompression, ShardFile, ShardWriter, clean_incomplete, \
+    iter_file_batches, manifest_schema, read_manifest, shard_paths, write_manifest
 from stack_common.shards import read_arrow, write_arrow  # noqa: F401 (the dedup stages import them from here)
 
 from .parallel import run_tasks
@@ -306,12 +306,13 @@ def add_annotations(raw: str | None, extra: dict) -> str:
 class ShardOutput:
     """The kept and excluded files of one input shard, and a marker that says they are complete."""
 
-    def __init__(self, output_dir: Path, shard: Shard, stage: str):
+    def __init__(self, output_dir: Path, shard: Shard, stage: str, compression: ShardCompression):
         self.shard, self.stage = shard, stage
         self.marker = output_dir / "work" / "apply" / f"{shard.name}.json"
-        self.kept = ShardWriter(output_dir / "kept", DOC_SCHEMA, prefix=shard.name, write_manifest=False)
+        self.kept = ShardWriter(output_dir / "kept", DOC_SCHEMA, prefix=shard.name, write_manifest=False,
+                                compression=compression.codec())
         self.excluded = ShardWriter(output_dir / "excluded", EXCLUDED_SCHEMA, prefix=shard.name,
-                                    write_manifest=False)
+                                    write_manifest=False, compression=compression.codec())
         self.stats = {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "excluded": {}}
 
     def count_input(self, batch: pa.RecordBatch) -> None:
@@ -359,13 +360,14 @@ def _text_bytes(batch) -> int:
 
 
 def run_apply(stage: str, output_dir: Path, shards: list[Shard], fn, extra_args: tuple, *, workers: int,
-              executor: str, ray_address: str | None) -> list[dict]:
-    """Run `fn(shard, output_dir, *extra_args) -> marker dict` for every shard not yet done."""
+              executor: str, ray_address: str | None, compression: ShardCompression) -> list[dict]:
+    """Run `fn(shard, output_dir, *extra_args, compression) -> marker dict` for every shard not yet
+    done (`compression`: of the kept and excluded shards it writes through ShardOutput)."""
     for sub in ("kept", "excluded"):
         (output_dir / sub).mkdir(parents=True, exist_ok=True)
         clean_incomplete(output_dir / sub)
     todo = [s for s in shards if not (output_dir / "work" / "apply" / f"{s.name}.json").is_file()]
-    run_tasks(fn, [(s, output_dir, *extra_args) for s in todo], workers=workers, executor=executor,
+    run_tasks(fn, [(s, output_dir, *extra_args, compression) for s in todo], workers=workers, executor=executor,
               ray_address=ray_address, desc=f"{stage}: write")
     return [read_json(output_dir / "work" / "apply" / f"{s.name}.json") for s in shards]
 
@@ -401,12 +403,13 @@ def timed(stats: dict, key: str, t0: float) -> float:
     return now
 
 
-def apply_cluster_decisions(shard: Shard, output_dir: Path, stage: str, reason: str) -> dict:
+def apply_cluster_decisions(shard: Shard, output_dir: Path, stage: str, reason: str,
+                            compression: ShardCompression) -> dict:
     """Write one shard's kept and excluded documents from its own file of cluster decisions."""
     mine = read_decisions(output_dir / "work", shard).to_pydict()
     by_doc = {d - shard.first_doc: (c, s, dup) for d, c, s, dup in
               zip(mine["doc"], mine["cluster_id"], mine["cluster_size"], mine["duplicate_of"])}
-    out = ShardOutput(output_dir, shard, stage)
+    out = ShardOutput(output_dir, shard, stage, compression)
     try:
         row = 0
         for batch in iter_shard(shard):

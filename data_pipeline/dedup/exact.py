@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from stack_common.atomic import read_json
 from stack_common.config import Checks
+from stack_common.shards import ShardCompression
 
 from .common import (Shard, add_ranks, apply_cluster_decisions, doc_meta, finish_stage, input_shards, iter_shard,
                      load_config, partition_count, peak_rss_mb, prepare_work, read_partition, run_apply, timed,
@@ -107,7 +108,8 @@ def _group_partition(part: int, work: Path, names: list[str], digest_bytes: int,
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None, stage: str = STAGE) -> dict:
+        ray_address: str | None = None, stage: str = STAGE,
+        compression: ShardCompression = ShardCompression()) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, ExactConfig, "dedup.exact")
     check_config(conf)
@@ -141,7 +143,8 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     t0 = timed(steps, "group", t0)
     peaks["group"] = peak_rss_mb()
 
-    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON), **par)
+    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON),
+                        compression=compression, **par)
     timed(steps, "write", t0)
     peaks["write"] = peak_rss_mb()
     clusters = read_json(work / "decisions.json")["clusters"]

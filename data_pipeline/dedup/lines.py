@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.config import Checks
+from stack_common.shards import ShardCompression
 
 from .common import (Shard, ShardOutput, ids_of, add_annotations, column_numpy, doc_meta,
                      finish_stage, input_shards, iter_shard, load_config, partition_count, prepare_work,
@@ -224,9 +225,10 @@ def _too_short_shard(shard: Shard, work: Path, conf: LineConfig, n_parts: int) -
                 _holder_rows(keys[order], local[order], meta, shard.first_doc, short), compression=None)
 
 
-def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig, stage: str, n_parts: int) -> dict:
+def _apply_shard(shard: Shard, output_dir: Path, conf: LineConfig, stage: str, n_parts: int,
+                 compression: ShardCompression) -> dict:
     removals = _shard_removals(shard, output_dir / "work", "final", n_parts)
-    out = ShardOutput(output_dir, shard, stage)
+    out = ShardOutput(output_dir, shard, stage, compression)
     out.stats.update(removed_units=0, removed_chars=0, docs_modified=0)
     try:
         doc = shard.first_doc
@@ -282,7 +284,8 @@ def _repeated_count(work: Path, n_parts: int) -> int:
 
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None, stage: str = STAGE) -> dict:
+        ray_address: str | None = None, stage: str = STAGE,
+        compression: ShardCompression = ShardCompression()) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, LineConfig, "dedup.line")
     check_config(conf)
@@ -306,7 +309,8 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     _run_keepers("holders2", "final", n_parts, shards, work, conf, par, f"{stage}: keepers")
     t0 = timed(steps, "keepers", t0)
 
-    records = run_apply(stage, output_dir, shards, _apply_shard, (conf, stage, n_parts), **par)
+    records = run_apply(stage, output_dir, shards, _apply_shard, (conf, stage, n_parts),
+                        compression=compression, **par)
     timed(steps, "write", t0)
     extra = {k: sum(r[k] for r in records) for k in ("removed_units", "removed_chars", "docs_modified")}
     extra["repeated_units"] = _repeated_count(work, n_parts)

@@ -39,6 +39,7 @@ from datasketch import MinHash, MinHashLSH
 from stack_common.config import Checks
 
 from stack_common.atomic import atomic_path, read_json
+from stack_common.shards import ShardCompression
 
 from .common import (ArrowFileWriter, Shard, add_ranks, apply_cluster_decisions, column_numpy, doc_meta,
                      finish_stage, hash_partition, ids_of, input_shards, iter_shard, load_config, pair_partition,
@@ -323,7 +324,8 @@ def _merge_clusters(work: Path, shards: list[Shard], parts: int, memory_budget_m
 # ---- the stage ---------------------------------------------------------------------------------------
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None, stage: str = STAGE) -> dict:
+        ray_address: str | None = None, stage: str = STAGE,
+        compression: ShardCompression = ShardCompression()) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, MinHashConfig, "dedup.minhash")
     check_config(conf)
@@ -370,7 +372,8 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     t0 = timed(steps, "clusters", t0)
     peaks["clusters"] = peak_rss_mb()
 
-    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON), **par)
+    records = run_apply(stage, output_dir, shards, apply_cluster_decisions, (stage, REASON),
+                        compression=compression, **par)
     timed(steps, "write", t0)
     peaks["write"] = peak_rss_mb()
     candidates = verified = docs_without_shingles = 0

@@ -42,6 +42,7 @@ import pyarrow as pa
 from stack_common.atomic import atomic_path, atomic_write_json, read_json
 from stack_common.config import Checks
 from stack_common.logging import get_logger
+from stack_common.shards import ShardCompression
 from stack_common.tasks import shared_workers
 
 from .common import (ShardOutput, Shard, add_annotations, doc_meta, finish_stage, input_shards, iter_shard,
@@ -492,7 +493,7 @@ def _summed_counts(work: Path, shards: list[Shard], k: int, stage: str, par: dic
 
 # ---- 5. write --------------------------------------------------------------------------------------------
 
-def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int) -> dict:
+def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int, compression: ShardCompression) -> dict:
     work = output_dir / "work"
     assigned = read_arrow(work / "assign" / f"{shard.name}.arrow")
     new_id = np.load(work / "renumber.npy") if parts else np.zeros(0, np.int64)
@@ -502,7 +503,7 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int) -> dict
     dups = pa.Table.from_batches([read_partition(work / "dups" / f"{p:05d}.arrow", shard.index) for p in range(parts)],
                                  schema=DUP_SCHEMA).to_pydict()
     dup_of = {d - shard.first_doc: (x, s) for d, x, s in zip(dups["doc"], dups["duplicate_of"], dups["similarity"])}
-    out = ShardOutput(output_dir, shard, stage)
+    out = ShardOutput(output_dir, shard, stage, compression)
     try:
         row = 0
         for batch in iter_shard(shard):
@@ -528,13 +529,14 @@ def _apply_shard(shard: Shard, output_dir: Path, stage: str, parts: int) -> dict
 # ---- the stage ---------------------------------------------------------------------------------------
 
 def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None, stage: str = STAGE) -> dict:
+        ray_address: str | None = None, stage: str = STAGE,
+        compression: ShardCompression = ShardCompression()) -> dict:
     with shared_workers():          # the stage's many steps share one set of spawned workers
-        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage)
+        return _run(input_dir, output_dir, cfg, workers, executor, ray_address, stage, compression)
 
 
 def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: str, ray_address: str | None,
-         stage: str) -> dict:
+         stage: str, compression: ShardCompression) -> dict:
     started = t0 = time.time()
     conf = load_config(cfg, SemanticConfig, "dedup.semantic")
     check_config(conf)
@@ -568,7 +570,8 @@ def _run(input_dir: Path, output_dir: Path, cfg: dict, workers: int, executor: s
         atomic_write_json(summary, facts)
     t0 = timed(steps, "cluster_dedup", t0)
     extra = {"threshold": conf.threshold, **read_json(summary)}
-    records = run_apply(stage, output_dir, shards, _apply_shard, (stage, extra["partitions"]), **par)
+    records = run_apply(stage, output_dir, shards, _apply_shard, (stage, extra["partitions"]),
+                        compression=compression, **par)
     timed(steps, "write", t0)
     extra.setdefault("peak_rss_mb", {})["write"] = peak_rss_mb()
     return finish_stage(stage, output_dir, records, started, {**extra, **steps})
