@@ -280,7 +280,10 @@ def test_minhash_stores_shingles_of_candidate_documents_only(near_dup_corpus, mi
     shards = input_shards(near_dup_corpus[0])
     stored = {s.first_doc + r for s in shards for r in np.load(work / "shingles" / f"{s.name}.rows.npy").tolist()}
     assert stored == candidates and stats["candidate_docs"] == len(candidates)
-    assert 40 <= len(candidates) < stats["docs_in"] - 80               # the unrelated documents are in no pair
+    ids = [i for s in shards for b in iter_shard(s, ["id"]) for i in b.column("id").to_pylist()]
+    planted = {x for a, b, _ in near_dup_corpus[2] for x in (a, b)}
+    near = {x for a, b, j in near_dup_corpus[2] if j >= 0.85 for x in (a, b)}
+    assert near <= {ids[d] for d in candidates} <= planted      # the 60 documents without a copy: no sets
     texts = [t for s in shards for b in iter_shard(s, ["text"]) for t in b.column("text").to_pylist()]
     store = ShingleStore(work, [s.name for s in shards], [s.first_doc for s in shards])
     try:
