@@ -37,7 +37,8 @@ from stack_common.shards import ShardFile, iter_batches, read_manifest, write_ma
 from stack_common.tasks import ray_options, shared_workers
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
-from .dedup.instances import check_stages as check_global_stages, split_stage, stage_settings
+from .dedup.instances import check_stages as check_global_stages, output_settings, release_work, split_stage, \
+    stage_settings
 from .executors import run_units
 from .filters import check_rules
 from .funnel import plot_funnel
@@ -179,6 +180,7 @@ def check_models_unchanged(previous: dict, current: dict, cfg: PipelineConfig, s
 def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages: list[str]) -> None:
     """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
+                                      "dedup": output_settings(as_plain(cfg.dedup)),
                                       "stages": stages, "input_files": [str(p) for p in inputs],
                                       "model_sha256": model_files(cfg, stages)}))
     path = out / "run_config.json"
@@ -269,6 +271,8 @@ def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Path], star
             # them (models, n-gram sets) is gone before the next stage's memory budget applies.
             with shared_workers():
                 run_segment(segment, seg_no, segments, units, cfg, out)
+        if segment.kind == "global":    # also a completed stage's, killed before its work/ was removed
+            release_work(segment.stage_dirs(out)[0], cfg.dedup)
         units = [str(p) for p in kept_files(units_dir_of(segment, out))]
     stats = write_run_stats(out, segments, units_dir_of(segments[-1], out), time.time() - start)
     log.info("done: %d documents read, %d kept, %d quarantined -> %s", stats["docs_read"], stats["docs_kept"],

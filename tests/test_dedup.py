@@ -1,6 +1,8 @@
 """Dedup stages: exact, MinHash-LSH, line/sentence level; determinism, resume, Ray."""
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,9 @@ from _helpers import run_killed_stage
 from datasketch import MinHash, MinHashLSH
 
 from data_pipeline.dedup import GLOBAL_STAGES
-from data_pipeline.dedup.minhash import MinHashConfig, bucket_pairs, jaccard_sorted, lsh_params, shingle_set, signatures
+from data_pipeline.dedup.common import input_shards, iter_shard
+from data_pipeline.dedup.minhash import (MinHashConfig, ShingleStore, bucket_pairs, jaccard_sorted, lsh_params,
+                                     shingle_set, signatures)
 from data_pipeline.dedup.text import char_shingle_hashes, normalize, shingle_codes, shingle_hashes, split_units
 from data_pipeline.dedup.unionfind import component_roots
 from data_pipeline.schema import DOC_SCHEMA
@@ -264,6 +268,35 @@ def test_disk_bands_find_the_same_candidates_as_datasketch_lsh(near_dup_corpus, 
         assert np.array_equal(sig, expect.hashvalues), doc_id
 
 
+def test_minhash_stores_shingles_of_candidate_documents_only(near_dup_corpus, minhash_run):
+    """The verify step's shingle store holds exactly the documents of the candidate pairs, each with the
+    set the signature step hashed; the others' sets are never written."""
+    out, stats = minhash_run
+    work = out / "work"
+    candidates = set()
+    for p in sorted((work / "pairs").glob("part-*.arrow")):
+        t = read_table_file(p)
+        candidates |= set(t.column("doc_a").to_pylist()) | set(t.column("doc_b").to_pylist())
+    shards = input_shards(near_dup_corpus[0])
+    stored = {s.first_doc + r for s in shards for r in np.load(work / "shingles" / f"{s.name}.rows.npy").tolist()}
+    assert stored == candidates and stats["candidate_docs"] == len(candidates)
+    ids = [i for s in shards for b in iter_shard(s, ["id"]) for i in b.column("id").to_pylist()]
+    planted = {x for a, b, _ in near_dup_corpus[2] for x in (a, b)}
+    near = {x for a, b, j in near_dup_corpus[2] if j >= 0.85 for x in (a, b)}
+    assert near <= {ids[d] for d in candidates} <= planted      # the 60 documents without a copy: no sets
+    texts = [t for s in shards for b in iter_shard(s, ["text"]) for t in b.column("text").to_pylist()]
+    store = ShingleStore(work, [s.name for s in shards], [s.first_doc for s in shards])
+    try:
+        for doc in sorted(candidates):
+            assert np.array_equal(store.get(doc), shingle_set(texts[doc], MinHashConfig())), doc
+        with pytest.raises(KeyError, match="no candidate pair"):
+            store.get(next(d for d in range(stats["docs_in"]) if d not in candidates))
+    finally:
+        store.close()
+    size = sum(f.stat().st_size for f in (work / "shingles").glob("*.u32"))
+    assert size == 4 * sum(len(shingle_set(texts[d], MinHashConfig())) for d in candidates)
+
+
 def test_minhash_compares_bucket_members_that_both_miss_the_head(tmp_path):
     """A, B, C share an LSH bucket; B ~ C, but neither passes the check against the best-ranked A."""
     core = " ".join(f"core{i}" for i in range(60))
@@ -378,7 +411,8 @@ def test_line_dedup_keeper_is_a_document_that_stays(tmp_path):
 
 KILL_POINTS = [("exact_dedup", "exact._hash_shard", 2), ("exact_dedup", "common.ShardOutput.keep", 2),
                ("minhash_dedup", "minhash._signature_shard", 2), ("minhash_dedup", "minhash._pair_partition", 2),
-               ("minhash_dedup", "order._sort_range", 1), ("minhash_dedup", "minhash._verify_partition", 2),
+               ("minhash_dedup", "order._sort_range", 1), ("minhash_dedup", "minhash._shingle_shard", 2),
+               ("minhash_dedup", "minhash._verify_partition", 2),
                ("minhash_dedup", "common.ShardOutput.keep", 3),
                ("line_dedup", "lines._unit_shard", 1), ("line_dedup", "common.ShardOutput.keep", 2)]
 
@@ -400,6 +434,71 @@ def test_killed_stage_resumes_to_identical_output(near_dup_corpus, tmp_path):
         GLOBAL_STAGES[stage](src, out, cfg, 1, "local", None)
         assert _outputs(out) == reference[stage], target
         assert not [p for p in out.rglob(".*.tmp")], "temp files of the killed run are cleaned"
+
+
+# ---- work/ of a committed stage -----------------------------------------------------------------------------
+
+PIPELINE_DEDUP = ["stages=[exact_dedup,minhash_dedup]", "workers=1", "dedup.minhash.memory_budget_mb=0.05"]
+KILL_IN_PIPELINE = """
+import os, signal, sys
+from data_pipeline.__main__ import execute, load_config
+from data_pipeline.dedup import minhash
+original = minhash._verify_partition
+def killing(*args, **kwargs):
+    original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+minhash._verify_partition = killing
+execute(load_config(sys.argv[1:]))
+"""
+
+
+def _pipeline(src, out, *overrides):
+    from data_pipeline.__main__ import execute, load_config
+    return execute(load_config([f"input={src}", f"output={out}", *PIPELINE_DEDUP, *overrides]))
+
+
+def _stage_outputs(out):
+    return {d.name: _outputs(d) for d in sorted((out / "stages").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def pipeline_dedup(near_dup_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "out"
+    _pipeline(near_dup_corpus[0], out)
+    return out
+
+
+def test_pipeline_removes_committed_stages_work_unless_keep_work(near_dup_corpus, pipeline_dedup, tmp_path):
+    stage_dirs = sorted((pipeline_dedup / "stages").iterdir())
+    assert [d.name for d in stage_dirs] == ["00_exact_dedup", "01_minhash_dedup"]
+    for d in stage_dirs:
+        assert (d / "stats.json").is_file() and (d / "kept/manifest.json").is_file() and not (d / "work").exists()
+    kept = tmp_path / "kept"
+    _pipeline(near_dup_corpus[0], kept, "dedup.keep_work=true")
+    assert _stage_outputs(kept) == _stage_outputs(pipeline_dedup)
+    assert (kept / "stages/00_exact_dedup/work/decisions.json").is_file()
+    assert len(list((kept / "stages/01_minhash_dedup/work/shingles").glob("*.rows.npy"))) >= 2
+    # keep_work does not decide the output: a rerun without it is no other run; it removes the work/ left
+    stats_files = sorted(kept.glob("stages/*/stats.json"))
+    mtimes = [p.stat().st_mtime_ns for p in stats_files]
+    _pipeline(near_dup_corpus[0], kept)
+    assert [p.stat().st_mtime_ns for p in stats_files] == mtimes and not list(kept.glob("stages/*/work"))
+    with pytest.raises(ConfigError, match="dedup.keep_work: true or false"):
+        _pipeline(near_dup_corpus[0], tmp_path / "bad", "dedup.keep_work=maybe")
+
+
+@pytest.mark.slow
+def test_pipeline_killed_in_a_dedup_stage_keeps_its_work_and_resumes(near_dup_corpus, pipeline_dedup, tmp_path):
+    src, out = near_dup_corpus[0], tmp_path / "out"
+    env = {"BC_NO_PROGRESS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_PIPELINE, f"input={src}", f"output={out}", *PIPELINE_DEDUP],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    stage = out / "stages/01_minhash_dedup"
+    assert not (stage / "stats.json").exists() and not (out / "stages/00_exact_dedup/work").exists()
+    assert len(list((stage / "work/verified").glob("part-*.arrow"))) == 1      # the work done so far is kept
+    _pipeline(src, out)
+    assert _stage_outputs(out) == _stage_outputs(pipeline_dedup) and not list(out.glob("stages/*/work"))
 
 
 # ---- Ray ---------------------------------------------------------------------------------------------------

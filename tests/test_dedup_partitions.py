@@ -215,18 +215,22 @@ def test_partition_batches_hold_no_file_descriptor(tmp_path):
 
 
 def test_shingle_store_closes_the_least_recently_read_file(tmp_path):
-    shards = [Shard(i, tmp_path, f"s{i}", 2 * i, 2) for i in range(3)]
+    # 3 shards of 4 documents; rows 1 and 3 of each are candidates (the only sets stored)
+    shards = [Shard(i, tmp_path, f"s{i}", 4 * i, 4) for i in range(3)]
     (tmp_path / "shingles").mkdir()
     for s in shards:
         sets = [np.array([s.index, 100], "<u4"), np.array([7], "<u4")]
         (tmp_path / "shingles" / f"{s.name}.u32").write_bytes(b"".join(x.tobytes() for x in sets))
         np.save(tmp_path / "shingles" / f"{s.name}.offsets.npy", np.array([0, 2, 3]))
+        np.save(tmp_path / "shingles" / f"{s.name}.rows.npy", np.array([1, 3]))
     store = ShingleStore(tmp_path, [s.name for s in shards], [s.first_doc for s in shards])
     store.MAX_OPEN = 2
     try:
-        assert store.get(0).tolist() == [0, 100] and store.get(3).tolist() == [7]      # s0, s1 open
-        assert store.get(1).tolist() == [7]                                            # s0 read again
-        assert store.get(4).tolist() == [2, 100]                                       # s2 opens, s1 closes
+        assert store.get(1).tolist() == [0, 100] and store.get(7).tolist() == [7]      # s0, s1 open
+        assert store.get(3).tolist() == [7]                                            # s0 read again
+        assert store.get(9).tolist() == [2, 100]                                       # s2 opens, s1 closes
         assert list(store._open) == [0, 2]
+        with pytest.raises(KeyError, match="document 8 .row 0 of s2. is in no candidate pair"):
+            store.get(8)
     finally:
         store.close()

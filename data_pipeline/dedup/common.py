@@ -1,7 +1,8 @@
 """What the three dedup stages share: input shards, survivor order, per-shard output, stats.
 
 Layout of a stage's output directory:
-    work/      intermediate artifacts (each written atomically; present = sub-step done)
+    work/      intermediate artifacts (each written atomically; present = sub-step done); the pipeline
+               removes it once stats.json is written, unless dedup.keep_work (instances.release_work)
     kept/      DOC_SCHEMA shard dir, one group of files per input shard, in input order
     excluded/  EXCLUDED_SCHEMA shard dir (stage, reason; duplicate_of/cluster_id in annotations)
     stats.json written last: its presence means the stage is complete

@@ -1,4 +1,4 @@
-"""Global stage names and their settings.
+"""Global stage names and their settings, and what happens to a stage's work/ once it is done.
 
 A stage runs once per name in `stages`. `line_dedup@sentence` is an instance of `line_dedup`: its
 settings are `dedup.line`, then `dedup.instances.line_dedup.sentence` over them, and its output,
@@ -12,10 +12,14 @@ one pipeline, each with its own settings and stats:
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 # stage -> its settings in the `dedup` config group (configs/data/dedup/default.yaml)
 CONFIG_KEYS = {"exact_dedup": "exact", "minhash_dedup": "minhash", "line_dedup": "line",
                "semantic_dedup": "semantic", "cluster_balance": "balance"}
 INSTANCES = "instances"
+KEEP_WORK = "keep_work"     # a setting of every global stage, beside the stages' own: `dedup.keep_work`
 
 
 def split_stage(stage: str) -> tuple[str, str | None]:
@@ -36,10 +40,12 @@ def stage_settings(stage: str, dedup: dict) -> dict:
 def check_stages(stages: list[str], dedup: dict) -> list[str]:
     """Problems with the global stage names and the `dedup` settings, one line each."""
     problems = []
-    known_keys = [*CONFIG_KEYS.values(), INSTANCES]
+    known_keys = [*CONFIG_KEYS.values(), INSTANCES, KEEP_WORK]
     for key in dedup:
         if key not in known_keys:
             problems.append(f"dedup.{key}: unknown settings (known: {', '.join(known_keys)})")
+    if not isinstance(dedup.get(KEEP_WORK, False), bool):
+        problems.append(f"dedup.{KEEP_WORK}: true or false, got {dedup[KEEP_WORK]!r}")
     instances = dedup.get(INSTANCES) or {}
     for base, named in instances.items():
         if base not in CONFIG_KEYS:
@@ -59,3 +65,15 @@ def check_stages(stages: list[str], dedup: dict) -> list[str]:
             problems.append(f"stages: '{stage}' is an unknown instance of {base}: add its settings as "
                             f"dedup.instances.{base}.{instance} (configured instances: {have})")
     return problems
+
+
+def output_settings(dedup: dict) -> dict:
+    """The `dedup` settings that decide a run's output (keep_work does not: a rerun may change it)."""
+    return {key: value for key, value in dedup.items() if key != KEEP_WORK}
+
+
+def release_work(stage_dir: Path, dedup: dict) -> None:
+    """Remove the work/ of a committed global stage (its stats.json written) unless `dedup.keep_work`:
+    nothing reads it after the stage. A stage killed before its commit keeps its work/ to resume from."""
+    if not dedup.get(KEEP_WORK, False) and (stage_dir / "stats.json").is_file():
+        shutil.rmtree(stage_dir / "work", ignore_errors=True)

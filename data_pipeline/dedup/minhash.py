@@ -2,8 +2,9 @@
 connected components, one deterministic survivor per cluster.
 
 Steps, each resumable (an artifact under work/ that exists is not recomputed); P partitions:
-  1. signatures  per input shard, in parallel: shingle hashes (sorted, raw, for the Jaccard check),
-                 MinHash signatures beside ids, and one 64-bit key per LSH band, written once as P record batches (partition = hash of the key) of one uncompressed file.
+  1. signatures  per input shard, in parallel: MinHash signatures beside ids, and one 64-bit key per
+                 LSH band, written once as P record batches (partition = hash of the key) of one
+                 uncompressed file.
   2. order       survivor rank of every document (quality, length, id), a range-partitioned sort
                  (order.py): input order plays no part; then per input shard, in parallel, its
                  slice of the ranks is added to its band-key partitions.
@@ -11,21 +12,24 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed); P
                  bucket is paired with the bucket's best-ranked document and with the `bucket_window`
                  documents ranked just above it (all pairs in buckets of up to bucket_window + 1), so
                  two near copies that both miss the head are still compared. The pairs (ranks and
-                 documents) are written as P record batches by a hash of the pair.
-  4. verify      per pair partition, in parallel: distinct pairs (the same pair from several bands
+                 documents) are written as P record batches by a hash of the pair, and the documents
+                 in them (candidates) as one record batch per input shard.
+  4. shingles    per input shard, in parallel: the shingle sets of its candidates only (sorted, raw,
+                 for the Jaccard check; most documents are in no pair and never need theirs), the
+                 text read again and shingled as in step 1.
+  5. verify      per pair partition, in parallel: distinct pairs (the same pair from several bands
                  meets in one partition), exact Jaccard of the shingle sets, read per document;
                  pairs below the threshold are dropped; the partition's components (scipy) are
                  reduced to (node, smallest rank) links, with the documents of both.
-  5. clusters    on the driver, the links of all partitions merged with scipy (memory: the linked
+  6. clusters    on the driver, the links of all partitions merged with scipy (memory: the linked
                  documents); the root (smallest rank) survives; then per rank range, in parallel,
                  the clusters numbered and written per input shard (common.write_decisions).
-  6. write       kept/excluded per input shard from its own decisions, then manifests and stats.json.
+  7. write       kept/excluded per input shard from its own decisions, then manifests and stats.json.
 P = ceil(documents * bands * BYTES_PER_BAND_KEY / memory_budget_mb), at most MAX_PARTITIONS: a pairs
 task holds its partition's (document, band, key, rank) rows, their sort order and the pairs made.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -58,6 +62,7 @@ BYTES_PER_BAND_KEY = 112    # a pairs task: document, band, key, rank, sort orde
 MERGE_BYTES_PER_LINK = 130  # linked_components: unique with inverse, sparse matrix, labels (measured peak)
 BAND_SCHEMA = pa.schema([("doc", pa.int64()), ("band", pa.int16()), ("key", pa.uint64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("doc_a", pa.int64()), ("doc_b", pa.int64())])
+CANDIDATE_SCHEMA = pa.schema([("doc", pa.int64())])
 
 
 @dataclass
@@ -131,49 +136,30 @@ def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarr
 
 
 def _signature_shard(shard: Shard, work: Path, conf: MinHashConfig, bands: int, rows: int, parts: int) -> None:
-    """Signatures, band keys and shingle sets of one shard, streamed batch by batch (band keys are held
-    until the end of the shard, then written by partition)."""
-    docs, keys, counts = [], [], [np.zeros(1, np.int64)]
-    with contextlib.ExitStack() as stack:
-        signature_file = stack.enter_context(ArrowFileWriter(work / "signatures" / f"{shard.name}.arrow",
-                                                             _signature_schema(conf.num_perm)))
-        # Shingles raw: the verify step reads single documents' sets with pread (ShingleStore).
-        values_file = stack.enter_context(open(stack.enter_context(atomic_path(_shingle_path(work, shard.name))),
-                                               "wb"))
+    """Signatures and band keys of one shard, streamed batch by batch (band keys are held until the end
+    of the shard, then written by partition; the signatures file, renamed last, marks the shard done)."""
+    docs, keys = [], []
+    with ArrowFileWriter(work / "signatures" / f"{shard.name}.arrow", _signature_schema(conf.num_perm)) as out:
         row = shard.first_doc
         for batch in iter_shard(shard, ["id", "text", "quality_score"]):
             sets = [shingle_set(t or "", conf) for t in batch.column("text").to_pylist()]
             sig = signatures(sets, conf.num_perm, conf.seed)
-            has = np.array([len(s) > 0 for s in sets], dtype=bool)
-            counts.append(np.array([len(s) for s in sets], dtype=np.int64))
-            for values in sets:
-                values_file.write(values.astype("<u4").tobytes())
-            docs.append(row + np.flatnonzero(has))
-            keys.append(band_keys(sig[has], bands, rows))
-            signature_file.write({**doc_meta(batch), "n_shingles": pa.array(counts[-1], pa.int64()),
-                                  "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)),
-                                                                                 conf.num_perm)})
+            counts = np.array([len(s) for s in sets], dtype=np.int64)
+            docs.append(row + np.flatnonzero(counts > 0))
+            keys.append(band_keys(sig[counts > 0], bands, rows))
+            out.write({**doc_meta(batch), "n_shingles": pa.array(counts, pa.int64()),
+                       "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), conf.num_perm)})
             row += batch.num_rows
-        with atomic_path(_shingle_path(work, shard.name, "offsets.npy")) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.cumsum(np.concatenate(counts)))
         doc = np.concatenate(docs + [np.zeros(0, np.int64)])
         key = np.concatenate(keys + [np.zeros((0, bands), np.uint64)])
         write_partitioned(work / "bands" / f"{shard.name}.arrow", BAND_SCHEMA,
                           {"doc": np.repeat(doc, bands), "band": np.tile(np.arange(bands, dtype=np.int16), len(doc)),
                            "key": key.reshape(-1)}, hash_partition(key.reshape(-1), parts), parts)
-        # Leaving the block renames the files in reverse order of opening: the signatures file comes
-        # last and marks the shard done.
 
 
 def _signature_schema(num_perm: int) -> pa.Schema:
     return pa.schema([("id", pa.string()), ("quality_score", pa.float32()), ("n_chars", pa.int64()),
                       ("n_shingles", pa.int64()), ("signature", pa.list_(pa.uint32(), num_perm))])
-
-
-def _shingle_path(work: Path, shard_name: str, suffix: str = "u32") -> Path:
-    """work/shingles/<shard>.u32: every document's sorted shingle hashes, little-endian uint32, in
-    document order; <shard>.offsets.npy: where each document's starts (documents + 1 values)."""
-    return work / "shingles" / f"{shard_name}.{suffix}"
 
 
 # ---- 3. bands ----------------------------------------------------------------------------------------
@@ -203,8 +189,9 @@ def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, window: int) -> tuple[np.n
     return np.concatenate(a), np.concatenate(b)
 
 
-def _pair_partition(part: int, work: Path, names: list[str], window: int, parts: int) -> int:
-    """Candidate pairs (ranks and documents) of one band-key partition, written as `parts` pair-hash partitions."""
+def _pair_partition(part: int, work: Path, names: list[str], first_docs: list[int], window: int, parts: int) -> int:
+    """Candidate pairs (ranks and documents) of one band-key partition, written as `parts` pair-hash
+    partitions; their documents as one record batch per input shard (for the shingles step)."""
     batches = [read_partition(work / "ranked_bands" / f"{n}.arrow", part) for n in names]
     docs, band, keys, rank = (np.concatenate([b.column(name).to_numpy() for b in batches] + [np.zeros(0, dtype)])
                               for name, dtype in (("doc", np.int64), ("band", np.int16), ("key", np.uint64),
@@ -222,12 +209,49 @@ def _pair_partition(part: int, work: Path, names: list[str], window: int, parts:
     a, b = np.concatenate(a), np.concatenate(b)
     ranks, first = np.unique(rank, return_index=True)         # the partition's documents by rank
     doc_of = lambda r: docs[first[np.searchsorted(ranks, r)]]  # noqa: E731
-    write_partitioned(work / "pairs" / f"part-{part:05d}.arrow", PAIR_SCHEMA,
-                      {"a": a, "b": b, "doc_a": doc_of(a), "doc_b": doc_of(b)}, pair_partition(a, b, parts), parts)
+    doc_a, doc_b = doc_of(a), doc_of(b)
+    candidates = np.unique(np.concatenate([doc_a, doc_b]))
+    write_partitioned(work / "candidates" / f"part-{part:05d}.arrow", CANDIDATE_SCHEMA, {"doc": candidates},
+                      np.searchsorted(np.asarray(first_docs, np.int64), candidates, side="right") - 1, len(names))
+    write_partitioned(work / "pairs" / f"part-{part:05d}.arrow", PAIR_SCHEMA,     # last: marks the partition done
+                      {"a": a, "b": b, "doc_a": doc_a, "doc_b": doc_b}, pair_partition(a, b, parts), parts)
     return len(a)
 
 
-# ---- 4. verify ---------------------------------------------------------------------------------------
+# ---- 4. shingles -------------------------------------------------------------------------------------
+
+def _shingle_shard(shard: Shard, work: Path, conf: MinHashConfig, parts: int) -> int:
+    """Shingle sets of one shard's candidates (its documents in any candidate pair), in document order,
+    raw: the verify step reads single sets with pread (ShingleStore). Returns the candidate count."""
+    batches = [read_partition(work / "candidates" / f"part-{p:05d}.arrow", shard.index) for p in range(parts)]
+    rows = np.unique(np.concatenate([b.column("doc").to_numpy() for b in batches] + [np.zeros(0, np.int64)]))
+    rows -= shard.first_doc
+    del batches
+    counts = [np.zeros(1, np.int64)]
+    with atomic_path(_shingle_path(work, shard.name)) as tmp, open(tmp, "wb") as values_file:
+        row = 0
+        for batch in iter_shard(shard, ["text"]):
+            lo, hi = np.searchsorted(rows, [row, row + batch.num_rows])
+            if hi > lo:
+                texts = batch.column("text").take(pa.array(rows[lo:hi] - row)).to_pylist()
+                sets = [shingle_set(t or "", conf) for t in texts]
+                counts.append(np.array([len(v) for v in sets], dtype=np.int64))
+                values_file.write(b"".join(v.astype("<u4").tobytes() for v in sets))
+            row += batch.num_rows
+    for suffix, values in (("offsets.npy", np.cumsum(np.concatenate(counts))), ("rows.npy", rows)):
+        with atomic_path(_shingle_path(work, shard.name, suffix)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, values)                 # rows.npy, written last, marks the shard done
+    return len(rows)
+
+
+def _shingle_path(work: Path, shard_name: str, suffix: str = "u32") -> Path:
+    """work/shingles/<shard>.u32: the sorted shingle hashes of the shard's candidates, little-endian
+    uint32, in document order; <shard>.offsets.npy: where each one's start (candidates + 1 values);
+    <shard>.rows.npy: the candidates' rows in the shard (sorted)."""
+    return work / "shingles" / f"{shard_name}.{suffix}"
+
+
+# ---- 5. verify ---------------------------------------------------------------------------------------
 
 def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
     """Exact Jaccard similarity of two sorted arrays of distinct values."""
@@ -241,15 +265,15 @@ def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class ShingleStore:
-    """Shingle sets by global document index, read one set at a time (pread) from the per-shard raw
-    files: a task's memory holds the sets it compares, not the files (a memory map of randomly
-    accessed sets would bring most of every file's pages into the task's resident memory)."""
+    """Shingle sets of candidate documents by global document index, read one set at a time (pread)
+    from the per-shard raw files: a task's memory holds the sets it compares, not the files (a memory
+    map of randomly accessed sets would bring most of every file's pages into the task's resident memory)."""
 
     MAX_OPEN = 256      # files held open; past it, the least recently read is closed
 
     def __init__(self, work: Path, names: list[str], first_docs: list[int]):
         self.work, self.names, self.first = work, names, np.asarray(first_docs, dtype=np.int64)
-        self._open: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
 
     def get(self, doc: int) -> np.ndarray:
         s = int(np.searchsorted(self.first, doc, side="right") - 1)
@@ -258,15 +282,19 @@ class ShingleStore:
         else:
             if len(self._open) >= self.MAX_OPEN:
                 os.close(self._open.popitem(last=False)[1][0])
-            offsets = np.load(_shingle_path(self.work, self.names[s], "offsets.npy"), mmap_mode="r")
-            self._open[s] = (os.open(_shingle_path(self.work, self.names[s]), os.O_RDONLY), offsets)
-        fd, offsets = self._open[s]
-        i = doc - self.first[s]
+            load = lambda suffix: np.load(_shingle_path(self.work, self.names[s], suffix), mmap_mode="r")  # noqa: E731
+            self._open[s] = (os.open(_shingle_path(self.work, self.names[s]), os.O_RDONLY), load("rows.npy"),
+                             load("offsets.npy"))
+        fd, rows, offsets = self._open[s]
+        row = doc - self.first[s]
+        i = int(np.searchsorted(rows, row))
+        if i == len(rows) or rows[i] != row:
+            raise KeyError(f"document {doc} (row {row} of {self.names[s]}) is in no candidate pair: no shingles stored")
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         return np.frombuffer(os.pread(fd, 4 * (hi - lo), 4 * lo), dtype="<u4")
 
     def close(self) -> None:
-        for fd, _ in self._open.values():
+        for fd, _, _ in self._open.values():
             os.close(fd)
         self._open.clear()
 
@@ -356,10 +384,14 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     t0 = timed(steps, "rank", t0)
 
     todo = [p for p in range(parts) if not (work / "pairs" / f"part-{p:05d}.arrow").is_file()]
-    run_tasks(_pair_partition, [(p, work, names, conf.bucket_window, parts) for p in todo],
+    run_tasks(_pair_partition, [(p, work, names, firsts, conf.bucket_window, parts) for p in todo],
               desc=f"{stage}: pairs", **par)
     t0 = timed(steps, "pairs", t0)
     peaks["pairs"] = peak_rss_mb()
+
+    todo = [s for s in shards if not _shingle_path(work, s.name, "rows.npy").is_file()]
+    run_tasks(_shingle_shard, [(s, work, conf, parts) for s in todo], desc=f"{stage}: shingles", **par)
+    t0 = timed(steps, "shingles", t0)
 
     todo = [p for p in range(parts) if not (work / "verified" / f"part-{p:05d}.arrow").is_file()]
     run_tasks(_verify_partition, [(p, work, names, firsts, conf.threshold, parts) for p in todo],
@@ -376,10 +408,11 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
                         compression=compression, **par)
     timed(steps, "write", t0)
     peaks["write"] = peak_rss_mb()
-    candidates = verified = docs_without_shingles = 0
+    candidates = verified = docs_without_shingles = candidate_docs = 0
     for n in names:
         n_shingles = read_columns(work / "signatures" / f"{n}.arrow", ["n_shingles"]).column("n_shingles")
         docs_without_shingles += int((n_shingles.to_numpy() == 0).sum())
+        candidate_docs += len(np.load(_shingle_path(work, n, "rows.npy"), mmap_mode="r"))
     for p in range(parts):
         table = read_arrow(work / "verified" / f"part-{p:05d}.arrow")
         candidates += int(table.schema.metadata[b"candidates"])
@@ -387,7 +420,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     return finish_stage(stage, output_dir, records, started, {
         "threshold": conf.threshold, "num_perm": conf.num_perm, "shingle": conf.shingle, "ngram": conf.ngram,
         "bands": bands, "rows": rows, "partitions": parts, "order_ranges": order_ranges,
-        "candidate_pairs": candidates, "verified_pairs": verified,
+        "candidate_pairs": candidates, "candidate_docs": candidate_docs, "verified_pairs": verified,
         "clusters": read_json(work / "decisions.json")["clusters"],
         "docs_without_shingles": docs_without_shingles, "step_seconds": steps.get("step_seconds", {}),
         "peak_rss_mb": peaks})
