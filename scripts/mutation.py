@@ -8,11 +8,18 @@ the reason and left out of the score.
 
     python scripts/mutation.py                 # every module
     python scripts/mutation.py filters dedup   # some
+    python scripts/mutation.py dedup --sample 350 --seed 1   # a seeded uniform sample of its mutants
+
+With --sample N --seed S: N of the module's mutants drawn uniformly (sorted names, random.Random(S)),
+scored killed / (N - equivalent) with a 95 % Wilson interval. A rerun tests only those not yet
+tested; --retest tests the sample's survivors again (after adding tests).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -31,9 +38,14 @@ MODULES = {
                 ["tests/test_data_pipeline_rules.py", "tests/test_content_rules.py",
                  "tests/test_pipeline_inputs.py::test_rule_typos_are_errors",
                  "tests/test_pipeline_inputs.py::test_typed_thresholds_reach_the_rule"]),
-    # Not the Ray test: a Ray cluster started in a forked mutant worker hangs.
-    "dedup": (["data_pipeline/dedup/*"], ["tests/test_dedup.py", "tests/test_dedup_chinese.py",
-                                          "--deselect", "tests/test_dedup.py::test_ray_executor_matches_local"]),
+    # Not the Ray tests (test_ray_cluster.py, the Ray executor test): a Ray cluster started in a forked
+    # mutant worker hangs. Tests with workers=2 count: spawned workers import the mutated copy and
+    # inherit MUTANT_UNDER_TEST, but only functions also called in the pytest process get mapped to them.
+    "dedup": (["data_pipeline/dedup/*"],
+              [*(f"tests/{f}.py" for f in ("test_dedup", "test_dedup_chinese", "test_dedup_partitions",
+                                          "test_line_dedup_partitions", "test_dedup_semantic",
+                                          "test_dedup_semantic_partitioned", "test_dedup_units")),
+               "--deselect", "tests/test_dedup.py::test_ray_executor_matches_local"]),
     # Unit tests only: the export tests train a run in their fixture, which every mutant would redo.
     "layout": (["checkpoints_tools/layout.py"],
                ["tests/test_layout.py"] + [CKPT_TESTS + t for t in ("test_alibi_slopes_follow_baichuan_rule", "test_qkv_grouped_rows_split_merge_and_w_pack",
@@ -126,19 +138,39 @@ def prepare(name: str) -> Path:
     return work
 
 
-def run_module(name: str, children: int) -> dict:
+# mutmut generates mutants only inside `mutmut run`; this runs just that step (its own functions), so
+# that a sample can be drawn from every mutant before any is tested.
+GENERATE = ("import os; from mutmut.__main__ import copy_src_dir, copy_also_copy_files, setup_source_paths, "
+            "create_mutants; os.makedirs('mutants', exist_ok=True); copy_src_dir(); copy_also_copy_files(); "
+            "setup_source_paths(); create_mutants(1)")
+
+
+def run_module(name: str, children: int, sample: int | None = None, seed: int = 0, retest: bool = False) -> dict:
     if MODULES[name][1] is None:
         return {"module": name, "mutants": 0, "equivalent": 0, "killed": 0, "score": float("nan"),
-                "survivors": ["not measured: its code runs only in spawned ranks (see MODULES)"]}
+                "interval": (float("nan"),) * 2, "generated": None, "survivors": ["not measured: its code runs only in spawned ranks (see MODULES)"]}
     work = prepare(name)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", BC_NO_PROGRESS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
-    subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env, check=False)
-    out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env,
-                         capture_output=True, text=True, check=True).stdout
-    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
-    return score(name, statuses)
+
+    def results() -> dict:
+        out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env,
+                             capture_output=True, text=True, check=True).stdout
+        return dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
+
+    if not sample:
+        subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env, check=False)
+        return {**score(name, results()), "generated": None}
+    # A sample: only its untested mutants run (a rerun continues), or with retest its survivors again.
+    subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+    statuses = results()
+    names = random.Random(seed).sample(sorted(statuses), min(sample, len(statuses)))
+    todo = sorted(n for n in names if statuses[n] == "not checked" or retest and statuses[n] not in KILLED)
+    if todo:
+        subprocess.run([*mutmut, "run", "--max-children", str(children), *todo], cwd=work, env=env, check=False)
+        statuses = results()
+    return {**score(name, {n: statuses[n] for n in names}), "generated": len(statuses)}
 
 
 def score(name: str, statuses: dict) -> dict:
@@ -147,8 +179,18 @@ def score(name: str, statuses: dict) -> dict:
     survivors = sorted(k for k, v in counted.items() if v not in KILLED)
     result = {"module": name, "mutants": len(statuses), "equivalent": len(statuses) - len(counted),
               "killed": killed, "score": killed / len(counted) if counted else float("nan"),
+              "interval": wilson(killed, len(counted)),
               "survivors": [f"{k}: {counted[k]}" for k in survivors]}
     return result
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, zz = k / n, z * z / n
+    mid, half = (p + zz / 2) / (1 + zz), z / (1 + zz) * math.sqrt(p * (1 - p) / n + zz / (4 * n))
+    return mid - half, mid + half
 
 
 def main(argv=None) -> int:
@@ -156,14 +198,19 @@ def main(argv=None) -> int:
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"any of {', '.join(MODULES)} (default: all)")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
+    parser.add_argument("--sample", type=int, metavar="N", help="test a uniform random sample of N mutants")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument("--retest", action="store_true", help="with --sample: test its surviving mutants again")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
-    results = [run_module(m, args.children) for m in (args.modules or list(MODULES))]
-    print(f"\n{'module':<8} {'mutants':>8} {'equiv.':>7} {'killed':>7} {'score':>7}")
+    results = [run_module(m, args.children, args.sample, args.seed, args.retest) for m in (args.modules or list(MODULES))]
+    print(f"\n{'module':<8} {'mutants':>8} {'tested':>7} {'equiv.':>7} {'killed':>7} {'score':>7}  95 % interval")
     for r in results:
-        print(f"{r['module']:<8} {r['mutants']:>8} {r['equivalent']:>7} {r['killed']:>7} {r['score']:>7.1%}")
+        low, high = r["interval"]
+        print(f"{r['module']:<8} {r['generated'] or r['mutants']:>8} {r['mutants']:>7} {r['equivalent']:>7} "
+              f"{r['killed']:>7} {r['score']:>7.1%}  {low:.1%} - {high:.1%}")
         if args.survivors:
             print("\n".join("    " + s for s in r["survivors"]))
     return 0
