@@ -12,7 +12,8 @@ the reason and left out of the score.
 
 With --sample N --seed S: N of the module's mutants drawn uniformly (sorted names, random.Random(S)),
 scored killed / (N - equivalent) with a 95 % Wilson interval. A rerun tests only those not yet
-tested; --retest tests the sample's survivors again (after adding tests).
+tested; --retest [TEST ...] tests the sample's survivors again after tests were added (with only the
+given tests, in .mutation/<module>-retest/, so a survivor does not rerun every slow test first).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ MODULE_SETTINGS = {"loss": {"process_isolation": "forkserver"}, "optim": {"proce
 # Mutants no test can kill because the program behaves the same; left out of the score.
 _LAYOUT = "checkpoints_tools.layout.x_"
 _LOSS = "pretrain.model.loss."
+_DEDUP = "data_pipeline.dedup."
 TP_ONLY = "TP > 1 only: differs only across tensor-parallel ranks; one process has TP = 1"
 EQUIVALENT: dict[str, str] = {
     **{f"{_LAYOUT}{name}": "drops dim=0 from chunk/cat/split, whose default is dim 0"
@@ -96,6 +98,17 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_LOSS}x_vocab_parallel_max__mutmut_{n}": TP_ONLY for n in (1, 2, 3, 5)},
     **{f"{_LOSS}x_mask_vocab_padding__mutmut_{n}": TP_ONLY for n in (5, 7, 19)},
     f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_22": TP_ONLY,
+    # dedup (sampled: scripts/mutation.py dedup --sample 80 --seed 1)
+    f"{_DEDUP}balance.x__run__mutmut_155": "looks for finished split files elsewhere: a resume splits every shard "
+                                          "again, to the same files",
+    f"{_DEDUP}balance.x_plot_sizes__mutmut_7": "unstable sort of the bars: tied clusters have equal sizes and kept "
+                                              "counts, so the same bars",
+    f"{_DEDUP}semantic.x_decide__mutmut_159": "float64 instead of float32 for the (0, 1) centroids of an input "
+                                             "without embeddings: only their count is read",
+    f"{_DEDUP}semantic.x_decide__mutmut_204": "the partition step's tasks run in the driver instead of the workers: "
+                                             "the same files",
+    f"{_DEDUP}semantic.x_fit_sample__mutmut_41": "reads every column of the shard rather than only `text`: "
+                                                "the same texts",
     **{f"data_pipeline.filters.english.x_gopher_repetition__mutmut_{n}":
        "min_dup_line_chars 1 instead of 0 when unset: an empty line or paragraph never counts as a repeat anyway"
        for n in (10, 39)},
@@ -104,11 +117,11 @@ EQUIVALENT: dict[str, str] = {
 KILLED = {"killed", "timeout", "caught by type check"}
 
 
-def module_pyproject(name: str) -> str:
-    """The repository's pyproject.toml with [tool.mutmut] narrowed to one module."""
+def module_pyproject(name: str, tests: list[str] | None = None) -> str:
+    """The repository's pyproject.toml with [tool.mutmut] narrowed to one module (and to `tests`)."""
     text = (REPO / "pyproject.toml").read_text()
     base = tomllib.loads(text)["tool"]["mutmut"]
-    only, tests = MODULES[name]
+    only, tests = MODULES[name][0], tests or MODULES[name][1]
     lines = [f"{k} = {toml_value(v)}" for k, v in base.items()
              if k not in ("only_mutate", "pytest_add_cli_args_test_selection")]
     lines += [f"only_mutate = {toml_value(only)}", f"pytest_add_cli_args_test_selection = {toml_value(tests)}"]
@@ -127,14 +140,14 @@ def toml_value(v) -> str:
     return str(v)
 
 
-def prepare(name: str) -> Path:
-    work = WORK / name
+def prepare(name: str, tests: list[str] | None = None) -> Path:
+    work = WORK / (f"{name}-retest" if tests else name)
     work.mkdir(parents=True, exist_ok=True)
     for entry in LINKED:
         link = work / entry
         if not link.is_symlink():
             link.symlink_to(REPO / entry)
-    (work / "pyproject.toml").write_text(module_pyproject(name))
+    (work / "pyproject.toml").write_text(module_pyproject(name, tests))
     return work
 
 
@@ -145,32 +158,45 @@ GENERATE = ("import os; from mutmut.__main__ import copy_src_dir, copy_also_copy
             "setup_source_paths(); create_mutants(1)")
 
 
-def run_module(name: str, children: int, sample: int | None = None, seed: int = 0, retest: bool = False) -> dict:
+def run_module(name: str, children: int, sample: int | None = None, seed: int = 0,
+               retest: list[str] | None = None) -> dict:
     if MODULES[name][1] is None:
         return {"module": name, "mutants": 0, "equivalent": 0, "killed": 0, "score": float("nan"),
                 "interval": (float("nan"),) * 2, "generated": None, "survivors": ["not measured: its code runs only in spawned ranks (see MODULES)"]}
-    work = prepare(name)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", BC_NO_PROGRESS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
 
-    def results() -> dict:
+    def results(work: Path) -> dict:
         out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env,
                              capture_output=True, text=True, check=True).stdout
         return dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.M))
 
+    def run(work: Path, names: list[str]) -> dict:
+        subprocess.run([*mutmut, "run", "--max-children", str(children), *names], cwd=work, env=env, check=False)
+        return results(work)
+
+    work = prepare(name)
     if not sample:
-        subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env, check=False)
-        return {**score(name, results()), "generated": None}
-    # A sample: only its untested mutants run (a rerun continues), or with retest its survivors again.
+        return {**score(name, run(work, [])), "generated": None}
+    # A sample: only its untested mutants run (a rerun continues).
     subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
-    statuses = results()
+    statuses = results(work)
     names = random.Random(seed).sample(sorted(statuses), min(sample, len(statuses)))
-    todo = sorted(n for n in names if statuses[n] == "not checked" or retest and statuses[n] not in KILLED)
+    todo = sorted(n for n in names if statuses[n] == "not checked")
     if todo:
-        subprocess.run([*mutmut, "run", "--max-children", str(children), *todo], cwd=work, env=env, check=False)
-        statuses = results()
-    return {**score(name, {n: statuses[n] for n in names}), "generated": len(statuses)}
+        statuses = run(work, todo)
+    survivors = sorted(n for n in names if statuses[n] not in KILLED | {"not checked"} and n not in EQUIVALENT)
+    if retest is not None and survivors:
+        # The survivors again, after tests were added: with only the given tests (a work directory of
+        # their own, so each survivor runs just those), or with the module's selection. A mutant those
+        # tests kill is killed by the selection, which includes them.
+        again = prepare(name, retest)
+        subprocess.run([sys.executable, "-c", GENERATE], cwd=again, env=env, check=True, stdout=subprocess.DEVNULL)
+        retested = run(again, survivors)
+        statuses.update({n: retested[n] for n in survivors})
+    tested = {n: statuses[n] for n in names if statuses[n] != "not checked"}     # all, unless interrupted
+    return {**score(name, tested), "generated": len(statuses)}
 
 
 def score(name: str, statuses: dict) -> dict:
@@ -200,7 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--sample", type=int, metavar="N", help="test a uniform random sample of N mutants")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
-    parser.add_argument("--retest", action="store_true", help="with --sample: test its surviving mutants again")
+    parser.add_argument("--retest", nargs="*", metavar="TEST",
+                        help="with --sample: test its survivors again, with only these tests if given")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
