@@ -162,7 +162,8 @@ def run_module(name: str, children: int, sample: int | None = None, seed: int = 
                retest: list[str] | None = None) -> dict:
     if MODULES[name][1] is None:
         return {"module": name, "mutants": 0, "equivalent": 0, "killed": 0, "score": float("nan"),
-                "interval": (float("nan"),) * 2, "generated": None, "survivors": ["not measured: its code runs only in spawned ranks (see MODULES)"]}
+                "interval": (float("nan"),) * 2, "generated": None,
+                "survivors": ["not measured: its code runs only in spawned ranks (see MODULES)"]}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", BC_NO_PROGRESS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
@@ -232,7 +233,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
-    results = [run_module(m, args.children, args.sample, args.seed, args.retest) for m in (args.modules or list(MODULES))]
+    results = [run_module(m, args.children, args.sample, args.seed, args.retest)
+               for m in (args.modules or list(MODULES))]
     print(f"\n{'module':<8} {'mutants':>8} {'tested':>7} {'equiv.':>7} {'killed':>7} {'score':>7}  95 % interval")
     for r in results:
         low, high = r["interval"]

@@ -15,7 +15,7 @@ from data_pipeline.dedup import GLOBAL_STAGES, balance, common, exact, lines, mi
 from data_pipeline.dedup.order import range_key
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.errors import ConfigError
-from stack_common.shards import ArrowWriter, ShardFile, sha256_file, write_manifest, write_table
+from stack_common.shards import ArrowWriter, ShardFile, read_table, sha256_file, write_manifest, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,3 +265,30 @@ def test_every_stage_passes_an_input_shard_without_rows(tmp_path):
     semantic_stats = json.loads((tmp_path / "semantic_dedup" / "stats.json").read_text())
     variance = semantic_stats["explained_variance"]             # stats.json rounds it to 4 digits
     assert semantic_stats["dim"] == 4 and 0 < variance < 1 and variance == round(variance, 4)
+
+
+# ---- line dedup over a shard of several record batches ---------------------------------------------------
+
+def test_line_dedup_finds_a_too_short_keeper_in_a_later_record_batch(tmp_path):
+    x = "Subscribe to our newsletter for the latest updates and offers."
+    y = "All rights reserved by the example company and its partners."
+
+    def doc(name, lines, quality):
+        body = f"Document {name} has a body of its own, " + " ".join(f"{name}-word{i}" for i in range(40))
+        text = "\n".join(lines + ([body] if name != "k" else [])) + "\n"
+        return {"id": name, "text": text, "lang": "en", "source": "test", "quality_score": quality,
+                "annotations": "{}"}
+
+    # k holds x and y only: it keeps x (best holder) but loses y to z, which leaves it too short, so x
+    # goes to the next holder, p. k is in the shard's second record batch.
+    first = [doc("z", [y], 0.95), doc("p", [x], 0.8), doc("q", [x], 0.7)]
+    second = [doc("k", [x, y], 0.9), doc("r", [y], 0.6)]
+    with ArrowWriter(tmp_path / "in", DOC_SCHEMA) as writer:
+        for rows in (first, second):
+            writer.write(pa.Table.from_pylist(rows, schema=DOC_SCHEMA))
+    assert pa.ipc.open_file(tmp_path / "in" / "shard-00000.arrow").num_record_batches == 2
+    stats = lines.run(tmp_path / "in", tmp_path / "out", {"min_doc_chars": 200})
+    kept = {r["id"]: r["text"] for r in read_table(tmp_path / "out" / "kept").to_pylist()}
+    assert sorted(kept) == ["p", "q", "r", "z"] and stats["excluded"] == {"too_short_after_line_dedup": 1}
+    assert [x in kept[d] for d in "pqrz"] == [True, False, False, False]
+    assert [y in kept[d] for d in "pqrz"] == [False, False, False, True]
