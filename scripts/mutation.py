@@ -103,6 +103,8 @@ EQUIVALENT: dict[str, str] = {
                                           "again, to the same files",
     f"{_DEDUP}balance.x_plot_sizes__mutmut_7": "unstable sort of the bars: tied clusters have equal sizes and kept "
                                               "counts, so the same bars",
+    f"{_DEDUP}minhash.x_run__mutmut_201": "the decisions step's tasks run in the driver instead of the workers: "
+                                         "the same files",
     f"{_DEDUP}semantic.x_decide__mutmut_159": "float64 instead of float32 for the (0, 1) centroids of an input "
                                              "without embeddings: only their count is read",
     f"{_DEDUP}semantic.x_decide__mutmut_204": "the partition step's tasks run in the driver instead of the workers: "
