@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.dedup import GLOBAL_STAGES, balance, common, exact, lines, minhash, semantic
+from data_pipeline.dedup import GLOBAL_STAGES, balance, common, exact, lines, minhash, semantic, text
 from data_pipeline.dedup.order import range_key
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.errors import ConfigError
@@ -126,6 +126,16 @@ def test_hash_partition_is_the_high_word_of_a_multiplicative_hash():
     mixed = [(v * 0x9E3779B97F4A7C15) % 2 ** 64 for v in (0, 1, 2, 2 ** 63)]
     assert common.hash_partition(values, 7).tolist() == [(m >> 32) % 7 for m in mixed]
     assert common.hash_partition(values, 1).tolist() == [0, 0, 0, 0]
+    a, b = np.array([3, 3, 2 ** 40], np.int64), np.array([5, 6, 5], np.int64)
+    mixed_pairs = np.array([(x * 0x9E3779B97F4A7C15) % 2 ** 64 ^ y for x, y in ((3, 5), (3, 6), (2 ** 40, 5))],
+                           np.uint64)
+    assert common.pair_partition(a, b, 7).tolist() == common.hash_partition(mixed_pairs, 7).tolist()
+
+
+def test_column_numpy_reads_every_chunk():
+    table = pa.Table.from_batches([pa.record_batch({"x": [1, 2]}), pa.record_batch({"x": [3]})])
+    assert common.column_numpy(table, "x").tolist() == [1, 2, 3]
+    assert common.column_numpy(table.combine_chunks(), "x").tolist() == [1, 2, 3]
 
 
 # ---- minhash ----------------------------------------------------------------------------------------------
@@ -151,6 +161,13 @@ def test_band_keys_fold_each_bands_rows_into_one_64_bit_key():
     assert keys.dtype == np.uint64
     assert keys.tolist() == [[key(0, [3, 5]), key(1, [7, 11])], [key(0, [3, 5]), key(1, [8, 11])]]
     assert minhash.band_keys(sig[:, :3], 1, 3).tolist() == [[key(0, [3, 5, 7])], [key(0, [3, 5, 8])]]
+
+
+def test_token_shingles_of_a_text_shorter_than_n_are_one_hash_of_it_all():
+    assert len(text.shingle_hashes("one two three", 5)) == 1
+    assert len(text.shingle_hashes("one two three four five", 5)) == 1
+    assert len(text.shingle_hashes("one two three four five six", 5)) == 2
+    assert text.shingle_hashes("one two three", 5).tolist() == text.shingle_hashes("One, two; THREE!", 5).tolist()
 
 
 # ---- cluster balance --------------------------------------------------------------------------------------
@@ -232,9 +249,9 @@ def test_kmeans_centroids_are_unit_length_spherical_ones():
 # ---- a tiny MinHash run ---------------------------------------------------------------------------------
 
 def test_documents_without_shingles_get_no_band_keys_so_no_candidates(tmp_path):
-    text = "Every near copy of this sentence shares most of its character shingles with it."
+    sentence = "Every near copy of this sentence shares most of its character shingles with it."
     docs = [{"id": i, "text": t, "lang": "en", "source": "test", "quality_score": q, "annotations": "{}"}
-            for i, t, q in [("a", text, 0.9), ("b", text.replace("most", "many"), 0.5), ("e1", "", 0.5),
+            for i, t, q in [("a", sentence, 0.9), ("b", sentence.replace("most", "many"), 0.5), ("e1", "", 0.5),
                             ("e2", "  \n ", 0.5), ("e3", "", None)]]
     write_table(tmp_path / "in", pa.Table.from_pylist(docs, schema=DOC_SCHEMA))
     stats = minhash.run(tmp_path / "in", tmp_path / "out", {"threshold": 0.5})
