@@ -258,6 +258,7 @@ def test_documents_without_shingles_get_no_band_keys_so_no_candidates(tmp_path):
     # one candidate pair (a, b), verified; the three texts without a shingle are never banded
     assert (stats["docs_without_shingles"], stats["candidate_pairs"], stats["verified_pairs"]) == (3, 1, 1)
     assert stats["excluded"] == {"near_duplicate": 1} and stats["order_ranges"] == 1
+    assert stats["stage"] == "minhash_dedup" and json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
 
 
 # ---- an input shard without rows ----------------------------------------------------------------------
