@@ -8,7 +8,7 @@ the reason and left out of the score.
 
     python scripts/mutation.py                 # every module
     python scripts/mutation.py filters dedup   # some
-    python scripts/mutation.py dedup --sample 350 --seed 1   # a seeded uniform sample of its mutants
+    python scripts/mutation.py dedup --sample 120 --seed 1   # a seeded uniform sample of its mutants
 
 With --sample N --seed S: N of the module's mutants drawn uniformly (sorted names, random.Random(S)),
 scored killed / (N - equivalent) with a 95 % Wilson interval. A rerun tests only those not yet
@@ -98,7 +98,7 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_LOSS}x_vocab_parallel_max__mutmut_{n}": TP_ONLY for n in (1, 2, 3, 5)},
     **{f"{_LOSS}x_mask_vocab_padding__mutmut_{n}": TP_ONLY for n in (5, 7, 19)},
     f"{_LOSS}xǁ_VocabParallelMaxǁbackward__mutmut_22": TP_ONLY,
-    # dedup (sampled: scripts/mutation.py dedup --sample 80 --seed 1)
+    # dedup (sampled: scripts/mutation.py dedup --sample 120 --seed 1; source as of d32d3d4)
     f"{_DEDUP}balance.x__run__mutmut_155": "looks for finished split files elsewhere: a resume splits every shard "
                                           "again, to the same files",
     f"{_DEDUP}balance.x_plot_sizes__mutmut_7": "unstable sort of the bars: tied clusters have equal sizes and kept "
