@@ -306,6 +306,7 @@ def test_too_little_text_passes_everything_unclustered_and_balance_keeps_it(samp
     src = _write(tmp_path / "in", docs)
     stats = GLOBAL_STAGES["semantic_dedup"](src, tmp_path / "sem", {}, 1, "local", None)
     assert stats["docs_out"] == 2 and stats["clusters"] == 0 and "too few" in stats["not_fitted"]
+    assert stats["docs_without_embedding"] == 2 and stats["partitions"] == 0
     kept = read_table(tmp_path / "sem" / "kept").to_pylist()
     assert [json.loads(r["annotations"])["cluster_id"] for r in kept] == [-1, -1]
     assert json.loads(kept[0]["annotations"])["unparsed_annotations"] == "{not json"
