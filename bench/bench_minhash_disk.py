@@ -24,16 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import dir_bytes  # noqa: E402
 
 
 def measure(code: Path, shards: Path, out: Path, workers: int, overrides: list[str]) -> dict:
