@@ -184,6 +184,7 @@ class PipelineConfig:
     ray_address: Optional[str] = None
     ray: RayConfig = field(default_factory=RayConfig)
     overwrite: bool = False
+    keep_stage_outputs: bool = True        # false: a segment's kept/ is removed once the next one commits; not decisive
     shards: ShardCompression = field(default_factory=ShardCompression)   # document shards' codec: not decisive
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)

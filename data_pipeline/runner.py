@@ -4,7 +4,8 @@ run-level stats and funnel chart.
 
 Output layout (OUT = cfg.output):
     OUT/run_config.json                   the settings that decide the output (checked on rerun)
-    OUT/stages/NN_<stage>/kept/           DOC_SCHEMA shards (last stage of a fused segment only)
+    OUT/stages/NN_<stage>/kept/           DOC_SCHEMA shards (last stage of a fused segment only; with
+                                          keep_stage_outputs=false removed once the next segment commits)
     OUT/stages/NN_<stage>/excluded/       EXCLUDED_SCHEMA shards (stage, reason)
     OUT/stages/NN_<stage>/stats.json      written last: its presence marks the stage complete
     OUT/quarantine/                       QUARANTINE_SCHEMA shards (file, location, reason, raw)
@@ -261,7 +262,6 @@ def _run_pipeline(cfg: PipelineConfig) -> dict:
 def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Path], start: float) -> dict:
     out = Path(cfg.output)
     check_run_config(out, cfg, inputs, stages)
-    units = [str(p) for p in inputs]
     segments = plan(stages, cfg)
     for seg_no, segment in enumerate(segments):
         if all((d / "stats.json").is_file() for d in segment.stage_dirs(out)):
@@ -270,27 +270,39 @@ def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Path], star
             # One set of local workers per segment: its steps share them, and what a stage cached in
             # them (models, n-gram sets) is gone before the next stage's memory budget applies.
             with shared_workers():
-                run_segment(segment, seg_no, segments, units, cfg, out)
-        if segment.kind == "global":    # also a completed stage's, killed before its work/ was removed
+                run_segment(segment, seg_no, segments, inputs, cfg, out)
+        # Both also for a completed segment: a run killed before the removal left them.
+        if segment.kind == "global":
             release_work(segment.stage_dirs(out)[0], cfg.dedup)
-        units = [str(p) for p in kept_files(units_dir_of(segment, out))]
+        if seg_no and not cfg.keep_stage_outputs:
+            release_kept(segments[seg_no - 1], segment, out)
     stats = write_run_stats(out, segments, units_dir_of(segments[-1], out), time.time() - start)
     log.info("done: %d documents read, %d kept, %d quarantined -> %s", stats["docs_read"], stats["docs_kept"],
              stats["quarantined"], out / "final")
     return stats
 
 
-def run_segment(segment: Segment, seg_no: int, segments: list[Segment], units: list[str], cfg: PipelineConfig,
+def run_segment(segment: Segment, seg_no: int, segments: list[Segment], inputs: list[Path], cfg: PipelineConfig,
                 out: Path) -> None:
+    """Run a segment on the run's input (the first) or on the kept/ of the segment before it."""
+    source = units_dir_of(segments[seg_no - 1], out) if seg_no else None
     if segment.kind == "docs":
-        run_doc_segment(segment, units, cfg, out, first=seg_no == 0)
+        units = kept_files(source) if source else inputs
+        run_doc_segment(segment, [str(p) for p in units], cfg, out, first=seg_no == 0)
     else:
-        source = units_dir_of(segments[seg_no - 1], out) if seg_no else single_shard_dir(cfg.input, segment)
-        run_global_stage(segment, source, cfg, out)
+        run_global_stage(segment, source or single_shard_dir(cfg.input, segment), cfg, out)
 
 
 def units_dir_of(segment: Segment, out: Path) -> Path:
     return segment.stage_dirs(out)[-1] / "kept"
+
+
+def release_kept(previous: Segment, segment: Segment, out: Path) -> None:
+    """`keep_stage_outputs=false`: remove the kept/ of `previous`, the input of `segment`, once
+    `segment` has committed (every stats.json written). Only the last segment's kept/ (final/'s
+    source) survives the run; excluded/ and stats.json stay."""
+    if all((d / "stats.json").is_file() for d in segment.stage_dirs(out)):
+        shutil.rmtree(units_dir_of(previous, out), ignore_errors=True)
 
 
 def kept_files(kept_dir: Path) -> list[Path]:
