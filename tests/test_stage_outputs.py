@@ -81,5 +81,5 @@ def test_a_run_that_kept_them_drops_them_on_a_rerun(raw_web, kept_run, tmp_path)
 
 
 def test_a_bad_value_names_the_field(tmp_path):
-    with pytest.raises(ConfigError, match="keep_stage_outputs"):
+    with pytest.raises(ConfigError, match="keep_stage_outputs: Value .maybe. is not a valid bool"):
         load_config([f"output={tmp_path}", "keep_stage_outputs=maybe"])
