@@ -322,7 +322,8 @@ def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None
 
 
 def _cancel(ray, refs: list, desc: str, wait_s: float = 60.0) -> None:
-    """Cancel the tasks of `refs` and wait (up to `wait_s`) until none runs any more. force=True
+    """Cancel the tasks of `refs` and wait (up to `wait_s`) until Ray has recorded every one as
+    ended; the worker of a running task is killed right after, asynchronously. force=True
     kills the worker of a running task: safe for tasks that publish atomically (a rerun removes
     their temporary files), and unlike KeyboardInterrupt it cannot be caught by the task."""
     if not refs:
