@@ -10,8 +10,8 @@ Safety when things go wrong:
 - A local worker ends as soon as its driver process is gone, however the driver died (SIGKILL
   included), so no orphan finishes an old task and publishes into the directory of a rerun
   (`_exit_with_parent`).
-- With Ray, a task that fails for good makes `run_tasks` cancel (kill) its still pending or
-  running siblings and wait for them before it raises; an OSError is retried only when it is
+- With Ray, a task that fails for good makes `run_tasks` cancel its still pending or running
+  siblings before it raises (Ray kills a running one's worker right after); an OSError is retried only when it is
   transient (`is_transient`: EIO, ETIMEDOUT, ECONNRESET, ESTALE, ...), never a permanent one
   (ENOENT, EACCES, ENOSPC, EROFS, ...), which would fail the same way every attempt.
 """
@@ -323,9 +323,9 @@ def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None
 
 def _cancel(ray, refs: list, desc: str, wait_s: float = 60.0) -> None:
     """Cancel the tasks of `refs` and wait (up to `wait_s`) until Ray has recorded every one as
-    ended; the worker of a running task is killed right after, asynchronously. force=True
-    kills the worker of a running task: safe for tasks that publish atomically (a rerun removes
-    their temporary files), and unlike KeyboardInterrupt it cannot be caught by the task."""
+    ended; the worker of a running task is killed right after, asynchronously (force=True: safe for
+    tasks that publish atomically, a rerun removes their temporary files; unlike KeyboardInterrupt it
+    cannot be caught by the task)."""
     if not refs:
         return
     for ref in refs:

@@ -230,7 +230,9 @@ def _shingle_shard(shard: Shard, work: Path, conf: MinHashConfig, parts: int) ->
     counts = [np.zeros(1, np.int64)]
     with atomic_path(_shingle_path(work, shard.name)) as tmp, open(tmp, "wb") as values_file:
         row = 0
-        for batch in iter_shard(shard, ["text"]):
+        for batch in iter_shard(shard, ["text"]) if len(rows) else ():
+            if row > rows[-1]:                  # past the shard's last candidate: its text is not needed
+                break
             lo, hi = np.searchsorted(rows, [row, row + batch.num_rows])
             if hi > lo:
                 texts = batch.column("text").take(pa.array(rows[lo:hi] - row)).to_pylist()
