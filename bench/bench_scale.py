@@ -229,13 +229,15 @@ def dir_bytes(path: Path) -> int:
 
 
 class Sampler(threading.Thread):
-    """Peak RSS of the driver and of its largest descendant, and peak disk growth of a directory."""
+    """Peak RSS of the driver and of its largest descendant, and peak disk growth of a directory.
+    Every CHECKPOINT_S it hands the figures so far to `checkpoint` (CPU from psutil: the tree's
+    own and reaped-children times), so a segment killed with the benchmark keeps what it measured."""
 
-    def __init__(self, pid: int, out: Path) -> None:
+    def __init__(self, pid: int, out: Path, disk0: int | None = None, checkpoint=None) -> None:
         super().__init__(daemon=True)
-        self.proc, self.out, self.stop = psutil.Process(pid), out, threading.Event()
+        self.proc, self.out, self.stop, self.checkpoint = psutil.Process(pid), out, threading.Event(), checkpoint
         self.driver = self.worker = self.tree = 0
-        self.disk0 = dir_bytes(out) if out.exists() else 0
+        self.disk0 = disk0 if disk0 is not None else dir_bytes(out) if out.exists() else 0
         self.disk_peak = 0
 
     def run(self) -> None:
@@ -250,7 +252,25 @@ class Sampler(threading.Thread):
             self.tree = max(self.tree, driver + sum(children))
             if tick % 8 == 0 and self.out.exists():
                 self.disk_peak = max(self.disk_peak, dir_bytes(self.out) - self.disk0)
+            if self.checkpoint and tick % int(CHECKPOINT_S / 0.25) == 0:
+                self.checkpoint(tree_cpu(self.proc))
             tick += 1
+
+
+CHECKPOINT_S = 30
+PEAKS = ("peak_rss_driver", "peak_rss_largest_worker", "peak_rss_tree", "disk_peak_growth")
+
+
+def tree_cpu(proc: psutil.Process) -> float:
+    """User + system seconds of a live process tree, with what its members' reaped children used."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def children_cpu() -> float:
@@ -258,13 +278,39 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_segment(corpus: Path, out: Path, stages: list[str], workers: int, extra: list[str]) -> dict:
+def combine(before: dict, now: dict) -> dict:
+    """Figures of a segment over its attempts: times add up, peaks are the largest."""
+    out = {k: round(before.get(k, 0) + now[k], 1) for k in ("wall_s", "cpu_s")}
+    out.update({k: max(before.get(k, 0), now[k]) for k in PEAKS})
+    return out
+
+
+def run_segment(corpus: Path, out: Path, stages: list[str], workers: int, extra: list[str],
+                progress: Path | None = None) -> dict:
+    """Run `stages` (the runner skips those already committed) and measure the new work. With a
+    `progress` file, the figures so far are saved there every CHECKPOINT_S; if it already holds an
+    interrupted attempt at the same stages, that attempt's figures are added (the runner redoes only
+    its unfinished units)."""
     cmd = [sys.executable, "-m", "data_pipeline", f"input={corpus / 'docs'}", f"output={out}", f"workers={workers}",
            f"stages=[{','.join(stages)}]", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO), "BC_NO_PROGRESS": "1"}
+    before = read_json(progress) if progress and progress.is_file() else {}
+    if before.get("stages") != stages:
+        before = {}
+    attempts = before.get("attempts", 0) + 1
     cpu0, t = children_cpu(), time.time()
     child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler = Sampler(child.pid, out)
+
+    def figures(cpu: float) -> dict:
+        return {"wall_s": time.time() - t, "cpu_s": cpu, "peak_rss_driver": sampler.driver,
+                "peak_rss_largest_worker": sampler.worker, "peak_rss_tree": sampler.tree,
+                "disk_peak_growth": sampler.disk_peak}
+
+    def checkpoint(cpu: float) -> None:
+        atomic_write_json(progress, {"stages": stages, "attempts": attempts, "disk0": sampler.disk0,
+                                     **combine(before, figures(cpu))})
+
+    sampler = Sampler(child.pid, out, before.get("disk0"), checkpoint if progress else None)
     sampler.start()
     log = child.communicate()[0]
     sampler.stop.set()
@@ -273,9 +319,7 @@ def run_segment(corpus: Path, out: Path, stages: list[str], workers: int, extra:
         sys.stderr.write(log[-5000:])
         raise SystemExit(f"pipeline failed (exit {child.returncode}): {' '.join(cmd)}")
     sampler.disk_peak = max(sampler.disk_peak, dir_bytes(out) - sampler.disk0)
-    return {"wall_s": round(time.time() - t, 1), "cpu_s": round(children_cpu() - cpu0, 1),
-            "peak_rss_driver": sampler.driver, "peak_rss_largest_worker": sampler.worker,
-            "peak_rss_tree": sampler.tree, "disk_peak_growth": sampler.disk_peak, "command": " ".join(cmd)}
+    return {**combine(before, figures(children_cpu() - cpu0)), "attempts": attempts, "command": " ".join(cmd)}
 
 
 def segments_of(stages: list[str]) -> list[list[str]]:
@@ -404,10 +448,12 @@ def main() -> None:
     need = info["disk_bytes"] * (1 + len(segments_of(args.stages))) + \
         info["text_bytes_uncompressed"] // 2 * any(s.startswith("minhash_dedup") for s in args.stages)
     check_disk(root, need - (dir_bytes(run) if run.exists() else 0), "the run")
-    partial = root / f"scale-{args.docs}.partial.json"
-    rows = read_json(partial)["rows"] if args.resume and partial.is_file() and run.is_dir() else []
-    if not rows:
+    partial, progress = root / f"scale-{args.docs}.partial.json", root / f"scale-{args.docs}.segment.json"
+    resuming = args.resume and run.is_dir() and (partial.is_file() or progress.is_file())
+    rows = read_json(partial)["rows"] if resuming and partial.is_file() else []
+    if not resuming:
         shutil.rmtree(run, ignore_errors=True)
+        progress.unlink(missing_ok=True)
     truth = read_truth(corpus)
     done = []
     for segment in segments_of(args.stages):
@@ -415,7 +461,7 @@ def main() -> None:
         if args.resume and {r["stage"] for r in rows} >= set(segment):
             print(f"  {'+'.join(segment)}: measured by the interrupted run, kept", flush=True)
             continue
-        measured = run_segment(corpus, run, done, args.workers, args.overrides)
+        measured = run_segment(corpus, run, done, args.workers, args.overrides, progress)
         stage_dirs = {d.name.split("_", 1)[1]: d for d in (run / "stages").iterdir()}
         for name in segment:
             stage_dir = stage_dirs[name]
@@ -425,9 +471,11 @@ def main() -> None:
             if name.partition("@")[0] in DEDUP_TRUTH:
                 row["planted"] = planted_scores(stage_dir, truth)
             rows.append(row)
-        atomic_write_json(root / f"scale-{args.docs}.partial.json", {"corpus": info, "rows": rows})
+        atomic_write_json(partial, {"corpus": info, "rows": rows})
+        progress.unlink(missing_ok=True)
         print(f"  {'+'.join(segment)}: {measured['wall_s']}s wall, {measured['cpu_s']}s CPU, peak RSS driver "
-              f"{gib(measured['peak_rss_driver'])} GiB, largest worker {gib(measured['peak_rss_largest_worker'])} GiB",
+              f"{gib(measured['peak_rss_driver'])} GiB, largest worker {gib(measured['peak_rss_largest_worker'])} GiB"
+              + (f" ({measured['attempts']} attempts: interrupted, resumed)" if measured["attempts"] > 1 else ""),
               flush=True)
     run_stats = read_json(run / "stats.json")
     report = {"corpus": info, "workers": args.workers, "stages": args.stages, "overrides": args.overrides,
