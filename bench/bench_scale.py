@@ -469,7 +469,8 @@ def main() -> None:
             stage_dir = stage_dirs[name]
             stats = read_json(stage_dir / "stats.json")
             row = {"stage": name, "segment": "+".join(segment), "docs_in": stats["docs_in"], "docs_out": stats["docs_out"],
-                   "stage_seconds": stats.get("seconds"), "disk": stage_disk(stage_dir, info["docs"]), **measured}
+                   "stage_seconds": stats.get("seconds"), "disk": stage_disk(stage_dir, info["docs"]), **measured,
+                   "stats": stats}
             if name.partition("@")[0] in DEDUP_TRUTH:
                 row["planted"] = planted_scores(stage_dir, truth)
             rows.append(row)
