@@ -442,11 +442,12 @@ def main() -> None:
           f"{TRUTH_THRESHOLD}: {info['near_at_or_above_threshold']} (built in {info['seconds']}s)")
     if args.build_only:
         return
-    # kept/ + excluded/ of each segment hold the corpus again (zstd Arrow), or of two segments at a time
-    # with keep_stage_outputs=false; MinHash keeps the shingles of its candidate documents uncompressed
-    # while it runs (4 bytes a character, about 2x the text's UTF-8 bytes, for the 15-20 % of documents
-    # in a candidate pair here; 0.5x the text leaves room).
-    copies = 2 if "keep_stage_outputs=false" in args.overrides else len(segments_of(args.stages))
+    # kept/ + excluded/ of each segment hold the corpus again (zstd Arrow); with keep_stage_outputs=false
+    # only the previous segment's and the running one's (measured at 1M: at most 1.7x the corpus while a
+    # segment ran); MinHash keeps the shingles of its candidate documents uncompressed while it runs (4
+    # bytes a character, about 2x the text's UTF-8 bytes, for the 15-20 % of documents in a candidate pair
+    # here; 0.5x the text leaves room).
+    copies = 1 if "keep_stage_outputs=false" in args.overrides else len(segments_of(args.stages))
     need = info["disk_bytes"] * (1 + copies) + \
         info["text_bytes_uncompressed"] // 2 * any(s.startswith("minhash_dedup") for s in args.stages)
     check_disk(root, need - (dir_bytes(run) if run.exists() else 0), "the run")
