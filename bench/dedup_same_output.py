@@ -6,7 +6,8 @@
 Corpora: real text from ../shared/corpus (windows of documents, a third perturbed copies and a tenth
 verbatim copies, in several shards) and the repository's data/sample with near copies. Each stage
 runs in the reference with its defaults, here with the default budget and with a budget small
-enough to force many partitions, with 1 and 2 workers; the kept/excluded records (rows, and
+enough to force many partitions (MinHash: also of its components, printed as partitions x rounds),
+with 1 and 2 workers; the kept/excluded records (rows, and
 `records_sha256`: the same records in the same order, whatever the files' codec or splits, so a
 reference that wrote other shard compression compares too) and the stats counts must be equal.
 """
@@ -78,29 +79,33 @@ def run(code: Path, stage: str, src: Path, out: Path, cfg: dict, workers: int) -
                    cwd=code, env=env, check=True)
     files = {sub: (read_manifest(out / sub)["rows"], records_sha256(out / sub)) for sub in ("kept", "excluded")}
     stats = json.loads((out / "stats.json").read_text())
-    return files, {k: stats.get(k) for k in COUNTS}, stats.get("partitions")
+    return files, {k: stats.get(k) for k in COUNTS}, stats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", type=Path, required=True, help="a checkout of the reference commit")
     ap.add_argument("--docs", type=int, default=6000)
+    ap.add_argument("--minhash-tiny-mb", type=float, default=0.05, help="MinHash's small memory_budget_mb")
+    ap.add_argument("--stages", default="exact_dedup,minhash_dedup")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dedup-same-"))
     corpora = {"real": real_sample(tmp / "real", args.docs), "sample": sample_with_copies(tmp / "sample")}
-    tiny = {"exact_dedup": {"memory_budget_mb": 0.02}, "minhash_dedup": {"memory_budget_mb": 0.05}}
+    tiny = {"exact_dedup": {"memory_budget_mb": 0.02}, "minhash_dedup": {"memory_budget_mb": args.minhash_tiny_mb}}
     failures = 0
     for name, src in corpora.items():
-        for stage in ("exact_dedup", "minhash_dedup"):
+        for stage in args.stages.split(","):
             ref_files, ref_counts, _ = run(args.reference, stage, src, tmp / f"ref-{name}-{stage}", {}, 1)
             for label, cfg in (("default", {}), ("tiny budget", tiny[stage])):
                 for workers in (1, 2):
                     out = tmp / f"new-{name}-{stage}-{label.replace(' ', '')}-{workers}"
-                    files, counts, parts = run(REPO, stage, src, out, cfg, workers)
+                    files, counts, stats = run(REPO, stage, src, out, cfg, workers)
                     same = files == ref_files and counts == ref_counts
                     failures += not same
-                    print(f"{name:6s} {stage:13s} {label:11s} workers={workers} partitions={parts:4d} "
-                          f"{'SAME' if same else 'DIFFERENT'} {counts}", flush=True)
+                    components = (f" components={stats['component_partitions']}x{stats['component_rounds']}"
+                                  if "component_rounds" in stats else "")
+                    print(f"{name:6s} {stage:13s} {label:11s} workers={workers} partitions={stats['partitions']:4d}"
+                          f"{components} {'SAME' if same else 'DIFFERENT'} {counts}", flush=True)
     print("all identical" if not failures else f"{failures} runs differ")
     sys.exit(1 if failures else 0)
 

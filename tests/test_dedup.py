@@ -412,7 +412,7 @@ def test_line_dedup_keeper_is_a_document_that_stays(tmp_path):
 KILL_POINTS = [("exact_dedup", "exact._hash_shard", 2), ("exact_dedup", "common.ShardOutput.keep", 2),
                ("minhash_dedup", "minhash._signature_shard", 2), ("minhash_dedup", "minhash._pair_partition", 2),
                ("minhash_dedup", "order._sort_range", 1), ("minhash_dedup", "minhash._shingle_shard", 2),
-               ("minhash_dedup", "minhash._verify_partition", 2),
+               ("minhash_dedup", "minhash._verify_partition", 2), ("minhash_dedup", "components._members", 1),
                ("minhash_dedup", "common.ShardOutput.keep", 3),
                ("line_dedup", "lines._unit_shard", 1), ("line_dedup", "common.ShardOutput.keep", 2)]
 

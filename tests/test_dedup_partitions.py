@@ -16,7 +16,7 @@ from data_pipeline.dedup.common import (Shard, input_shards, pair_partition, par
                                         write_arrow, write_clusters, write_decisions, write_partitioned)
 from data_pipeline.dedup.minhash import ShingleStore
 from data_pipeline.dedup.order import build_order, range_key
-from data_pipeline.dedup.unionfind import linked_components, merge_links
+from data_pipeline.dedup.unionfind import linked_components
 from data_pipeline.schema import DOC_SCHEMA
 from stack_common.shards import read_manifest, write_table
 
@@ -91,10 +91,6 @@ def test_linked_components_merge_partition_stars_to_the_global_components():
     stars = [linked_components(a[part == p], b[part == p]) for p in range(4)]
     merged = linked_components(np.concatenate([s[0] for s in stars]), np.concatenate([s[1] for s in stars]))
     assert np.array_equal(merged[0], nodes) and np.array_equal(merged[1], roots)
-    # Merged in rounds (collapsed whenever more than 50 links are held): the same components.
-    for limit in (50, 10 ** 9):
-        rounds = merge_links(((a[part == p], b[part == p]) for p in range(4)), limit)
-        assert np.array_equal(rounds[0], nodes) and np.array_equal(rounds[1], roots)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +118,8 @@ def _result(out):
     files = {sub: [(f["name"], f["rows"], f["sha256"]) for f in read_manifest(out / sub)["files"]]
              for sub in ("kept", "excluded")}
     stats = json.loads((out / "stats.json").read_text())
-    for key in ("seconds", "step_seconds", "peak_rss_mb", "partitions", "order_ranges"):
+    for key in ("seconds", "step_seconds", "peak_rss_mb", "partitions", "order_ranges", "component_partitions",
+                "component_rounds"):
         stats.pop(key, None)
     return files, stats
 
@@ -132,6 +129,8 @@ def test_many_partitions_give_the_one_partition_output(copies_corpus, tmp_path, 
     one = GLOBAL_STAGES[stage](copies_corpus, tmp_path / "one", {}, 1, "local", None)
     many = GLOBAL_STAGES[stage](copies_corpus, tmp_path / "many", {"memory_budget_mb": tiny}, 2, "local", None)
     assert one["partitions"] == 1 and many["partitions"] >= 5
+    if stage == "minhash_dedup":                # the links' components too, in several partitions and phases
+        assert one["component_rounds"] == 1 and many["component_partitions"] >= 2 and many["component_rounds"] >= 2
     assert _result(tmp_path / "many") == _result(tmp_path / "one")
     assert one["clusters"] >= 20 and sum(one["excluded"].values()) >= 30     # the corpus has duplicates
     # Decisions are written per rank range and input shard: a shard reads only its own documents'.

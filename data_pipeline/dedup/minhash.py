@@ -21,9 +21,12 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed); P
                  meets in one partition), exact Jaccard of the shingle sets, read per document;
                  pairs below the threshold are dropped; the partition's components (scipy) are
                  reduced to (node, smallest rank) links, with the documents of both.
-  6. clusters    on the driver, the links of all partitions merged with scipy (memory: the linked
-                 documents); the root (smallest rank) survives; then per rank range, in parallel,
-                 the clusters numbered and written per input shard (common.write_decisions).
+  6. clusters    components of the links of all partitions, as tasks over partitions of the linked
+                 documents (components.py: Large-Star / Small-Star contractions until no edge changes,
+                 one shuffle each; every component ends a star on its smallest rank, the survivor);
+                 then, per partition, in parallel, whole clusters with their survivors' ids, numbered
+                 in survivor order and written per input shard (common.write_decisions). No process
+                 holds more than about one partition of the links (components.BYTES_PER_EDGE_ROW).
   7. write       kept/excluded per input shard from its own decisions, then manifests and stats.json.
 P = ceil(documents * bands * BYTES_PER_BAND_KEY / memory_budget_mb), at most MAX_PARTITIONS: a pairs
 task holds its partition's (document, band, key, rank) rows, their sort order and the pairs made.
@@ -45,21 +48,21 @@ from stack_common.config import Checks
 from stack_common.atomic import atomic_path, read_json
 from stack_common.shards import ShardCompression
 
-from .common import (ArrowFileWriter, Shard, add_ranks, apply_cluster_decisions, column_numpy, doc_meta,
-                     finish_stage, hash_partition, ids_of, input_shards, iter_shard, load_config, pair_partition,
-                     partition_count, peak_rss_mb, prepare_work, read_arrow, read_columns, read_partition, run_apply,
-                     timed, unique_pair_rows, write_arrow, write_clusters, write_decisions, write_partitioned)
+from .common import (ArrowFileWriter, Shard, add_ranks, apply_cluster_decisions, doc_meta, finish_stage,
+                     hash_partition, input_shards, iter_shard, load_config, pair_partition, partition_count,
+                     peak_rss_mb, prepare_work, read_arrow, read_columns, read_partition, run_apply, timed,
+                     unique_pair_rows, write_arrow, write_partitioned)
+from .components import write_component_clusters
 from .order import build_order
 from .parallel import run_tasks
 from .text import char_shingle_hashes, shingle_hashes
-from .unionfind import linked_components, merge_links
+from .unionfind import linked_components
 
 STAGE = "minhash_dedup"
 REASON = "near_duplicate"
 _KEY_MUL = np.uint64(0x100000001B3)
 SHINGLES = ("chars", "tokens")
 BYTES_PER_BAND_KEY = 112    # a pairs task: document, band, key, rank, sort order, bucket flags, the pairs made
-MERGE_BYTES_PER_LINK = 130  # linked_components: unique with inverse, sparse matrix, labels (measured peak)
 BAND_SCHEMA = pa.schema([("doc", pa.int64()), ("band", pa.int16()), ("key", pa.uint64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("doc_a", pa.int64()), ("doc_b", pa.int64())])
 CANDIDATE_SCHEMA = pa.schema([("doc", pa.int64())])
@@ -321,34 +324,15 @@ def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[
     nodes, roots = linked_components(a[keep], b[keep])
     ranks, first = np.unique(np.concatenate([a[keep], b[keep]]), return_index=True)
     docs = np.concatenate([doc_a[keep], doc_b[keep]])[first]             # ranks == nodes
-    moved = nodes != roots                      # a root's link to itself adds nothing to the merge
-    write_arrow(work / "links" / f"part-{part:05d}.arrow", pa.table({
-        "node": nodes[moved], "root": roots[moved], "node_doc": docs[moved],
-        "root_doc": docs[np.searchsorted(ranks, roots[moved])]}))
+    moved = nodes != roots                      # a root's link to itself adds nothing to the components
+    links = pa.table({"node": nodes[moved], "root": roots[moved], "node_doc": docs[moved],
+                      "root_doc": docs[np.searchsorted(ranks, roots[moved])]})
+    write_arrow(work / "links" / f"part-{part:05d}.arrow",
+                links.replace_schema_metadata({"links": str(len(links))}))
     verified = pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]})
     write_arrow(work / "verified" / f"part-{part:05d}.arrow",      # last: marks the partition done
                 verified.replace_schema_metadata({"candidates": str(len(a))}))
     return int(keep.sum())
-
-
-def _merge_clusters(work: Path, shards: list[Shard], parts: int, memory_budget_mb: float, stage: str, **par) -> None:
-    """Components of all partitions' links (scipy) on the driver, written as one cluster file; then
-    decisions per rank range and input shard (common.write_decisions)."""
-    clusters = work / "groups" / "merged.arrow"
-    if not clusters.is_file():
-        links = (read_arrow(work / "links" / f"part-{p:05d}.arrow") for p in range(parts))
-        nodes, roots = merge_links(((column_numpy(t, "node"), column_numpy(t, "root")) for t in links),
-                                   max(1, int(memory_budget_mb * 2 ** 20 / MERGE_BYTES_PER_LINK)))
-        docs = np.full(len(nodes), -1, np.int64)             # document of each linked node (nodes are sorted)
-        for p in range(parts):
-            t = read_arrow(work / "links" / f"part-{p:05d}.arrow")
-            for rank, doc in (("node", "node_doc"), ("root", "root_doc")):
-                docs[np.searchsorted(nodes, column_numpy(t, rank))] = column_numpy(t, doc)
-        root_docs = docs[np.searchsorted(nodes, roots)]
-        survivors, survivor_of = np.unique(root_docs, return_inverse=True)
-        ids = ids_of(work / "signatures", shards, survivors).take(pa.array(survivor_of.ravel(), pa.int64()))
-        write_clusters(clusters, docs, roots, root_docs, ids, sum(s.rows for s in shards), parts)
-    write_decisions(work, shards, [clusters], parts, stage, **par)
 
 
 # ---- the stage ---------------------------------------------------------------------------------------
@@ -401,8 +385,8 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     t0 = timed(steps, "verify", t0)
     peaks["verify"] = peak_rss_mb()
 
-    if not (work / "decisions.json").is_file():
-        _merge_clusters(work, shards, parts, conf.memory_budget_mb, stage, **par)
+    components = write_component_clusters(work, shards, [work / "links" / f"part-{p:05d}.arrow" for p in range(parts)],
+                                          work / "signatures", parts, conf.memory_budget_mb, stage, **par)
     t0 = timed(steps, "clusters", t0)
     peaks["clusters"] = peak_rss_mb()
 
@@ -422,6 +406,7 @@ def run(input_dir: Path, output_dir: Path, cfg: dict, workers: int = 1, executor
     return finish_stage(stage, output_dir, records, started, {
         "threshold": conf.threshold, "num_perm": conf.num_perm, "shingle": conf.shingle, "ngram": conf.ngram,
         "bands": bands, "rows": rows, "partitions": parts, "order_ranges": order_ranges,
+        "component_partitions": components["partitions"], "component_rounds": components["rounds"],
         "candidate_pairs": candidates, "candidate_docs": candidate_docs, "verified_pairs": verified,
         "clusters": read_json(work / "decisions.json")["clusters"],
         "docs_without_shingles": docs_without_shingles, "step_seconds": steps.get("step_seconds", {}),

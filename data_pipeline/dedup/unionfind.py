@@ -1,12 +1,11 @@
 """Connected components of duplicate links, each rooted at its smallest node.
 
 Nodes are survivor ranks, so a component's root is the document that survives. scipy's
-connected_components labels the components (no per-link Python loop); partitions of links are
-reduced to (node, root) stars and the stars of all partitions merged the same way.
+connected_components labels the components (no per-link Python loop): a verify partition's links
+are reduced to (node, root) stars here, and the stars of all partitions joined by components.py
+(or here, when they all fit one partition).
 """
 from __future__ import annotations
-
-from typing import Iterable
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -32,22 +31,3 @@ def component_roots(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     nodes, linked = linked_components(a, b)
     roots[nodes] = linked
     return roots
-
-
-def merge_links(parts: Iterable[tuple[np.ndarray, np.ndarray]], limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """linked_components of the links of every part, holding about max(limit, 2 x linked nodes) links.
-
-    Links are added part by part; past the limit (or twice what the last collapse left) they are
-    collapsed to one (node, root) link per linked node that is not a root, which keeps every component.
-    """
-    a, b, held, kept = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0, 0
-    for part_a, part_b in parts:
-        a.append(part_a)
-        b.append(part_b)
-        held += len(part_a)
-        if held > max(limit, 2 * kept):
-            nodes, roots = linked_components(np.concatenate(a), np.concatenate(b))
-            moved = nodes != roots
-            a, b, held = [nodes[moved]], [roots[moved]], int(moved.sum())
-            kept = held
-    return linked_components(np.concatenate(a), np.concatenate(b))
