@@ -35,6 +35,7 @@ from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.shards import ShardFile, iter_batches, read_manifest, write_manifest
+from stack_common.storage import is_uri
 from stack_common.tasks import ray_options, shared_workers
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
@@ -44,7 +45,7 @@ from .executors import run_units
 from .filters import check_rules
 from .funnel import plot_funnel
 from .lang import lang_model_identity
-from .readers import expand_inputs, input_id_names
+from .readers import Location, expand_inputs, input_id_names
 from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
 
@@ -91,9 +92,10 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
     checks.require(len(set(stages)) == len(stages), f"stages: a stage is listed twice: {stages}")
     checks.require(bool(cfg.input), "input: give input files, e.g. input='raw/*.jsonl.gz'")
     checks.require(bool(cfg.output), "output: give an output directory, e.g. output=out/")
-    for key, value in [("output", str(cfg.output))] + [(f"input[{i}]", str(v)) for i, v in enumerate(cfg.input)]:
-        checks.require("://" not in value, f"{key}: {value!r}: the pipeline reads and writes local (or mounted) "
-                       "paths; URIs work for shard IO in stack_common.shards, not yet for a run's input and output")
+    checks.require(not is_uri(str(cfg.output)), f"output: {str(cfg.output)!r}: the output must be a local or mounted "
+                   "path: a run directory needs a lock (flock), renames and hard links, which object stores lack. "
+                   "Mount the bucket (e.g. s3fs, gcsfuse) and give its path, or write locally and copy final/ "
+                   "afterwards (only the input may be a URI).")
     checks.require(cfg.workers >= 1, f"workers: must be >= 1, got {cfg.workers}")
     checks.require(cfg.executor in ("local", "ray"), f"executor: 'local' or 'ray', got '{cfg.executor}'")
     if "quality" in stages:
@@ -178,7 +180,7 @@ def check_models_unchanged(previous: dict, current: dict, cfg: PipelineConfig, s
                             expected="the original model file, a new output directory, or overwrite=true")
 
 
-def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Path], stages: list[str]) -> None:
+def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Location], stages: list[str]) -> None:
     """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
                                       "dedup": output_settings(as_plain(cfg.dedup)),
@@ -259,7 +261,7 @@ def _run_pipeline(cfg: PipelineConfig) -> dict:
         return _run_locked(cfg, stages, inputs, start)
 
 
-def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Path], start: float) -> dict:
+def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Location], start: float) -> dict:
     out = Path(cfg.output)
     check_run_config(out, cfg, inputs, stages)
     segments = plan(stages, cfg)
@@ -282,7 +284,7 @@ def _run_locked(cfg: PipelineConfig, stages: list[str], inputs: list[Path], star
     return stats
 
 
-def run_segment(segment: Segment, seg_no: int, segments: list[Segment], inputs: list[Path], cfg: PipelineConfig,
+def run_segment(segment: Segment, seg_no: int, segments: list[Segment], inputs: list[Location], cfg: PipelineConfig,
                 out: Path) -> None:
     """Run a segment on the run's input (the first) or on the kept/ of the segment before it."""
     source = units_dir_of(segments[seg_no - 1], out) if seg_no else None
@@ -321,7 +323,7 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     todo = [(i, path) for i, path in enumerate(units) if not (unit_dir(work, i) / "stats.json").is_file()]
     log.info("stages %s: %d unit(s), %d to do, %d worker(s), %s executor", ", ".join(segment.stages), len(units),
              len(todo), cfg.workers, cfg.executor)
-    id_names = input_id_names([Path(u) for u in units]) if first else [None] * len(units)
+    id_names = input_id_names(units) if first else [None] * len(units)
     tasks = [(path, str(unit_dir(work, i)), segment.stages, cfg, id_names[i]) for i, path in todo]
     run_units(process_unit, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="+".join(segment.stages))
     unit_dirs = [unit_dir(work, i) for i in range(len(units))]
@@ -415,6 +417,9 @@ def global_stages() -> dict:
 
 def single_shard_dir(patterns: list[str], segment: Segment) -> Path:
     """A run that starts with a global stage reads one shard directory (e.g. a previous OUT/final)."""
+    if any(is_uri(p) for p in patterns):
+        raise UserError(f"'{segment.stages[0]}' as the first stage reads a local shard directory, not a URI",
+                        field="input", expected="per-document stages (e.g. normalize) first, or a mounted path")
     dirs = [Path(p) for p in patterns if (Path(p) / "manifest.json").is_file()]
     if len(dirs) != 1 or len(patterns) != 1:
         raise UserError(f"'{segment.stages[0]}' as the first stage reads one shard directory", field="input",

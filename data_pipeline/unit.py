@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 from stack_common.atomic import atomic_dir, atomic_write_json
 from stack_common.shards import ArrowWriter
@@ -36,7 +35,7 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
         quarantine = ArrowWriter(tmp / "quarantine", QUARANTINE_SCHEMA, **options)
         writers = [kept, quarantine, *excluded.values()]
         try:
-            for record in read_unit(Path(path), cfg.reader, id_name):
+            for record in read_unit(path, cfg.reader, id_name):
                 if isinstance(record, BadRecord):
                     quarantine.add(record.row())
                     quarantine_reasons[record.reason.split(":")[0]] += 1

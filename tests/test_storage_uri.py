@@ -73,5 +73,6 @@ def test_the_pipeline_refuses_a_uri_output_instead_of_writing_a_local_s3_folder(
                              "output=s3://bucket/out", "stages=[normalize]"], cwd=tmp_path, capture_output=True,
                             text=True)
     assert result.returncode == 2, result.stderr
-    assert "output: 's3://bucket/out': the pipeline reads and writes local (or mounted) paths" in result.stderr
+    assert "output: 's3://bucket/out': the output must be a local or mounted path" in result.stderr
+    assert "s3fs" in result.stderr and "copy final/ afterwards" in result.stderr
     assert not (tmp_path / "s3:").exists()
