@@ -169,3 +169,21 @@ def test_a_rerun_over_uri_inputs_resumes_its_finished_stages(tmp_path, monkeypat
     assert (tmp_path / "out" / "run_config.json").read_bytes() == config
     assert records_sha256(tmp_path / "out" / "final") == final
     assert {k: v for k, v in second.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+
+
+def test_every_format_reads_the_same_through_a_uri(tmp_path):
+    import zstandard
+
+    docs = _docs(0, 40, True)
+    lines = ("\n".join(json.dumps(d) for d in docs) + "\n").encode()
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    table = pa.Table.from_pylist([{"id": d.get("id"), "text": d["text"]} for d in docs])
+    with pa.ipc.new_file(tmp_path / "f.arrow", table.schema) as writer:
+        writer.write_table(table)
+    with pa.ipc.new_stream(tmp_path / "s.arrow", table.schema) as writer:
+        writer.write_table(table)
+    for name in ("d.jsonl.zst", "f.arrow", "s.arrow"):
+        local = list(read_unit(tmp_path / name, ReaderConfig(), "x"))
+        remote = list(read_unit(f"file://{tmp_path}/{name}", ReaderConfig(), "x"))
+        assert [d.text for d in remote] == [d["text"] for d in docs], name
+        assert [(d.id, d.source) for d in remote] == [(d.id, d.source) for d in local], name
