@@ -88,6 +88,10 @@ def _run(work: Path, a, b, budget_mb: float, files: int = 5, seed: int = 0, rang
     return comp, rows, doc_of_rank
 
 
+def _phases_on_disk(work: Path) -> set[int]:
+    return {int(p.name.split("-")[1]) for p in (work / "components").glob("edges-*.arrow")}
+
+
 def _expected(a, b, doc_of_rank):
     """The same rows from scipy's components (unionfind.linked_components) of all links at once."""
     nodes, roots = linked_components(a, b)
@@ -106,9 +110,8 @@ def test_partitioned_components_equal_scipy_on_chains_stars_and_small_components
     want = _expected(a, b, doc_of_rank)
     assert len(want) > 14_000 and len(set(v[0] for v in want.values())) == 1 + 3 + 600 + 800
     assert rows == want
-    # Only the last phases' edges are left on disk (each phase removes the one before the last).
-    left = {int(p.name.split("-")[1]) for p in (tmp_path / "components").glob("edges-*.arrow")}
-    assert left == {comp["rounds"] - 1, comp["rounds"]}
+    # Only the final stars' edges are left on disk (each phase removes the one before the last).
+    assert _phases_on_disk(tmp_path) == {comp["final"]} == {comp["rounds"] - 1}
 
 
 def test_one_partition_gives_the_same_clusters(tmp_path):
@@ -140,8 +143,9 @@ def test_links_that_are_already_stars_take_one_phase(tmp_path):
     rng = np.random.default_rng(2)
     nodes = rng.permutation(N_DOCS)[:3000].reshape(1000, 3)
     roots = nodes.min(axis=1)
-    a = np.concatenate([np.where(nodes[:, k] == roots, nodes[:, 3 - k - 1], nodes[:, k]) for k in (1, 2)])
+    a = np.concatenate([np.where(nodes[:, k] == roots, nodes[:, 0], nodes[:, k]) for k in (1, 2)])   # the two non-roots
     b = np.concatenate([roots, roots])
+    assert (a != b).all() and len(np.unique(np.concatenate([a, b]))) == 3000
     comp, rows, doc_of_rank = _run(tmp_path, a, b, budget_mb=0.05)
     assert comp["partitions"] > 1 and (comp["rounds"], comp["final"]) == (1, 0)
     assert rows == _expected(a, b, doc_of_rank)
@@ -169,3 +173,18 @@ def test_an_interrupted_run_resumes_without_redoing_finished_phases(tmp_path, mo
     assert rows == _expected(a, b, doc_of_rank)
     assert first.count(4) == 2 and ran.count(4) == comp["partitions"] - 2      # parts 0, 1 were done
     assert 2 not in ran
+
+
+def test_at_most_two_phases_are_on_disk_while_a_phase_runs(tmp_path, monkeypatch):
+    # the phase being written and its input: the one before that is removed once its reader's record exists
+    seen = []
+    for name in ("_large_star", "_small_star"):
+        def watched(part, work, phase, *args, _contract=getattr(components, name)):
+            seen.append(_phases_on_disk(work))
+            return _contract(part, work, phase, *args)
+        monkeypatch.setattr(components, name, watched)
+    a, b = _chain(np.random.default_rng(8), 3000)
+    comp, rows, doc_of_rank = _run(tmp_path, a, b, budget_mb=0.05)
+    assert rows == _expected(a, b, doc_of_rank) and comp["rounds"] > 6
+    assert len(seen) == comp["partitions"] * comp["rounds"] and max(len(s) for s in seen) == 2
+    assert _phases_on_disk(tmp_path) == {comp["final"]}

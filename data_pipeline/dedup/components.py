@@ -147,10 +147,18 @@ def _one_partition(work: Path, producers: int) -> int:
     return 0
 
 
+def _remove_edges(work: Path, phase: int, producers: int) -> None:
+    for p in range(producers):
+        _edges_path(work, phase, p).unlink(missing_ok=True)
+
+
 def _run_phase(work: Path, phase: int, scatter: int, parts: int, stage: str, **par) -> int:
     """One contraction phase (resumable: work/components/phase-NNN.json records the sum of its tasks'
-    counts); then the files of the phase before the last are removed (nothing reads them any more)."""
+    counts). The files of the phase before the last are removed first: phase - 1 has its record, so
+    nothing reads them any more, and at most two phases are on disk while this one runs."""
     producers = lambda phase: scatter if phase == 0 else parts      # noqa: E731 (files of a phase)
+    if phase >= 2:
+        _remove_edges(work, phase - 2, producers(phase - 2))
     record = work / "components" / f"phase-{phase:03d}.json"
     if not record.is_file():
         contract = _large_star if phase % 2 else _small_star
@@ -159,9 +167,6 @@ def _run_phase(work: Path, phase: int, scatter: int, parts: int, stage: str, **p
                   desc=f"{stage}: components phase {phase}", **par)
         count = sum(_metadata_int(_edges_path(work, phase, p), "count") for p in range(parts))
         atomic_write_json(record, {"count": count})
-    if phase >= 2:
-        for p in range(producers(phase - 2)):
-            _edges_path(work, phase - 2, p).unlink(missing_ok=True)
     return read_json(record)["count"]
 
 
@@ -188,6 +193,7 @@ def link_components(work: Path, links: list[Path], memory_budget_mb: float, stag
         while _run_phase(work, rounds, scatter, parts, stage, **par) or rounds % 2 == 0:
             rounds += 1
         final = rounds - 1          # a large-star phase found its input all stars (in both directions)
+        _remove_edges(work, rounds, parts)      # that phase's own edges: nothing reads them (its count is recorded)
     atomic_write_json(result, {"partitions": parts, "rounds": rounds, "scatter": scatter, "final": final,
                                "producers": scatter if final == 0 else parts})
     return read_json(result)
