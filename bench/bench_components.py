@@ -49,7 +49,7 @@ for p in range(parts):
     nodes, roots = linked_components(a[part == p], b[part == p])
     moved = nodes != roots
     t = pa.table({"node": nodes[moved], "root": roots[moved], "node_doc": nodes[moved], "root_doc": roots[moved]})
-    write_arrow(work / "links" / f"part-{p:05d}.arrow", t.replace_schema_metadata({"links": str(len(t))}))
+    write_arrow(work / "links" / f"part-{p:05d}.arrow", t)
 shards = max(1, n_docs // DOCS_PER_SHARD)
 for s in range(shards):
     lo, hi = s * n_docs // shards, (s + 1) * n_docs // shards
@@ -127,7 +127,7 @@ def main() -> None:
             shutil.rmtree(args.dir, ignore_errors=True)
             parts = partition_count(n_docs * 18, BYTES_PER_BAND_KEY, budget)     # the stage's, with 18 bands
             python(SETUP, args.dir / "new", n_links, parts, path=repo)
-            links = sum(int(pa.ipc.open_file(pa.memory_map(str(f))).schema.metadata[b"links"])
+            links = sum(pa.ipc.open_file(pa.memory_map(str(f))).read_all().num_rows
                         for f in (args.dir / "new" / "links").glob("*.arrow"))
             runs = [("new", repo)]
             if args.reference and k == 0:

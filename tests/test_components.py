@@ -72,7 +72,7 @@ def _run(work: Path, a, b, budget_mb: float, files: int = 5, seed: int = 0, rang
         node, root = a[file_of == f], b[file_of == f]
         links.append(work / "links" / f"part-{f:05d}.arrow")
         write_arrow(links[-1], pa.table({"node": node, "root": root, "node_doc": doc_of_rank[node],
-                                         "root_doc": doc_of_rank[root]}).replace_schema_metadata({"links": str(len(node))}))
+                                         "root_doc": doc_of_rank[root]}))
     comp = write_component_clusters(work, shards, links, work / "signatures", ranges, budget_mb, "test", **PAR)
     rows = {}
     for group in sorted((work / "groups").glob("part-*.arrow")):

@@ -1,6 +1,7 @@
 """Connected components of the MinHash links and the clusters written from them, as tasks over
-partitions (MinHash step 6): no process holds more than about one partition, whatever the number of
-linked documents.
+partitions (MinHash step 6): a task holds about one partition, whatever the number of linked
+documents, except that a node's rows stay together, so one very large cluster lands in one task
+(about BYTES_PER_EDGE_ROW a member; see the end of this docstring).
 
 Nodes are survivor ranks, so a component's smallest node is the document that survives. The
 components come from alternating Large-Star and Small-Star contractions (Kiveris et al. 2014,
@@ -83,6 +84,13 @@ def _groups_of(node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     new = np.ones(len(node), dtype=bool)
     new[1:] = node[1:] != node[:-1]
     return np.flatnonzero(new), np.cumsum(new) - 1
+
+
+def _rows(path: Path) -> int:
+    """Rows of an Arrow IPC file, from its batches' headers (memory-mapped: no data read)."""
+    with pa.memory_map(str(path)) as src:
+        reader = pa.ipc.open_file(src)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
 def _metadata_int(path: Path, key: str) -> int:
@@ -171,14 +179,14 @@ def _run_phase(work: Path, phase: int, scatter: int, parts: int, stage: str, **p
 
 
 def link_components(work: Path, links: list[Path], memory_budget_mb: float, stage: str, **par) -> dict:
-    """Stars of the components of the links in `links` (files with node, root, node_doc, root_doc and
-    schema metadata `links`: their row count); returns {partitions, rounds, scatter: the scatter
+    """Stars of the components of the links in `links` (Arrow files with node, root, node_doc,
+    root_doc); returns {partitions, rounds, scatter: the scatter
     tasks, final: the phase whose files hold the stars in both directions, producers: its files},
     also kept in work/components/result.json."""
     result = work / "components" / "result.json"
     if result.is_file():
         return read_json(result)
-    n_links = sum(_metadata_int(f, "links") for f in links)
+    n_links = sum(_rows(f) for f in links)
     parts = partition_count(2 * n_links, BYTES_PER_EDGE_ROW, memory_budget_mb)
     scatter = min(len(links), parts)
     todo = [g for g in range(scatter) if not _edges_path(work, 0, g).is_file()]

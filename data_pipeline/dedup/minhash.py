@@ -22,11 +22,12 @@ Steps, each resumable (an artifact under work/ that exists is not recomputed); P
                  pairs below the threshold are dropped; the partition's components (scipy) are
                  reduced to (node, smallest rank) links, with the documents of both.
   6. clusters    components of the links of all partitions, as tasks over partitions of the linked
-                 documents (components.py: Large-Star / Small-Star contractions until no edge changes,
-                 one shuffle each; every component ends a star on its smallest rank, the survivor);
-                 then, per partition, in parallel, whole clusters with their survivors' ids, numbered
-                 in survivor order and written per input shard (common.write_decisions). No process
-                 holds more than about one partition of the links (components.BYTES_PER_EDGE_ROW).
+                 documents (components.py: alternating Large-Star / Small-Star contractions, one
+                 shuffle each, until a large-star phase finds every component a star on its
+                 smallest rank, the survivor); then, per partition, in parallel, whole clusters with
+                 their survivors' ids, numbered in survivor order and written per input shard
+                 (common.write_decisions). A task holds about one partition of the links
+                 (components.BYTES_PER_EDGE_ROW a row), or one whole cluster where that is larger.
   7. write       kept/excluded per input shard from its own decisions, then manifests and stats.json.
 P = ceil(documents * bands * BYTES_PER_BAND_KEY / memory_budget_mb), at most MAX_PARTITIONS: a pairs
 task holds its partition's (document, band, key, rank) rows, their sort order and the pairs made.
@@ -327,8 +328,7 @@ def _verify_partition(part: int, work: Path, names: list[str], first_docs: list[
     moved = nodes != roots                      # a root's link to itself adds nothing to the components
     links = pa.table({"node": nodes[moved], "root": roots[moved], "node_doc": docs[moved],
                       "root_doc": docs[np.searchsorted(ranks, roots[moved])]})
-    write_arrow(work / "links" / f"part-{part:05d}.arrow",
-                links.replace_schema_metadata({"links": str(len(links))}))
+    write_arrow(work / "links" / f"part-{part:05d}.arrow", links)
     verified = pa.table({"a": a[keep], "b": b[keep], "jaccard": sims[keep]})
     write_arrow(work / "verified" / f"part-{part:05d}.arrow",      # last: marks the partition done
                 verified.replace_schema_metadata({"candidates": str(len(a))}))
