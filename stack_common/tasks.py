@@ -325,12 +325,16 @@ def _cancel(ray, refs: list, desc: str, wait_s: float = 60.0) -> None:
     """Cancel the tasks of `refs` and wait (up to `wait_s`) until Ray has recorded every one as
     ended; the worker of a running task is killed right after, asynchronously (force=True: safe for
     tasks that publish atomically, a rerun removes their temporary files; unlike KeyboardInterrupt it
-    cannot be caught by the task)."""
+    cannot be caught by the task). The cancel is repeated every second for tasks not yet ended: one
+    whose worker was still starting can miss the first (seen after a node was replaced) and would
+    otherwise run to its end."""
     if not refs:
         return
-    for ref in refs:
-        ray.cancel(ref, force=True)
-    _, running = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+    running, deadline = list(refs), time.monotonic() + wait_s
+    while running and time.monotonic() < deadline:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        _, running = ray.wait(running, num_returns=len(running), timeout=min(1.0, max(0.0, deadline - time.monotonic())))
     log.warning("%s: stopped; %d unfinished task(s) cancelled%s", desc or "run_tasks", len(refs),
                 f", {len(running)} still running after {wait_s:.0f} s" if running else "")
 
