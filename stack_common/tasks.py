@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from .atomic import atomic_write_text
 from .errors import ConfigError, UserError
 from .logging import get_logger
 from .progress import progress
@@ -287,9 +288,9 @@ def _ray_call(fn: Callable, args: tuple, desc: str, index: int, trace_dir: str |
 
 
 def _trace(trace_dir: str, record: dict) -> None:
+    # Atomic: a reader listing the folder while tasks run sees whole records only.
     path = Path(trace_dir) / f"{record['node'][:12]}-{record['pid']}-{uuid.uuid4().hex[:8]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record) + "\n")
+    atomic_write_text(path, json.dumps(record) + "\n")
 
 
 def _run_ray(fn: Callable, tasks: list[tuple], workers: int, address: str | None, desc: str,

@@ -96,7 +96,15 @@ def test_a_node_removed_mid_stage_costs_a_retry_not_the_result(ray_cluster, raw_
     removed, stop = threading.Event(), threading.Event()
     victim_ids: list[str] = []
 
+    errors: list[BaseException] = []
+
     def remove_the_node_running_minhash():
+        try:
+            watch_and_remove()
+        except BaseException as err:  # shown by the assertion below, not lost in the thread
+            errors.append(err)
+
+    def watch_and_remove():
         while not stop.is_set():
             started = [r for r in read_trace(trace) if r["event"] == "start" and r["desc"].startswith("minhash_dedup")]
             if started:
@@ -117,6 +125,7 @@ def test_a_node_removed_mid_stage_costs_a_retry_not_the_result(ray_cluster, raw_
         killer.join(timeout=10)
         if removed.is_set():
             ray_cluster.add_node()
+    assert not errors, f"the thread removing the node failed: {errors[0]!r}"
     assert removed.is_set(), "the node running the first MinHash task was removed"
     victim_id = victim_ids[0]
     assert run_digest(out) == local_reference
