@@ -35,7 +35,7 @@ from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.shards import ShardFile, iter_batches, read_manifest, write_manifest
-from stack_common.storage import is_uri
+from stack_common.storage import Place, is_uri
 from stack_common.tasks import ray_options, shared_workers
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
@@ -180,20 +180,48 @@ def check_models_unchanged(previous: dict, current: dict, cfg: PipelineConfig, s
                             expected="the original model file, a new output directory, or overwrite=true")
 
 
+def input_stats(inputs: list[Location]) -> list[list]:
+    """[size, modification time in ns] of every input file, in the order of `inputs`."""
+    return [[info.size, info.mtime_ns] for info in (Place.of(p).info() for p in inputs)]
+
+
+def check_inputs_unchanged(previous: dict, decisive: dict, inputs: list[Location], cfg: PipelineConfig) -> None:
+    """An input file rewritten under the same name mid-run would mix documents of two versions: the
+    units done read the old file, the rest would read the new one."""
+    before = previous.get("input_stat")
+    if cfg.overwrite or not before or previous.get("input_files") != decisive["input_files"]:
+        return
+    for path, (size0, mtime0), (size1, mtime1) in zip(inputs, before, decisive["input_stat"]):
+        if (size0, mtime0) != (size1, mtime1):
+            raise UserError(f"input file changed since this run started ({size0:,} -> {size1:,} bytes, modified "
+                            f"{_when(mtime0)} -> {_when(mtime1)}): resuming would mix two versions of it", file=path,
+                            expected="the original file (same size and modification time), a new output "
+                                     "directory, or overwrite=true")
+
+
+def _when(mtime_ns: int | None) -> str:
+    if mtime_ns is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(mtime_ns / 1e9)) + f".{mtime_ns % 10**9:09d} UTC"
+
+
 def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Location], stages: list[str]) -> None:
     """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
                                       "dedup": output_settings(as_plain(cfg.dedup)),
                                       "stages": stages, "input_files": [str(p) for p in inputs],
+                                      "input_stat": input_stats(inputs),
                                       "model_sha256": model_files(cfg, stages)}))
     path = out / "run_config.json"
     if path.is_file():
         previous = read_json(path)
         models = decisive["model_sha256"]
         check_models_unchanged(previous, models, cfg, stages)
+        check_inputs_unchanged(previous, decisive, inputs, cfg)
         before = previous.get("model_sha256", {})
-        # Models of stages appended to the run (or unrecorded by an older run) are new, not changed.
-        comparable = {**previous, "stages": stages,
+        # Models of stages appended to the run (or unrecorded by an older run) are new, not changed;
+        # input sizes and times unrecorded by an older run are taken as they are now.
+        comparable = {**previous, "stages": stages, "input_stat": previous.get("input_stat", decisive["input_stat"]),
                       "model_sha256": {**before, **{k: v for k, v in models.items() if k not in before}}}
         # Settings read only by stages the run has not reached yet may change (appended stages).
         comparable.update({key: decisive[key] for key in SETTINGS_OF_LATER_STAGES

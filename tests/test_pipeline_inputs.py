@@ -73,6 +73,37 @@ def test_model_of_an_appended_stage_is_not_a_change(tmp_path):
     assert "quality.model" in json.loads((tmp_path / "out" / "run_config.json").read_text())["model_sha256"]
 
 
+def test_input_rewritten_mid_run_is_refused_on_resume(tmp_path):
+    """A run resumed after its input was rewritten would mix the units done on the old file with ones
+    read from the new; the same file (size and modification time) resumes, an older run_config without
+    the record is taken as it is."""
+    raw = tmp_path / "in.jsonl"
+    raw.write_text(json.dumps({"text": TEXT}) + "\n")
+    out = tmp_path / "out"
+    overrides = [f"input={raw}", f"output={out}", "stages=[normalize]"]
+    execute(load_config(overrides))
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert recorded["input_stat"] == [[raw.stat().st_size, raw.stat().st_mtime_ns]]
+    execute(load_config(overrides))                                     # unchanged: resumes
+
+    stat = raw.stat()
+    raw.write_text(json.dumps({"text": TEXT.upper()}) + "\n")          # same size, new content and time
+    assert raw.stat().st_size == stat.st_size
+    size = stat.st_size
+    with pytest.raises(UserError, match=rf"input file changed since this run started \({size} -> {size} bytes") as err:
+        execute(load_config(overrides))
+    assert str(raw) in str(err.value)
+    raw.write_text(json.dumps({"text": TEXT + " More."}) + "\n")
+    with pytest.raises(UserError, match=f"{size} -> {size + 6} bytes"):
+        execute(load_config(overrides))
+
+    legacy = {k: v for k, v in recorded.items() if k != "input_stat"}   # written before input_stat existed
+    (out / "run_config.json").write_text(json.dumps(legacy))
+    execute(load_config(overrides))
+    assert json.loads((out / "run_config.json").read_text())["input_stat"] == [[size + 6, raw.stat().st_mtime_ns]]
+    execute(load_config([*overrides, "overwrite=true"]))              # and overwrite=true always starts anew
+
+
 @pytest.mark.parametrize("rules,message", [
     ({"en": {"filter": {"gopher_quality": {"min_word": 50}}}},
      "rules.en.filter.gopher_quality.min_word: Key 'min_word' not in"),
