@@ -6,8 +6,9 @@ returns fractions in [0, 1]; the rules compare them with thresholds from the YAM
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Sequence
+
+import numpy as np
 
 from ..lines import TABLE_ROW_RE
 
@@ -35,47 +36,79 @@ def duplicate_fractions(items: Sequence[str], min_chars: int = 0) -> tuple[float
     return dup_items / (len(items) or 1), dup_chars / (total_chars or 1)
 
 
-def ngrams(units: Sequence, n: int) -> list:
-    if isinstance(units, str):
-        return [units[i:i + n] for i in range(len(units) - n + 1)]
-    return list(zip(*(units[i:] for i in range(n))))
+class NgramIndex:
+    """A document's n-grams as dense integer ids, exact (no hashing): unit ids first (a word's id
+    is the order of its first occurrence, a character's its code point), then the id of an
+    n-gram is the rank of the pair (id of its (n-1)-gram prefix, id of its last unit) among the
+    document's distinct pairs. Built up one n at a time and shared by every n-gram rule of a
+    document; numpy does the counting that tuples in a Counter did."""
+
+    def __init__(self, units: Sequence, unit_chars: Sequence[int] | None = None):
+        if isinstance(units, str):      # characters (Chinese): one character per unit
+            ids = np.frombuffer(units.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            self.unit_chars = None
+        else:
+            first_seen: dict = {}
+            ids = np.fromiter((first_seen.setdefault(u, len(first_seen)) for u in units), np.int64, len(units))
+            self.unit_chars = np.asarray(unit_chars if unit_chars is not None else [len(u) for u in units], np.int64)
+        self.units = ids.astype(np.int64)
+        self.grams = {1: self.units}
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def gram_ids(self, n: int) -> np.ndarray:
+        """Id of the n-gram starting at each position (len(units) - n + 1 of them)."""
+        if n not in self.grams:
+            prefix = self.gram_ids(n - 1)[:-1]
+            pairs = (prefix << 32) | self.units[n - 1:]     # both < 2**31: the pair fits in an int64
+            self.grams[n] = np.unique(pairs, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        return self.grams[n]
+
+    def gram_chars(self, n: int, start: int) -> int:
+        if self.unit_chars is None:
+            return n
+        return int(self.unit_chars[start:start + n].sum())
 
 
-def top_ngram_char_fraction(units: Sequence, n: int, total_chars: int) -> float:
-    """Characters covered by the most frequent n-gram (if it occurs twice or more) / all characters."""
-    grams = ngrams(units, n)
-    if not grams:
+def top_ngram_char_fraction(index: NgramIndex, n: int, total_chars: int) -> float:
+    """Characters covered by the most frequent n-gram (if it occurs twice or more) / all characters.
+    Of n-grams equally frequent, the one that occurs first counts."""
+    if len(index) < n:
         return 0.0
-    gram, count = Counter(grams).most_common(1)[0]
+    ids = index.gram_ids(n)
+    counts = np.bincount(ids)
+    count = int(counts.max())
     if count < 2:
         return 0.0
-    gram_chars = len(gram) if isinstance(gram, str) else sum(map(len, gram))
-    return min(1.0, count * gram_chars / (total_chars or 1))   # overlapping occurrences can exceed 1
+    first = int(np.flatnonzero(counts[ids] == count)[0])
+    return min(1.0, count * index.gram_chars(n, first) / (total_chars or 1))   # overlaps can exceed 1
 
 
-def duplicated_ngram_char_fraction(units: Sequence, n: int, unit_chars: Sequence[int] | None,
-                                   total_chars: int) -> float:
-    """Characters inside n-grams that repeat an earlier, non-overlapping occurrence / all characters.
-    `unit_chars` None means every unit is one character (Chinese)."""
-    grams = ngrams(units, n)
-    if len(set(grams)) == len(grams):
+def duplicated_ngram_char_fraction(index: NgramIndex, n: int, total_chars: int) -> float:
+    """Characters inside n-grams that repeat an earlier, non-overlapping occurrence / all characters."""
+    if len(index) < n:
         return 0.0
-    seen: set = set()
-    covered = bytearray(len(units))
+    ids = index.gram_ids(n)
+    distinct = int(ids.max()) + 1
+    if distinct == len(ids):
+        return 0.0
+    seen = bytearray(distinct)
+    covered = bytearray(len(index))
     block = b"\x01" * n
+    grams = ids.tolist()
     i = 0
     while i < len(grams):
-        if grams[i] in seen:
+        if seen[grams[i]]:
             covered[i:i + n] = block
             i += n
         else:
-            seen.add(grams[i])
+            seen[grams[i]] = 1
             i += 1
-    if unit_chars is None:
+    if index.unit_chars is None:
         return covered.count(1) / (total_chars or 1)
-    return sum(c for c, hit in zip(unit_chars, covered) if hit) / (total_chars or 1)
-
-
+    hit = np.frombuffer(bytes(covered), dtype=np.uint8).astype(bool)
+    return int(index.unit_chars[hit].sum()) / (total_chars or 1)
 
 
 def sentence_lines(lines: list[str]) -> list[str]:

@@ -12,8 +12,8 @@ from functools import cached_property
 from typing import Any, Optional
 
 from ..lines import SENTENCE_END, logical_lines
-from .common import (duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs, sentence_lines,
-                     top_ngram_char_fraction)
+from .common import (NgramIndex, duplicate_fractions, duplicated_ngram_char_fraction, nonempty_lines, paragraphs,
+                     sentence_lines, top_ngram_char_fraction)
 
 WORD_RE = re.compile(r"[^\W_](?:[\w'’-]*\w)?")
 ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
@@ -184,12 +184,16 @@ def gopher_repetition(doc: EnglishText, p: dict) -> str | None:
 
 def ngram_repetition(units, unit_chars, total_chars: int, p: dict, rule: str) -> str | None:
     """Top n-gram and duplicated n-gram character fractions (shared by the English and Chinese rules)."""
-    for n, limit in p.get("max_top_ngram_char_ratio") or []:
-        if _over(top_ngram_char_fraction(units, int(n), total_chars), limit):
-            return f"{rule}.max_top_ngram_char_ratio"
+    top_limits = p.get("max_top_ngram_char_ratio") or []
     limits = sorted(p.get("max_dup_ngram_char_ratio") or [])
+    if not top_limits and not limits:
+        return None
+    index = NgramIndex(units, unit_chars)
+    for n, limit in top_limits:
+        if _over(top_ngram_char_fraction(index, int(n), total_chars), limit):
+            return f"{rule}.max_top_ngram_char_ratio"
     for k, (n, limit) in enumerate(limits):
-        fraction = duplicated_ngram_char_fraction(units, int(n), unit_chars, total_chars)
+        fraction = duplicated_ngram_char_fraction(index, int(n), total_chars)
         if _over(fraction, limit):
             return f"{rule}.max_dup_ngram_char_ratio"
         # Longer duplicated n-grams cover no more text than shorter ones: stop once below every limit left.

@@ -1,0 +1,99 @@
+"""The n-gram repetition measures (`filters.common.NgramIndex`) against their plain definitions:
+tuples / substrings counted in a Counter, and the greedy left-to-right scan for duplicated n-grams."""
+import random
+from collections import Counter
+
+import pytest
+
+from data_pipeline.filters.common import NgramIndex, duplicated_ngram_char_fraction, top_ngram_char_fraction
+
+
+def plain_ngrams(units, n):
+    if isinstance(units, str):
+        return [units[i:i + n] for i in range(len(units) - n + 1)]
+    return list(zip(*(units[i:] for i in range(n))))
+
+
+def plain_top(units, n, total):
+    grams = plain_ngrams(units, n)
+    if not grams:
+        return 0.0
+    gram, count = Counter(grams).most_common(1)[0]      # the first-seen of equally frequent grams
+    if count < 2:
+        return 0.0
+    chars = len(gram) if isinstance(gram, str) else sum(map(len, gram))
+    return min(1.0, count * chars / (total or 1))
+
+
+def plain_duplicated(units, n, total):
+    grams = plain_ngrams(units, n)
+    seen, covered, i = set(), [False] * len(units), 0
+    while i < len(grams):
+        if grams[i] in seen:
+            covered[i:i + n] = [True] * n
+            i += n
+        else:
+            seen.add(grams[i])
+            i += 1
+    if isinstance(units, str):
+        return sum(covered) / (total or 1)
+    return sum(len(u) for u, hit in zip(units, covered) if hit) / (total or 1)
+
+
+def random_units(rng, chinese):
+    if chinese:
+        alphabet = "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于心学么之都好看起发当没成只如事把还用第样道想作种开美总从无情己面最女但现前些所同日手又行意动方期它头经长儿回位分爱老因很给名法间斯知世什两次使身者被高已亲其进此话常与活正感😀𠀋"
+        size = rng.choice([3, 12, 60])
+        return "".join(rng.choice(alphabet[:size] + alphabet[-2:]) for _ in range(rng.randrange(0, 400)))
+    vocab = [("w" * rng.randrange(1, 9)) + str(k) for k in range(rng.choice([2, 5, 40, 300]))]
+    return [rng.choice(vocab) for _ in range(rng.randrange(0, 400))]
+
+
+@pytest.mark.parametrize("chinese", [False, True])
+def test_ngram_measures_equal_their_plain_definitions(chinese):
+    rng = random.Random(7 if chinese else 8)
+    nonzero_top = nonzero_dup = 0
+    for _ in range(300):
+        units = random_units(rng, chinese)
+        total = len(units) if chinese else sum(map(len, units))
+        index = NgramIndex(units)
+        for n in range(1, 11):
+            top, dup = top_ngram_char_fraction(index, n, total), duplicated_ngram_char_fraction(index, n, total)
+            assert top == plain_top(units, n, total), (units, n)
+            assert dup == plain_duplicated(units, n, total), (units, n)
+            nonzero_top += top > 0
+            nonzero_dup += dup > 0
+    assert nonzero_top > 500 and nonzero_dup > 500      # the inputs repeat: the comparison is not all zeros
+
+
+def test_equally_frequent_ngrams_count_the_first_seen_one():
+    # "bb cc" and "a a" both occur twice; the first seen ("a a") covers 2 chars a time, not 4.
+    units = ["a", "a", "a", "bb", "cc", "x", "bb", "cc"]
+    total = sum(map(len, units))
+    assert top_ngram_char_fraction(NgramIndex(units), 2, total) == 2 * 2 / total
+    assert top_ngram_char_fraction(NgramIndex(units[2:]), 2, total) == 2 * 4 / total
+
+
+def test_script_counts_equal_the_patterns_own_counts():
+    """script_stats counts characters through a learnt table of code point classes; the counts must
+    be those of the class patterns (findall) on any text: astral characters, lone surrogates,
+    controls that CLD2 refuses."""
+    import re
+
+    from data_pipeline.lang import CLD2_REFUSED, HAN_RE, HANGUL_RE, KANA_RE, LATIN_RE, LETTER_RE, REFUSED, \
+        code_point_classes, script_stats
+
+    rng = random.Random(3)
+    ranges = [(0, 0x80), (0x80, 0x3000), (0x3000, 0x10000), (0x10000, 0x110000)]
+    for _ in range(2000):
+        text = "".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randrange(0, 120)))
+        letters, han, latin = (len(p.findall(text)) for p in (LETTER_RE, HAN_RE, LATIN_RE))
+        stats = script_stats(text)
+        assert stats["letters"] == letters
+        assert stats["han_share"] == han / ((han + latin / 4) or 1)
+        assert stats["latin_ratio"] == latin / (letters or 1)
+        assert stats["kana_ratio"] == len(KANA_RE.findall(text)) / (letters or 1)
+        assert stats["hangul_ratio"] == len(HANGUL_RE.findall(text)) / (letters or 1)
+        assert bool((code_point_classes(text) & REFUSED).any()) == bool(CLD2_REFUSED.search(text))
+    mixed = "中文 text カナ 한글 \x07"
+    assert script_stats(mixed)["letters"] == len(re.findall(r"[^\W\d_]", mixed)) == 10
