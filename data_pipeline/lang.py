@@ -17,19 +17,14 @@ import re
 from functools import lru_cache
 from importlib.metadata import version
 
-import numpy as np
 
 from stack_common.atomic import sha256_file
 from stack_common.errors import UserError
 
+from .char_classes import CLD2_REFUSED, HAN, HANGUL, KANA, LATIN, LETTER, REFUSED, class_counts, code_point_classes
 from .config import ContentTypeConfig, LangConfig
 from .content_type import detect_content_type
 
-HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-KANA_RE = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
-HANGUL_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
-LATIN_RE = re.compile(r"[A-Za-z\u00c0-\u024f]")
-LETTER_RE = re.compile(r"[^\W\d_]")
 # A script share above this names the language by itself (kana: ja, hangul: ko).
 SCRIPT_SHARE = 0.05
 # Languages script statistics can name without a model (Latin script could be any of dozens).
@@ -40,49 +35,16 @@ NAMED_BY_SCRIPT = ("zh", "ja", "ko")
 # in the annotations (lang_label) for anyone who wants them apart.
 UNKNOWN_LABELS = {"", "un", "xx", "und", "zxx"}
 SAME_AS = {"yue": "zh", "wuu": "zh", "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro"}
-# What CLD2 refuses as "invalid UTF-8": C0/C1 controls (but \t \n \f \r), surrogates, noncharacters.
-CLD2_REFUSED = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
-                          + "".join(f"{chr(plane * 0x10000 + 0xfffe)}{chr(plane * 0x10000 + 0xffff)}"
-                                    for plane in range(17)) + "]")
-
-
-# Each code point's classes as bit flags, learnt from the patterns above the first time a code point
-# is seen (so counts equal the patterns' own): one numpy lookup per document instead of a regex
-# scan per class.
-CLASS_PATTERNS = (LETTER_RE, HAN_RE, LATIN_RE, KANA_RE, HANGUL_RE, CLD2_REFUSED)
-LETTER, HAN, LATIN, KANA, HANGUL, REFUSED = (1 << k for k in range(len(CLASS_PATTERNS)))
-_UNLEARNT = 0x80
-_class_bits = np.full(0x110000, _UNLEARNT, dtype=np.uint8)
-
-
-def code_point_classes(text: str) -> np.ndarray:
-    """The class bits of every character of `text`."""
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    bits = _class_bits[codes]
-    unlearnt = bits == _UNLEARNT
-    if unlearnt.any():
-        for code in np.unique(codes[unlearnt]).tolist():
-            char = chr(code)
-            _class_bits[code] = sum(1 << k for k, pattern in enumerate(CLASS_PATTERNS) if pattern.match(char))
-        bits = _class_bits[codes]
-    return bits
-
-
 def script_stats(text: str) -> dict:
-    per_value = np.bincount(code_point_classes(text), minlength=1 << len(CLASS_PATTERNS))
-    values = np.arange(len(per_value))
-
-    def count(flag: int) -> int:
-        return int(per_value[(values & flag) != 0].sum())
-
-    letters, han, latin = count(LETTER), count(HAN), count(LATIN)
+    count = class_counts(text)
+    letters, han, latin = count[LETTER], count[HAN], count[LATIN]
     return {
         "letters": letters,
         # A Han character carries about as much as four Latin letters (one short word).
         "han_share": han / ((han + latin / 4) or 1),
         "latin_ratio": latin / (letters or 1),
-        "kana_ratio": count(KANA) / (letters or 1),
-        "hangul_ratio": count(HANGUL) / (letters or 1),
+        "kana_ratio": count[KANA] / (letters or 1),
+        "hangul_ratio": count[HANGUL] / (letters or 1),
     }
 
 

@@ -75,13 +75,14 @@ def test_equally_frequent_ngrams_count_the_first_seen_one():
 
 
 def test_script_counts_equal_the_patterns_own_counts():
-    """script_stats counts characters through a learnt table of code point classes; the counts must
+    """script_stats and count_letters count characters through a learnt table of code point classes; the counts must
     be those of the class patterns (findall) on any text: astral characters, lone surrogates,
     controls that CLD2 refuses."""
     import re
 
-    from data_pipeline.lang import CLD2_REFUSED, HAN_RE, HANGUL_RE, KANA_RE, LATIN_RE, LETTER_RE, REFUSED, \
-        code_point_classes, script_stats
+    from data_pipeline.char_classes import (CLD2_REFUSED, HAN_RE, HANGUL_RE, KANA_RE, LATIN_RE, LETTER_RE, REFUSED,
+                                            code_point_classes, count_letters)
+    from data_pipeline.lang import script_stats
 
     rng = random.Random(3)
     ranges = [(0, 0x80), (0x80, 0x3000), (0x3000, 0x10000), (0x10000, 0x110000)]
@@ -89,7 +90,7 @@ def test_script_counts_equal_the_patterns_own_counts():
         text = "".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randrange(0, 120)))
         letters, han, latin = (len(p.findall(text)) for p in (LETTER_RE, HAN_RE, LATIN_RE))
         stats = script_stats(text)
-        assert stats["letters"] == letters
+        assert stats["letters"] == letters == count_letters(text)
         assert stats["han_share"] == han / ((han + latin / 4) or 1)
         assert stats["latin_ratio"] == latin / (letters or 1)
         assert stats["kana_ratio"] == len(KANA_RE.findall(text)) / (letters or 1)

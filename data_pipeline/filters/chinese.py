@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
-from ..lang import HAN_RE
+from ..char_classes import HAN_RE
 from .common import duplicate_fractions, nonempty_lines, sentence_lines
 from .english import NgramLimits, _over, _under, check_ngram_limits, ngram_repetition
 from .generic import LengthParams

@@ -53,6 +53,7 @@ class NgramIndex:
             self.unit_chars = np.asarray(unit_chars if unit_chars is not None else [len(u) for u in units], np.int64)
         self.units = ids.astype(np.int64)
         self.grams = {1: self.units}
+        self.all_distinct: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.units)
@@ -61,8 +62,14 @@ class NgramIndex:
         """Id of the n-gram starting at each position (len(units) - n + 1 of them)."""
         if n not in self.grams:
             prefix = self.gram_ids(n - 1)[:-1]
-            pairs = (prefix << 32) | self.units[n - 1:]     # both < 2**31: the pair fits in an int64
-            self.grams[n] = np.unique(pairs, return_inverse=True)[1].reshape(-1).astype(np.int64)
+            if n - 1 in self.all_distinct:          # then so are the longer n-grams: any dense numbering does
+                self.grams[n] = np.arange(len(prefix), dtype=np.int64)
+                self.all_distinct.add(n)
+            else:
+                pairs = (prefix << 32) | self.units[n - 1:]     # both < 2**31: the pair fits in an int64
+                self.grams[n] = np.unique(pairs, return_inverse=True)[1].reshape(-1).astype(np.int64)
+                if len(pairs) and self.grams[n].max() + 1 == len(pairs):
+                    self.all_distinct.add(n)
         return self.grams[n]
 
     def gram_chars(self, n: int, start: int) -> int:
