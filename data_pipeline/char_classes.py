@@ -26,7 +26,9 @@ CLASS_PATTERNS = (LETTER_RE, HAN_RE, LATIN_RE, KANA_RE, HANGUL_RE, CLD2_REFUSED)
 LETTER, HAN, LATIN, KANA, HANGUL, REFUSED = (1 << k for k in range(len(CLASS_PATTERNS)))
 _UNLEARNT = 0x80
 _class_bits = np.full(0x110000, _UNLEARNT, dtype=np.uint8)
-_FLAG_VALUES = np.arange(1 << len(CLASS_PATTERNS))
+FLAGS = (LETTER, HAN, LATIN, KANA, HANGUL, REFUSED)
+# _IN_CLASS[k, v]: whether bit value v includes class k
+_IN_CLASS = (np.arange(1 << len(FLAGS))[None, :] >> np.arange(len(FLAGS))[:, None]) & 1
 
 
 def code_point_classes(text: str) -> np.ndarray:
@@ -44,8 +46,8 @@ def code_point_classes(text: str) -> np.ndarray:
 
 def class_counts(text: str) -> dict[int, int]:
     """Characters of `text` in each class, keyed by the class's flag (LETTER, HAN, ...)."""
-    per_value = np.bincount(code_point_classes(text), minlength=len(_FLAG_VALUES))
-    return {1 << k: int(per_value[(_FLAG_VALUES & (1 << k)) != 0].sum()) for k in range(len(CLASS_PATTERNS))}
+    per_value = np.bincount(code_point_classes(text), minlength=_IN_CLASS.shape[1])
+    return dict(zip(FLAGS, (_IN_CLASS @ per_value).tolist()))
 
 
 def count_letters(text: str) -> int:

@@ -74,13 +74,23 @@ def procedure_steps(lines: list[str]) -> int:
     return 0
 
 
+# What a line must start or end with (whitespace aside) for each pattern to match: a pattern runs
+# only on lines where it can, which leaves the result as it is and saves most regex calls.
+KEYWORD_STARTS = frozenset("abcdefghijklmnopqrstuvwxyz#@")
+END_CHARS, CLOSE_STARTS, SOFT_END_CHARS = frozenset(";{}([\\"), frozenset("})]"), frozenset(",:")
+
+
 def looks_like_code(line: str) -> bool:
     if CODE_COMMENT_RE.match(line):
         return True
-    if HAN_RUN_RE.search(line):       # Chinese prose that mentions a function() or ends in ";"
+    if not line.isascii() and HAN_RUN_RE.search(line):   # Chinese prose that mentions a function() or ends in ";"
         return False
-    return bool(CODE_KEYWORD_RE.match(line) or CODE_END_RE.search(line) or CODE_SOFT_END_RE.match(line)
-                or CODE_ASSIGN_RE.match(line) or CODE_CALL_RE.search(line))
+    start, end = line.lstrip()[:1], line.rstrip()[-1:]
+    return bool((start in KEYWORD_STARTS and CODE_KEYWORD_RE.match(line))
+                or ((end in END_CHARS or start in CLOSE_STARTS) and CODE_END_RE.search(line))
+                or (end in SOFT_END_CHARS and CODE_SOFT_END_RE.match(line))
+                or ("=" in line and CODE_ASSIGN_RE.match(line))
+                or (end == ")" and CODE_CALL_RE.search(line)))
 
 
 def code_line_ratio(lines: list[str]) -> float:

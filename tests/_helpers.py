@@ -62,9 +62,11 @@ GLOBAL_STAGES[stage](Path(src), Path(out), json.loads(cfg), 1, "local", None)
 
 def run_killed_stage(src: Path, out: Path, stage: str, target: str, after: int, cfg: dict | None = None):
     """Run a global dedup stage in a subprocess that SIGKILLs itself after the `after`-th call of
-    `target` ("<dedup module>.<function>" or "<module>.<Class>.<method>")."""
+    `target` ("<dedup module>.<function>" or "<module>.<Class>.<method>").
+    The subprocess inherits the environment: OPENBLAS_CORETYPE and the like choose the BLAS kernels, and
+    a float computed with another kernel may round differently (semantic dedup's cluster distances did)."""
     import json
 
     return subprocess.run([sys.executable, "-c", KILL_AFTER_CALLS, str(src), str(out), stage, target, str(after),
                            json.dumps(cfg or {})], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                          text=True, env={"BC_NO_PROGRESS": "1", "PATH": "/usr/bin:/bin"})
+                          text=True, env=dict(os.environ, BC_NO_PROGRESS="1"))

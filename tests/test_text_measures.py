@@ -98,3 +98,28 @@ def test_script_counts_equal_the_patterns_own_counts():
         assert bool((code_point_classes(text) & REFUSED).any()) == bool(CLD2_REFUSED.search(text))
     mixed = "中文 text カナ 한글 \x07"
     assert script_stats(mixed)["letters"] == len(re.findall(r"[^\W\d_]", mixed)) == 10
+
+
+def test_code_line_prefilters_leave_the_verdict_of_the_patterns():
+    """looks_like_code runs a pattern only where the line's first or last character allows a match;
+    on any line the verdict must equal the plain chain of patterns."""
+    from data_pipeline import content_type as ct
+
+    def plain(line):
+        if ct.CODE_COMMENT_RE.match(line):
+            return True
+        if ct.HAN_RUN_RE.search(line):
+            return False
+        return bool(ct.CODE_KEYWORD_RE.match(line) or ct.CODE_END_RE.search(line) or ct.CODE_SOFT_END_RE.match(line)
+                    or ct.CODE_ASSIGN_RE.match(line) or ct.CODE_CALL_RE.search(line))
+
+    pieces = ["def", "int", "return", "#include", "#", "@x", "//", "/*", "*", "--", ";;", "x", "foo", "f(a)", "(", ")",
+              "[", "]", "{", "}", ";", ":", ",", "=", "==", "+=", "\\", "'", '"', "_", " ", "\t", "\u3000", "\u00a0",
+              "\x1c", "中文字", "中", "。", "Click", "é"]
+    rng = random.Random(5)
+    verdicts = []
+    for _ in range(20000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 9)))
+        assert ct.looks_like_code(line) == plain(line), repr(line)
+        verdicts.append(plain(line))
+    assert 0.2 < sum(verdicts) / len(verdicts) < 0.8       # both verdicts are well represented
