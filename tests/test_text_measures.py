@@ -123,3 +123,27 @@ def test_code_line_prefilters_leave_the_verdict_of_the_patterns():
         assert ct.looks_like_code(line) == plain(line), repr(line)
         verdicts.append(plain(line))
     assert 0.2 < sum(verdicts) / len(verdicts) < 0.8       # both verdicts are well represented
+
+
+def test_unit_keys_of_a_whole_text_equal_each_units_own_key():
+    """Line dedup folds a document's units in one pass (`unit_keys`); every key and length must be
+    the one `unit_key` gives the unit alone: units not NFKC (full-width letters, a decomposed accent),
+    and the texts that take the per-unit path (a capital sigma, a longer lower case: İ)."""
+    from data_pipeline.dedup.text import split_units, unit_key, unit_keys
+
+    pieces = ["Hello", "world", " ", "  ", "\t", "\n", "\n\n", ".", "!", "...", "-", "中文", "。", "！", "；", "3.14",
+              "ΟΔΟΣ", "ο", "İ", "Ｆｕｌｌ", "e\u0301", "\u0301", "é", "😀", "\u3000", "\x07", "«", "»", "_", "A"]
+    rng = random.Random(11)
+    fast = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
+        for unit in ("paragraph", "sentence"):
+            units = split_units(text, unit)
+            assert unit_keys(units) == [unit_key(u) for u in units], (unit, text)
+        fast += "Σ" not in text and "İ" not in text
+    assert fast > 300                      # the one-pass path was taken often
+    # Units cut anywhere (not by split_units): a separator run opening a unit after a letter, a
+    # capital sigma whose lower case depends on the next unit.
+    for units in (["", "a b ", "", " .x"], ["ab", " cd", "..e"], ["ΟΔΟΣ", "ο"], ["中", "，文"]):
+        assert unit_keys(units) == [unit_key(u) for u in units], units
+    assert unit_keys([]) == []

@@ -45,7 +45,7 @@ from .common import (Shard, ShardOutput, ids_of, add_annotations, column_numpy, 
                      finish_stage, input_shards, iter_shard, load_config, partition_count, prepare_work,
                      read_arrow, read_partition, run_apply, survivor_rank, timed, write_arrow, write_partitioned)
 from .parallel import run_tasks
-from .text import normalize, split_units, unit_key
+from .text import normalize, split_units, unit_keys
 
 STAGE = "line_dedup"
 REASON = "too_short_after_line_dedup"
@@ -77,11 +77,7 @@ def check_config(conf: LineConfig) -> None:
 
 def doc_unit_keys(text: str, conf: LineConfig) -> list[int | None]:
     """Key of each unit of `text`, None for units too short to be removed."""
-    keys = []
-    for unit in split_units(text, conf.unit):
-        key, length = unit_key(unit)
-        keys.append(key if length >= conf.min_unit_chars else None)
-    return keys
+    return [key if length >= conf.min_unit_chars else None for key, length in unit_keys(split_units(text, conf.unit))]
 
 
 def _unit_shard(shard: Shard, work: Path, conf: LineConfig) -> None:

@@ -172,5 +172,36 @@ def split_units(text: str, unit: str) -> list[str]:
 
 def unit_key(unit: str) -> tuple[int, int]:
     """64-bit key of a unit's normalized form, and that form's length in characters (line dedup)."""
-    norm = normalize(unit)
+    return _key_of_normalized(normalize(unit))
+
+
+def _key_of_normalized(norm: str) -> tuple[int, int]:
     return int.from_bytes(hashlib.blake2b(norm.encode("utf-8"), digest_size=8).digest(), "little"), len(norm)
+
+
+def unit_keys(units: list[str]) -> list[tuple[int, int]]:
+    """`unit_key` of each of a text's consecutive units, with the case and separator folding done in
+    one pass over the whole text where that gives the same forms: units are NFKC-normalized one by
+    one, and the text has no capital sigma (the one letter whose lower case depends on its
+    neighbours) and no letter whose lower case is longer. Runs of separators then fold per unit: a
+    run restarts at a unit's first character (a leading run goes), and a unit's trailing space goes."""
+    units = [u if unicodedata.is_normalized("NFKC", u) else unicodedata.normalize("NFKC", u) for u in units]
+    text = "".join(units)
+    lowered = text.lower()
+    if not text or "\u03a3" in text or len(lowered) != len(text):
+        return [unit_key(u) for u in units]
+    codes = np.frombuffer(lowered.encode("utf-32-le"), dtype=np.uint32)
+    fold = _SEPARATOR[codes]
+    starts = np.cumsum([0] + [len(u) for u in units[:-1]])
+    previous_folded = np.concatenate([[True], fold[:-1]])
+    previous_folded[starts[starts < len(codes)]] = True      # as if each unit began after a folded run
+    kept = ~fold | ~previous_folded
+    folded = np.where(fold, np.uint32(32), codes)[kept]
+    out_bounds = np.concatenate([[0], np.cumsum(kept)])[np.append(starts, len(codes))].tolist()
+    whole = folded.tobytes().decode("utf-32-le")
+    keys = []
+    for lo, hi in zip(out_bounds[:-1], out_bounds[1:]):
+        if hi > lo and whole[hi - 1] == " ":
+            hi -= 1
+        keys.append(_key_of_normalized(whole[lo:hi]))
+    return keys
