@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from stack_common.errors import UserError
 from stack_common.shards import MANIFEST, shard_paths
-from stack_common.storage import Place, is_uri
+from stack_common.storage import Place, is_uri, public_uri, split_query
 
 from .config import ReaderConfig
 
@@ -113,10 +113,14 @@ def _expand_uri(pattern: str) -> list[str]:
 
 
 def _split_at_wildcard(pattern: str) -> tuple[str, list[str]]:
-    scheme, _, rest = pattern.partition("://")
+    """(the URI of the folder above the first wildcard, with the pattern's query; the wildcard parts,
+    percent-decoded like the listed names they are matched against)."""
+    base, query = split_query(pattern)
+    scheme, _, rest = base.partition("://")
     parts = rest.split("/")
     first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    return f"{scheme}://{'/'.join(parts[:first])}", [p for p in parts[first:] if p]
+    folder = f"{scheme}://{'/'.join(parts[:first])}" + (f"?{query}" if query else "")
+    return folder, [unquote(p) for p in parts[first:] if p]
 
 
 def _input_place(uri: str, pattern: str) -> Place:
@@ -177,8 +181,8 @@ def input_id_names(paths: list[Location]) -> list[str]:
 def _id_path(location: Location) -> str:
     if not is_uri(location):
         return Path(location).resolve().as_posix()
-    url = urlsplit(str(location))
-    return (url.netloc + url.path).rstrip("/")
+    url = urlsplit(split_query(str(location))[0])
+    return (url.netloc.rpartition("@")[2] + unquote(url.path)).rstrip("/")
 
 
 def _files_in_dir(directory: Path) -> list[Path]:
@@ -214,7 +218,7 @@ def read_unit(path: Location, cfg: ReaderConfig, id_name: str | None = None) -> 
 
 def _label(place: Place) -> str:
     """How records and errors name the file: its local path or its URI."""
-    return place.path if place.local else place.uri
+    return place.path if place.local else public_uri(place.uri)
 
 
 def _open_raw(place: Place):

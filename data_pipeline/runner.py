@@ -35,7 +35,7 @@ from stack_common.config import Checks, as_plain
 from stack_common.errors import UserError
 from stack_common.logging import get_logger
 from stack_common.shards import ShardFile, iter_batches, read_manifest, write_manifest
-from stack_common.storage import Place, is_uri
+from stack_common.storage import Place, is_uri, public_uri
 from stack_common.tasks import ray_options, shared_workers
 
 from .config import GLOBAL_STAGE_NAMES, NEEDS_LANG, PER_DOC_STAGES, PipelineConfig
@@ -194,7 +194,8 @@ def check_inputs_unchanged(previous: dict, decisive: dict, inputs: list[Location
     for path, (size0, mtime0), (size1, mtime1) in zip(inputs, before, decisive["input_stat"]):
         if (size0, mtime0) != (size1, mtime1):
             raise UserError(f"input file changed since this run started ({size0:,} -> {size1:,} bytes, modified "
-                            f"{_when(mtime0)} -> {_when(mtime1)}): resuming would mix two versions of it", file=path,
+                            f"{_when(mtime0)} -> {_when(mtime1)}): resuming would mix two versions of it",
+                            file=public_uri(path) if is_uri(path) else path,
                             expected="the original file (same size and modification time), a new output "
                                      "directory, or overwrite=true")
 
@@ -209,7 +210,7 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Location], sta
     """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
                                       "dedup": output_settings(as_plain(cfg.dedup)),
-                                      "stages": stages, "input_files": [str(p) for p in inputs],
+                                      "stages": stages, "input_files": [public_uri(p) if is_uri(p) else str(p) for p in inputs],
                                       "input_stat": input_stats(inputs),
                                       "model_sha256": model_files(cfg, stages)}))
     path = out / "run_config.json"

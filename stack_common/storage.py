@@ -5,13 +5,19 @@ A local path keeps the POSIX route of `stack_common.atomic` (temp name, fsync, r
 memory-mapped). Through a URI a file is also written under a temp name and then moved onto its final
 name: a rename on local disks and HDFS, a server-side copy on object stores, where the final key
 appears only complete either way.
+
+A URI's query (`s3://bucket/dir?endpoint_override=host:port&scheme=http`) configures its filesystem:
+it stays on every URI derived from it (children, temp names), after the path. Names are
+percent-escaped in URIs (a space, %, # or ? in an object name) and plain in `path`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 from pathlib import Path
 from typing import Optional
 
@@ -25,12 +31,31 @@ def is_uri(location) -> bool:
     return isinstance(location, str) and "://" in location
 
 
+QUERY_RE = re.compile(r"[A-Za-z_]\w*=[^/?&]*(?:&[A-Za-z_]\w*=[^/?&]*)*")
+
+
+def split_query(uri: str) -> tuple[str, str]:
+    """(the URI without its query, the query): `s3://b/k?scheme=http` -> ('s3://b/k', 'scheme=http').
+    Only `key=value&...` after the last '?' is a query: in `s3://b/part-?.jsonl` '?' is a wildcard."""
+    base, mark, query = uri.rpartition("?")
+    return (base, query) if mark and QUERY_RE.fullmatch(query) else (uri, "")
+
+
+def public_uri(uri: str) -> str:
+    """The URI as it may be shown or recorded: without user:password@ and without the query (which
+    may hold keys)."""
+    parts = urlsplit(split_query(uri)[0])
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 @dataclass(frozen=True)
 class Place:
-    """A file or directory: `fs` None for a local path, else the pyarrow FileSystem of its URI."""
+    """A file or directory: `fs` None for a local path, else the pyarrow FileSystem of its URI
+    (`base`: the URI without its query, names percent-escaped; `query`: the filesystem's options)."""
     fs: Optional[pafs.FileSystem]
     path: str
-    uri: str = ""
+    base: str = ""
+    query: str = ""
 
     @classmethod
     def of(cls, location) -> "Place":
@@ -38,8 +63,13 @@ class Place:
             return location
         if is_uri(location):
             fs, path = pafs.FileSystem.from_uri(location)
-            return cls(fs, path.rstrip("/") or "/", location.rstrip("/"))
+            base, query = split_query(location)
+            return cls(fs, path.rstrip("/") or "/", base.rstrip("/"), query)
         return cls(None, str(location))
+
+    @property
+    def uri(self) -> str:
+        return f"{self.base}?{self.query}" if self.query else self.base
 
     @property
     def local(self) -> bool:
@@ -50,9 +80,10 @@ class Place:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
     def child(self, name: str) -> "Place":
+        """`name` may hold '/' (a path below this one)."""
         if self.local:
             return Place(None, str(Path(self.path) / name))
-        return Place(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.uri}/{name}")
+        return Place(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.base}/{quote(name)}", self.query)
 
     def location(self):
         """What callers get back: a Path for a local place, the URI otherwise."""
@@ -62,7 +93,7 @@ class Place:
         """A temporary name next to this file (`.<name>.<pid>.<random>.tmp`, skipped by listings)."""
         parent, _, name = self.path.rpartition("/")
         tmp_name = f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
-        return Place(self.fs, f"{parent}/{tmp_name}", f"{self.uri.rpartition('/')[0]}/{tmp_name}")
+        return Place(self.fs, f"{parent}/{tmp_name}", f"{self.base.rpartition('/')[0]}/{quote(tmp_name)}", self.query)
 
     def make_dirs(self) -> None:
         if self.local:
@@ -87,18 +118,18 @@ class Place:
     def read_bytes(self) -> bytes:
         if self.local:
             return Path(self.path).read_bytes()
-        with self.fs.open_input_stream(self.path) as src:
+        with self.fs.open_input_stream(self.path, compression=None) as src:
             return src.read()
 
     def sha256(self, chunk: int = 1 << 20) -> str:
         digest = hashlib.sha256()
-        with self.fs.open_input_stream(self.path) as src:
+        with self.fs.open_input_stream(self.path, compression=None) as src:
             while block := src.read(chunk):
                 digest.update(block)
         return digest.hexdigest()
 
     def open_output(self) -> pa.NativeFile:
-        return self.fs.open_output_stream(self.path)
+        return self.fs.open_output_stream(self.path, compression=None)
 
     def open_input(self) -> pa.NativeFile:
         """Random access for Arrow IPC files: memory-mapped when local."""

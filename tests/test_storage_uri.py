@@ -76,3 +76,32 @@ def test_the_pipeline_refuses_a_uri_output_instead_of_writing_a_local_s3_folder(
     assert "output: 's3://bucket/out': the output must be a local or mounted path" in result.stderr
     assert "s3fs" in result.stderr and "copy final/ afterwards" in result.stderr
     assert not (tmp_path / "s3:").exists()
+
+
+def test_a_uri_query_stays_on_every_derived_uri_and_is_not_a_wildcard():
+    from stack_common.storage import Place, public_uri, split_query
+
+    assert split_query("s3://b/in/*.jsonl?endpoint_override=h:9000&scheme=http") == \
+        ("s3://b/in/*.jsonl", "endpoint_override=h:9000&scheme=http")
+    assert split_query("s3://b/in/part-?.jsonl") == ("s3://b/in/part-?.jsonl", "")   # '?' as a wildcard
+    assert split_query("s3://b/a?b/c.jsonl") == ("s3://b/a?b/c.jsonl", "")
+    assert public_uri("s3://key:secret@bucket/x%20y.jsonl?secret_key=s") == "s3://bucket/x%20y.jsonl"
+    assert public_uri("hdfs://user@host:8020/data/a.jsonl") == "hdfs://host:8020/data/a.jsonl"
+    place = Place.of("file:///tmp/some/dir?use_mmap=false")
+    child = place.child("a b/c#1.arrow")
+    assert child.path == "/tmp/some/dir/a b/c#1.arrow"
+    assert child.uri == "file:///tmp/some/dir/a%20b/c%231.arrow?use_mmap=false"
+    assert Place.of(child.uri).path == child.path
+    tmp = child.tmp_sibling()
+    assert tmp.uri.endswith(".tmp?use_mmap=false") and Place.of(tmp.uri).path == tmp.path
+
+
+def test_bytes_through_a_uri_are_written_and_read_as_given_whatever_the_extension(tmp_path):
+    """pyarrow guesses a codec from .zst / .gz names; a Place writes and reads the bytes it is given."""
+    from stack_common.storage import Place
+
+    for name in ("a.jsonl.zst", "b.jsonl.gz", "c.arrow"):
+        place = Place.of(f"file://{tmp_path}/{name}")
+        place.write_bytes(b"raw bytes, not compressed")
+        assert (tmp_path / name).read_bytes() == b"raw bytes, not compressed"
+        assert place.read_bytes() == b"raw bytes, not compressed"

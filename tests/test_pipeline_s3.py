@@ -1,0 +1,142 @@
+"""Inputs on S3, against a real S3 API: moto's server on this machine (no network), reached through
+pyarrow's S3 filesystem with the endpoint in the URI's query. The same run as on local paths; names
+with a space, %, # in them; a resume, and a refused resume after an object was rewritten; secrets kept
+out of what the run writes; missing buckets and keys named."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.readers import expand_inputs, input_id_names, read_unit
+from data_pipeline.config import ReaderConfig
+from stack_common.errors import UserError
+from stack_common.shards import read_table, records_sha256
+from test_pipeline_uri import BAD_LINES, DUPLICATES, excluded_reasons, run, write_inputs
+
+moto_server = pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """(boto3 client, the query that points pyarrow at the server); credentials from the environment,
+    as a user would give them."""
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}"), f"endpoint_override=127.0.0.1:{port}&scheme=http"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3, request):
+    client, query = s3
+    name = request.node.name.lower().replace("_", "-")[:50].strip("-")
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def upload(client, bucket: str, root: Path, prefix: str = "") -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.put_object(Bucket=bucket, Key=prefix + path.relative_to(root).as_posix(), Body=path.read_bytes())
+
+
+def test_s3_inputs_give_the_same_run_as_local_paths(s3, bucket, tmp_path):
+    client, query = s3
+    docs = write_inputs(tmp_path)
+    upload(client, bucket, tmp_path / "raw", "raw/")
+    raw = tmp_path / "raw"
+    local = run([f"{raw}/a/*.jsonl*", f"{raw}/b"], tmp_path / "local")
+    remote = run([f"'s3://{bucket}/raw/a/*.jsonl*?{query}'", f"'s3://{bucket}/raw/b?{query}'"], tmp_path / "remote")
+
+    assert local["docs_read"] == docs and local["quarantined"] == BAD_LINES
+    assert excluded_reasons(local)["exact_dedup"] == {"exact_duplicate": DUPLICATES}
+    for key in ("records_read", "docs_read", "docs_kept", "docs_excluded", "quarantined", "quarantine_reasons",
+                "bytes_read", "bytes_kept", "kept_langs"):
+        assert remote[key] == local[key], key
+    assert excluded_reasons(remote) == excluded_reasons(local)
+    assert records_sha256(tmp_path / "remote" / "final") == records_sha256(tmp_path / "local" / "final")
+    assert records_sha256(tmp_path / "remote" / "quarantine") != records_sha256(tmp_path / "local" / "quarantine")
+    bad = read_table(tmp_path / "remote" / "quarantine", columns=["file"]).to_pylist()
+    assert {row["file"] for row in bad} == {f"s3://{bucket}/raw/a/a.jsonl"}      # no endpoint in the record
+    config = json.loads((tmp_path / "remote" / "run_config.json").read_text())
+    assert config["input_files"] == [f"s3://{bucket}/raw/a/a.jsonl", f"s3://{bucket}/raw/a/c.jsonl.gz",
+                                     f"s3://{bucket}/raw/b/b.parquet"]
+
+
+def test_object_names_with_space_percent_and_hash_are_listed_read_and_named(s3, bucket, tmp_path):
+    client, query = s3
+    names = ["part 1.jsonl", "100% done.jsonl", "#2.jsonl", "plain.jsonl"]
+    for k, name in enumerate(names):
+        body = "".join(json.dumps({"text": f"document {k}.{i} " * 20}) + "\n" for i in range(3))
+        client.put_object(Bucket=bucket, Key=f"in/{name}", Body=body.encode())
+    files = expand_inputs([f"s3://{bucket}/in/*.jsonl?{query}"])
+    assert len(files) == 4 and all(f.endswith(f"?{query}") for f in files)
+    assert sorted(input_id_names(files)) == sorted(names)
+    for f in files:
+        assert [d.text for d in read_unit(f, ReaderConfig())][0].startswith("document ")
+    single = expand_inputs([f"s3://{bucket}/in/part%201.jsonl?{query}"])      # one escaped name, no wildcard
+    assert single == [f for f in files if "part%201" in f]
+    assert [d.id for d in read_unit(single[0], ReaderConfig(), "part 1.jsonl")][:1] == ["part 1.jsonl:1"]
+
+
+def test_a_wildcard_question_mark_is_not_taken_for_a_query(s3, bucket):
+    client, query = s3
+    for name in ("p1.jsonl", "p2.jsonl", "p10.jsonl"):
+        client.put_object(Bucket=bucket, Key=f"in/{name}", Body=b'{"text": "x"}\n')
+    files = expand_inputs([f"s3://{bucket}/in/p?.jsonl?{query}"])
+    assert [f.split("?")[0].rsplit("/", 1)[1] for f in files] == ["p1.jsonl", "p2.jsonl"]
+
+
+def test_a_rerun_over_s3_resumes_and_a_rewritten_object_is_refused(s3, bucket, tmp_path):
+    client, query = s3
+    write_inputs(tmp_path)
+    upload(client, bucket, tmp_path / "raw", "raw/")
+    inputs = [f"'s3://{bucket}/raw/**/*.jsonl*?{query}'"]
+    first = run(inputs, tmp_path / "out")
+    second = run(inputs, tmp_path / "out")
+    assert {k: v for k, v in second.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+    client.put_object(Bucket=bucket, Key="raw/a/a.jsonl", Body=b'{"text": "a new version"}\n')
+    with pytest.raises(UserError, match="input file changed since this run started") as err:
+        run(inputs, tmp_path / "out")
+    assert f"s3://{bucket}/raw/a/a.jsonl" in str(err.value) and "endpoint_override" not in str(err.value)
+
+
+def test_credentials_in_the_uri_stay_out_of_what_the_run_writes(s3, bucket, tmp_path):
+    client, query = s3
+    write_inputs(tmp_path)
+    upload(client, bucket, tmp_path / "raw" / "b", "b/")
+    secret = "Sup3rSecretKey"
+    stats = run([f"'s3://testing:{secret}@{bucket}/b/*.parquet?{query}'"], tmp_path / "out")
+    assert stats["docs_read"] > 0
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written and not [p for p in written if secret.encode() in p.read_bytes()]
+
+
+def test_missing_buckets_and_keys_are_named(s3, bucket, tmp_path):
+    client, query = s3
+    client.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "x"}\n')
+    for uri, message in [(f"s3://{bucket}/in/missing.jsonl?{query}", "does not exist"),
+                         (f"s3://{bucket}/in/*.parquet?{query}", "matches no file"),
+                         (f"s3://no-such-bucket-here/in/*.jsonl?{query}", "matches no file|cannot be")]:
+        with pytest.raises(UserError, match=message) as err:
+            run([f"'{uri}'"], tmp_path / "out")
+        assert uri.split("?")[0] in str(err.value)
+    assert not (tmp_path / "out" / "run_config.json").exists()
