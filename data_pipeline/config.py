@@ -23,6 +23,7 @@ class ReaderConfig:
     default_source: str = ""                   # empty: the input file's stem
     max_text_bytes: int = 16 * 1024 * 1024     # bigger records are quarantined, not processed
     batch_docs: int = 2000                     # documents per Arrow batch written
+    unit_mb: float = 256                       # input files cut into work units of about this size; 0: one unit a file
 
 
 @dataclass

@@ -26,6 +26,7 @@ from stack_common.shards import MANIFEST, shard_paths
 from stack_common.storage import Place, is_uri, public_uri, split_query
 
 from .config import ReaderConfig
+from .input_split import FilePart, read_part_lines
 
 RAW_LIMIT = 64 * 1024
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst",
@@ -199,19 +200,20 @@ def _files_in_uri_dir(directory: Place) -> list[str]:
                   if e.type == pafs.FileType.File and e.base_name.endswith(SUFFIXES))
 
 
-def read_unit(path: Location, cfg: ReaderConfig, id_name: str | None = None) -> Iterator[Record]:
-    """Records of one input file (a local path or a URI); a record without an id gets
-    `<id_name>:<line or row>`, id_name being the file's path relative to the inputs' common folder
-    (see input_id_names)."""
+def read_unit(path: Location, cfg: ReaderConfig, id_name: str | None = None,
+              part: FilePart | None = None) -> Iterator[Record]:
+    """Records of one input file (a local path or a URI), or of one part of it (input_split); a
+    record without an id gets `<id_name>:<line or row>`, id_name being the file's path relative to
+    the inputs' common folder (see input_id_names), the number counted from the file's start."""
     place = Place.of(path)
     name = place.name
     id_name = id_name or name
     if name.endswith(JSONL_SUFFIXES):
-        yield from _read_jsonl(place, cfg, id_name)
+        yield from _read_jsonl(place, cfg, id_name, part)
     elif name.endswith(".parquet"):
-        yield from _read_parquet(place, cfg, id_name)
+        yield from _read_parquet(place, cfg, id_name, part)
     elif name.endswith((".arrow", ".feather", ".ipc")):
-        yield from _read_arrow(place, cfg, id_name)
+        yield from _read_arrow(place, cfg, id_name, part)
     else:
         yield BadRecord(_label(place), "file", f"unsupported_format: expected one of {', '.join(SUFFIXES)}", b"")
 
@@ -273,11 +275,12 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 STREAM_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile, pa.ArrowException)
 
 
-def _read_jsonl(place: Place, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
-    line_no = 0
+def _read_jsonl(place: Place, cfg: ReaderConfig, id_name: str, part: FilePart | None) -> Iterator[Record]:
+    line_no = part.before if part else 0
     file = _label(place)
+    lines = read_part_lines(place.path, part) if part else _iter_lines(place)
     try:
-        for line_no, raw in enumerate(_iter_lines(place), start=1):
+        for line_no, raw in enumerate(lines, start=line_no + 1):
             if raw.strip():
                 yield _parse_json_line(raw, place, line_no, cfg, id_name)
     except STREAM_ERRORS as err:
@@ -340,31 +343,33 @@ def _stem(name: str) -> str:
 
 # --- Parquet and Arrow ----------------------------------------------------------------------------
 
-def _read_parquet(place: Place, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
+def _read_parquet(place: Place, cfg: ReaderConfig, id_name: str, part: FilePart | None) -> Iterator[Record]:
     try:
         with place.open_input() as source:
-            batches = pq.ParquetFile(source).iter_batches(batch_size=1024)
-            yield from _read_batches(batches, place, cfg, id_name)
+            groups = range(part.start, part.stop) if part else None
+            batches = pq.ParquetFile(source).iter_batches(batch_size=1024, row_groups=groups)
+            yield from _read_batches(batches, place, cfg, id_name, part.before if part else 0)
     except (pa.ArrowException, OSError) as err:
         yield BadRecord(_label(place), "file", f"unreadable_file: {err}", b"")
 
 
-def _read_arrow(place: Place, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
+def _read_arrow(place: Place, cfg: ReaderConfig, id_name: str, part: FilePart | None) -> Iterator[Record]:
     try:
         with place.open_input() as source:
             try:
                 reader = pa.ipc.open_file(source)
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+                wanted = range(part.start, part.stop) if part else range(reader.num_record_batches)
+                batches = (reader.get_batch(i) for i in wanted)
             except pa.ArrowInvalid:
                 source.seek(0)
                 batches = iter(pa.ipc.open_stream(source))
-            yield from _read_batches(batches, place, cfg, id_name)
+            yield from _read_batches(batches, place, cfg, id_name, part.before if part else 0)
     except (pa.ArrowException, OSError) as err:
         yield BadRecord(_label(place), "file", f"unreadable_file: {err}", b"")
 
 
-def _read_batches(batches, place: Place, cfg: ReaderConfig, id_name: str) -> Iterator[Record]:
-    row, file = 0, _label(place)
+def _read_batches(batches, place: Place, cfg: ReaderConfig, id_name: str, before: int = 0) -> Iterator[Record]:
+    row, file = before, _label(place)
     for batch in batches:
         pipeline_shard = {"lang", "quality_score", "annotations"} <= set(batch.schema.names)
         for obj in batch.to_pylist():

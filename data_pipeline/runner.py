@@ -45,6 +45,7 @@ from .executors import run_units
 from .filters import check_rules
 from .funnel import plot_funnel
 from .lang import lang_model_identity
+from .input_split import FilePart, plan_parts
 from .readers import Location, expand_inputs, input_id_names
 from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .unit import process_unit
@@ -97,6 +98,7 @@ def validate(cfg: PipelineConfig, stages: list[str]) -> None:
                    "Mount the bucket (e.g. s3fs, gcsfuse) and give its path, or write locally and copy final/ "
                    "afterwards (only the input may be a URI).")
     checks.require(cfg.workers >= 1, f"workers: must be >= 1, got {cfg.workers}")
+    checks.require(cfg.reader.unit_mb >= 0, f"reader.unit_mb: must be >= 0 (0: one unit a file), got {cfg.reader.unit_mb}")
     checks.require(cfg.executor in ("local", "ray"), f"executor: 'local' or 'ray', got '{cfg.executor}'")
     if "quality" in stages:
         if checks.require(bool(cfg.quality.model), "quality.model: the quality stage needs a model "
@@ -208,14 +210,19 @@ def _when(mtime_ns: int | None) -> str:
 
 def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Location], stages: list[str]) -> None:
     """Refuse to mix two runs in one directory; stages appended to a finished list are fine."""
+    path = out / "run_config.json"
+    previous = read_json(path) if path.is_file() else None
+    if previous and "unit_mb" not in previous.get("reader", {}) and not cfg.overwrite:
+        # made before input files were cut into parts: its units were whole files, and stay so
+        log.info("%s was started before reader.unit_mb: resumed with one unit per input file", out)
+        cfg.reader.unit_mb = 0
+        previous["reader"]["unit_mb"] = 0
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
                                       "dedup": output_settings(as_plain(cfg.dedup)),
                                       "stages": stages, "input_files": [public_uri(p) if is_uri(p) else str(p) for p in inputs],
                                       "input_stat": input_stats(inputs),
                                       "model_sha256": model_files(cfg, stages)}))
-    path = out / "run_config.json"
-    if path.is_file():
-        previous = read_json(path)
+    if previous:
         models = decisive["model_sha256"]
         check_models_unchanged(previous, models, cfg, stages)
         check_inputs_unchanged(previous, decisive, inputs, cfg)
@@ -349,13 +356,13 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     removed = remove_stale_tmp(work)
     if removed:
         log.info("removed %d unfinished unit(s) of an interrupted run; they are redone", removed)
-    todo = [(i, path) for i, path in enumerate(units) if not (unit_dir(work, i) / "stats.json").is_file()]
-    log.info("stages %s: %d unit(s), %d to do, %d worker(s), %s executor", ", ".join(segment.stages), len(units),
-             len(todo), cfg.workers, cfg.executor)
-    id_names = input_id_names(units) if first else [None] * len(units)
-    tasks = [(path, str(unit_dir(work, i)), segment.stages, cfg, id_names[i]) for i, path in todo]
+    plan = plan_units(units, cfg) if first else [(path, None, None) for path in units]
+    todo = [(i, unit) for i, unit in enumerate(plan) if not (unit_dir(work, i) / "stats.json").is_file()]
+    log.info("stages %s: %d unit(s) of %d file(s), %d to do, %d worker(s), %s executor", ", ".join(segment.stages),
+             len(plan), len(units), len(todo), cfg.workers, cfg.executor)
+    tasks = [(path, str(unit_dir(work, i)), segment.stages, cfg, id_name, part) for i, (path, id_name, part) in todo]
     run_units(process_unit, tasks, cfg.workers, cfg.executor, cfg.ray_address, desc="+".join(segment.stages))
-    unit_dirs = [unit_dir(work, i) for i in range(len(units))]
+    unit_dirs = [unit_dir(work, i) for i in range(len(plan))]
     if cfg.quality.mode == "top_fraction" and segment.stages[-1] == "quality":
         from .top_fraction import apply_top_fraction
         apply_top_fraction(unit_dirs, cfg.quality.top_fraction, lambda fn, tasks: run_units(
@@ -364,6 +371,13 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     shutil.rmtree(work)
     if not any(work.parent.iterdir()):
         work.parent.rmdir()
+
+
+def plan_units(files: list[str], cfg: PipelineConfig) -> list[tuple[str, str, FilePart | None]]:
+    """(file, its id name, part) of every unit, file by file in input order (input_split); the same
+    plan on a resume, as the files (size, time) and reader.unit_mb are checked unchanged."""
+    return [(path, id_name, part) for path, id_name in zip(files, input_id_names(files))
+            for part in plan_parts(path, cfg.reader.unit_mb)]
 
 
 def unit_dir(work: Path, index: int) -> Path:

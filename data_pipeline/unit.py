@@ -1,4 +1,5 @@
-"""One unit of work: one input file through the fused per-document stages of a segment.
+"""One unit of work: one input file, or a part of one (input_split), through the fused per-document
+stages of a segment.
 
 The unit's results (kept, excluded per stage, quarantine, stats.json) are built in a temporary
 directory renamed into place when complete, so a killed worker leaves nothing that counts and
@@ -14,6 +15,7 @@ from stack_common.atomic import atomic_dir, atomic_write_json
 from stack_common.shards import ArrowWriter
 
 from .config import PipelineConfig
+from .input_split import FilePart
 from .readers import BadRecord, read_unit
 from .schema import DOC_SCHEMA, EXCLUDED_SCHEMA, QUARANTINE_SCHEMA
 from .steps import build_steps, utf8_len
@@ -25,7 +27,7 @@ def doc_row(doc) -> dict:
 
 
 def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig,
-                 id_name: str | None = None) -> dict:
+                 id_name: str | None = None, part: FilePart | None = None) -> dict:
     steps = build_steps(stage_names, cfg)
     options = dict(prefix="part", batch_rows=cfg.reader.batch_docs, compression=cfg.shards.codec())
     quarantine_reasons: Counter = Counter()
@@ -35,7 +37,7 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
         quarantine = ArrowWriter(tmp / "quarantine", QUARANTINE_SCHEMA, **options)
         writers = [kept, quarantine, *excluded.values()]
         try:
-            for record in read_unit(path, cfg.reader, id_name):
+            for record in read_unit(path, cfg.reader, id_name, part):
                 if isinstance(record, BadRecord):
                     quarantine.add(record.row())
                     quarantine_reasons[record.reason.split(":")[0]] += 1
@@ -57,6 +59,6 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
             for writer in writers:
                 writer.abort()
             raise
-        stats = {"input": path, "stages": [s.stats() for s in steps], "quarantine": dict(quarantine_reasons)}
+        stats = {"input": path, "part": part and [part.start, part.stop], "stages": [s.stats() for s in steps], "quarantine": dict(quarantine_reasons)}
         atomic_write_json(tmp / "stats.json", stats)
     return stats

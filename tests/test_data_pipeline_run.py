@@ -191,7 +191,7 @@ def test_sigkill_then_resume_gives_identical_output(many_units, tmp_path):
 
     rerun = subprocess.run(cli(inputs, f"output={out}", FILTER_STAGES), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"16 unit(s), {16 - done_before_kill} to do" in rerun.stderr
+    assert f"16 unit(s) of 16 file(s), {16 - done_before_kill} to do" in rerun.stderr
     assert shard_digest(out) == shard_digest(reference)
     assert not list(out.rglob("*.tmp")) and not (out / "work").exists()
 
