@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from data_pipeline.__main__ import execute, load_config
 from data_pipeline.readers import expand_inputs, input_id_names, read_unit
 from data_pipeline.config import ReaderConfig
 from stack_common.errors import UserError
 from stack_common.shards import read_table, records_sha256
-from test_pipeline_uri import BAD_LINES, DUPLICATES, excluded_reasons, run, write_inputs
+from test_pipeline_uri import BAD_LINES, DUPLICATES, STAGES, excluded_reasons, run, write_inputs
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -140,3 +141,26 @@ def test_missing_buckets_and_keys_are_named(s3, bucket, tmp_path):
             run([f"'{uri}'"], tmp_path / "out")
         assert uri.split("?")[0] in str(err.value)
     assert not (tmp_path / "out" / "run_config.json").exists()
+
+
+@pytest.mark.slow
+def test_ray_workers_read_s3_inputs_themselves_with_the_local_result(s3, bucket, ray_cluster, tmp_path):
+    """The units travel to the Ray workers as URIs (endpoint in the query, keys in user:password@,
+    since the nodes' environment has none); each worker opens its files itself."""
+    from stack_common.tasks import ray_placements
+
+    client, query = s3
+    write_inputs(tmp_path)
+    upload(client, bucket, tmp_path / "raw", "raw/")
+    inputs = [f"'s3://testing:testing@{bucket}/raw/a/*.jsonl*?{query}'", f"'s3://testing:testing@{bucket}/raw/b?{query}'"]
+    local = run(inputs, tmp_path / "local")
+    before = len(ray_placements())
+    remote = execute(load_config([f"input=[{','.join(inputs)}]", f"output={tmp_path / 'ray'}", STAGES, "workers=4",
+                                  *ray_cluster.overrides()]))
+    placements = ray_placements()[before:]
+    units = [p for p in placements if p["desc"].startswith("normalize+")]
+    assert len(units) == 3 and any(p["desc"].startswith("exact_dedup") for p in placements)   # 3 input files
+    for key in ("docs_read", "docs_kept", "quarantined", "bytes_kept"):
+        assert remote[key] == local[key], key
+    for sub in ("final", "quarantine", "stages/04_exact_dedup/excluded"):
+        assert records_sha256(tmp_path / "ray" / sub) == records_sha256(tmp_path / "local" / sub), sub
