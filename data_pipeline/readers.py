@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,8 @@ def _expand_uri(pattern: str) -> list[str]:
     if not wildcards:
         info = _info(place, pattern)
         if info.type == pafs.FileType.NotFound:
-            raise UserError("input URI does not exist", file=pattern, expected="a file, glob or shard directory")
+            raise UserError("input URI does not exist", file=public_uri(pattern),
+                            expected="a file, glob or shard directory")
         return _files_in_uri_dir(place) if info.type == pafs.FileType.Directory else [place.uri]
     is_dir = _info(place, pattern).type == pafs.FileType.Directory
     entries = _list(place, pattern) if is_dir else []
@@ -104,7 +106,7 @@ def _expand_uri(pattern: str) -> list[str]:
     if is_dir and _glob_match(wildcards, []):     # 'dir/**' matches dir itself too, as glob does
         matches.insert(0, pafs.FileInfo(place.path, pafs.FileType.Directory))
     if not matches:
-        raise UserError("input matches no file", file=pattern, expected="a file, glob or shard directory")
+        raise UserError("input matches no file", file=public_uri(pattern), expected="a file, glob or shard directory")
     files: list[str] = []
     for entry in matches:
         relative = _relative(entry.path, place.path)
@@ -121,14 +123,20 @@ def _split_at_wildcard(pattern: str) -> tuple[str, list[str]]:
     parts = rest.split("/")
     first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     folder = f"{scheme}://{'/'.join(parts[:first])}" + (f"?{query}" if query else "")
-    return folder, [unquote(p) for p in parts[first:] if p]
+    return folder, [_literal_escapes(p) for p in parts[first:] if p]
+
+
+def _literal_escapes(part: str) -> str:
+    """A wildcard part percent-decoded, an escaped character matching itself: %5B1%5D is '[1]' as
+    written, not a character class."""
+    return re.sub(r"%[0-9A-Fa-f]{2}", lambda m: glob.escape(unquote(m.group())), part)
 
 
 def _input_place(uri: str, pattern: str) -> Place:
     try:
         return Place.of(uri)
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise UserError(f"input URI cannot be opened: {err}", file=pattern,
+        raise UserError(f"input URI cannot be opened: {err}", file=public_uri(pattern),
                         expected="a URI of a pyarrow.fs filesystem (file://, s3://, gs://, hdfs://...)") from None
 
 
@@ -136,14 +144,14 @@ def _info(place: Place, pattern: str) -> pafs.FileInfo:
     try:
         return place.info()
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"input URI cannot be read: {err}", file=pattern) from None
+        raise UserError(f"input URI cannot be read: {err}", file=public_uri(pattern)) from None
 
 
 def _list(place: Place, pattern: str) -> list[pafs.FileInfo]:
     try:
         return place.fs.get_file_info(pafs.FileSelector(place.path, recursive=True))
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"input URI cannot be listed: {err}", file=pattern) from None
+        raise UserError(f"input URI cannot be listed: {err}", file=public_uri(pattern)) from None
 
 
 def _relative(path: str, root: str) -> str:

@@ -356,7 +356,7 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
     removed = remove_stale_tmp(work)
     if removed:
         log.info("removed %d unfinished unit(s) of an interrupted run; they are redone", removed)
-    plan = plan_units(units, cfg) if first else [(path, None, None) for path in units]
+    plan = planned_units(work, units, cfg) if first else [(path, None, None) for path in units]
     todo = [(i, unit) for i, unit in enumerate(plan) if not (unit_dir(work, i) / "stats.json").is_file()]
     log.info("stages %s: %d unit(s) of %d file(s), %d to do, %d worker(s), %s executor", ", ".join(segment.stages),
              len(plan), len(units), len(todo), cfg.workers, cfg.executor)
@@ -373,11 +373,24 @@ def run_doc_segment(segment: Segment, units: list[str], cfg: PipelineConfig, out
         work.parent.rmdir()
 
 
-def plan_units(files: list[str], cfg: PipelineConfig) -> list[tuple[str, str, FilePart | None]]:
-    """(file, its id name, part) of every unit, file by file in input order (input_split); the same
-    plan on a resume, as the files (size, time) and reader.unit_mb are checked unchanged."""
-    return [(path, id_name, part) for path, id_name in zip(files, input_id_names(files))
-            for part in plan_parts(path, cfg.reader.unit_mb)]
+def planned_units(work: Path, files: list[str], cfg: PipelineConfig) -> list[tuple[str, str, FilePart | None]]:
+    """(file, its id name, part) of every unit, file by file in input order (input_split). The plan
+    is made once and kept in work/<stage>/units.json (file numbers and parts: no URI, so no secret),
+    so a resume runs the units it started with even if a file's footer could not be read this time
+    (the files themselves are checked unchanged: run_config.json)."""
+    path = work / "units.json"
+    id_names = input_id_names(files)
+    if path.is_file():
+        plan = read_json(path)
+        if plan["files"] != len(files):
+            raise UserError(f"the unit plan is for {plan['files']} input files, the inputs are {len(files)}",
+                            file=path, expected="the original inputs, a new output directory, or overwrite=true")
+        units = [(k, FilePart(*part) if part else None) for k, part in plan["units"]]
+    else:
+        units = [(k, part) for k, file in enumerate(files) for part in plan_parts(file, cfg.reader.unit_mb)]
+        atomic_write_json(path, {"files": len(files), "units": [[k, part and [part.start, part.stop, part.before]]
+                                                               for k, part in units]})
+    return [(files[k], id_names[k], part) for k, part in units]
 
 
 def unit_dir(work: Path, index: int) -> Path:

@@ -13,6 +13,7 @@ from collections import Counter
 
 from stack_common.atomic import atomic_dir, atomic_write_json
 from stack_common.shards import ArrowWriter
+from stack_common.storage import is_uri, public_uri
 
 from .config import PipelineConfig
 from .input_split import FilePart
@@ -29,6 +30,7 @@ def doc_row(doc) -> dict:
 def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig,
                  id_name: str | None = None, part: FilePart | None = None) -> dict:
     steps = build_steps(stage_names, cfg)
+    shown = public_uri(path) if is_uri(path) else path      # no user:password@ or query in what is written
     options = dict(prefix="part", batch_rows=cfg.reader.batch_docs, compression=cfg.shards.codec())
     quarantine_reasons: Counter = Counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -47,7 +49,7 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
                     try:
                         reason, size = step(record, size)
                     except Exception as err:   # a bug, not bad data: stop, and say where
-                        raise RuntimeError(f"{path}: document {record.id!r}: stage {step.name} failed: {err!r}") from err
+                        raise RuntimeError(f"{shown}: document {record.id!r}: stage {step.name} failed: {err!r}") from err
                     if reason is not None:
                         excluded[step.name].add({**doc_row(record), "stage": step.name, "reason": reason})
                         break
@@ -59,6 +61,7 @@ def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineC
             for writer in writers:
                 writer.abort()
             raise
-        stats = {"input": path, "part": part and [part.start, part.stop], "stages": [s.stats() for s in steps], "quarantine": dict(quarantine_reasons)}
+        stats = {"input": shown, "part": part and [part.start, part.stop], "stages": [s.stats() for s in steps],
+                 "quarantine": dict(quarantine_reasons)}
         atomic_write_json(tmp / "stats.json", stats)
     return stats

@@ -136,3 +136,27 @@ def test_a_run_started_before_unit_mb_resumes_with_whole_files(tmp_path):
 def test_a_negative_unit_size_is_refused():
     with pytest.raises(ConfigError, match="reader.unit_mb"):
         execute(load_config(["input=[x.jsonl]", "output=/tmp/never", "reader.unit_mb=-1"]))
+
+
+def test_a_resume_runs_the_units_it_started_with(tmp_path, monkeypatch):
+    """The plan is kept in the work directory: a resume whose planning would come out otherwise (a
+    Parquet footer unreadable this time: read whole) still runs the first run's units, so no unit
+    directory is reused for other content and nothing is lost."""
+    from data_pipeline import runner
+
+    write_inputs(tmp_path / "in")
+    reference = run(tmp_path / "in", tmp_path / "ref", 0.02, 1)
+    real_run_units = runner.run_units
+
+    def two_units_then_die(fn, tasks, *args, **kwargs):
+        real_run_units(fn, tasks[:2], *args, **kwargs)
+        raise KeyboardInterrupt("killed after two units")
+
+    monkeypatch.setattr(runner, "run_units", two_units_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "in", tmp_path / "out", 0.02, 1)
+    monkeypatch.setattr(runner, "run_units", real_run_units)
+    monkeypatch.setattr(runner, "plan_parts", lambda path, unit_mb: [None])
+    resumed = run(tmp_path / "in", tmp_path / "out", 0.02, 1)
+    assert resumed["docs_read"] == reference["docs_read"] and resumed["docs_kept"] == reference["docs_kept"]
+    assert records_sha256(tmp_path / "out" / "final") == records_sha256(tmp_path / "ref" / "final")

@@ -100,10 +100,13 @@ def test_object_names_with_space_percent_and_hash_are_listed_read_and_named(s3, 
 
 def test_a_wildcard_question_mark_is_not_taken_for_a_query(s3, bucket):
     client, query = s3
-    for name in ("p1.jsonl", "p2.jsonl", "p10.jsonl"):
+    for name in ("p1.jsonl", "p2.jsonl", "p10.jsonl", "p[1].jsonl"):
         client.put_object(Bucket=bucket, Key=f"in/{name}", Body=b'{"text": "x"}\n')
     files = expand_inputs([f"s3://{bucket}/in/p?.jsonl?{query}"])
     assert [f.split("?")[0].rsplit("/", 1)[1] for f in files] == ["p1.jsonl", "p2.jsonl"]
+    # brackets escaped in a wildcard part are the name's own, not a character class
+    files = expand_inputs([f"s3://{bucket}/*/p%5B1%5D.jsonl?{query}"])
+    assert [f.split("?")[0].rsplit("/", 1)[1] for f in files] == ["p%5B1%5D.jsonl"]
 
 
 def test_a_rerun_over_s3_resumes_and_a_rewritten_object_is_refused(s3, bucket, tmp_path):
@@ -129,6 +132,15 @@ def test_credentials_in_the_uri_stay_out_of_what_the_run_writes(s3, bucket, tmp_
     assert stats["docs_read"] > 0
     written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert written and not [p for p in written if secret.encode() in p.read_bytes()]
+    # a unit's stats (left in work/ by a killed run) and the errors name the input without the secret
+    from data_pipeline.unit import process_unit
+    (uri,) = expand_inputs([f"s3://testing:{secret}@{bucket}/b/*.parquet?{query}"])
+    stats = process_unit(uri, str(tmp_path / "unit"), ["normalize"], load_config([]))
+    assert stats["input"] == f"s3://{bucket}/b/b.parquet" and secret not in (tmp_path / "unit" / "stats.json").read_text()
+    for missing in ("missing.jsonl", "*.arrow"):
+        with pytest.raises(UserError) as err:
+            run([f"'s3://testing:{secret}@{bucket}/b/{missing}?{query}'"], tmp_path / "failed")
+        assert secret not in str(err.value) and "endpoint_override" not in str(err.value)
 
 
 def test_missing_buckets_and_keys_are_named(s3, bucket, tmp_path):

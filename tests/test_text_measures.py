@@ -66,6 +66,14 @@ def test_ngram_measures_equal_their_plain_definitions(chinese):
     assert nonzero_top > 500 and nonzero_dup > 500      # the inputs repeat: the comparison is not all zeros
 
 
+def test_character_unigrams_are_numbered_densely():
+    # 98 characters whose largest code point is 97: raw code points would look all distinct
+    for text in ("a" * 98, "1" * 50, "ab" * 49):
+        index = NgramIndex(text)
+        assert duplicated_ngram_char_fraction(index, 1, len(text)) == plain_duplicated(text, 1, len(text)) > 0.9
+        assert top_ngram_char_fraction(index, 1, len(text)) == plain_top(text, 1, len(text))
+
+
 def test_equally_frequent_ngrams_count_the_first_seen_one():
     # "bb cc" and "a a" both occur twice; the first seen ("a a") covers 2 chars a time, not 4.
     units = ["a", "a", "a", "bb", "cc", "x", "bb", "cc"]

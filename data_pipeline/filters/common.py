@@ -38,9 +38,9 @@ def duplicate_fractions(items: Sequence[str], min_chars: int = 0) -> tuple[float
 
 class NgramIndex:
     """A document's n-grams as dense integer ids, exact (no hashing): unit ids first (a word's id
-    is the order of its first occurrence, a character's its code point), then the id of an
-    n-gram is the rank of the pair (id of its (n-1)-gram prefix, id of its last unit) among the
-    document's distinct pairs. Built up one n at a time and shared by every n-gram rule of a
+    is the order of its first occurrence, a character's its code point, ranked when unigrams are
+    asked for), then the id of an n-gram is the rank of the pair (id of its (n-1)-gram prefix, id
+    of its last unit) among the document's distinct pairs. Built up one n at a time and shared by every n-gram rule of a
     document; numpy does the counting that tuples in a Counter did."""
 
     def __init__(self, units: Sequence, unit_chars: Sequence[int] | None = None):
@@ -52,16 +52,20 @@ class NgramIndex:
             ids = np.fromiter((first_seen.setdefault(u, len(first_seen)) for u in units), np.int64, len(units))
             self.unit_chars = np.asarray(unit_chars if unit_chars is not None else [len(u) for u in units], np.int64)
         self.units = ids.astype(np.int64)
-        self.grams = {1: self.units}
+        self.grams = {} if self.unit_chars is None else {1: self.units}
         self.all_distinct: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.units)
 
     def gram_ids(self, n: int) -> np.ndarray:
-        """Id of the n-gram starting at each position (len(units) - n + 1 of them)."""
+        """Id of the n-gram starting at each position (len(units) - n + 1 of them), dense: every id
+        below the number of distinct n-grams."""
         if n not in self.grams:
-            prefix = self.gram_ids(n - 1)[:-1]
+            if n == 1:                              # characters: code points, made dense
+                self.grams[1] = np.unique(self.units, return_inverse=True)[1].reshape(-1).astype(np.int64)
+                return self.grams[1]
+            prefix = (self.units if n == 2 else self.gram_ids(n - 1))[:-1]
             if n - 1 in self.all_distinct:          # then so are the longer n-grams: any dense numbering does
                 self.grams[n] = np.arange(len(prefix), dtype=np.int64)
                 self.all_distinct.add(n)
