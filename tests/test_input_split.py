@@ -160,3 +160,19 @@ def test_a_resume_runs_the_units_it_started_with(tmp_path, monkeypatch):
     resumed = run(tmp_path / "in", tmp_path / "out", 0.02, 1)
     assert resumed["docs_read"] == reference["docs_read"] and resumed["docs_kept"] == reference["docs_kept"]
     assert records_sha256(tmp_path / "out" / "final") == records_sha256(tmp_path / "ref" / "final")
+
+
+@pytest.mark.slow
+def test_parts_run_as_ray_tasks_with_the_local_result(ray_cluster, tmp_path):
+    from stack_common.tasks import ray_placements
+
+    write_inputs(tmp_path / "in")
+    local = run(tmp_path / "in", tmp_path / "local", 0.02, 1)
+    before = len(ray_placements())
+    remote = execute(load_config([f"input=[{tmp_path / 'in'}/*]", f"output={tmp_path / 'ray'}", STAGES, "workers=4",
+                                  "reader.unit_mb=0.02", *ray_cluster.overrides()]))
+    units = [p for p in ray_placements()[before:] if p["desc"].startswith("normalize+")]
+    assert len(units) == units_of(tmp_path / "ray") > 12
+    assert remote["docs_kept"] == local["docs_kept"] and remote["quarantined"] == local["quarantined"]
+    for sub in ("final", "quarantine", "stages/03_filter/excluded"):
+        assert records_sha256(tmp_path / "ray" / sub) == records_sha256(tmp_path / "local" / sub), sub
