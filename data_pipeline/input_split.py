@@ -75,8 +75,12 @@ def _arrow_parts(place: Place, unit_bytes: int) -> list[Optional[FilePart]]:
             reader = pa.ipc.open_file(source)
         except pa.ArrowInvalid:             # a stream: read whole
             return [None]
-        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]   # memory-mapped: no copy
-        return _grouped([b.nbytes for b in batches], [b.num_rows for b in batches], unit_bytes)
+        sizes, rows = [], []
+        for i in range(reader.num_record_batches):      # one at a time: a compressed batch is decompressed
+            batch = reader.get_batch(i)
+            sizes.append(batch.nbytes)
+            rows.append(batch.num_rows)
+    return _grouped(sizes, rows, unit_bytes)
 
 
 def _jsonl_parts(path: str, unit_bytes: int) -> list[Optional[FilePart]]:

@@ -91,6 +91,22 @@ def test_jsonl_parts_start_at_line_starts_and_count_the_lines_before(tmp_path):
         [(type(r).__name__, getattr(r, "id", None), getattr(r, "location", None)) for r in whole]
 
 
+def test_jsonl_cuts_at_the_end_of_the_file_long_lines_and_crlf(tmp_path):
+    """A line longer than a unit is a part of its own; a cut that falls at the file's last newline
+    starts no empty part; CRLF lines keep their \\r (the whole read keeps it too)."""
+    path = tmp_path / "edge.jsonl"
+    long_text = "x" * 3000
+    lines = [json.dumps({"text": long_text if i % 4 == 0 else f"doc {i}"}) for i in range(13)]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    unit_mb = 2000 / 2**20                                  # under one long line; the last line is long
+    parts = plan_parts(path, unit_mb)
+    assert parts[-1].stop == path.stat().st_size and parts[-1].start < parts[-1].stop
+    assert [p.before for p in parts] == [0, 1, 5, 9]         # each long line ends a part
+    whole = [(r.id, r.text) for r in read_unit(path, ReaderConfig(), "edge.jsonl")]
+    assert [(r.id, r.text) for p in parts for r in read_unit(path, ReaderConfig(), "edge.jsonl", p)] == whole
+    assert whole[4] == ("edge.jsonl:5", long_text)
+
+
 def test_parquet_and_arrow_parts_are_runs_of_row_groups_and_batches(tmp_path):
     write_inputs(tmp_path / "in")
     for name, pieces in (("many.parquet", 15), ("batches.arrow", 12)):
