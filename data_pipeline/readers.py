@@ -231,18 +231,13 @@ def _label(place: Place) -> str:
     return place.path if place.local else public_uri(place.uri)
 
 
-def _open_raw(place: Place):
-    """The file's bytes as stored (pyarrow would otherwise decompress by suffix itself)."""
-    return open(place.path, "rb") if place.local else place.fs.open_input_stream(place.path, compression=None)
-
-
 # --- JSONL --------------------------------------------------------------------------------------
 
 def _iter_lines(place: Place) -> Iterator[bytes]:
     if place.name.endswith(".zst"):
         yield from _split_lines(_zstd_chunks(place))
         return
-    with _open_raw(place) as raw:
+    with place.open_stream() as raw:
         if place.name.endswith(".gz"):
             with gzip.open(raw, "rb") as fh:
                 yield from fh
@@ -259,7 +254,7 @@ def _zstd_chunks(place: Place, size: int = 1 << 20) -> Iterator[bytes]:
 
     decompressor = zstandard.ZstdDecompressor()
     frame, in_frame, data = decompressor.decompressobj(), False, b""
-    with _open_raw(place) as fh:
+    with place.open_stream() as fh:
         while data or (data := fh.read(size)):
             yield frame.decompress(data)
             in_frame, data = True, b""

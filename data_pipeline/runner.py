@@ -197,7 +197,7 @@ def check_inputs_unchanged(previous: dict, decisive: dict, inputs: list[Location
         if (size0, mtime0) != (size1, mtime1):
             raise UserError(f"input file changed since this run started ({size0:,} -> {size1:,} bytes, modified "
                             f"{_when(mtime0)} -> {_when(mtime1)}): resuming would mix two versions of it",
-                            file=public_uri(path) if is_uri(path) else path,
+                            file=public_uri(path),
                             expected="the original file (same size and modification time), a new output "
                                      "directory, or overwrite=true")
 
@@ -219,7 +219,7 @@ def check_run_config(out: Path, cfg: PipelineConfig, inputs: list[Location], sta
         previous["reader"]["unit_mb"] = 0
     decisive = json.loads(json.dumps({**{key: as_plain(getattr(cfg, key)) for key in DECISIVE_KEYS},
                                       "dedup": output_settings(as_plain(cfg.dedup)),
-                                      "stages": stages, "input_files": [public_uri(p) if is_uri(p) else str(p) for p in inputs],
+                                      "stages": stages, "input_files": [public_uri(p) for p in inputs],
                                       "input_stat": input_stats(inputs),
                                       "model_sha256": model_files(cfg, stages)}))
     if previous:

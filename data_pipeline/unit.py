@@ -13,7 +13,7 @@ from collections import Counter
 
 from stack_common.atomic import atomic_dir, atomic_write_json
 from stack_common.shards import ArrowWriter
-from stack_common.storage import is_uri, public_uri
+from stack_common.storage import public_uri
 
 from .config import PipelineConfig
 from .input_split import FilePart
@@ -30,7 +30,7 @@ def doc_row(doc) -> dict:
 def process_unit(path: str, out_dir: str, stage_names: list[str], cfg: PipelineConfig,
                  id_name: str | None = None, part: FilePart | None = None) -> dict:
     steps = build_steps(stage_names, cfg)
-    shown = public_uri(path) if is_uri(path) else path      # no user:password@ or query in what is written
+    shown = public_uri(path)      # no user:password@ or query in what is written
     options = dict(prefix="part", batch_rows=cfg.reader.batch_docs, compression=cfg.shards.codec())
     quarantine_reasons: Counter = Counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:

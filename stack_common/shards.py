@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 
 from .atomic import atomic_write_json, publish, read_json, remove_stale_tmp, sha256_file, tmp_name_for
 from .errors import ConfigError, UserError
-from .storage import Place, is_uri
+from .storage import Place, is_uri, public_uri
 
 MANIFEST = "manifest.json"
 FORMAT = "bc-arrow-shards/1"
@@ -98,9 +98,10 @@ class ArrowWriter:
         self.single_file = single_file
         self._remote = None if not is_uri(out) else Place.of(out)   # a URI: written through pyarrow.fs
         if self._remote is not None:
-            self.out_dir = str(out).rsplit("/", 1)[0] if single_file else str(out).rstrip("/")
-            Place.of(self.out_dir).make_dirs()
-            self.path = str(out) if single_file else None
+            self._dir = self._remote.parent() if single_file else self._remote   # its query kept
+            self._dir.make_dirs()
+            self.out_dir = self._dir.uri
+            self.path = self._remote.uri if single_file else None
         else:
             self.out_dir = Path(out).parent if single_file else Path(out)
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,14 +121,15 @@ class ArrowWriter:
         self._buffer: list[dict] = []
 
     def _final(self):
+        """The file being written: a Path, or a Place for a URI."""
         if self.single_file:
-            return self.path
+            return self._remote or self.path
         name = f"{self.prefix}-{self._index:05d}.arrow"
-        return f"{self.out_dir}/{name}" if self._remote is not None else self.out_dir / name
+        return self._dir.child(name) if self._remote is not None else self.out_dir / name
 
     def _open(self) -> None:
         if self._remote is not None:
-            self._tmp = Place.of(self._final()).tmp_sibling()
+            self._tmp = self._final().tmp_sibling()
             self._sink = self._tmp.open_output()
         else:
             self._tmp = tmp_name_for(self._final())
@@ -142,10 +144,9 @@ class ArrowWriter:
         self._sink.close()
         final = self._final()
         if self._remote is not None:
-            place = Place.of(final)
-            self._tmp.move_to(place)
+            self._tmp.move_to(final)
             if not self.single_file:
-                self.files.append(ShardFile(place.name, self._rows, place.size(), place.sha256()))
+                self.files.append(ShardFile(final.name, self._rows, final.size(), final.sha256()))
         else:
             publish(self._tmp, final)
             if not self.single_file:
@@ -281,17 +282,17 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
     place = Place.of(shard_dir)
     path = place.child(MANIFEST)
     if not place.is_dir():
-        raise UserError("shard directory does not exist", file=shard_dir)
+        raise UserError("shard directory does not exist", file=public_uri(shard_dir))
     if not path.is_file():
         raise UserError("no manifest.json: the shard directory is incomplete (its writer did not finish)",
-                        file=shard_dir)
+                        file=public_uri(shard_dir))
     path = path.location()
     try:
         manifest = read_json(path) if not is_uri(path) else json.loads(Place.of(path).read_bytes())
     except json.JSONDecodeError as err:
-        raise UserError(f"manifest is not valid JSON ({err})", file=path) from None
+        raise UserError(f"manifest is not valid JSON ({err})", file=public_uri(path)) from None
     if manifest.get("format") != FORMAT:
-        raise UserError(f"unknown manifest format {manifest.get('format')!r}", file=path, expected=FORMAT)
+        raise UserError(f"unknown manifest format {manifest.get('format')!r}", file=public_uri(path), expected=FORMAT)
     return manifest
 
 
@@ -309,11 +310,11 @@ def shard_paths(shard_dir: str | os.PathLike, verify: bool = False) -> list:
         path = place.location()
         info = place.info()
         if info.type != pafs.FileType.File:
-            raise UserError("shard listed in manifest is missing", file=path)
+            raise UserError("shard listed in manifest is missing", file=public_uri(path))
         if info.size != entry["bytes"]:
-            raise UserError(f"shard has {info.size} bytes, manifest says {entry['bytes']}", file=path)
+            raise UserError(f"shard has {info.size} bytes, manifest says {entry['bytes']}", file=public_uri(path))
         if verify and (sha256_file(path) if place.local else place.sha256()) != entry["sha256"]:
-            raise UserError("shard sha256 does not match the manifest", file=path)
+            raise UserError("shard sha256 does not match the manifest", file=public_uri(path))
         paths.append(path)
     return paths
 
@@ -326,7 +327,7 @@ def iter_file_batches(path: str | os.PathLike, columns: Sequence[str] | None = N
             names = reader.schema.names
             missing = [c for c in columns if c not in names]
             if missing:
-                raise UserError(f"shard lacks column(s) {', '.join(missing)}", file=path,
+                raise UserError(f"shard lacks column(s) {', '.join(missing)}", file=public_uri(path),
                                 expected=f"columns {', '.join(names)}")
             fields = sorted({names.index(c) for c in columns})
             reader = pa.ipc.open_file(src, options=pa.ipc.IpcReadOptions(included_fields=fields))

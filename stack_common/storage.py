@@ -27,6 +27,9 @@ import pyarrow.fs as pafs
 from .atomic import TMP_SUFFIX
 
 
+STREAM_BUFFER = 1 << 20     # bytes a remote stream fetches at once: gzip reads 8 KiB at a time, one request each
+
+
 def is_uri(location) -> bool:
     return isinstance(location, str) and "://" in location
 
@@ -41,10 +44,12 @@ def split_query(uri: str) -> tuple[str, str]:
     return (base, query) if mark and QUERY_RE.fullmatch(query) else (uri, "")
 
 
-def public_uri(uri: str) -> str:
+def public_uri(location) -> str:
     """The URI as it may be shown or recorded: without user:password@ and without the query (which
-    may hold keys)."""
-    parts = urlsplit(split_query(uri)[0])
+    may hold keys); a local path as it is."""
+    if not is_uri(location):
+        return str(location)
+    parts = urlsplit(split_query(location)[0])
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
@@ -89,11 +94,15 @@ class Place:
         """What callers get back: a Path for a local place, the URI otherwise."""
         return Path(self.path) if self.local else self.uri
 
+    def parent(self) -> "Place":
+        """The folder that holds this file, with the same query."""
+        if self.local:
+            return Place(None, str(Path(self.path).parent))
+        return Place(self.fs, self.path.rpartition("/")[0] or "/", self.base.rpartition("/")[0], self.query)
+
     def tmp_sibling(self) -> "Place":
         """A temporary name next to this file (`.<name>.<pid>.<random>.tmp`, skipped by listings)."""
-        parent, _, name = self.path.rpartition("/")
-        tmp_name = f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
-        return Place(self.fs, f"{parent}/{tmp_name}", f"{self.base.rpartition('/')[0]}/{quote(tmp_name)}", self.query)
+        return self.parent().child(f".{self.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
 
     def make_dirs(self) -> None:
         if self.local:
@@ -115,15 +124,20 @@ class Place:
     def size(self) -> int:
         return self.info().size
 
-    def read_bytes(self) -> bytes:
+    def open_stream(self):
+        """The file's bytes as stored, read front to back (pyarrow would otherwise decompress by
+        suffix, e.g. a .zst or .gz name, itself)."""
         if self.local:
-            return Path(self.path).read_bytes()
-        with self.fs.open_input_stream(self.path, compression=None) as src:
+            return open(self.path, "rb")
+        return self.fs.open_input_stream(self.path, compression=None, buffer_size=STREAM_BUFFER)
+
+    def read_bytes(self) -> bytes:
+        with self.open_stream() as src:
             return src.read()
 
     def sha256(self, chunk: int = 1 << 20) -> str:
         digest = hashlib.sha256()
-        with self.fs.open_input_stream(self.path, compression=None) as src:
+        with self.open_stream() as src:
             while block := src.read(chunk):
                 digest.update(block)
         return digest.hexdigest()

@@ -1,5 +1,5 @@
-"""A run's input given as URIs (pyarrow.fs; file:// here, s3:// and the like take the same route but
-cannot be reached offline): the same documents, ids, stats and final/ records as the same run on
+"""A run's input given as URIs (pyarrow.fs; file:// here, s3:// against a local S3 server in
+test_pipeline_s3.py): the same documents, ids, stats and final/ records as the same run on
 local paths; bad URIs named in the error; an output URI refused; a rerun resumes."""
 from __future__ import annotations
 

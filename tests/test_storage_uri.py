@@ -1,5 +1,5 @@
-"""Shard IO through URIs (stack_common.storage, pyarrow.fs): file:// here; s3:// and the like take
-the same route but cannot be reached offline."""
+"""Shard IO through URIs (stack_common.storage, pyarrow.fs): file:// here; s3:// against a local S3
+server in test_pipeline_s3.py."""
 from __future__ import annotations
 
 import subprocess
@@ -94,6 +94,9 @@ def test_a_uri_query_stays_on_every_derived_uri_and_is_not_a_wildcard():
     assert Place.of(child.uri).path == child.path
     tmp = child.tmp_sibling()
     assert tmp.uri.endswith(".tmp?use_mmap=false") and Place.of(tmp.uri).path == tmp.path
+    assert tmp.uri.startswith("file:///tmp/some/dir/a%20b/.c%231.arrow.") and tmp.path.startswith("/tmp/some/dir/a b/.c#1")
+    assert child.parent().uri == "file:///tmp/some/dir/a%20b?use_mmap=false" and child.parent().path == "/tmp/some/dir/a b"
+    assert public_uri("/data/raw?/a b.jsonl") == "/data/raw?/a b.jsonl"              # a local path as it is
 
 
 def test_bytes_through_a_uri_are_written_and_read_as_given_whatever_the_extension(tmp_path):
@@ -102,6 +105,9 @@ def test_bytes_through_a_uri_are_written_and_read_as_given_whatever_the_extensio
 
     for name in ("a.jsonl.zst", "b.jsonl.gz", "c.arrow"):
         place = Place.of(f"file://{tmp_path}/{name}")
-        place.write_bytes(b"raw bytes, not compressed")
+        place.write_bytes(b"raw bytes, not compressed")          # through a .tmp name
         assert (tmp_path / name).read_bytes() == b"raw bytes, not compressed"
         assert place.read_bytes() == b"raw bytes, not compressed"
+        with place.open_output() as sink:                           # under its own name
+            sink.write(b"other bytes")
+        assert (tmp_path / name).read_bytes() == place.read_bytes() == b"other bytes"
