@@ -38,6 +38,8 @@ def plan_parts(path, unit_mb: float) -> list[Optional[FilePart]]:
     unit_bytes = int(unit_mb * (1 << 20))
     place = Place.of(path)
     try:
+        if place.size() <= unit_bytes:      # one unit whatever its layout: no footer read, no scan
+            return [None]
         if place.name.endswith(".parquet"):
             return _parquet_parts(place, unit_bytes)
         if place.local and place.name.endswith(PLAIN_JSONL):

@@ -17,9 +17,9 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs

@@ -40,8 +40,8 @@ class NgramIndex:
     """A document's n-grams as dense integer ids, exact (no hashing): unit ids first (a word's id
     is the order of its first occurrence, a character's its code point, ranked when unigrams are
     asked for), then the id of an n-gram is the rank of the pair (id of its (n-1)-gram prefix, id
-    of its last unit) among the document's distinct pairs. Built up one n at a time and shared by every n-gram rule of a
-    document; numpy does the counting that tuples in a Counter did."""
+    of its last unit) among the document's distinct pairs. Built up one n at a time and shared by
+    every n-gram rule of a document; numpy does the counting that tuples in a Counter did."""
 
     def __init__(self, units: Sequence, unit_chars: Sequence[int] | None = None):
         if isinstance(units, str):      # characters (Chinese): one character per unit
@@ -118,7 +118,7 @@ def duplicated_ngram_char_fraction(index: NgramIndex, n: int, total_chars: int) 
             i += 1
     if index.unit_chars is None:
         return covered.count(1) / (total_chars or 1)
-    hit = np.frombuffer(bytes(covered), dtype=np.uint8).astype(bool)
+    hit = np.frombuffer(covered, dtype=np.uint8).astype(bool)
     return int(index.unit_chars[hit].sum()) / (total_chars or 1)
 
 
